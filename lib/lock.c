@@ -1,0 +1,109 @@
+/*
+ * lock.c - image locking compatible with QEMU's file driver.
+ *
+ * QEMU expresses permissions as shared OFD read locks on single bytes:
+ * holding byte 100+b means "I use permission b", holding byte 200+b means
+ * "I do not let others use permission b".  A conflict is found by asking
+ * (F_OFD_GETLK with a write lock) whether anyone else holds the opposite byte.
+ * Because OFD locks belong to the open file description, two opens in one
+ * process conflict just like two processes do.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qed-internal.h"
+
+enum {
+    PERM_CONSISTENT_READ = 0,
+    PERM_WRITE = 1,
+    PERM_WRITE_UNCHANGED = 2,
+    PERM_RESIZE = 3,
+    PERM_GRAPH_MOD = 4,
+    PERM_COUNT = 5,
+    LOCK_PERM_BASE = 100,
+    LOCK_SHARED_BASE = 200,
+};
+
+static const char *perm_name[PERM_COUNT] = {
+    "consistent read", "write", "write unchanged", "resize", "change children",
+};
+
+static int lock_byte(int fd, off_t byte)
+{
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+    return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+/* 1 if another open file description holds a lock on @byte, 0 if not, -errno. */
+static int byte_is_held(int fd, off_t byte)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return -errno;
+    return fl.l_type != F_UNLCK;
+}
+
+int qed_lock_image(int fd, bool write, bool backing, const char *name, char *err, size_t errlen)
+{
+    unsigned perms, unshared;
+    int r;
+
+    if (write) {
+        /* Like qemu-nbd on a writable image: use read, write and resize, and
+         * let nobody else write or resize. */
+        perms = 1u << PERM_CONSISTENT_READ | 1u << PERM_WRITE | 1u << PERM_RESIZE;
+        unshared = 1u << PERM_WRITE | 1u << PERM_RESIZE;
+    } else if (backing) {
+        /* A backing file is read by every overlay that uses it: share all
+         * but writing and resizing, which would change data under us. */
+        perms = 1u << PERM_CONSISTENT_READ;
+        unshared = 1u << PERM_WRITE | 1u << PERM_RESIZE;
+    } else {
+        perms = 1u << PERM_CONSISTENT_READ;
+        unshared = 1u << PERM_WRITE;
+    }
+
+    for (int b = 0; b < PERM_COUNT; b++) {
+        if (perms & (1u << b)) {
+            r = lock_byte(fd, LOCK_PERM_BASE + b);
+            if (r < 0)
+                goto fail_errno;
+        }
+        if (unshared & (1u << b)) {
+            r = lock_byte(fd, LOCK_SHARED_BASE + b);
+            if (r < 0)
+                goto fail_errno;
+        }
+    }
+    /* Now look for conflicts with everyone else's locks. */
+    for (int b = 0; b < PERM_COUNT; b++) {
+        if (perms & (1u << b)) {
+            r = byte_is_held(fd, LOCK_SHARED_BASE + b);
+            if (r < 0)
+                goto fail_errno;
+            if (r)
+                return qed_errf(err, errlen, -EBUSY,
+                                "%s: failed to get \"%s\" lock: another process (qednbd or "
+                                "QEMU) is using the image and does not share it",
+                                name, perm_name[b]);
+        }
+        if (unshared & (1u << b)) {
+            r = byte_is_held(fd, LOCK_PERM_BASE + b);
+            if (r < 0)
+                goto fail_errno;
+            if (r)
+                return qed_errf(err, errlen, -EBUSY,
+                                "%s: failed to get shared \"%s\" lock: another process "
+                                "(qednbd or QEMU) is using the image",
+                                name, perm_name[b]);
+        }
+    }
+    return 0;
+
+fail_errno:
+    return qed_errf(err, errlen, r, "%s: cannot lock the image: %s", name, strerror(-r));
+}

@@ -1,0 +1,49 @@
+/*
+ * log.c - the library's message sink.
+ */
+#include "config.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "qed-internal.h"
+
+static void (*log_fn)(enum qed_log_level, const char *, void *);
+static void *log_opaque;
+static enum qed_log_level log_max = QED_LOG_WARN;
+
+void qed_set_log(void (*fn)(enum qed_log_level, const char *msg, void *opaque), void *opaque,
+                 enum qed_log_level level)
+{
+    log_fn = fn;
+    log_opaque = opaque;
+    log_max = level;
+}
+
+void qed_log(enum qed_log_level level, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+
+    if (level > log_max)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (log_fn)
+        log_fn(level, buf, log_opaque);
+    else
+        fprintf(stderr, "libqed: %s\n", buf);
+}
+
+int qed_errf(char *err, size_t errlen, int ret, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return ret;
+}

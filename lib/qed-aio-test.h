@@ -1,0 +1,51 @@
+/*
+ * qed-aio-test.h - control of the test I/O backend (QED_AIO_TEST).
+ *
+ * The test backend holds every submitted I/O until the test completes it, so
+ * a test chooses the completion order, and can fail any chosen I/O.  In auto
+ * mode it completes everything on the next loop turn, in submission order,
+ * still applying the failure rules.
+ */
+#ifndef QED_AIO_TEST_H
+#define QED_AIO_TEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "qed-aio.h"
+
+/** Number of I/Os held and not yet completed. */
+size_t qed_aio_test_pending(qed_aio *aio);
+
+/** The @i-th held I/O in submission order (0 = oldest), or NULL. */
+struct qed_io *qed_aio_test_peek(qed_aio *aio, size_t i);
+
+/**
+ * Complete the @i-th held I/O.  With @err == 0 the operation is performed
+ * for real; with @err < 0 nothing is done and the I/O fails with @err.
+ * Runs its done callback before returning.  Returns 0, or -ENOENT.
+ */
+int qed_aio_test_complete(qed_aio *aio, size_t i, int err);
+
+/** Auto mode: complete every I/O on the next loop turn, oldest first. */
+void qed_aio_test_set_auto(qed_aio *aio, bool on);
+
+/**
+ * Failure rule: the @nth (0-based) I/O submitted from now on whose op is in
+ * @op_mask (bit 1<<QED_IO_READ, ...) fails with @err instead of running.
+ * One rule at a time; a new call replaces it.  @err == 0 clears the rule.
+ */
+void qed_aio_test_fail_nth(qed_aio *aio, unsigned op_mask, unsigned nth, int err);
+
+/**
+ * Observer: called for every I/O just before it is performed (or failed),
+ * with the error that will be applied.  The crash simulator uses it to record
+ * writes and flushes.  NULL removes it.
+ */
+void qed_aio_test_set_observer(qed_aio *aio, void (*fn)(struct qed_io *io, int err, void *opaque),
+                               void *opaque);
+
+/** Counts of I/Os performed so far, by op. */
+uint64_t qed_aio_test_count(qed_aio *aio, enum qed_io_op op);
+
+#endif /* QED_AIO_TEST_H */

@@ -1,0 +1,101 @@
+/*
+ * qed-aio.h - internal interface between the QED core and its file I/O
+ * backends (io_uring, thread pool, test).
+ *
+ * The core fills a struct qed_io and calls qed_aio_submit().  The backend runs
+ * the operation off the loop and later calls qed_aio_complete() from a loop
+ * callback, which runs io->done exactly once.  done never runs from inside
+ * qed_aio_submit().
+ */
+#ifndef QED_AIO_H
+#define QED_AIO_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <ev.h>
+
+#include "qed.h"
+
+enum qed_io_op {
+    QED_IO_READ,   /* preadv; a read past EOF is zero-filled, res = full length */
+    QED_IO_WRITE,  /* pwritev; short writes are retried, res = full length */
+    QED_IO_FSYNC,  /* fdatasync(fd) */
+    QED_IO_PUNCH,  /* fallocate(PUNCH_HOLE|KEEP_SIZE) over [offset, offset+length) */
+};
+
+struct qed_io {
+    /* Filled by the submitter */
+    enum qed_io_op op;
+    int fd;
+    struct iovec *iov;       /* READ/WRITE; the backend may modify it while retrying */
+    int iovcnt;
+    uint64_t offset;
+    uint64_t length;         /* PUNCH: bytes; READ/WRITE: set by qed_aio_submit to sum(iov) */
+    void (*done)(struct qed_io *io);
+    void *opaque;
+
+    /* Set before done runs */
+    int64_t res;             /* bytes transferred (== length) on success, or -errno */
+
+    /* Owned by the engine / backend */
+    struct qed_io *next;
+    uint64_t seq;            /* submission number, unique per engine */
+    uint64_t done_bytes;     /* progress for retried short transfers */
+};
+
+struct qed_aio_ops {
+    const char *name;
+    /* Start @io.  Must not call done.  May fail only by completing later with res < 0. */
+    void (*submit)(qed_aio *aio, struct qed_io *io);
+    /* Release backend state; nothing is in flight. */
+    void (*destroy)(qed_aio *aio);
+};
+
+/* A deferred call, run on a later turn of the loop (see qed_aio_defer). */
+struct qed_defer {
+    void (*fn)(struct qed_defer *d);
+    struct qed_defer *next;
+};
+
+struct qed_aio {
+    const struct qed_aio_ops *ops;
+    struct ev_loop *loop;
+    void *priv;              /* backend state */
+    unsigned inflight;       /* I/Os submitted and not completed */
+    uint64_t next_seq;
+
+    /* Deferred calls: a max-priority idle watcher drains them each turn. */
+    ev_idle defer_idle;
+    struct qed_defer *defer_head, *defer_tail;
+};
+
+/** qed_aio_submit - count @io as in flight, compute its length, and pass it to the backend. */
+void qed_aio_submit(qed_aio *aio, struct qed_io *io);
+
+/**
+ * qed_aio_complete - called by a backend, from a loop callback, when @io has
+ * finished with io->res set.  Runs io->done.
+ */
+void qed_aio_complete(qed_aio *aio, struct qed_io *io);
+
+/**
+ * qed_aio_defer - run d->fn(d) on a later turn of the loop.  Used to deliver
+ * completions that are ready during submission.
+ */
+void qed_aio_defer(qed_aio *aio, struct qed_defer *d);
+
+/* Backend constructors: set aio->ops and aio->priv, return 0 or -errno. */
+int qed_aio_uring_init(qed_aio *aio);
+int qed_aio_threads_init(qed_aio *aio);
+int qed_aio_test_init(qed_aio *aio);
+
+/**
+ * qed_io_run_sync - perform @io synchronously on the calling thread with
+ * preadv/pwritev/fdatasync/fallocate, with the short-transfer rules above,
+ * and set io->res.  Does not call done.  Shared by the thread pool and the
+ * test backend.
+ */
+void qed_io_run_sync(struct qed_io *io);
+
+#endif /* QED_AIO_H */

@@ -1,0 +1,292 @@
+/*
+ * qed.h - public API of libqed, the asynchronous QED (QEMU Enhanced Disk) library.
+ *
+ * Model
+ * -----
+ * Everything runs on one libev loop.  A qed_aio is the file I/O engine bound to
+ * that loop (io_uring, a thread pool, or a test engine).  A qed_image is one
+ * open QED file, plus its backing chain.
+ *
+ * Requests (read, write, write-zeroes, discard, flush, block-status, resize)
+ * are submitted with qed_*() calls that never block.  A submit call returns
+ * 0, in which case the completion callback will run exactly once, later, on
+ * the loop, and never from inside the submitting call; or a negative errno,
+ * in which case the callback never runs.
+ *
+ * Opening, creating and checking an image are blocking set-up operations: call
+ * them before the loop runs, or from a thread that does not run the loop.
+ *
+ * Every function that can fail returns 0 or a negative errno.  Functions that
+ * take an error buffer put a human-readable message there that names the file
+ * and the problem.
+ */
+#ifndef QED_H
+#define QED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct ev_loop;
+
+typedef struct qed_aio qed_aio;
+typedef struct qed_image qed_image;
+
+/* ---- Format constants ------------------------------------------------- */
+
+#define QED_MAGIC_BYTES "QED"            /* followed by a NUL: 'Q' 'E' 'D' '\0' */
+#define QED_MAGIC 0x00444551u            /* the magic as a little-endian u32 */
+
+#define QED_F_BACKING_FILE 0x1ull
+#define QED_F_NEED_CHECK 0x2ull
+#define QED_F_BACKING_FORMAT_NO_PROBE 0x4ull
+#define QED_F_KNOWN (QED_F_BACKING_FILE | QED_F_NEED_CHECK | QED_F_BACKING_FORMAT_NO_PROBE)
+
+#define QED_MIN_CLUSTER_SIZE (4u * 1024)
+#define QED_MAX_CLUSTER_SIZE (64u * 1024 * 1024)
+#define QED_DEFAULT_CLUSTER_SIZE (64u * 1024)
+#define QED_MIN_TABLE_SIZE 1u
+#define QED_MAX_TABLE_SIZE 16u
+#define QED_DEFAULT_TABLE_SIZE 4u
+#define QED_DEFAULT_CLEAN_DELAY_MS 5000u
+#define QED_DEFAULT_L2_CACHE_TABLES 64u
+
+/* ---- I/O engine -------------------------------------------------------- */
+
+enum qed_aio_backend {
+    QED_AIO_AUTO = 0,  /* io_uring, or the thread pool if io_uring cannot be set up */
+    QED_AIO_URING,     /* io_uring only; fail if unavailable */
+    QED_AIO_THREADS,   /* thread pool doing preadv/pwritev */
+    QED_AIO_TEST,      /* test engine: I/O waits until the test completes it (qed-aio-test.h) */
+};
+
+/**
+ * qed_aio_new - create an I/O engine bound to @loop.
+ * @loop: the libev loop every completion is delivered on.
+ * @kind: which backend; QED_AIO_AUTO falls back from io_uring to threads.
+ * @out: receives the engine.
+ * Returns 0 or a negative errno (the cause is logged to stderr).
+ */
+int qed_aio_new(struct ev_loop *loop, enum qed_aio_backend kind, qed_aio **out);
+
+/** qed_aio_backend_name - "io_uring", "threads" or "test": the backend in use. */
+const char *qed_aio_backend_name(const qed_aio *aio);
+
+/** qed_aio_loop - the libev loop the engine delivers completions on. */
+struct ev_loop *qed_aio_loop(const qed_aio *aio);
+
+/** qed_aio_free - free the engine.  No I/O may be in flight. */
+void qed_aio_free(qed_aio *aio);
+
+/* ---- Create / open / close --------------------------------------------- */
+
+enum qed_backing_fmt {
+    QED_BACKING_PROBE = 0, /* probe: QED magic means qed, anything else raw */
+    QED_BACKING_RAW,       /* raw, and set BACKING_FORMAT_NO_PROBE */
+    QED_BACKING_QED,
+};
+
+struct qed_create_opts {
+    uint64_t size;              /* virtual size in bytes; rounded up to 512 */
+    uint32_t cluster_size;      /* 0 = default 64 KiB */
+    uint32_t table_size;        /* 0 = default 4 */
+    const char *backing_file;   /* NULL = none; stored as given */
+    enum qed_backing_fmt backing_fmt;
+};
+
+/**
+ * qed_create - create a new QED image at @path (blocking).
+ * Fails if the file exists.  The geometry is validated, and a size too large
+ * for it is refused with the maximum named in @err.
+ */
+int qed_create(const char *path, const struct qed_create_opts *opts, char *err, size_t errlen);
+
+struct qed_open_opts {
+    bool read_only;             /* never write to the file */
+    bool no_lock;               /* take no image lock (like qemu-img -U); read-only only */
+    unsigned l2_cache_tables;   /* L2 tables cached; 0 = QED_DEFAULT_L2_CACHE_TABLES */
+    unsigned clean_delay_ms;    /* idle time before NEED_CHECK is cleared; 0 = 5000 */
+};
+
+/**
+ * qed_open - open a QED image (blocking).
+ * Validates the header and every table offset it can see, opens the backing
+ * chain, takes the image lock, and for a read-write open of a NEED_CHECK image
+ * runs check-and-repair first.  A read-only open never writes.
+ * @aio may be NULL for a read-only open used only for qed_check(); such an
+ * image cannot take requests.
+ */
+int qed_open(qed_aio *aio, const char *path, const struct qed_open_opts *opts,
+             qed_image **out, char *err, size_t errlen);
+
+/**
+ * qed_close - finish in-flight requests, flush, clear NEED_CHECK, and free
+ * the image (blocking: runs the loop until done).  Must not be called from a
+ * loop callback.  Returns the first error met while flushing; the image is
+ * freed either way.
+ */
+int qed_close(qed_image *img);
+
+/* ---- Information ------------------------------------------------------- */
+
+struct qed_info {
+    uint64_t size;               /* virtual size */
+    uint32_t cluster_size;
+    uint32_t table_size;
+    uint32_t header_size;        /* in clusters */
+    uint64_t features;
+    uint64_t compat_features;
+    uint64_t autoclear_features;
+    uint64_t l1_table_offset;
+    uint64_t file_size;          /* bytes of the image file */
+    uint64_t max_size;           /* largest size this geometry allows */
+    bool read_only;
+    bool dirty;                  /* NEED_CHECK set on disk */
+    char backing_file[4096];     /* "" when none; as stored in the header */
+    char backing_path[4096];     /* resolved path actually opened */
+    const char *backing_format;  /* "raw", "qed" or NULL */
+};
+
+/** qed_get_info - fill @info from the open image (no I/O). */
+void qed_get_info(const qed_image *img, struct qed_info *info);
+
+/** qed_size - the virtual size in bytes. */
+uint64_t qed_size(const qed_image *img);
+
+/** qed_cluster_size - the cluster size in bytes. */
+uint32_t qed_cluster_size(const qed_image *img);
+
+/** qed_is_read_only - true when the image was opened read-only. */
+bool qed_is_read_only(const qed_image *img);
+
+/** qed_path - the path the image was opened with. */
+const char *qed_path(const qed_image *img);
+
+/** qed_inflight - requests submitted and not yet completed. */
+unsigned qed_inflight(const qed_image *img);
+
+/* ---- Requests ---------------------------------------------------------- */
+
+/** Completion: @ret is 0 or a negative errno. */
+typedef void (*qed_done_fn)(void *opaque, int ret);
+
+/* Request flags */
+#define QED_REQ_FUA 0x1u        /* data (and its metadata) stable before completion */
+#define QED_REQ_NO_HOLE 0x2u    /* write-zeroes: fully provision, write real zeros */
+#define QED_REQ_FAST_ZERO 0x4u  /* write-zeroes: fail with -ENOTSUP, changing nothing,
+                                   unless it needs no data writes */
+
+/**
+ * qed_read - read @len bytes at @off into @buf.
+ * Out-of-range requests return -EINVAL at submit.  Corrupt table entries fail
+ * the request with -EIO.
+ */
+int qed_read(qed_image *img, uint64_t off, void *buf, size_t len, qed_done_fn cb, void *opaque);
+
+/**
+ * qed_write - write @len bytes from @buf at @off.  @buf must stay valid until
+ * completion.  Returns -EROFS on a read-only image, -ENOSPC past the end.
+ */
+int qed_write(qed_image *img, uint64_t off, const void *buf, size_t len, unsigned flags,
+              qed_done_fn cb, void *opaque);
+
+/**
+ * qed_write_zeroes - make [@off, @off+@len) read as zeros.  Whole clusters
+ * that are unallocated or zero become zero clusters without data; everything
+ * else gets zeros written, unless QED_REQ_FAST_ZERO refuses with -ENOTSUP.
+ */
+int qed_write_zeroes(qed_image *img, uint64_t off, uint64_t len, unsigned flags,
+                     qed_done_fn cb, void *opaque);
+
+/**
+ * qed_discard - give back host space of whole allocated clusters in the range
+ * (punch holes, keep the mapping).  Afterwards the range reads as zeros or as
+ * its old contents.
+ */
+int qed_discard(qed_image *img, uint64_t off, uint64_t len, unsigned flags,
+                qed_done_fn cb, void *opaque);
+
+/** qed_flush - everything completed so far is on stable storage at completion. */
+int qed_flush(qed_image *img, qed_done_fn cb, void *opaque);
+
+/** qed_resize - grow the image to @new_size (rounded up to 512); shrinking is -EINVAL. */
+int qed_resize(qed_image *img, uint64_t new_size, qed_done_fn cb, void *opaque);
+
+/* Block status */
+struct qed_extent {
+    uint64_t start;
+    uint64_t length;
+    uint32_t depth;       /* 0 = this image, 1 = its backing file, ... */
+    bool present;         /* some layer holds this range (false: unallocated everywhere) */
+    bool zero;            /* reads as zeros */
+    bool data;            /* backed by data in a file */
+    bool has_offset;
+    uint64_t offset;      /* host offset in the file at @depth, when has_offset */
+};
+
+/**
+ * qed_block_status - describe [@off, @off+@len) as a list of extents, the way
+ * `qemu-img map` does.  At most @max extents are written to @ext; *@n receives
+ * the count.  The extents start at @off and are contiguous; they may cover
+ * less than @len when @max is reached.
+ */
+int qed_block_status(qed_image *img, uint64_t off, uint64_t len, struct qed_extent *ext,
+                     size_t max, size_t *n, qed_done_fn cb, void *opaque);
+
+/* ---- Synchronous wrapper ----------------------------------------------- */
+
+/**
+ * qed_sync_* - submit one request and run the loop until it completes.
+ * For tools and simple tests only.  Must not be called from a loop callback.
+ */
+int qed_sync_read(qed_image *img, uint64_t off, void *buf, size_t len);
+int qed_sync_write(qed_image *img, uint64_t off, const void *buf, size_t len, unsigned flags);
+int qed_sync_write_zeroes(qed_image *img, uint64_t off, uint64_t len, unsigned flags);
+int qed_sync_discard(qed_image *img, uint64_t off, uint64_t len);
+int qed_sync_flush(qed_image *img);
+int qed_sync_resize(qed_image *img, uint64_t new_size);
+int qed_sync_block_status(qed_image *img, uint64_t off, uint64_t len, struct qed_extent *ext,
+                          size_t max, size_t *n);
+
+/* ---- Check and repair -------------------------------------------------- */
+
+struct qed_check_result {
+    uint64_t corruptions;        /* invalid offsets and doubly referenced clusters */
+    uint64_t corruptions_fixed;
+    uint64_t leaks;              /* clusters nothing references */
+    uint64_t leaks_fixed;
+    uint64_t check_errors;       /* I/O errors while checking */
+    uint64_t allocated_clusters; /* data clusters referenced by L2 tables */
+    uint64_t fragmented_clusters;
+    uint64_t total_clusters;     /* virtual size in clusters */
+    uint64_t image_end_offset;   /* end of the last referenced cluster */
+};
+
+/**
+ * qed_check - check the image's metadata (blocking; no requests may be in
+ * flight).  With @repair, invalid table entries are zeroed and NEED_CHECK is
+ * cleared when no corruption remains; the image must be read-write.
+ * Each problem found is logged through the message callback when set.
+ */
+int qed_check(qed_image *img, bool repair, struct qed_check_result *res);
+
+/* ---- Logging ----------------------------------------------------------- */
+
+/** Log levels for qed_set_log. */
+enum qed_log_level { QED_LOG_ERROR = 0, QED_LOG_WARN, QED_LOG_INFO, QED_LOG_DEBUG };
+
+/**
+ * qed_set_log - route the library's messages to @fn (default: stderr for
+ * ERROR and WARN).  @level is the most verbose level delivered.
+ */
+void qed_set_log(void (*fn)(enum qed_log_level, const char *msg, void *opaque),
+                 void *opaque, enum qed_log_level level);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QED_H */
