@@ -1,1 +1,528 @@
-/* placeholder: written by the aio helper */
+/*
+ * aio-uring.c - the io_uring I/O backend.
+ *
+ * One ring per engine.  Completions are signalled through an eventfd
+ * registered with the ring; an ev_io watcher on that eventfd reaps every CQE
+ * and calls qed_aio_complete(), so done always runs from a loop callback and
+ * never from inside qed_aio_submit().
+ *
+ * Submission is batched: submit() only fills SQEs, and an ev_prepare watcher
+ * hands them to the kernel (one io_uring_enter) just before the loop blocks.
+ * A prepare watcher runs on every loop iteration before the loop polls, so a
+ * caller that drives the loop with ev_run(loop, EVRUN_ONCE) gets the same
+ * guarantee.  The only gap is an I/O submitted by a callback that runs after
+ * our prepare callback but before the poll (another prepare watcher); an
+ * ev_check watcher tracks that window and, inside it, submit() enters the
+ * kernel at once.
+ *
+ * At most cq_entries operations are in the ring at a time (SQE filled or CQE
+ * not yet reaped), so the completion queue cannot overflow; the rest wait on
+ * a backlog list in submission order and move into the ring as CQEs free
+ * room.
+ *
+ * Short reads and writes continue from where they stopped, a read that
+ * reaches end of file is zero-filled, and -EAGAIN / -EINTR are retried.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+
+#include <liburing.h>
+
+#include "qed-aio.h"
+#include "qed-internal.h"
+
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+#define URING_QUEUE_DEPTH 256
+
+struct uring_priv {
+    struct io_uring ring;
+    bool ring_ok;            /* ring initialised (for cleanup) */
+    int efd;                 /* eventfd the kernel signals on each CQE */
+    ev_io efd_watcher;
+    ev_prepare prepare;      /* flushes filled SQEs before the loop blocks */
+    ev_check check;          /* closes the "after our prepare" window */
+    ev_timer retry;          /* retries a failed io_uring_submit */
+    bool refd;               /* efd_watcher keeps the loop alive */
+    bool window_open;        /* our prepare ran and the loop has not polled yet */
+    unsigned in_ring;        /* ops with an SQE filled and no CQE reaped yet */
+    unsigned cap;            /* bound on in_ring: the CQ size */
+    struct qed_io *backlog_head, *backlog_tail;
+};
+
+/* ---- iovec bookkeeping (same rules as io-sync.c) ---- */
+
+static int uring_iov_first(const struct iovec *iov, int cnt)
+{
+    int i = 0;
+
+    while (i < cnt && iov[i].iov_len == 0)
+        i++;
+    return i;
+}
+
+static void uring_iov_consume(struct iovec *iov, int cnt, size_t n)
+{
+    for (int i = 0; i < cnt && n > 0; i++) {
+        size_t step = iov[i].iov_len < n ? iov[i].iov_len : n;
+
+        iov[i].iov_base = (char *)iov[i].iov_base + step;
+        iov[i].iov_len -= step;
+        n -= step;
+    }
+}
+
+static void uring_iov_zero_rest(struct iovec *iov, int cnt)
+{
+    for (int i = 0; i < cnt; i++) {
+        if (iov[i].iov_len)
+            memset(iov[i].iov_base, 0, iov[i].iov_len);
+        iov[i].iov_base = (char *)iov[i].iov_base + iov[i].iov_len;
+        iov[i].iov_len = 0;
+    }
+}
+
+/* ---- submission ---- */
+
+/* Fill @sqe for what remains of @io. */
+static void uring_prep(struct io_uring_sqe *sqe, struct qed_io *io)
+{
+    switch (io->op) {
+    case QED_IO_READ:
+    case QED_IO_WRITE: {
+        int first = uring_iov_first(io->iov, io->iovcnt);
+        int cnt = io->iovcnt - first;
+
+        /* A capped vector is a short transfer that uring_handle continues. */
+        if (cnt > IOV_MAX)
+            cnt = IOV_MAX;
+        if (io->op == QED_IO_READ)
+            io_uring_prep_readv(sqe, io->fd, io->iov + first, (unsigned)cnt,
+                                io->offset + io->done_bytes);
+        else
+            io_uring_prep_writev(sqe, io->fd, io->iov + first, (unsigned)cnt,
+                                 io->offset + io->done_bytes);
+        break;
+    }
+    case QED_IO_FSYNC:
+        io_uring_prep_fsync(sqe, io->fd, IORING_FSYNC_DATASYNC);
+        break;
+    case QED_IO_PUNCH:
+        if (io->length == 0) {
+            /* fallocate refuses a zero length; an empty range is already
+             * punched.  A NOP still completes through the CQ, later. */
+            io_uring_prep_nop(sqe);
+        } else {
+            io_uring_prep_fallocate(sqe, io->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                    (off_t)io->offset, (off_t)io->length);
+        }
+        break;
+    default:
+        /* Unknown op: a NOP lets uring_handle fail it with -EINVAL from the
+         * completion path, never from submit. */
+        io_uring_prep_nop(sqe);
+        break;
+    }
+    io_uring_sqe_set_data(sqe, io);
+}
+
+/* Hand every filled SQE to the kernel. */
+static void uring_flush(qed_aio *aio)
+{
+    struct uring_priv *p = aio->priv;
+    int r;
+
+    if (io_uring_sq_ready(&p->ring) == 0)
+        return;
+    r = io_uring_submit(&p->ring);
+    if (r >= 0)
+        return;
+    /* The SQEs stay in the ring.  Something must retry the submit even if
+     * nothing else is in flight to wake the loop, hence the timer. */
+    if (r != -EAGAIN && r != -EBUSY && r != -EINTR)
+        qed_log(QED_LOG_ERROR, "io_uring_submit: %s", strerror(-r));
+    if (!ev_is_active(&p->retry)) {
+        ev_timer_set(&p->retry, 0.001, 0.);
+        ev_timer_start(aio->loop, &p->retry);
+    }
+}
+
+/* Put @io into the ring, or on the backlog when the ring is full.  Returns
+ * false if it went on the backlog. */
+static bool uring_try_enqueue(qed_aio *aio, struct qed_io *io)
+{
+    struct uring_priv *p = aio->priv;
+    struct io_uring_sqe *sqe;
+
+    if (p->in_ring >= p->cap)
+        return false;
+    sqe = io_uring_get_sqe(&p->ring);
+    if (!sqe) {
+        /* SQ full of filled entries: pass them to the kernel to make room. */
+        uring_flush(aio);
+        sqe = io_uring_get_sqe(&p->ring);
+        if (!sqe)
+            return false;
+    }
+    uring_prep(sqe, io);
+    p->in_ring++;
+    return true;
+}
+
+static void uring_backlog_push(struct uring_priv *p, struct qed_io *io)
+{
+    io->next = NULL;
+    if (p->backlog_tail)
+        p->backlog_tail->next = io;
+    else
+        p->backlog_head = io;
+    p->backlog_tail = io;
+}
+
+/* Move backlog entries into the ring while there is room. */
+static void uring_fill_from_backlog(qed_aio *aio)
+{
+    struct uring_priv *p = aio->priv;
+
+    while (p->backlog_head) {
+        struct qed_io *io = p->backlog_head;
+
+        if (!uring_try_enqueue(aio, io))
+            break;
+        p->backlog_head = io->next;
+        if (!p->backlog_head)
+            p->backlog_tail = NULL;
+        io->next = NULL;
+    }
+}
+
+/* Queue @io (new or retried) behind anything already waiting. */
+static void uring_queue(qed_aio *aio, struct qed_io *io)
+{
+    struct uring_priv *p = aio->priv;
+
+    /* Why the backlog goes first: keep submission order among waiting I/Os. */
+    if (p->backlog_head || !uring_try_enqueue(aio, io))
+        uring_backlog_push(p, io);
+    /* Inside the window our prepare callback has already run for this
+     * iteration, so nothing else would submit before the loop blocks. */
+    if (p->window_open)
+        uring_flush(aio);
+}
+
+static void uring_ref(qed_aio *aio)
+{
+    struct uring_priv *p = aio->priv;
+
+    if (!p->refd) {
+        ev_ref(aio->loop);
+        p->refd = true;
+    }
+}
+
+static void uring_submit(qed_aio *aio, struct qed_io *io)
+{
+    /* While I/O is in flight the eventfd watcher must keep ev_run() alive. */
+    uring_ref(aio);
+    uring_queue(aio, io);
+}
+
+/* ---- completion ---- */
+
+static bool uring_retryable(int res)
+{
+    return res == -EAGAIN || res == -EINTR;
+}
+
+/* Process one CQE for @io.  Either requeues it or completes it. */
+static void uring_handle(qed_aio *aio, struct qed_io *io, int res)
+{
+    switch (io->op) {
+    case QED_IO_READ:
+    case QED_IO_WRITE: {
+        bool is_read = io->op == QED_IO_READ;
+        uint64_t remaining = io->length - io->done_bytes;
+        int first = uring_iov_first(io->iov, io->iovcnt);
+
+        if (res < 0) {
+            if (uring_retryable(res)) {
+                uring_queue(aio, io);
+                return;
+            }
+            qed_log(QED_LOG_DEBUG, "io_uring %s(fd %d, offset %llu, %llu bytes): %s",
+                    is_read ? "readv" : "writev", io->fd,
+                    (unsigned long long)(io->offset + io->done_bytes),
+                    (unsigned long long)remaining, strerror(-res));
+            io->res = res;
+            break;
+        }
+        if (res == 0 && remaining > 0) {
+            if (is_read) {
+                /* End of file: the rest of the range reads as zeros. */
+                uring_iov_zero_rest(io->iov + first, io->iovcnt - first);
+                io->done_bytes = io->length;
+                io->res = (int64_t)io->length;
+                break;
+            }
+            /* A write that makes no progress would be retried forever. */
+            qed_log(QED_LOG_WARN, "io_uring writev(fd %d, offset %llu) wrote nothing", io->fd,
+                    (unsigned long long)(io->offset + io->done_bytes));
+            io->res = -EIO;
+            break;
+        }
+        if ((uint64_t)res > remaining)
+            res = (int)remaining;  /* cannot happen; never run past the vector */
+        io->done_bytes += (uint64_t)res;
+        uring_iov_consume(io->iov + first, io->iovcnt - first, (size_t)res);
+        if (io->done_bytes < io->length) {
+            /* Short transfer: continue with the remainder. */
+            uring_queue(aio, io);
+            return;
+        }
+        io->res = (int64_t)io->length;
+        break;
+    }
+    case QED_IO_FSYNC:
+    case QED_IO_PUNCH:
+        if (res < 0) {
+            if (uring_retryable(res)) {
+                uring_queue(aio, io);
+                return;
+            }
+            qed_log(QED_LOG_DEBUG, "io_uring %s(fd %d): %s",
+                    io->op == QED_IO_FSYNC ? "fsync" : "fallocate(PUNCH_HOLE)", io->fd,
+                    strerror(-res));
+            io->res = res;
+        } else {
+            io->res = io->op == QED_IO_FSYNC ? 0 : (int64_t)io->length;
+        }
+        break;
+    default:
+        qed_log(QED_LOG_ERROR, "unknown I/O op %d", (int)io->op);
+        io->res = -EINVAL;
+        break;
+    }
+    qed_aio_complete(aio, io);
+}
+
+static void uring_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    qed_aio *aio = w->data;
+    struct uring_priv *p = aio->priv;
+    uint64_t v;
+    unsigned n;
+
+    (void)loop;
+    (void)revents;
+    /* Why read the eventfd before looking at the CQ: a CQE posted after the
+     * read signals it again, so nothing can be missed. */
+    if (read(p->efd, &v, sizeof(v)) < 0 && errno != EAGAIN && errno != EINTR)
+        qed_log(QED_LOG_WARN, "read(io_uring eventfd): %s", strerror(errno));
+
+    /* Reap only what is there now; CQEs posted while done callbacks run
+     * re-signal the eventfd and are handled on the next turn. */
+    n = io_uring_cq_ready(&p->ring);
+    while (n-- > 0) {
+        struct io_uring_cqe *cqe;
+        struct qed_io *io;
+        int res;
+
+        if (io_uring_peek_cqe(&p->ring, &cqe) != 0 || !cqe)
+            break;
+        io = io_uring_cqe_get_data(cqe);
+        res = cqe->res;
+        /* Release the CQ slot before running callbacks that may submit. */
+        io_uring_cqe_seen(&p->ring, cqe);
+        p->in_ring--;
+        uring_handle(aio, io, res);
+        /* Room was freed in the ring: let waiting I/Os in, oldest first. */
+        uring_fill_from_backlog(aio);
+    }
+    if (aio->inflight == 0 && p->refd) {
+        ev_unref(aio->loop);
+        p->refd = false;
+    }
+    /* Why not submit here: the prepare watcher submits everything queued by
+     * these callbacks in one call before the loop blocks. */
+}
+
+static void uring_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    qed_aio *aio = w->data;
+    struct uring_priv *p = aio->priv;
+
+    (void)loop;
+    (void)revents;
+    uring_fill_from_backlog(aio);
+    uring_flush(aio);
+    p->window_open = true;
+}
+
+static void uring_check_cb(struct ev_loop *loop, ev_check *w, int revents)
+{
+    qed_aio *aio = w->data;
+    struct uring_priv *p = aio->priv;
+
+    (void)loop;
+    (void)revents;
+    p->window_open = false;
+}
+
+static void uring_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    qed_aio *aio = w->data;
+
+    (void)loop;
+    (void)revents;
+    uring_fill_from_backlog(aio);
+    uring_flush(aio);
+}
+
+/* ---- setup / teardown ---- */
+
+static void uring_free_priv(qed_aio *aio, struct uring_priv *p)
+{
+    if (ev_is_active(&p->efd_watcher)) {
+        /* A watcher that was unref'd must be ref'd again before it stops. */
+        if (!p->refd)
+            ev_ref(aio->loop);
+        ev_io_stop(aio->loop, &p->efd_watcher);
+    }
+    if (ev_is_active(&p->prepare)) {
+        ev_ref(aio->loop);
+        ev_prepare_stop(aio->loop, &p->prepare);
+    }
+    if (ev_is_active(&p->check)) {
+        ev_ref(aio->loop);
+        ev_check_stop(aio->loop, &p->check);
+    }
+    if (ev_is_active(&p->retry))
+        ev_timer_stop(aio->loop, &p->retry);
+    if (p->ring_ok)
+        io_uring_queue_exit(&p->ring);
+    if (p->efd >= 0)
+        close(p->efd);
+    free(p);
+}
+
+static void uring_destroy(qed_aio *aio)
+{
+    struct uring_priv *p = aio->priv;
+
+    if (!p)
+        return;
+    if (p->in_ring || p->backlog_head)
+        qed_log(QED_LOG_ERROR, "io_uring engine freed with %u I/Os in flight", aio->inflight);
+    uring_free_priv(aio, p);
+    aio->priv = NULL;
+}
+
+static const struct qed_aio_ops uring_ops = {
+    .name = "io_uring",
+    .submit = uring_submit,
+    .destroy = uring_destroy,
+};
+
+/* Check that the kernel implements every opcode we use. */
+static int uring_probe_ops(struct io_uring *ring)
+{
+    static const struct {
+        int op;
+        const char *name;
+    } needed[] = {
+        { IORING_OP_READV, "READV" },     { IORING_OP_WRITEV, "WRITEV" },
+        { IORING_OP_FSYNC, "FSYNC" },     { IORING_OP_FALLOCATE, "FALLOCATE" },
+        { IORING_OP_NOP, "NOP" },
+    };
+    struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
+    int r = 0;
+
+    if (!probe) {
+        /* Kernels before 5.6 have no probe, and no FALLOCATE either. */
+        qed_log(QED_LOG_INFO, "io_uring: cannot probe supported operations");
+        return -ENOTSUP;
+    }
+    for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
+        if (!io_uring_opcode_supported(probe, needed[i].op)) {
+            qed_log(QED_LOG_INFO, "io_uring: kernel lacks IORING_OP_%s", needed[i].name);
+            r = -ENOTSUP;
+            break;
+        }
+    }
+    io_uring_free_probe(probe);
+    return r;
+}
+
+int qed_aio_uring_init(qed_aio *aio)
+{
+    struct uring_priv *p = calloc(1, sizeof(*p));
+    int r;
+
+    if (!p)
+        return -ENOMEM;
+    p->efd = -1;
+    aio->priv = p;
+
+    r = io_uring_queue_init(URING_QUEUE_DEPTH, &p->ring, 0);
+    if (r < 0) {
+        /* Typical causes: io_uring disabled by sysctl or a seccomp filter. */
+        qed_log(QED_LOG_INFO, "io_uring_queue_init(%d): %s", URING_QUEUE_DEPTH, strerror(-r));
+        goto fail;
+    }
+    p->ring_ok = true;
+    r = uring_probe_ops(&p->ring);
+    if (r < 0)
+        goto fail;
+    p->cap = p->ring.cq.ring_entries;
+
+    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->efd < 0) {
+        r = -errno;
+        qed_log(QED_LOG_WARN, "eventfd: %s", strerror(-r));
+        goto fail;
+    }
+    r = io_uring_register_eventfd(&p->ring, p->efd);
+    if (r < 0) {
+        qed_log(QED_LOG_WARN, "io_uring_register_eventfd: %s", strerror(-r));
+        goto fail;
+    }
+
+    ev_io_init(&p->efd_watcher, uring_efd_cb, p->efd, EV_READ);
+    p->efd_watcher.data = aio;
+    ev_prepare_init(&p->prepare, uring_prepare_cb);
+    p->prepare.data = aio;
+    /* Lowest priority: run after other prepare watchers, which may submit. */
+    ev_set_priority(&p->prepare, EV_MINPRI);
+    ev_check_init(&p->check, uring_check_cb);
+    p->check.data = aio;
+    /* Highest priority: close the window as early as possible after the poll. */
+    ev_set_priority(&p->check, EV_MAXPRI);
+    ev_timer_init(&p->retry, uring_retry_cb, 0.001, 0.);
+    p->retry.data = aio;
+
+    /* Why unref: an idle engine must not keep ev_run() from returning.  The
+     * eventfd watcher is ref'd again while I/O is in flight. */
+    ev_io_start(aio->loop, &p->efd_watcher);
+    ev_unref(aio->loop);
+    ev_prepare_start(aio->loop, &p->prepare);
+    ev_unref(aio->loop);
+    ev_check_start(aio->loop, &p->check);
+    ev_unref(aio->loop);
+
+    aio->ops = &uring_ops;
+    return 0;
+
+fail:
+    uring_free_priv(aio, p);
+    aio->priv = NULL;
+    return r;
+}

@@ -1,0 +1,207 @@
+/*
+ * check.c - consistency check and repair (blocking; no requests in flight).
+ *
+ * Classification follows QEMU: an L1 or L2 entry that is unaligned, inside
+ * the header, or past the end of the file is a corruption, and so is a
+ * cluster referenced twice.  A cluster that nothing references is a leak:
+ * wasted space, not harm.  Repair zeroes invalid entries (the cluster then
+ * reads as unallocated) and clears NEED_CHECK once no corruption remains.
+ */
+#include "config.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qed-image.h"
+
+struct check {
+    struct qed_image *img;
+    struct qed_check_result *res;
+    bool repair;
+    uint64_t nclusters;
+    uint8_t *used;      /* bitmap of referenced host clusters */
+    uint64_t last_data; /* previous data cluster, for fragmentation */
+};
+
+static int rw_full(int fd, void *buf, size_t len, uint64_t off, bool write)
+{
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t n = write ? pwrite(fd, p, len, (off_t)off) : pread(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0) {
+            if (write)
+                return -EIO;
+            memset(p, 0, len);
+            return 0;
+        }
+        p += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Mark @n clusters from host offset @off as used; false if any already was. */
+static bool mark_used(struct check *c, uint64_t off, uint64_t n)
+{
+    uint64_t first = off >> c->img->g.cluster_bits;
+    bool fresh = true;
+
+    for (uint64_t i = first; i < first + n && i < c->nclusters; i++) {
+        if (c->used[i / 8] & (1u << (i % 8)))
+            fresh = false;
+        c->used[i / 8] |= (uint8_t)(1u << (i % 8));
+    }
+    return fresh;
+}
+
+/* Check one L2 table; returns 0 or -errno for an I/O error. */
+static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t *t)
+{
+    struct qed_image *img = c->img;
+    const struct qed_geom *g = &img->g;
+    bool dirty = false;
+    int r;
+
+    r = rw_full(img->fd, t, g->table_bytes, table_off, false);
+    if (r < 0) {
+        qed_log(QED_LOG_ERROR, "%s: cannot read L2 table at %" PRIu64 ": %s", img->path,
+                table_off, strerror(-r));
+        c->res->check_errors++;
+        return r;
+    }
+    for (uint64_t j = 0; j < g->table_entries; j++) {
+        uint64_t e = le64toh(t[j]);
+        if (e == 0 || e == 1)
+            continue;
+        if (!qed_check_cluster_offset(g, e, img->file_size)) {
+            qed_log(QED_LOG_WARN,
+                    "%s: ERROR invalid L2 entry 0x%" PRIx64 " (L1 index %" PRIu64
+                    ", L2 index %" PRIu64 ")",
+                    img->path, e, l1i, j);
+            c->res->corruptions++;
+            if (c->repair) {
+                t[j] = 0;
+                dirty = true;
+                c->res->corruptions_fixed++;
+            }
+            continue;
+        }
+        c->res->allocated_clusters++;
+        if (c->last_data && e != c->last_data + g->cluster_size)
+            c->res->fragmented_clusters++;
+        c->last_data = e;
+        if (!mark_used(c, e, 1)) {
+            qed_log(QED_LOG_WARN, "%s: ERROR cluster at 0x%" PRIx64 " is referenced twice",
+                    img->path, e);
+            c->res->corruptions++;
+        }
+    }
+    if (dirty) {
+        r = rw_full(img->fd, t, g->table_bytes, table_off, true);
+        if (r < 0) {
+            qed_log(QED_LOG_ERROR, "%s: cannot repair L2 table at %" PRIu64 ": %s", img->path,
+                    table_off, strerror(-r));
+            c->res->check_errors++;
+            return r;
+        }
+    }
+    return 0;
+}
+
+int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result *res)
+{
+    const struct qed_geom *g = &img->g;
+    struct check c = {.img = img, .res = res, .repair = repair};
+    uint64_t *t = NULL;
+    bool l1_dirty = false;
+    int r = 0;
+
+    memset(res, 0, sizeof(*res));
+    res->total_clusters = qed_bytes_to_clusters(g, img->h.image_size);
+    res->image_end_offset = img->file_size;
+    c.nclusters = img->file_size >> g->cluster_bits;
+    c.used = calloc(1, c.nclusters / 8 + 1);
+    t = malloc(g->table_bytes);
+    if (!c.used || !t) {
+        res->check_errors++;
+        r = -ENOMEM;
+        goto out;
+    }
+    mark_used(&c, 0, img->h.header_size);
+    mark_used(&c, img->h.l1_table_offset, g->table_size);
+
+    for (uint64_t i = 0; i < g->table_entries; i++) {
+        uint64_t off = le64toh(img->l1[i]);
+        if (off == 0)
+            continue;
+        if (!qed_check_table_offset(g, off, img->file_size)) {
+            qed_log(QED_LOG_WARN, "%s: ERROR invalid L1 entry %" PRIu64 ": 0x%" PRIx64,
+                    img->path, i, off);
+            res->corruptions++;
+            if (repair) {
+                img->l1[i] = 0;
+                l1_dirty = true;
+                res->corruptions_fixed++;
+            }
+            continue;
+        }
+        if (!mark_used(&c, off, g->table_size)) {
+            qed_log(QED_LOG_WARN, "%s: ERROR L2 table at 0x%" PRIx64 " is referenced twice",
+                    img->path, off);
+            res->corruptions++;
+            continue;
+        }
+        r = check_l2(&c, i, off, t);
+        if (r < 0)
+            goto out;
+    }
+
+    for (uint64_t i = 0; i < c.nclusters; i++)
+        if (!(c.used[i / 8] & (1u << (i % 8))))
+            res->leaks++;
+
+    if (repair) {
+        if (l1_dirty) {
+            r = rw_full(img->fd, img->l1, g->table_bytes, img->h.l1_table_offset, true);
+            if (r < 0) {
+                res->check_errors++;
+                qed_log(QED_LOG_ERROR, "%s: cannot repair the L1 table: %s", img->path,
+                        strerror(-r));
+                goto out;
+            }
+        }
+        /* Why flush before clearing NEED_CHECK: the flag may only say
+         * "consistent" once the repaired tables are on stable storage. */
+        if (fdatasync(img->fd) < 0) {
+            r = -errno;
+            res->check_errors++;
+            goto out;
+        }
+        if (res->corruptions == res->corruptions_fixed)
+            img->h.features &= ~QED_F_NEED_CHECK;
+        r = qed_image_write_header_sync(img);
+        if (r == 0 && fdatasync(img->fd) < 0)
+            r = -errno;
+        if (r < 0) {
+            res->check_errors++;
+            goto out;
+        }
+        /* Cached tables may predate the repair. */
+        qed_l2_cache_destroy(&img->cache);
+    }
+
+out:
+    free(c.used);
+    free(t);
+    return r;
+}

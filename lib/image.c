@@ -1,0 +1,550 @@
+/*
+ * image.c - creating, opening and closing QED images, and their backing files.
+ */
+#include "config.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qed-image.h"
+
+#define QED_MAX_BACKING_DEPTH 16
+
+/* Full pread/pwrite for the blocking set-up paths (open, create, check, close). */
+static int pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0) {
+            memset(p, 0, len);
+            return 0;
+        }
+        p += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const uint8_t *p = buf;
+    while (len) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+void qed_image_encode_header(const struct qed_image *img, uint8_t out[QED_HEADER_BYTES])
+{
+    qed_header_encode(&img->h, out);
+}
+
+int qed_image_write_header_sync(struct qed_image *img)
+{
+    uint8_t raw[QED_HEADER_BYTES];
+    int r;
+
+    qed_header_encode(&img->h, raw);
+    r = pwrite_full(img->fd, raw, sizeof(raw), 0);
+    if (r < 0)
+        qed_log(QED_LOG_ERROR, "%s: writing the header failed: %s", img->path, strerror(-r));
+    return r;
+}
+
+/* ---- Create ---- */
+
+static int probe_is_qed(const char *path, bool *is_qed, char *err, size_t errlen)
+{
+    uint8_t magic[4] = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int r;
+
+    if (fd < 0)
+        return qed_errf(err, errlen, -errno, "%s: cannot open backing file: %s", path,
+                        strerror(errno));
+    r = pread_full(fd, magic, sizeof(magic), 0);
+    close(fd);
+    if (r < 0)
+        return qed_errf(err, errlen, r, "%s: cannot read backing file: %s", path, strerror(-r));
+    *is_qed = memcmp(magic, "QED\0", 4) == 0;
+    return 0;
+}
+
+/* Resolve a backing name relative to the directory of @image_path, as QEMU does. */
+static int resolve_backing(const char *image_path, const char *name, char *out, size_t outlen)
+{
+    char tmp[PATH_MAX];
+    const char *dir;
+    int n;
+
+    if (name[0] == '/' || !strchr(image_path, '/')) {
+        n = snprintf(out, outlen, "%s", name);
+    } else {
+        snprintf(tmp, sizeof(tmp), "%s", image_path);
+        dir = dirname(tmp);
+        n = snprintf(out, outlen, "%s/%s", dir, name);
+    }
+    return (n < 0 || (size_t)n >= outlen) ? -ENAMETOOLONG : 0;
+}
+
+int qed_create(const char *path, const struct qed_create_opts *opts, char *err, size_t errlen)
+{
+    uint32_t cs = opts->cluster_size ? opts->cluster_size : QED_DEFAULT_CLUSTER_SIZE;
+    uint32_t ts = opts->table_size ? opts->table_size : QED_DEFAULT_TABLE_SIZE;
+    struct qed_header h = {0};
+    struct qed_geom g;
+    uint8_t *hdr_cluster = NULL;
+    uint64_t size;
+    size_t name_len = 0;
+    int fd, r;
+
+    r = qed_geom_init(&g, cs, ts, 1, path, err, errlen);
+    if (r < 0)
+        return r;
+    if (opts->size > UINT64_MAX - 511)
+        return qed_errf(err, errlen, -EINVAL, "%s: image size %" PRIu64 " is too large", path,
+                        opts->size);
+    size = (opts->size + 511) & ~(uint64_t)511;
+    if (size > g.max_size)
+        return qed_errf(err, errlen, -EINVAL,
+                        "%s: image size %" PRIu64 " is too large for cluster size %" PRIu32
+                        " and table size %" PRIu32 " (maximum %" PRIu64 ")",
+                        path, size, cs, ts, g.max_size);
+
+    h.magic = QED_MAGIC;
+    h.cluster_size = cs;
+    h.table_size = ts;
+    h.header_size = 1;
+    h.l1_table_offset = cs;
+    h.image_size = size;
+    if (opts->backing_file && opts->backing_file[0]) {
+        bool is_qed = false;
+        name_len = strlen(opts->backing_file);
+        if (name_len > cs - QED_HEADER_BYTES || name_len >= PATH_MAX)
+            return qed_errf(err, errlen, -EINVAL, "%s: backing file name is too long (%zu bytes)",
+                            path, name_len);
+        switch (opts->backing_fmt) {
+        case QED_BACKING_RAW:
+            is_qed = false;
+            break;
+        case QED_BACKING_QED:
+            is_qed = true;
+            break;
+        default: {
+            char resolved[PATH_MAX];
+            if (resolve_backing(path, opts->backing_file, resolved, sizeof(resolved)) < 0)
+                return qed_errf(err, errlen, -ENAMETOOLONG, "%s: backing path too long", path);
+            r = probe_is_qed(resolved, &is_qed, err, errlen);
+            if (r < 0)
+                return r;
+        }
+        }
+        h.features |= QED_F_BACKING_FILE;
+        if (!is_qed)
+            h.features |= QED_F_BACKING_FORMAT_NO_PROBE;
+        h.backing_filename_offset = QED_HEADER_BYTES;
+        h.backing_filename_size = (uint32_t)name_len;
+    }
+
+    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return qed_errf(err, errlen, -errno, "%s: cannot create: %s", path, strerror(errno));
+    hdr_cluster = calloc(1, cs);
+    if (!hdr_cluster) {
+        r = qed_errf(err, errlen, -ENOMEM, "%s: out of memory", path);
+        goto fail;
+    }
+    qed_header_encode(&h, hdr_cluster);
+    if (name_len)
+        memcpy(hdr_cluster + QED_HEADER_BYTES, opts->backing_file, name_len);
+    /* The L1 table is all zeros: extend the file instead of writing them. */
+    r = pwrite_full(fd, hdr_cluster, cs, 0);
+    if (r == 0 && ftruncate(fd, (off_t)(cs + g.table_bytes)) < 0)
+        r = -errno;
+    if (r == 0 && fdatasync(fd) < 0)
+        r = -errno;
+    if (r < 0) {
+        qed_errf(err, errlen, r, "%s: cannot write: %s", path, strerror(-r));
+        goto fail;
+    }
+    free(hdr_cluster);
+    close(fd);
+    return 0;
+
+fail:
+    free(hdr_cluster);
+    close(fd);
+    unlink(path);
+    return r;
+}
+
+/* ---- Open ---- */
+
+static int open_backing(struct qed_image *img, qed_aio *aio, int depth, char *err, size_t errlen)
+{
+    const struct qed_header *h = &img->h;
+    bool is_qed;
+    int r;
+
+    if (!(h->features & QED_F_BACKING_FILE))
+        return 0;
+    if (h->backing_filename_size == 0)
+        return qed_errf(err, errlen, -EINVAL, "%s: QED backing file name is empty", img->path);
+    r = pread_full(img->fd, img->backing_name, h->backing_filename_size,
+                   h->backing_filename_offset);
+    if (r < 0)
+        return qed_errf(err, errlen, r, "%s: cannot read the backing file name: %s", img->path,
+                        strerror(-r));
+    img->backing_name[h->backing_filename_size] = '\0';
+    if (strlen(img->backing_name) != h->backing_filename_size)
+        return qed_errf(err, errlen, -EINVAL, "%s: QED backing file name contains a NUL byte",
+                        img->path);
+    if (resolve_backing(img->path, img->backing_name, img->backing_path,
+                        sizeof(img->backing_path)) < 0)
+        return qed_errf(err, errlen, -ENAMETOOLONG, "%s: backing file path is too long",
+                        img->path);
+    if (depth >= QED_MAX_BACKING_DEPTH)
+        return qed_errf(err, errlen, -ELOOP, "%s: backing chain deeper than %d images",
+                        img->path, QED_MAX_BACKING_DEPTH);
+
+    if (h->features & QED_F_BACKING_FORMAT_NO_PROBE) {
+        is_qed = false;
+    } else {
+        r = probe_is_qed(img->backing_path, &is_qed, err, errlen);
+        if (r < 0)
+            return r;
+    }
+
+    if (is_qed) {
+        struct qed_open_opts o = {.read_only = true};
+        r = qed_open_depth(aio, img->backing_path, &o, depth + 1, &img->backing, err, errlen);
+        if (r < 0)
+            return r;
+        img->backing_kind = BACKING_QED;
+        img->backing_size = img->backing->h.image_size;
+    } else {
+        struct stat st;
+        img->backing_fd = open(img->backing_path, O_RDONLY | O_CLOEXEC);
+        if (img->backing_fd < 0)
+            return qed_errf(err, errlen, -errno, "%s: cannot open backing file %s: %s", img->path,
+                            img->backing_path, strerror(errno));
+        if (fstat(img->backing_fd, &st) < 0)
+            return qed_errf(err, errlen, -errno, "%s: cannot stat backing file %s: %s",
+                            img->path, img->backing_path, strerror(errno));
+        r = qed_lock_image(img->backing_fd, false, true, img->backing_path, err, errlen);
+        if (r < 0)
+            return r;
+        img->backing_kind = BACKING_RAW;
+        img->backing_size = (uint64_t)st.st_size;
+    }
+    return 0;
+}
+
+static void image_free(struct qed_image *img)
+{
+    if (!img)
+        return;
+    if (img->aio && ev_is_active(&img->clean_timer))
+        ev_timer_stop(img->aio->loop, &img->clean_timer);
+    if (img->backing)
+        image_free(img->backing);
+    if (img->backing_fd >= 0)
+        close(img->backing_fd);
+    if (img->fd >= 0)
+        close(img->fd);
+    qed_l2_cache_destroy(&img->cache);
+    free(img->cow_buf);
+    free(img->l1);
+    free(img->path);
+    free(img);
+}
+
+static void clean_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+
+int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *opts, int depth,
+                   qed_image **out, char *err, size_t errlen)
+{
+    struct qed_open_opts defaults = {0};
+    struct qed_image *img;
+    uint8_t raw[QED_HEADER_BYTES];
+    struct stat st;
+    int r;
+
+    if (!opts)
+        opts = &defaults;
+    if (opts->no_lock && !opts->read_only)
+        return qed_errf(err, errlen, -EINVAL, "%s: only a read-only open may skip locking", path);
+    img = calloc(1, sizeof(*img));
+    if (!img)
+        return qed_errf(err, errlen, -ENOMEM, "%s: out of memory", path);
+    img->fd = img->backing_fd = -1;
+    img->aio = aio;
+    img->read_only = opts->read_only;
+    img->path = strdup(path);
+    img->clean_delay_ms = opts->clean_delay_ms ? opts->clean_delay_ms : QED_DEFAULT_CLEAN_DELAY_MS;
+    if (!img->path) {
+        r = qed_errf(err, errlen, -ENOMEM, "%s: out of memory", path);
+        goto fail;
+    }
+
+    img->fd = open(path, (opts->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (img->fd < 0) {
+        r = qed_errf(err, errlen, -errno, "%s: cannot open: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (fstat(img->fd, &st) < 0) {
+        r = qed_errf(err, errlen, -errno, "%s: cannot stat: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        r = qed_errf(err, errlen, -EINVAL, "%s: not a regular file", path);
+        goto fail;
+    }
+    if (!opts->no_lock) {
+        r = qed_lock_image(img->fd, !opts->read_only, depth > 0, path, err, errlen);
+        if (r < 0)
+            goto fail;
+    }
+    if ((uint64_t)st.st_size < QED_HEADER_BYTES) {
+        r = qed_errf(err, errlen, -EINVAL,
+                     "%s: file is %lld bytes, too small to hold a QED header", path,
+                     (long long)st.st_size);
+        goto fail;
+    }
+    r = pread_full(img->fd, raw, sizeof(raw), 0);
+    if (r < 0) {
+        qed_errf(err, errlen, r, "%s: cannot read the header: %s", path, strerror(-r));
+        goto fail;
+    }
+    qed_header_decode(raw, &img->h);
+    r = qed_header_validate(&img->h, (uint64_t)st.st_size, path, &img->g, err, errlen);
+    if (r < 0)
+        goto fail;
+    /* A trailing partial cluster is ignored: allocation starts at the rounded-down end. */
+    img->file_size = (uint64_t)st.st_size & ~(uint64_t)(img->g.cluster_size - 1);
+
+    img->l1 = malloc(img->g.table_bytes);
+    if (!img->l1) {
+        r = qed_errf(err, errlen, -ENOMEM, "%s: out of memory for the L1 table", path);
+        goto fail;
+    }
+    r = pread_full(img->fd, img->l1, img->g.table_bytes, img->h.l1_table_offset);
+    if (r < 0) {
+        qed_errf(err, errlen, r, "%s: cannot read the L1 table: %s", path, strerror(-r));
+        goto fail;
+    }
+
+    {
+        unsigned max = opts->l2_cache_tables;
+        if (!max) {
+            uint64_t fit = (32ull << 20) / img->g.table_bytes;
+            max = fit > QED_DEFAULT_L2_CACHE_TABLES ? QED_DEFAULT_L2_CACHE_TABLES
+                  : fit < 4                         ? 4
+                                                    : (unsigned)fit;
+        }
+        qed_l2_cache_init(&img->cache, max);
+    }
+
+    r = open_backing(img, aio, depth, err, errlen);
+    if (r < 0)
+        goto fail;
+
+    if (!img->read_only) {
+        bool write_header = false;
+        if (img->h.autoclear_features) {
+            /* No autoclear bits are defined: whatever is set belongs to a
+             * writer we do not know, and clearing says we did not keep it up. */
+            qed_log(QED_LOG_INFO, "%s: clearing unknown autoclear feature bits 0x%" PRIx64, path,
+                    img->h.autoclear_features);
+            img->h.autoclear_features = 0;
+            write_header = true;
+        }
+        if (img->h.features & QED_F_NEED_CHECK) {
+            struct qed_check_result res;
+            qed_log(QED_LOG_INFO, "%s: image was not closed cleanly; checking and repairing",
+                    path);
+            r = qed_check_image(img, true, &res);
+            if (r < 0) {
+                qed_errf(err, errlen, r, "%s: check and repair failed: %s", path, strerror(-r));
+                goto fail;
+            }
+            write_header = false; /* the repair wrote the header */
+        }
+        if (write_header) {
+            r = qed_image_write_header_sync(img);
+            if (r == 0 && fdatasync(img->fd) < 0)
+                r = -errno;
+            if (r < 0) {
+                qed_errf(err, errlen, r, "%s: cannot update the header: %s", path, strerror(-r));
+                goto fail;
+            }
+        }
+    } else if (img->h.features & QED_F_NEED_CHECK) {
+        qed_log(QED_LOG_WARN, "%s: image needs a check (opened read-only, not repairing)", path);
+    }
+
+    if (aio) {
+        ev_timer_init(&img->clean_timer, clean_timer_cb, 0., 0.);
+        img->clean_timer.data = img;
+    }
+    *out = img;
+    return 0;
+
+fail:
+    image_free(img);
+    return r;
+}
+
+int qed_open(qed_aio *aio, const char *path, const struct qed_open_opts *opts, qed_image **out,
+             char *err, size_t errlen)
+{
+    return qed_open_depth(aio, path, opts, 0, out, err, errlen);
+}
+
+/* ---- NEED_CHECK clearing ---- */
+
+static void clean_done(void *opaque, int ret)
+{
+    struct qed_image *img = opaque;
+    img->clean_queued = false;
+    if (ret < 0)
+        qed_log(QED_LOG_WARN, "%s: clearing NEED_CHECK failed: %s", img->path, strerror(-ret));
+}
+
+static void clean_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct qed_image *img = w->data;
+
+    (void)loop;
+    (void)revents;
+    if (img->clean_queued || !(img->h.features & QED_F_NEED_CHECK))
+        return;
+    if (qed_req_submit_clean(img, clean_done, img) == 0)
+        img->clean_queued = true;
+}
+
+void qed_image_arm_clean(struct qed_image *img)
+{
+    if (!img->aio || !(img->h.features & QED_F_NEED_CHECK))
+        return;
+    ev_timer_stop(img->aio->loop, &img->clean_timer);
+    ev_timer_set(&img->clean_timer, img->clean_delay_ms / 1000.0, 0.);
+    ev_timer_start(img->aio->loop, &img->clean_timer);
+}
+
+/* ---- Close ---- */
+
+int qed_close(qed_image *img)
+{
+    int r = 0;
+
+    if (!img)
+        return 0;
+    if (img->aio) {
+        struct ev_loop *loop = img->aio->loop;
+        /* Let every request finish: their callbacks may still use the image. */
+        while (img->inflight > 0 || img->clean_queued)
+            ev_run(loop, EVRUN_ONCE);
+        if (ev_is_active(&img->clean_timer))
+            ev_timer_stop(loop, &img->clean_timer);
+        if (!img->read_only) {
+            r = qed_sync_flush(img);
+            if (r == 0 && (img->h.features & QED_F_NEED_CHECK) && img->dirty_set_by_us) {
+                /* Why only after the flush: the flag may say "consistent" only
+                 * once every metadata update before it is on disk. */
+                img->h.features &= ~QED_F_NEED_CHECK;
+                r = qed_image_write_header_sync(img);
+                if (r == 0 && fdatasync(img->fd) < 0)
+                    r = -errno;
+            }
+        }
+    }
+    if (r < 0)
+        qed_log(QED_LOG_ERROR, "%s: closing failed: %s", img->path, strerror(-r));
+    if (img->backing)
+        qed_close(img->backing), img->backing = NULL;
+    image_free(img);
+    return r;
+}
+
+/* ---- Information ---- */
+
+void qed_get_info(const qed_image *img, struct qed_info *info)
+{
+    memset(info, 0, sizeof(*info));
+    info->size = img->h.image_size;
+    info->cluster_size = img->h.cluster_size;
+    info->table_size = img->h.table_size;
+    info->header_size = img->h.header_size;
+    info->features = img->h.features;
+    info->compat_features = img->h.compat_features;
+    info->autoclear_features = img->h.autoclear_features;
+    info->l1_table_offset = img->h.l1_table_offset;
+    info->file_size = img->file_size;
+    info->max_size = img->g.max_size;
+    info->read_only = img->read_only;
+    info->dirty = (img->h.features & QED_F_NEED_CHECK) != 0;
+    snprintf(info->backing_file, sizeof(info->backing_file), "%s", img->backing_name);
+    snprintf(info->backing_path, sizeof(info->backing_path), "%s", img->backing_path);
+    info->backing_format = img->backing_kind == BACKING_RAW   ? "raw"
+                           : img->backing_kind == BACKING_QED ? "qed"
+                                                              : NULL;
+}
+
+uint64_t qed_size(const qed_image *img)
+{
+    return img->h.image_size;
+}
+
+uint32_t qed_cluster_size(const qed_image *img)
+{
+    return img->h.cluster_size;
+}
+
+bool qed_is_read_only(const qed_image *img)
+{
+    return img->read_only;
+}
+
+const char *qed_path(const qed_image *img)
+{
+    return img->path;
+}
+
+unsigned qed_inflight(const qed_image *img)
+{
+    return img->inflight;
+}
+
+int qed_check(qed_image *img, bool repair, struct qed_check_result *res)
+{
+    if (repair && img->read_only)
+        return -EROFS;
+    if (img->inflight)
+        return -EBUSY;
+    return qed_check_image(img, repair, res);
+}

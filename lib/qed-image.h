@@ -1,0 +1,224 @@
+/*
+ * qed-image.h - the open image, its L2 cache and its request state machines.
+ * Internal to libqed.
+ */
+#ifndef QED_IMAGE_H
+#define QED_IMAGE_H
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "qed-aio.h"
+#include "qed-internal.h"
+
+struct qed_req;
+
+/* ---- L2 cache (l2-cache.c) ---- */
+
+enum qed_l2_state {
+    L2_LOADING,  /* read from disk in flight; waiters are queued on it */
+    L2_VALID,    /* contents usable */
+};
+
+/** One cached L2 table.  Entries are kept little-endian, exactly as on disk. */
+struct qed_l2 {
+    uint64_t offset;           /* host offset of the table: the cache key */
+    uint64_t *t;               /* table_entries entries */
+    unsigned ref;              /* holders; a referenced entry is never evicted */
+    enum qed_l2_state state;
+    bool cached;               /* in the hash and LRU list */
+    struct qed_req *waiters;   /* requests waiting for the load */
+    struct qed_l2 *hnext;      /* hash chain */
+    struct qed_l2 *lprev, *lnext; /* LRU list, most recent first */
+    struct qed_image *img;
+    struct qed_io io;          /* the load */
+    struct iovec iov;
+};
+
+#define QED_L2_HASH 256
+
+struct qed_l2_cache {
+    struct qed_l2 *hash[QED_L2_HASH];
+    struct qed_l2 *mru, *lru;
+    unsigned count;            /* entries in the cache */
+    unsigned max;              /* capacity; exceeded only while all are referenced */
+    uint64_t hits, misses, loads;
+};
+
+void qed_l2_cache_init(struct qed_l2_cache *c, unsigned max);
+void qed_l2_cache_destroy(struct qed_l2_cache *c);
+/** Find @offset; takes a reference on a hit (VALID or LOADING). */
+struct qed_l2 *qed_l2_cache_get(struct qed_l2_cache *c, uint64_t offset);
+/** Allocate an entry for @offset (table zeroed), insert it with one reference. */
+struct qed_l2 *qed_l2_cache_insert(struct qed_l2_cache *c, struct qed_image *img, uint64_t offset,
+                                   enum qed_l2_state state);
+/** Remove @e from lookup (after a failed load or write); it is freed at its last unref. */
+void qed_l2_cache_forget(struct qed_l2_cache *c, struct qed_l2 *e);
+/** Drop a reference; evicts least-recently-used unreferenced entries over capacity. */
+void qed_l2_cache_unref(struct qed_l2_cache *c, struct qed_l2 *e);
+
+/* ---- Backing file ---- */
+
+enum qed_backing_kind { BACKING_NONE, BACKING_RAW, BACKING_QED };
+
+/* ---- Requests (request.c) ---- */
+
+enum qed_req_type {
+    REQ_READ,
+    REQ_WRITE,
+    REQ_WZERO,     /* write zeroes */
+    REQ_DISCARD,
+    REQ_FLUSH,
+    REQ_BSTATUS,
+    REQ_RESIZE,
+    REQ_CLEAN,     /* internal: flush and clear NEED_CHECK */
+};
+
+/*
+ * Request states.  A state named *_WAIT waits for the I/O(s) it names; the
+ * step function is entered again when the last of them completes.  The other
+ * states are actions that run at once.
+ */
+enum qed_req_state {
+    RS_START,            /* action: first step after submission */
+    RS_QUEUE_WAIT,       /* waits to reach the head of the allocating-write queue */
+    RS_NEXT,             /* action: start the next run at cur_pos, or finish */
+    RS_L2_LOAD_WAIT,     /* waits for the L2 table covering cur_pos to load */
+    RS_RUN,              /* action: handle the run at cur_pos given its L2 table */
+    RS_DATA_WAIT,        /* waits for a data read, in-place write, backing read or punch */
+    RS_ALLOC_BEGIN,      /* action: set NEED_CHECK if this is the first allocation */
+    RS_HDR_WAIT,         /* waits for the header write that sets NEED_CHECK */
+    RS_HDR_FLUSH_WAIT,   /* waits for the flush that makes NEED_CHECK durable */
+    RS_ALLOC_CLUSTERS,   /* action: take clusters (and an L2 table) from the end of file */
+    RS_COW_WAIT,         /* waits for the backing reads that fill a partial cluster */
+    RS_ALLOC_WRITE,      /* action: write head + data + tail into the new clusters */
+    RS_ALLOC_WRITE_WAIT, /* waits for that data write */
+    RS_ALLOC_FLUSH_WAIT, /* waits for the data flush before the L2 update (backing file) */
+    RS_L2_UPDATE,        /* action: set the L2 entries and write them */
+    RS_L2_WRITE_WAIT,    /* waits for the L2 write (whole new table, or changed entries) */
+    RS_L2_FLUSH_WAIT,    /* waits for the flush of a new L2 table before the L1 update */
+    RS_L1_WRITE_WAIT,    /* waits for the L1 entry write */
+    RS_ALLOC_DONE,       /* action: the run is allocated and mapped; move on */
+    RS_BS_BACKING_WAIT,  /* waits for block status of the backing image */
+    RS_FLUSH_WAIT,       /* waits for the final fdatasync (FLUSH, FUA, RESIZE) */
+    RS_RESIZE_BEGIN,     /* action: write the header with the new size */
+    RS_RESIZE_HDR_WAIT,  /* waits for that header write */
+    RS_CLEAN_BEGIN,      /* action: flush before clearing NEED_CHECK */
+    RS_CLEAN_FLUSH_WAIT, /* waits for that flush */
+    RS_CLEAN_HDR_WAIT,   /* waits for the header write that clears NEED_CHECK */
+    RS_DONE,             /* finished; the callback is delivered or deferred */
+};
+
+/* What the mapping says about the run at cur_pos. */
+enum qed_run_kind { RUN_DATA, RUN_ZERO, RUN_UNALLOC, RUN_BAD };
+
+#define QED_REQ_IOV 80   /* head + tail + up to 64 zero-buffer pieces + slack */
+
+struct qed_req {
+    struct qed_image *img;
+    enum qed_req_type type;
+    enum qed_req_state state;
+    unsigned flags;
+    int err;                   /* first error met (negative errno) */
+    unsigned pending;          /* I/Os in flight for the current state */
+
+    uint64_t off, end;         /* requested range */
+    uint64_t cur_pos;          /* start of the current run */
+    uint8_t *buf;              /* READ: destination; WRITE: source (NULL = zeros) */
+
+    /* Current run */
+    struct qed_l2 *l2;         /* referenced table for cur_pos, or NULL */
+    uint64_t l1_index;
+    enum qed_run_kind kind;
+    uint64_t run_len;
+    uint64_t host;             /* host offset for RUN_DATA */
+
+    /* Allocating write in progress */
+    bool holding;              /* at the head of the allocating-write queue */
+    bool new_l2;               /* the run allocated a new L2 table */
+    uint64_t alloc_host;       /* first newly allocated data cluster (0 = none: zero entries) */
+    uint64_t alloc_first, alloc_n; /* L2 index and count of entries being set */
+    uint64_t *saved;           /* entries before the update, to undo on failure */
+    bool zero_entries;         /* write-zeroes: set entries to 1, no data */
+    bool scanning;             /* FAST_ZERO: first pass only looks */
+    uint64_t head_len, tail_len; /* bytes copied into the first/last new cluster */
+    enum qed_req_state resume; /* state to enter on reaching the queue head */
+
+    /* Block status */
+    struct qed_extent *ext;
+    size_t ext_max, *ext_n;
+    struct qed_extent *bs_tmp; /* backing's extents */
+    size_t bs_tmp_n;
+    uint64_t bs_len;           /* range asked of the backing */
+
+    uint64_t new_size, old_size; /* RESIZE */
+
+    qed_done_fn cb;
+    void *opaque;
+
+    struct qed_io io[2];
+    struct iovec iov[QED_REQ_IOV];
+    struct iovec iov2[2];
+    struct qed_defer defer;
+    struct qed_req *next;      /* queue / waiter links */
+};
+
+/* ---- The image ---- */
+
+struct qed_image {
+    char *path;
+    int fd;
+    qed_aio *aio;              /* NULL for a check-only open */
+    bool read_only;
+    struct qed_header h;       /* CPU byte order, always current */
+    struct qed_geom g;
+    uint64_t file_size;        /* allocation point: end of the last cluster in use */
+    uint64_t *l1;              /* table_entries entries, little-endian as on disk */
+
+    char backing_name[4096];   /* as stored */
+    char backing_path[4096];   /* resolved */
+    enum qed_backing_kind backing_kind;
+    int backing_fd;            /* raw */
+    uint64_t backing_size;
+    struct qed_image *backing; /* qed */
+
+    struct qed_l2_cache cache;
+
+    /* Allocating-write queue: the head holds it until it finishes. */
+    struct qed_req *alloc_holder;
+    struct qed_req *queue_head, *queue_tail;
+    bool kicking, kick_again;
+
+    unsigned inflight;
+    unsigned submitting;       /* depth of submit calls on the stack */
+    bool dirty_set_by_us;      /* we set NEED_CHECK during this open */
+    ev_timer clean_timer;
+    unsigned clean_delay_ms;
+    bool clean_queued;
+
+    /* Used only by the queue holder, one at a time */
+    uint8_t hdr_raw[QED_HEADER_BYTES];
+    uint8_t *cow_buf;          /* 2 clusters: head and tail of a partial allocation */
+};
+
+/* image.c */
+/** qed_open at backing-chain depth @depth (0 = the image asked for). */
+int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *opts, int depth,
+                   qed_image **out, char *err, size_t errlen);
+/** Write the in-memory header to disk (synchronously; open/close only). */
+int qed_image_write_header_sync(struct qed_image *img);
+/** Encode the header into a 512-byte-aligned buffer for an async write. */
+void qed_image_encode_header(const struct qed_image *img, uint8_t out[QED_HEADER_BYTES]);
+/** Arm the timer that clears NEED_CHECK once allocating writes have been idle. */
+void qed_image_arm_clean(struct qed_image *img);
+
+/* request.c */
+/** Submit an internal CLEAN request (NEED_CHECK clearing) through the queue. */
+int qed_req_submit_clean(struct qed_image *img, qed_done_fn cb, void *opaque);
+
+/* check.c */
+int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result *res);
+
+#endif /* QED_IMAGE_H */

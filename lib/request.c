@@ -1,0 +1,1307 @@
+/*
+ * request.c - the request state machines: read, write, write zeroes,
+ * discard, flush, block status, resize, and the internal NEED_CHECK clean.
+ *
+ * Every request has one state field (enum qed_req_state) and one step
+ * function, req_step(), that advances it.  Every I/O completion re-enters
+ * req_step(), so the whole chain -- L2 lookup, data I/O, L2/L1 update,
+ * flush -- reads top to bottom in one switch.
+ *
+ * A request works through its range one "run" at a time: a stretch of
+ * clusters inside one L2 table that the mapping treats the same way (data at
+ * contiguous host offsets, zero clusters, unallocated clusters).
+ *
+ * Allocating writes (and everything else that changes metadata: write
+ * zeroes, resize, clean) go through the per-image queue.  The head of the
+ * queue (img->alloc_holder) keeps its place until the request finishes, so
+ * metadata updates never interleave.  Writes to allocated clusters, reads,
+ * discards and flushes do not queue and run concurrently with everything.
+ *
+ * Ordering rules for an allocation, in the order they happen:
+ *  1. No backing file: NEED_CHECK is written and flushed before the first
+ *     allocation, because the data is not flushed before the L2 update and a
+ *     crash may leave an L2 entry that points past the end of the file.
+ *  2. Data (with the copied-on-write head and tail) goes to new clusters at
+ *     the end of the file.
+ *  3. With a backing file the data is flushed before the L2 update: an entry
+ *     pointing at lost data would read zeros instead of the backing data.
+ *  4. A new L2 table is written and flushed before the L1 entry that points
+ *     to it, so L1 never points at a table that is not on disk.
+ */
+#include "config.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qed-image.h"
+
+#define ZERO_BUF_SIZE (1u << 20)
+#define ZERO_RUN_MAX (64ull << 20)  /* longest zero write in one I/O */
+#define BS_TMP_EXTENTS 64
+
+/* Shared source of zeros for zero writes; .bss costs no memory until read. */
+static uint8_t zero_buf[ZERO_BUF_SIZE];
+
+static const char *state_names[] = {
+    [RS_START] = "START",
+    [RS_NEXT] = "NEXT",
+    [RS_L2_LOAD_WAIT] = "L2_LOAD_WAIT",
+    [RS_RUN] = "RUN",
+    [RS_DATA_WAIT] = "DATA_WAIT",
+    [RS_QUEUE_WAIT] = "QUEUE_WAIT",
+    [RS_ALLOC_BEGIN] = "ALLOC_BEGIN",
+    [RS_HDR_WAIT] = "HDR_WAIT",
+    [RS_HDR_FLUSH_WAIT] = "HDR_FLUSH_WAIT",
+    [RS_ALLOC_CLUSTERS] = "ALLOC_CLUSTERS",
+    [RS_COW_WAIT] = "COW_WAIT",
+    [RS_ALLOC_WRITE] = "ALLOC_WRITE",
+    [RS_ALLOC_WRITE_WAIT] = "ALLOC_WRITE_WAIT",
+    [RS_ALLOC_FLUSH_WAIT] = "ALLOC_FLUSH_WAIT",
+    [RS_L2_UPDATE] = "L2_UPDATE",
+    [RS_L2_WRITE_WAIT] = "L2_WRITE_WAIT",
+    [RS_L2_FLUSH_WAIT] = "L2_FLUSH_WAIT",
+    [RS_L1_WRITE_WAIT] = "L1_WRITE_WAIT",
+    [RS_BS_BACKING_WAIT] = "BS_BACKING_WAIT",
+    [RS_FLUSH_WAIT] = "FLUSH_WAIT",
+    [RS_CLEAN_FLUSH_WAIT] = "CLEAN_FLUSH_WAIT",
+    [RS_CLEAN_HDR_WAIT] = "CLEAN_HDR_WAIT",
+    [RS_RESIZE_HDR_WAIT] = "RESIZE_HDR_WAIT",
+    [RS_DONE] = "DONE",
+};
+
+static const char *type_names[] = {
+    [REQ_READ] = "read",         [REQ_WRITE] = "write",   [REQ_WZERO] = "write-zeroes",
+    [REQ_DISCARD] = "discard",   [REQ_FLUSH] = "flush",   [REQ_BSTATUS] = "block-status",
+    [REQ_RESIZE] = "resize",     [REQ_CLEAN] = "clean",
+};
+
+static void req_step(struct qed_req *r);
+
+static uint64_t min64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+static void set_state(struct qed_req *r, enum qed_req_state s)
+{
+    qed_log(QED_LOG_DEBUG, "%s req %p: %s -> %s", type_names[r->type], (void *)r,
+            state_names[r->state], state_names[s]);
+    r->state = s;
+}
+
+/* ---- Completion delivery ---- */
+
+static void req_deliver(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+    qed_done_fn cb = r->cb;
+    void *opaque = r->opaque;
+    int err = r->err;
+
+    free(r);
+    img->inflight--;
+    cb(opaque, err);
+}
+
+static void req_defer_fn(struct qed_defer *d)
+{
+    req_deliver((struct qed_req *)((char *)d - offsetof(struct qed_req, defer)));
+}
+
+/* ---- The allocating-write queue ---- */
+
+/*
+ * Give the queue to the next waiter.  Why a loop with a guard instead of
+ * recursion: the new holder may finish at once and hand the queue on again;
+ * the guard turns that chain into iterations of this loop.
+ */
+static void queue_kick(struct qed_image *img)
+{
+    if (img->kicking) {
+        img->kick_again = true;
+        return;
+    }
+    img->kicking = true;
+    do {
+        img->kick_again = false;
+        if (!img->alloc_holder && img->queue_head) {
+            struct qed_req *r = img->queue_head;
+            img->queue_head = r->next;
+            if (!img->queue_head)
+                img->queue_tail = NULL;
+            r->next = NULL;
+            r->holding = true;
+            img->alloc_holder = r;
+            req_step(r);
+            img->kick_again = true;
+        }
+    } while (img->kick_again);
+    img->kicking = false;
+}
+
+/*
+ * Enter the queue.  Returns true when @r holds it now and may go on, false
+ * when it waits (state RS_QUEUE_WAIT) and will be stepped by queue_kick.
+ */
+static bool queue_enter(struct qed_req *r, enum qed_req_state resume)
+{
+    struct qed_image *img = r->img;
+
+    /* Allocation activity postpones the clean: NEED_CHECK stays set while busy. */
+    if (img->aio && ev_is_active(&img->clean_timer))
+        ev_timer_stop(img->aio->loop, &img->clean_timer);
+    if (!img->alloc_holder && !img->queue_head) {
+        r->holding = true;
+        img->alloc_holder = r;
+        set_state(r, resume);
+        return true;
+    }
+    r->next = NULL;
+    if (img->queue_tail)
+        img->queue_tail->next = r;
+    else
+        img->queue_head = r;
+    img->queue_tail = r;
+    r->resume = resume;
+    set_state(r, RS_QUEUE_WAIT);
+    return false;
+}
+
+/* ---- Finishing ---- */
+
+static void req_finish(struct qed_req *r, int err)
+{
+    struct qed_image *img = r->img;
+    bool was_holding = r->holding;
+
+    if (err < 0 && !r->err)
+        r->err = err;
+    if (r->err < 0 && r->type != REQ_CLEAN)
+        qed_log(QED_LOG_DEBUG, "%s: %s at %" PRIu64 "+%" PRIu64 " failed: %s", img->path,
+                type_names[r->type], r->off, r->end - r->off, strerror(-r->err));
+    if (r->l2) {
+        qed_l2_cache_unref(&img->cache, r->l2);
+        r->l2 = NULL;
+    }
+    free(r->saved);
+    r->saved = NULL;
+    free(r->bs_tmp);
+    r->bs_tmp = NULL;
+    set_state(r, RS_DONE);
+
+    if (was_holding) {
+        r->holding = false;
+        img->alloc_holder = NULL;
+    }
+    /* Why defer inside a submit call: the callback must never run from
+     * inside the call that submitted its request. */
+    if (img->submitting)
+        qed_aio_defer(img->aio, &r->defer);
+    else
+        req_deliver(r);
+
+    if (was_holding) {
+        if (!img->queue_head)
+            qed_image_arm_clean(img);
+        queue_kick(img);
+    }
+}
+
+/* ---- I/O helpers ---- */
+
+static void req_io_done(struct qed_io *io)
+{
+    struct qed_req *r = io->opaque;
+
+    if (io->res < 0 && !r->err) {
+        r->err = (int)io->res;
+        qed_log(QED_LOG_ERROR, "%s: %s I/O at %" PRIu64 " failed: %s", r->img->path,
+                io->op == QED_IO_READ    ? "read"
+                : io->op == QED_IO_WRITE ? "write"
+                : io->op == QED_IO_FSYNC ? "flush"
+                                         : "punch",
+                io->offset, strerror((int)-io->res));
+    }
+    r->pending--;
+    req_step(r);
+}
+
+static void req_sub_done(void *opaque, int ret)
+{
+    struct qed_req *r = opaque;
+
+    if (ret < 0 && !r->err)
+        r->err = ret;
+    r->pending--;
+    req_step(r);
+}
+
+static void submit_io(struct qed_req *r, int slot, enum qed_io_op op, int fd, struct iovec *iov,
+                      int iovcnt, uint64_t offset, uint64_t length)
+{
+    struct qed_io *io = &r->io[slot];
+
+    memset(io, 0, sizeof(*io));
+    io->op = op;
+    io->fd = fd;
+    io->iov = iov;
+    io->iovcnt = iovcnt;
+    io->offset = offset;
+    io->length = length;
+    io->done = req_io_done;
+    io->opaque = r;
+    r->pending++;
+    qed_aio_submit(r->img->aio, io);
+}
+
+static void submit_rw(struct qed_req *r, int slot, enum qed_io_op op, void *buf, uint64_t len,
+                      uint64_t host)
+{
+    r->iov2[slot].iov_base = buf;
+    r->iov2[slot].iov_len = len;
+    submit_io(r, slot, op, r->img->fd, &r->iov2[slot], 1, host, len);
+}
+
+static void submit_fsync(struct qed_req *r)
+{
+    submit_io(r, 0, QED_IO_FSYNC, r->img->fd, NULL, 0, 0, 0);
+}
+
+/* Append zero-buffer pieces covering @len bytes to r->iov from index @n. */
+static int iov_add_zeros(struct qed_req *r, int n, uint64_t len)
+{
+    while (len) {
+        uint64_t piece = min64(len, ZERO_BUF_SIZE);
+        r->iov[n].iov_base = zero_buf;
+        r->iov[n].iov_len = piece;
+        n++;
+        len -= piece;
+    }
+    return n;
+}
+
+/* Append the source of the run's data (caller's buffer or zeros). */
+static int iov_add_source(struct qed_req *r, int n)
+{
+    if (r->buf) {
+        r->iov[n].iov_base = r->buf + (r->cur_pos - r->off);
+        r->iov[n].iov_len = r->run_len;
+        return n + 1;
+    }
+    return iov_add_zeros(r, n, r->run_len);
+}
+
+/*
+ * Read guest range [pos, pos+len) of the backing file into @dst; what lies
+ * past the backing file's end reads as zeros.
+ */
+static void backing_read(struct qed_req *r, int slot, uint64_t pos, uint8_t *dst, uint64_t len)
+{
+    struct qed_image *img = r->img;
+    uint64_t n = pos >= img->backing_size ? 0 : min64(len, img->backing_size - pos);
+
+    if (n < len)
+        memset(dst + n, 0, len - n);
+    if (n == 0)
+        return;
+    if (img->backing_kind == BACKING_RAW) {
+        r->iov2[slot].iov_base = dst;
+        r->iov2[slot].iov_len = n;
+        submit_io(r, slot, QED_IO_READ, img->backing_fd, &r->iov2[slot], 1, pos, n);
+    } else {
+        int rc;
+        r->pending++;
+        rc = qed_read(img->backing, pos, dst, n, req_sub_done, r);
+        if (rc < 0) {
+            r->pending--;
+            if (!r->err)
+                r->err = rc;
+        }
+    }
+}
+
+/* ---- Mapping lookup ---- */
+
+/*
+ * Find the run at cur_pos: limited to the request end and to the L2 table
+ * that covers cur_pos; sets kind, run_len and host.
+ */
+static void run_lookup(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+    const struct qed_geom *g = &img->g;
+    uint64_t pos = r->cur_pos;
+    uint64_t l2_end = (pos | (qed_l2_coverage(g) - 1)) + 1;
+    uint64_t limit = l2_end == 0 ? r->end : min64(r->end, l2_end); /* 0: wrapped at 2^64 */
+    uint64_t idx, e0, c;
+    enum qed_run_kind kind;
+
+    if (!r->l2) {
+        r->kind = RUN_UNALLOC;
+        r->run_len = limit - pos;
+        return;
+    }
+    idx = qed_l2_index(g, pos);
+    e0 = le64toh(r->l2->t[idx]);
+    if (e0 == 0)
+        kind = RUN_UNALLOC;
+    else if (e0 == 1)
+        kind = RUN_ZERO;
+    else if (qed_check_cluster_offset(g, e0, img->file_size))
+        kind = RUN_DATA;
+    else
+        kind = RUN_BAD;
+
+    c = qed_start_of_cluster(g, pos) + g->cluster_size;
+    if (kind != RUN_BAD) {
+        uint64_t prev = e0;
+        while (c < limit) {
+            uint64_t e = le64toh(r->l2->t[++idx]);
+            if (kind == RUN_DATA) {
+                if (e != prev + g->cluster_size)
+                    break;
+                prev = e;
+            } else if (e != e0) {
+                break;
+            }
+            c += g->cluster_size;
+        }
+    } else {
+        qed_log(QED_LOG_ERROR,
+                "%s: corrupt L2 entry 0x%" PRIx64 " for guest offset %" PRIu64
+                " (table at %" PRIu64 ", index %" PRIu64 ")",
+                img->path, e0, pos, r->l2->offset, idx);
+    }
+    r->kind = kind;
+    r->run_len = min64(c, limit) - pos;
+    r->host = kind == RUN_DATA ? e0 + qed_offset_in_cluster(g, pos) : 0;
+}
+
+/* The run is handled: move past it. */
+static void run_advance(struct qed_req *r)
+{
+    r->cur_pos += r->run_len;
+    if (r->l2) {
+        qed_l2_cache_unref(&r->img->cache, r->l2);
+        r->l2 = NULL;
+    }
+    set_state(r, RS_NEXT);
+}
+
+/* L2 table load finished: wake every request waiting for it. */
+static void l2_load_done(struct qed_io *io)
+{
+    struct qed_l2 *e = io->opaque;
+    struct qed_image *img = e->img;
+    struct qed_req *w = e->waiters;
+
+    e->waiters = NULL;
+    if (io->res < 0) {
+        qed_log(QED_LOG_ERROR, "%s: reading L2 table at %" PRIu64 " failed: %s", img->path,
+                e->offset, strerror((int)-io->res));
+        /* Forget it so that a later request tries the read again. */
+        qed_l2_cache_forget(&img->cache, e);
+    } else {
+        e->state = L2_VALID;
+        img->cache.loads++;
+    }
+    /* Each waiter holds its own reference, so stepping one (which may drop
+     * its reference) cannot free the entry under the others. */
+    while (w) {
+        struct qed_req *next = w->next;
+        w->next = NULL;
+        if (io->res < 0 && !w->err)
+            w->err = (int)io->res;
+        w->pending--;
+        req_step(w);
+        w = next;
+    }
+}
+
+/*
+ * Get the L2 table covering cur_pos into r->l2 (NULL when the L1 entry is
+ * empty).  Returns 1 when it is ready, 0 when the request now waits for a
+ * load, -EIO for a corrupt L1 entry, -ENOMEM.
+ */
+static int get_l2(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+    uint64_t l1i = qed_l1_index(&img->g, r->cur_pos);
+    uint64_t off = le64toh(img->l1[l1i]);
+    struct qed_l2 *e;
+
+    r->l1_index = l1i;
+    r->l2 = NULL;
+    if (off == 0)
+        return 1;
+    if (!qed_check_table_offset(&img->g, off, img->file_size)) {
+        qed_log(QED_LOG_ERROR, "%s: corrupt L1 entry %" PRIu64 ": L2 table offset 0x%" PRIx64,
+                img->path, l1i, off);
+        return -EIO;
+    }
+    e = qed_l2_cache_get(&img->cache, off);
+    if (e) {
+        r->l2 = e;
+        if (e->state == L2_VALID)
+            return 1;
+        /* Another request is loading this table: wait for it, read it once. */
+        r->next = e->waiters;
+        e->waiters = r;
+        r->pending++;
+        return 0;
+    }
+    e = qed_l2_cache_insert(&img->cache, img, off, L2_LOADING);
+    if (!e)
+        return -ENOMEM;
+    r->l2 = e;
+    r->next = NULL;
+    e->waiters = r;
+    r->pending++;
+    e->iov.iov_base = e->t;
+    e->iov.iov_len = img->g.table_bytes;
+    memset(&e->io, 0, sizeof(e->io));
+    e->io.op = QED_IO_READ;
+    e->io.fd = img->fd;
+    e->io.iov = &e->iov;
+    e->io.iovcnt = 1;
+    e->io.offset = off;
+    e->io.done = l2_load_done;
+    e->io.opaque = e;
+    qed_aio_submit(img->aio, &e->io);
+    return 0;
+}
+
+/* ---- Block status ---- */
+
+/* Add @x to the caller's extent list, merging with the last one.  False when full. */
+static bool bs_emit(struct qed_req *r, const struct qed_extent *x)
+{
+    size_t n = *r->ext_n;
+
+    if (x->length == 0)
+        return true;
+    if (n > 0) {
+        struct qed_extent *l = &r->ext[n - 1];
+        if (l->start + l->length == x->start && l->depth == x->depth &&
+            l->present == x->present && l->zero == x->zero && l->data == x->data &&
+            l->has_offset == x->has_offset &&
+            (!l->has_offset || l->offset + l->length == x->offset)) {
+            l->length += x->length;
+            return true;
+        }
+    }
+    if (n == r->ext_max)
+        return false;
+    r->ext[n] = *x;
+    *r->ext_n = n + 1;
+    return true;
+}
+
+/* Emit extents for [pos, pos+len) of a raw backing file, found with SEEK_DATA/SEEK_HOLE. */
+static bool bs_raw(struct qed_req *r, uint64_t pos, uint64_t len)
+{
+    int fd = r->img->backing_fd;
+    uint64_t end = pos + len;
+
+    while (pos < end) {
+        struct qed_extent x = {.start = pos, .depth = 1, .present = true, .has_offset = true,
+                               .offset = pos};
+        off_t d = lseek(fd, (off_t)pos, SEEK_DATA);
+        uint64_t stop;
+
+        if (d < 0 || (uint64_t)d > pos) {
+            /* A hole up to the next data (or to the end when there is none). */
+            stop = d < 0 ? end : min64((uint64_t)d, end);
+            x.zero = true;
+        } else {
+            off_t h = lseek(fd, (off_t)pos, SEEK_HOLE);
+            stop = h < 0 ? end : min64((uint64_t)h, end);
+            x.data = true;
+        }
+        if (stop <= pos)
+            stop = end;
+        x.length = stop - pos;
+        if (!bs_emit(r, &x))
+            return false;
+        pos = stop;
+    }
+    return true;
+}
+
+/* ---- The step function ---- */
+
+/* Is the write-zeroes run at cur_pos doable without writing data? */
+static bool wzero_run_is_fast(const struct qed_req *r)
+{
+    const struct qed_geom *g = &r->img->g;
+    bool whole = qed_offset_in_cluster(g, r->cur_pos) == 0 &&
+                 qed_offset_in_cluster(g, r->cur_pos + r->run_len) == 0;
+
+    switch (r->kind) {
+    case RUN_ZERO:
+        return true;
+    case RUN_UNALLOC:
+        return whole || r->img->backing_kind == BACKING_NONE;
+    default:
+        return false;
+    }
+}
+
+/*
+ * Write zeroes handles partial clusters and whole clusters differently, so a
+ * run never mixes them: a partial head cluster, then the whole clusters, then
+ * a partial tail cluster.  Zero writes are also bounded in size.
+ */
+static void wzero_trim_run(struct qed_req *r)
+{
+    const struct qed_geom *g = &r->img->g;
+    uint64_t pos = r->cur_pos, in = qed_offset_in_cluster(g, pos);
+
+    if (in) {
+        r->run_len = min64(r->run_len, g->cluster_size - in);
+    } else if (r->run_len >= g->cluster_size) {
+        r->run_len = qed_start_of_cluster(g, r->run_len);
+    }
+    if (r->run_len > ZERO_RUN_MAX)
+        r->run_len = ZERO_RUN_MAX;
+}
+
+/* Handle the current run for each request type.  Returns after starting I/O. */
+static void step_run(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+
+    run_lookup(r);
+    if (r->kind == RUN_BAD) {
+        req_finish(r, -EIO);
+        return;
+    }
+
+    switch (r->type) {
+    case REQ_READ: {
+        uint8_t *dst = r->buf + (r->cur_pos - r->off);
+        if (r->kind == RUN_DATA) {
+            set_state(r, RS_DATA_WAIT);
+            submit_rw(r, 0, QED_IO_READ, dst, r->run_len, r->host);
+        } else if (r->kind == RUN_UNALLOC && img->backing_kind != BACKING_NONE) {
+            set_state(r, RS_DATA_WAIT);
+            backing_read(r, 0, r->cur_pos, dst, r->run_len);
+            if (!r->pending)
+                run_advance(r);
+        } else {
+            memset(dst, 0, r->run_len);
+            run_advance(r);
+        }
+        return;
+    }
+
+    case REQ_WRITE:
+        if (r->kind == RUN_DATA) {
+            set_state(r, RS_DATA_WAIT);
+            submit_rw(r, 0, QED_IO_WRITE, r->buf + (r->cur_pos - r->off), r->run_len, r->host);
+            return;
+        }
+        if (!r->holding) {
+            /* Allocation needs the queue.  Drop the table: it may change while
+             * we wait, and the lookup is redone once we hold the queue. */
+            if (r->l2)
+                qed_l2_cache_unref(&img->cache, r->l2);
+            r->l2 = NULL;
+            queue_enter(r, RS_NEXT);
+            return;
+        }
+        set_state(r, RS_ALLOC_BEGIN);
+        return;
+
+    case REQ_WZERO:
+        wzero_trim_run(r);
+        if (r->scanning) {
+            /* FAST_ZERO: look at the whole range before changing anything. */
+            if (!wzero_run_is_fast(r)) {
+                req_finish(r, -ENOTSUP);
+                return;
+            }
+            run_advance(r);
+            return;
+        }
+        if (r->kind == RUN_DATA) {
+            int n = iov_add_zeros(r, 0, r->run_len);
+            set_state(r, RS_DATA_WAIT);
+            submit_io(r, 0, QED_IO_WRITE, img->fd, r->iov, n, r->host, r->run_len);
+            return;
+        }
+        if (r->flags & QED_REQ_NO_HOLE) {
+            /* Fully provision: allocate and write real zeros. */
+            set_state(r, RS_ALLOC_BEGIN);
+            return;
+        }
+        if (r->kind == RUN_ZERO) {
+            run_advance(r);
+            return;
+        }
+        /* Unallocated */
+        if (qed_offset_in_cluster(&img->g, r->cur_pos) == 0 &&
+            qed_offset_in_cluster(&img->g, r->cur_pos + r->run_len) == 0) {
+            r->zero_entries = true; /* whole clusters: zero entries, no data */
+            set_state(r, RS_ALLOC_BEGIN);
+        } else if (img->backing_kind != BACKING_NONE) {
+            set_state(r, RS_ALLOC_BEGIN); /* partial: copy the rest from backing */
+        } else {
+            run_advance(r); /* partial and no backing: already reads as zeros */
+        }
+        return;
+
+    case REQ_DISCARD:
+        if (r->kind == RUN_DATA) {
+            const struct qed_geom *g = &img->g;
+            uint64_t a = (r->cur_pos + g->cluster_size - 1) & ~(uint64_t)(g->cluster_size - 1);
+            uint64_t b = qed_start_of_cluster(g, r->cur_pos + r->run_len);
+            if (b > a) {
+                set_state(r, RS_DATA_WAIT);
+                submit_io(r, 0, QED_IO_PUNCH, img->fd, NULL, 0, r->host + (a - r->cur_pos),
+                          b - a);
+                return;
+            }
+        }
+        run_advance(r);
+        return;
+
+    case REQ_BSTATUS: {
+        struct qed_extent x = {.start = r->cur_pos, .length = r->run_len};
+        bool more = true;
+        if (r->kind == RUN_DATA) {
+            x.present = x.data = x.has_offset = true;
+            x.offset = r->host;
+            more = bs_emit(r, &x);
+        } else if (r->kind == RUN_ZERO) {
+            x.present = x.zero = true;
+            more = bs_emit(r, &x);
+        } else if (img->backing_kind == BACKING_NONE || r->cur_pos >= img->backing_size) {
+            x.zero = true; /* unallocated everywhere */
+            more = bs_emit(r, &x);
+        } else {
+            uint64_t n = min64(r->run_len, img->backing_size - r->cur_pos);
+            if (img->backing_kind == BACKING_RAW) {
+                r->run_len = n;
+                more = bs_raw(r, r->cur_pos, n);
+            } else {
+                int rc;
+                if (!r->bs_tmp) {
+                    r->bs_tmp = malloc(BS_TMP_EXTENTS * sizeof(*r->bs_tmp));
+                    if (!r->bs_tmp) {
+                        req_finish(r, -ENOMEM);
+                        return;
+                    }
+                }
+                r->bs_tmp_n = 0;
+                set_state(r, RS_BS_BACKING_WAIT);
+                r->pending++;
+                rc = qed_block_status(img->backing, r->cur_pos, n, r->bs_tmp, BS_TMP_EXTENTS,
+                                      &r->bs_tmp_n, req_sub_done, r);
+                if (rc < 0) {
+                    r->pending--;
+                    req_finish(r, rc);
+                }
+                return;
+            }
+        }
+        if (!more)
+            req_finish(r, 0);
+        else
+            run_advance(r);
+        return;
+    }
+
+    default:
+        req_finish(r, -EINVAL);
+        return;
+    }
+}
+
+static void step(struct qed_req *r);
+
+static void req_step(struct qed_req *r)
+{
+    /* Why wait for all: some states start two I/Os (head and tail copies). */
+    if (r->pending)
+        return;
+    step(r);
+}
+
+static void step(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+    const struct qed_geom *g = &img->g;
+
+    for (;;) {
+        switch (r->state) {
+        case RS_START:
+            switch (r->type) {
+            case REQ_FLUSH:
+                set_state(r, RS_FLUSH_WAIT);
+                submit_fsync(r);
+                return;
+            case REQ_WZERO:
+                if ((r->flags & QED_REQ_FAST_ZERO) && (r->flags & QED_REQ_NO_HOLE)) {
+                    req_finish(r, -ENOTSUP); /* provisioning means writing data */
+                    return;
+                }
+                r->scanning = (r->flags & QED_REQ_FAST_ZERO) != 0;
+                r->cur_pos = r->off;
+                /* Metadata changes: hold the queue for the whole request, so a
+                 * FAST_ZERO scan stays true until the changes are made. */
+                if (!queue_enter(r, RS_NEXT))
+                    return;
+                continue;
+            case REQ_RESIZE:
+            case REQ_CLEAN:
+                if (!queue_enter(r, r->type == REQ_RESIZE ? RS_RESIZE_BEGIN : RS_CLEAN_BEGIN))
+                    return;
+                continue;
+            default:
+                r->cur_pos = r->off;
+                set_state(r, RS_NEXT);
+                continue;
+            }
+
+        case RS_QUEUE_WAIT:
+            /* queue_kick made us the holder. */
+            set_state(r, r->resume);
+            continue;
+
+        case RS_NEXT:
+            if (r->cur_pos >= r->end) {
+                if (r->scanning) {
+                    /* The scan found nothing slow: now do it for real. */
+                    r->scanning = false;
+                    r->cur_pos = r->off;
+                    continue;
+                }
+                if ((r->flags & QED_REQ_FUA) && r->type != REQ_READ && r->type != REQ_BSTATUS) {
+                    /* FUA: the data and the metadata that maps it must be
+                     * stable before we report success. */
+                    set_state(r, RS_FLUSH_WAIT);
+                    submit_fsync(r);
+                    return;
+                }
+                req_finish(r, 0);
+                return;
+            }
+            {
+                int rc = get_l2(r);
+                if (rc < 0) {
+                    req_finish(r, rc);
+                    return;
+                }
+                if (rc == 0) {
+                    set_state(r, RS_L2_LOAD_WAIT);
+                    return;
+                }
+            }
+            set_state(r, RS_RUN);
+            continue;
+
+        case RS_L2_LOAD_WAIT:
+            if (r->err) {
+                req_finish(r, r->err);
+                return;
+            }
+            set_state(r, RS_RUN);
+            continue;
+
+        case RS_RUN:
+            step_run(r);
+            if (r->state == RS_DONE || r->pending || r->state == RS_QUEUE_WAIT)
+                return;
+            continue;
+
+        case RS_DATA_WAIT:
+            if (r->type == REQ_DISCARD && r->err == -EOPNOTSUPP)
+                r->err = 0; /* discard is advisory where holes cannot be punched */
+            if (r->err) {
+                req_finish(r, r->err);
+                return;
+            }
+            run_advance(r);
+            continue;
+
+        /* ---- Allocation (the queue holder only) ---- */
+
+        case RS_ALLOC_BEGIN:
+            if (!r->zero_entries && img->backing_kind == BACKING_NONE &&
+                !(img->h.features & QED_F_NEED_CHECK)) {
+                /* Rule 1: NEED_CHECK durable before the first allocation. */
+                img->h.features |= QED_F_NEED_CHECK;
+                img->dirty_set_by_us = true;
+                qed_header_encode(&img->h, img->hdr_raw);
+                set_state(r, RS_HDR_WAIT);
+                submit_rw(r, 0, QED_IO_WRITE, img->hdr_raw, QED_HEADER_BYTES, 0);
+                return;
+            }
+            set_state(r, RS_ALLOC_CLUSTERS);
+            continue;
+
+        case RS_HDR_WAIT:
+            if (r->err) {
+                img->h.features &= ~QED_F_NEED_CHECK;
+                req_finish(r, r->err);
+                return;
+            }
+            set_state(r, RS_HDR_FLUSH_WAIT);
+            submit_fsync(r);
+            return;
+
+        case RS_HDR_FLUSH_WAIT:
+            if (r->err) {
+                req_finish(r, r->err); /* the flag stays set: that is the safe side */
+                return;
+            }
+            set_state(r, RS_ALLOC_CLUSTERS);
+            continue;
+
+        case RS_ALLOC_CLUSTERS: {
+            uint64_t in = qed_offset_in_cluster(g, r->cur_pos);
+            uint64_t end = r->cur_pos + r->run_len;
+            uint64_t end_in = qed_offset_in_cluster(g, end);
+
+            if (!r->buf && r->run_len > ZERO_RUN_MAX - in)
+                r->run_len = ZERO_RUN_MAX - in; /* keep the zero iovec bounded */
+            end = r->cur_pos + r->run_len;
+            end_in = qed_offset_in_cluster(g, end);
+            r->alloc_first = qed_l2_index(g, r->cur_pos);
+            r->alloc_n = qed_bytes_to_clusters(g, in + r->run_len);
+            if (!r->l2) {
+                /* No L2 table yet: take one from the end of the file. */
+                struct qed_l2 *e = qed_l2_cache_insert(&img->cache, img, img->file_size, L2_VALID);
+                if (!e) {
+                    req_finish(r, -ENOMEM);
+                    return;
+                }
+                img->file_size += g->table_bytes;
+                r->l2 = e;
+                r->new_l2 = true;
+            }
+            if (r->zero_entries) {
+                r->alloc_host = 0;
+                set_state(r, RS_L2_UPDATE);
+                continue;
+            }
+            r->alloc_host = img->file_size;
+            img->file_size += r->alloc_n * g->cluster_size;
+
+            /* Fill the parts of the first and last cluster the write does not
+             * cover: from the backing file, or with zeros when there is none or
+             * the cluster was a zero cluster (never backing data there). */
+            r->head_len = in;
+            r->tail_len = end_in ? g->cluster_size - end_in : 0;
+            if (r->head_len || r->tail_len) {
+                bool from_backing = r->kind == RUN_UNALLOC && img->backing_kind != BACKING_NONE;
+                if (!img->cow_buf) {
+                    img->cow_buf = malloc(2 * (size_t)g->cluster_size);
+                    if (!img->cow_buf) {
+                        req_finish(r, -ENOMEM);
+                        return;
+                    }
+                }
+                set_state(r, RS_COW_WAIT);
+                if (r->head_len) {
+                    if (from_backing)
+                        backing_read(r, 0, qed_start_of_cluster(g, r->cur_pos), img->cow_buf,
+                                     r->head_len);
+                    else
+                        memset(img->cow_buf, 0, r->head_len);
+                }
+                if (r->tail_len) {
+                    uint8_t *tail = img->cow_buf + g->cluster_size;
+                    if (from_backing)
+                        backing_read(r, 1, end, tail, r->tail_len);
+                    else
+                        memset(tail, 0, r->tail_len);
+                }
+                if (r->pending)
+                    return;
+                if (r->err) {
+                    req_finish(r, r->err);
+                    return;
+                }
+            }
+            set_state(r, RS_ALLOC_WRITE);
+            continue;
+        }
+
+        case RS_COW_WAIT:
+            if (r->err) {
+                req_finish(r, r->err); /* the new clusters leak; nothing points at them */
+                return;
+            }
+            set_state(r, RS_ALLOC_WRITE);
+            continue;
+
+        case RS_ALLOC_WRITE: {
+            int n = 0;
+            if (r->head_len) {
+                r->iov[n].iov_base = img->cow_buf;
+                r->iov[n++].iov_len = r->head_len;
+            }
+            n = iov_add_source(r, n);
+            if (r->tail_len) {
+                r->iov[n].iov_base = img->cow_buf + g->cluster_size;
+                r->iov[n++].iov_len = r->tail_len;
+            }
+            set_state(r, RS_ALLOC_WRITE_WAIT);
+            submit_io(r, 0, QED_IO_WRITE, img->fd, r->iov, n, r->alloc_host,
+                      r->alloc_n * g->cluster_size);
+            return;
+        }
+
+        case RS_ALLOC_WRITE_WAIT:
+            if (r->err) {
+                req_finish(r, r->err);
+                return;
+            }
+            if (img->backing_kind != BACKING_NONE) {
+                /* Rule 3: data stable before the L2 entry points at it. */
+                set_state(r, RS_ALLOC_FLUSH_WAIT);
+                submit_fsync(r);
+                return;
+            }
+            set_state(r, RS_L2_UPDATE);
+            continue;
+
+        case RS_ALLOC_FLUSH_WAIT:
+            if (r->err) {
+                req_finish(r, r->err);
+                return;
+            }
+            set_state(r, RS_L2_UPDATE);
+            continue;
+
+        case RS_L2_UPDATE: {
+            uint64_t *t = r->l2->t;
+            r->saved = malloc(r->alloc_n * sizeof(uint64_t));
+            if (!r->saved) {
+                req_finish(r, -ENOMEM);
+                return;
+            }
+            memcpy(r->saved, t + r->alloc_first, r->alloc_n * sizeof(uint64_t));
+            /* Readers see the new entries at once: the data is already written. */
+            for (uint64_t i = 0; i < r->alloc_n; i++)
+                t[r->alloc_first + i] =
+                    htole64(r->alloc_host ? r->alloc_host + i * g->cluster_size : 1);
+            set_state(r, RS_L2_WRITE_WAIT);
+            if (r->new_l2)
+                submit_rw(r, 0, QED_IO_WRITE, t, g->table_bytes, r->l2->offset);
+            else
+                submit_rw(r, 0, QED_IO_WRITE, t + r->alloc_first, r->alloc_n * sizeof(uint64_t),
+                          r->l2->offset + r->alloc_first * sizeof(uint64_t));
+            return;
+        }
+
+        case RS_L2_WRITE_WAIT:
+            if (r->err) {
+                memcpy(r->l2->t + r->alloc_first, r->saved, r->alloc_n * sizeof(uint64_t));
+                if (r->new_l2)
+                    qed_l2_cache_forget(&img->cache, r->l2);
+                req_finish(r, r->err);
+                return;
+            }
+            if (r->new_l2) {
+                /* Rule 4: the new table stable before L1 points at it. */
+                set_state(r, RS_L2_FLUSH_WAIT);
+                submit_fsync(r);
+                return;
+            }
+            set_state(r, RS_ALLOC_DONE);
+            continue;
+
+        case RS_L2_FLUSH_WAIT:
+            if (r->err) {
+                qed_l2_cache_forget(&img->cache, r->l2);
+                req_finish(r, r->err);
+                return;
+            }
+            img->l1[r->l1_index] = htole64(r->l2->offset);
+            set_state(r, RS_L1_WRITE_WAIT);
+            submit_rw(r, 0, QED_IO_WRITE, &img->l1[r->l1_index], sizeof(uint64_t),
+                      img->h.l1_table_offset + r->l1_index * sizeof(uint64_t));
+            return;
+
+        case RS_L1_WRITE_WAIT:
+            if (r->err) {
+                img->l1[r->l1_index] = 0;
+                qed_l2_cache_forget(&img->cache, r->l2);
+                req_finish(r, r->err);
+                return;
+            }
+            set_state(r, RS_ALLOC_DONE);
+            continue;
+
+        case RS_ALLOC_DONE:
+            free(r->saved);
+            r->saved = NULL;
+            r->new_l2 = false;
+            r->zero_entries = false;
+            r->head_len = r->tail_len = 0;
+            run_advance(r);
+            continue;
+
+        /* ---- Block status of the backing image ---- */
+
+        case RS_BS_BACKING_WAIT: {
+            uint64_t covered = 0;
+            if (r->err) {
+                req_finish(r, r->err);
+                return;
+            }
+            for (size_t i = 0; i < r->bs_tmp_n; i++) {
+                struct qed_extent x = r->bs_tmp[i];
+                x.depth++;
+                if (!bs_emit(r, &x)) {
+                    req_finish(r, 0);
+                    return;
+                }
+                covered += x.length;
+            }
+            if (covered == 0) {
+                req_finish(r, -EIO);
+                return;
+            }
+            r->run_len = covered;
+            run_advance(r);
+            continue;
+        }
+
+        /* ---- Flush, resize, clean ---- */
+
+        case RS_FLUSH_WAIT:
+            req_finish(r, r->err);
+            return;
+
+        case RS_RESIZE_BEGIN:
+            r->old_size = img->h.image_size;
+            img->h.image_size = r->new_size;
+            qed_header_encode(&img->h, img->hdr_raw);
+            set_state(r, RS_RESIZE_HDR_WAIT);
+            submit_rw(r, 0, QED_IO_WRITE, img->hdr_raw, QED_HEADER_BYTES, 0);
+            return;
+
+        case RS_RESIZE_HDR_WAIT:
+            if (r->err) {
+                img->h.image_size = r->old_size;
+                req_finish(r, r->err);
+                return;
+            }
+            set_state(r, RS_FLUSH_WAIT);
+            submit_fsync(r);
+            return;
+
+        case RS_CLEAN_BEGIN:
+            if (!(img->h.features & QED_F_NEED_CHECK) || img->read_only) {
+                req_finish(r, 0);
+                return;
+            }
+            /* Why flush first: NEED_CHECK may be cleared only when every
+             * metadata update made under it is on stable storage. */
+            set_state(r, RS_CLEAN_FLUSH_WAIT);
+            submit_fsync(r);
+            return;
+
+        case RS_CLEAN_FLUSH_WAIT:
+            if (r->err) {
+                req_finish(r, r->err);
+                return;
+            }
+            img->h.features &= ~QED_F_NEED_CHECK;
+            qed_header_encode(&img->h, img->hdr_raw);
+            set_state(r, RS_CLEAN_HDR_WAIT);
+            submit_rw(r, 0, QED_IO_WRITE, img->hdr_raw, QED_HEADER_BYTES, 0);
+            return;
+
+        case RS_CLEAN_HDR_WAIT:
+            if (r->err)
+                img->h.features |= QED_F_NEED_CHECK; /* still dirty on disk, maybe */
+            req_finish(r, r->err);
+            return;
+
+        case RS_DONE:
+            return;
+        }
+    }
+}
+
+/* ---- Submission ---- */
+
+static struct qed_req *req_new(struct qed_image *img, enum qed_req_type type, uint64_t off,
+                               uint64_t len, void *buf, unsigned flags, qed_done_fn cb,
+                               void *opaque)
+{
+    struct qed_req *r = calloc(1, sizeof(*r));
+
+    if (!r)
+        return NULL;
+    r->img = img;
+    r->type = type;
+    r->state = RS_START;
+    r->flags = flags;
+    r->off = off;
+    r->end = off + len;
+    r->buf = buf;
+    r->cb = cb;
+    r->opaque = opaque;
+    r->defer.fn = req_defer_fn;
+    return r;
+}
+
+static int req_submit(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+
+    img->inflight++;
+    img->submitting++;
+    req_step(r);
+    img->submitting--;
+    return 0;
+}
+
+/* Common argument checks.  @write: the request changes the image. */
+static int check_range(struct qed_image *img, uint64_t off, uint64_t len, bool write,
+                       unsigned flags, unsigned allowed, int range_err)
+{
+    if (!img->aio)
+        return -EINVAL;
+    if (flags & ~allowed)
+        return -EINVAL;
+    if (write && img->read_only)
+        return -EROFS;
+    if (off > img->h.image_size || len > img->h.image_size - off)
+        return range_err;
+    return 0;
+}
+
+static int submit_new(struct qed_image *img, enum qed_req_type type, uint64_t off, uint64_t len,
+                      void *buf, unsigned flags, qed_done_fn cb, void *opaque,
+                      struct qed_req **out)
+{
+    struct qed_req *r = req_new(img, type, off, len, buf, flags, cb, opaque);
+
+    if (!r)
+        return -ENOMEM;
+    if (out)
+        *out = r;
+    return r ? 0 : -ENOMEM;
+}
+
+int qed_read(qed_image *img, uint64_t off, void *buf, size_t len, qed_done_fn cb, void *opaque)
+{
+    struct qed_req *r;
+    int rc = check_range(img, off, len, false, 0, 0, -EINVAL);
+
+    if (rc == 0)
+        rc = submit_new(img, REQ_READ, off, len, buf, 0, cb, opaque, &r);
+    return rc < 0 ? rc : req_submit(r);
+}
+
+int qed_write(qed_image *img, uint64_t off, const void *buf, size_t len, unsigned flags,
+              qed_done_fn cb, void *opaque)
+{
+    struct qed_req *r;
+    int rc = check_range(img, off, len, true, flags, QED_REQ_FUA, -ENOSPC);
+
+    if (rc == 0)
+        rc = submit_new(img, REQ_WRITE, off, len, (void *)buf, flags, cb, opaque, &r);
+    return rc < 0 ? rc : req_submit(r);
+}
+
+int qed_write_zeroes(qed_image *img, uint64_t off, uint64_t len, unsigned flags, qed_done_fn cb,
+                     void *opaque)
+{
+    struct qed_req *r;
+    int rc = check_range(img, off, len, true, flags,
+                         QED_REQ_FUA | QED_REQ_NO_HOLE | QED_REQ_FAST_ZERO, -ENOSPC);
+
+    if (rc == 0)
+        rc = submit_new(img, REQ_WZERO, off, len, NULL, flags, cb, opaque, &r);
+    return rc < 0 ? rc : req_submit(r);
+}
+
+int qed_discard(qed_image *img, uint64_t off, uint64_t len, unsigned flags, qed_done_fn cb,
+                void *opaque)
+{
+    struct qed_req *r;
+    int rc = check_range(img, off, len, true, flags, QED_REQ_FUA, -EINVAL);
+
+    if (rc == 0)
+        rc = submit_new(img, REQ_DISCARD, off, len, NULL, flags, cb, opaque, &r);
+    return rc < 0 ? rc : req_submit(r);
+}
+
+int qed_flush(qed_image *img, qed_done_fn cb, void *opaque)
+{
+    struct qed_req *r;
+    int rc = check_range(img, 0, 0, false, 0, 0, -EINVAL);
+
+    if (rc == 0)
+        rc = submit_new(img, REQ_FLUSH, 0, 0, NULL, 0, cb, opaque, &r);
+    return rc < 0 ? rc : req_submit(r);
+}
+
+int qed_block_status(qed_image *img, uint64_t off, uint64_t len, struct qed_extent *ext,
+                     size_t max, size_t *n, qed_done_fn cb, void *opaque)
+{
+    struct qed_req *r;
+    int rc = check_range(img, off, len, false, 0, 0, -EINVAL);
+
+    if (rc == 0 && (max == 0 || !ext || !n))
+        rc = -EINVAL;
+    if (rc == 0)
+        rc = submit_new(img, REQ_BSTATUS, off, len, NULL, 0, cb, opaque, &r);
+    if (rc < 0)
+        return rc;
+    *n = 0;
+    r->ext = ext;
+    r->ext_max = max;
+    r->ext_n = n;
+    return req_submit(r);
+}
+
+int qed_resize(qed_image *img, uint64_t new_size, qed_done_fn cb, void *opaque)
+{
+    struct qed_req *r;
+    int rc = check_range(img, 0, 0, true, 0, 0, -EINVAL);
+
+    if (rc < 0)
+        return rc;
+    if (new_size > UINT64_MAX - 511)
+        return -EINVAL;
+    new_size = (new_size + 511) & ~(uint64_t)511;
+    if (new_size < img->h.image_size) {
+        qed_log(QED_LOG_ERROR, "%s: shrinking from %" PRIu64 " to %" PRIu64 " is not supported",
+                img->path, img->h.image_size, new_size);
+        return -EINVAL;
+    }
+    if (new_size > img->g.max_size) {
+        qed_log(QED_LOG_ERROR, "%s: size %" PRIu64 " exceeds the maximum %" PRIu64
+                " for this cluster and table size", img->path, new_size, img->g.max_size);
+        return -EFBIG;
+    }
+    rc = submit_new(img, REQ_RESIZE, 0, 0, NULL, 0, cb, opaque, &r);
+    if (rc < 0)
+        return rc;
+    r->new_size = new_size;
+    return req_submit(r);
+}
+
+int qed_req_submit_clean(struct qed_image *img, qed_done_fn cb, void *opaque)
+{
+    struct qed_req *r;
+    int rc = check_range(img, 0, 0, true, 0, 0, -EINVAL);
+
+    if (rc == 0)
+        rc = submit_new(img, REQ_CLEAN, 0, 0, NULL, 0, cb, opaque, &r);
+    return rc < 0 ? rc : req_submit(r);
+}
