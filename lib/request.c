@@ -1101,7 +1101,9 @@ static void step(struct qed_req *r)
             return;
 
         case RS_CLEAN_BEGIN:
-            if (!(img->h.features & QED_F_NEED_CHECK) || img->read_only) {
+            /* Only a flag we set ourselves: one left by a crash or by unrepaired
+             * corruption must stay until a check clears it. */
+            if (!(img->h.features & QED_F_NEED_CHECK) || img->read_only || !img->dirty_set_by_us) {
                 req_finish(r, 0);
                 return;
             }
@@ -1191,9 +1193,8 @@ static int submit_new(struct qed_image *img, enum qed_req_type type, uint64_t of
 
     if (!r)
         return -ENOMEM;
-    if (out)
-        *out = r;
-    return r ? 0 : -ENOMEM;
+    *out = r;
+    return 0;
 }
 
 int qed_read(qed_image *img, uint64_t off, void *buf, size_t len, qed_done_fn cb, void *opaque)
