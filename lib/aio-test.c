@@ -45,6 +45,7 @@ struct test_priv {
     void *observer_opaque;
 
     uint64_t counts[QED_IO_PUNCH + 1];
+    bool *freed;                  /* set by destroy while the idle callback runs */
 };
 
 static struct test_priv *test_priv(qed_aio *aio)
@@ -124,13 +125,20 @@ static void test_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
     qed_aio *aio = w->data;
     struct test_priv *p = test_priv(aio);
     size_t n = p->nheld;
+    bool freed = false;
 
     (void)loop;
     (void)revents;
+    /* A done callback may free the engine once nothing is in flight. */
+    p->freed = &freed;
     /* Only the I/Os held when this turn started: those submitted by done
      * callbacks now wait for the next turn, like real completions would. */
-    while (n-- > 0 && p->auto_mode && p->nheld > 0)
+    while (n-- > 0 && p->auto_mode && p->nheld > 0) {
         test_finish(aio, 0, 0);
+        if (freed)
+            return;
+    }
+    p->freed = NULL;
 }
 
 static void test_destroy(qed_aio *aio)
@@ -143,6 +151,8 @@ static void test_destroy(qed_aio *aio)
         qed_log(QED_LOG_ERROR, "test aio engine freed with %zu I/Os held", p->nheld);
     if (ev_is_active(&p->idle))
         ev_idle_stop(aio->loop, &p->idle);
+    if (p->freed)
+        *p->freed = true;
     free(p->held);
     free(p);
     aio->priv = NULL;

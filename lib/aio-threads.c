@@ -39,6 +39,7 @@ struct threads_priv {
     int efd;
     ev_io efd_watcher;
     bool refd;                        /* efd_watcher keeps the loop alive */
+    bool *freed;                      /* set by destroy while a callback runs */
 };
 
 static void threads_list_push(struct qed_io **head, struct qed_io **tail, struct qed_io *io)
@@ -99,6 +100,7 @@ static void threads_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
     struct threads_priv *p = aio->priv;
     struct qed_io *io;
     uint64_t v;
+    bool freed = false;
 
     (void)loop;
     (void)revents;
@@ -111,13 +113,18 @@ static void threads_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
     p->done_head = p->done_tail = NULL;
     pthread_mutex_unlock(&p->done_lock);
 
+    /* A done callback may free the engine once nothing is in flight. */
+    p->freed = &freed;
     while (io) {
         struct qed_io *next = io->next;
 
         io->next = NULL;
         qed_aio_complete(aio, io);
+        if (freed)
+            return;
         io = next;
     }
+    p->freed = NULL;
     if (aio->inflight == 0 && p->refd) {
         ev_unref(aio->loop);
         p->refd = false;
@@ -176,6 +183,8 @@ static void threads_destroy(qed_aio *aio)
     if (aio->inflight)
         qed_log(QED_LOG_ERROR, "thread pool engine freed with %u I/Os in flight",
                 aio->inflight);
+    if (p->freed)
+        *p->freed = true;
     threads_free_priv(aio, p);
     aio->priv = NULL;
 }

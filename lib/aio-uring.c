@@ -57,39 +57,8 @@ struct uring_priv {
     unsigned in_ring;        /* ops with an SQE filled and no CQE reaped yet */
     unsigned cap;            /* bound on in_ring: the CQ size */
     struct qed_io *backlog_head, *backlog_tail;
+    bool *freed;             /* set by destroy while a callback runs */
 };
-
-/* ---- iovec bookkeeping (same rules as io-sync.c) ---- */
-
-static int uring_iov_first(const struct iovec *iov, int cnt)
-{
-    int i = 0;
-
-    while (i < cnt && iov[i].iov_len == 0)
-        i++;
-    return i;
-}
-
-static void uring_iov_consume(struct iovec *iov, int cnt, size_t n)
-{
-    for (int i = 0; i < cnt && n > 0; i++) {
-        size_t step = iov[i].iov_len < n ? iov[i].iov_len : n;
-
-        iov[i].iov_base = (char *)iov[i].iov_base + step;
-        iov[i].iov_len -= step;
-        n -= step;
-    }
-}
-
-static void uring_iov_zero_rest(struct iovec *iov, int cnt)
-{
-    for (int i = 0; i < cnt; i++) {
-        if (iov[i].iov_len)
-            memset(iov[i].iov_base, 0, iov[i].iov_len);
-        iov[i].iov_base = (char *)iov[i].iov_base + iov[i].iov_len;
-        iov[i].iov_len = 0;
-    }
-}
 
 /* ---- submission ---- */
 
@@ -99,7 +68,7 @@ static void uring_prep(struct io_uring_sqe *sqe, struct qed_io *io)
     switch (io->op) {
     case QED_IO_READ:
     case QED_IO_WRITE: {
-        int first = uring_iov_first(io->iov, io->iovcnt);
+        int first = qed_iov_first(io->iov, io->iovcnt);
         int cnt = io->iovcnt - first;
 
         /* A capped vector is a short transfer that uring_handle continues. */
@@ -144,11 +113,11 @@ static void uring_flush(qed_aio *aio)
     if (io_uring_sq_ready(&p->ring) == 0)
         return;
     r = io_uring_submit(&p->ring);
-    if (r >= 0)
+    if (r >= 0 && io_uring_sq_ready(&p->ring) == 0)
         return;
-    /* The SQEs stay in the ring.  Something must retry the submit even if
-     * nothing else is in flight to wake the loop, hence the timer. */
-    if (r != -EAGAIN && r != -EBUSY && r != -EINTR)
+    /* The SQEs left stay in the ring.  Something must retry the submit even
+     * if nothing else is in flight to wake the loop, hence the timer. */
+    if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR)
         qed_log(QED_LOG_ERROR, "io_uring_submit: %s", strerror(-r));
     if (!ev_is_active(&p->retry)) {
         ev_timer_set(&p->retry, 0.001, 0.);
@@ -251,7 +220,7 @@ static void uring_handle(qed_aio *aio, struct qed_io *io, int res)
     case QED_IO_WRITE: {
         bool is_read = io->op == QED_IO_READ;
         uint64_t remaining = io->length - io->done_bytes;
-        int first = uring_iov_first(io->iov, io->iovcnt);
+        int first = qed_iov_first(io->iov, io->iovcnt);
 
         if (res < 0) {
             if (uring_retryable(res)) {
@@ -268,7 +237,7 @@ static void uring_handle(qed_aio *aio, struct qed_io *io, int res)
         if (res == 0 && remaining > 0) {
             if (is_read) {
                 /* End of file: the rest of the range reads as zeros. */
-                uring_iov_zero_rest(io->iov + first, io->iovcnt - first);
+                qed_iov_zero_rest(io->iov + first, io->iovcnt - first);
                 io->done_bytes = io->length;
                 io->res = (int64_t)io->length;
                 break;
@@ -282,7 +251,7 @@ static void uring_handle(qed_aio *aio, struct qed_io *io, int res)
         if ((uint64_t)res > remaining)
             res = (int)remaining;  /* cannot happen; never run past the vector */
         io->done_bytes += (uint64_t)res;
-        uring_iov_consume(io->iov + first, io->iovcnt - first, (size_t)res);
+        qed_iov_consume(io->iov + first, io->iovcnt - first, (size_t)res);
         if (io->done_bytes < io->length) {
             /* Short transfer: continue with the remainder. */
             uring_queue(aio, io);
@@ -320,6 +289,7 @@ static void uring_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
     struct uring_priv *p = aio->priv;
     uint64_t v;
     unsigned n;
+    bool freed = false;
 
     (void)loop;
     (void)revents;
@@ -331,6 +301,8 @@ static void uring_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
     /* Reap only what is there now; CQEs posted while done callbacks run
      * re-signal the eventfd and are handled on the next turn. */
     n = io_uring_cq_ready(&p->ring);
+    /* A done callback may free the engine once nothing is in flight. */
+    p->freed = &freed;
     while (n-- > 0) {
         struct io_uring_cqe *cqe;
         struct qed_io *io;
@@ -344,9 +316,12 @@ static void uring_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
         io_uring_cqe_seen(&p->ring, cqe);
         p->in_ring--;
         uring_handle(aio, io, res);
+        if (freed)
+            return;
         /* Room was freed in the ring: let waiting I/Os in, oldest first. */
         uring_fill_from_backlog(aio);
     }
+    p->freed = NULL;
     if (aio->inflight == 0 && p->refd) {
         ev_unref(aio->loop);
         p->refd = false;
@@ -422,6 +397,8 @@ static void uring_destroy(qed_aio *aio)
         return;
     if (p->in_ring || p->backlog_head)
         qed_log(QED_LOG_ERROR, "io_uring engine freed with %u I/Os in flight", aio->inflight);
+    if (p->freed)
+        *p->freed = true;
     uring_free_priv(aio, p);
     aio->priv = NULL;
 }

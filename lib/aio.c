@@ -67,6 +67,8 @@ int qed_aio_new(struct ev_loop *loop, enum qed_aio_backend kind, qed_aio **out)
         break;
     case QED_AIO_URING:
         r = qed_aio_uring_init(aio);
+        if (r < 0)
+            qed_log(QED_LOG_ERROR, "io_uring cannot be set up: %s", strerror(-r));
         break;
     case QED_AIO_THREADS:
         r = qed_aio_threads_init(aio);

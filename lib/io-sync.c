@@ -28,7 +28,7 @@
 #endif
 
 /* Index of the first entry of @iov that still has bytes to transfer. */
-static int sync_iov_first(const struct iovec *iov, int cnt)
+int qed_iov_first(const struct iovec *iov, int cnt)
 {
     int i = 0;
 
@@ -38,7 +38,7 @@ static int sync_iov_first(const struct iovec *iov, int cnt)
 }
 
 /* Mark @n more bytes of @iov as transferred. */
-static void sync_iov_consume(struct iovec *iov, int cnt, size_t n)
+void qed_iov_consume(struct iovec *iov, int cnt, size_t n)
 {
     for (int i = 0; i < cnt && n > 0; i++) {
         size_t step = iov[i].iov_len < n ? iov[i].iov_len : n;
@@ -50,7 +50,7 @@ static void sync_iov_consume(struct iovec *iov, int cnt, size_t n)
 }
 
 /* Zero what is left of @iov (a read that hit end of file). */
-static void sync_iov_zero_rest(struct iovec *iov, int cnt)
+void qed_iov_zero_rest(struct iovec *iov, int cnt)
 {
     for (int i = 0; i < cnt; i++) {
         if (iov[i].iov_len)
@@ -65,7 +65,7 @@ static int64_t sync_rw(struct qed_io *io)
     const bool is_read = io->op == QED_IO_READ;
 
     while (io->done_bytes < io->length) {
-        int first = sync_iov_first(io->iov, io->iovcnt);
+        int first = qed_iov_first(io->iov, io->iovcnt);
         int cnt = io->iovcnt - first;
         off_t off = (off_t)(io->offset + io->done_bytes);
         ssize_t n;
@@ -97,7 +97,7 @@ static int64_t sync_rw(struct qed_io *io)
         if (n == 0) {
             if (is_read) {
                 /* End of file: the rest of the range reads as zeros. */
-                sync_iov_zero_rest(io->iov + first, io->iovcnt - first);
+                qed_iov_zero_rest(io->iov + first, io->iovcnt - first);
                 io->done_bytes = io->length;
                 break;
             }
@@ -107,7 +107,7 @@ static int64_t sync_rw(struct qed_io *io)
             return -EIO;
         }
         io->done_bytes += (uint64_t)n;
-        sync_iov_consume(io->iov + first, io->iovcnt - first, (size_t)n);
+        qed_iov_consume(io->iov + first, io->iovcnt - first, (size_t)n);
     }
     return (int64_t)io->length;
 }

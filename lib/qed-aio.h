@@ -98,4 +98,13 @@ int qed_aio_test_init(qed_aio *aio);
  */
 void qed_io_run_sync(struct qed_io *io);
 
+/* iovec bookkeeping for retried short transfers (io-sync.c), shared by the backends */
+
+/** qed_iov_first - index of the first non-empty iovec in @iov[0..@cnt). */
+int qed_iov_first(const struct iovec *iov, int cnt);
+/** qed_iov_consume - advance the vector past @n transferred bytes. */
+void qed_iov_consume(struct iovec *iov, int cnt, size_t n);
+/** qed_iov_zero_rest - zero-fill what remains of a read vector and mark it done. */
+void qed_iov_zero_rest(struct iovec *iov, int cnt);
+
 #endif /* QED_AIO_H */

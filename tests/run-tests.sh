@@ -11,6 +11,8 @@ logdir=${TEST_LOGDIR:-logs}
 mkdir -p "$logdir"
 timeout_s=${TEST_TIMEOUT:-600}
 passed=0 failed=0 skipped=0
+# Sanitizer builds: ignore leaks inside Criterion's runner, nothing else.
+export LSAN_OPTIONS="suppressions=$(cd "$(dirname "$0")" && pwd)/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 failed_names=()
 
 for t in "$@"; do
