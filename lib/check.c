@@ -72,6 +72,9 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
     bool dirty = false;
     int r;
 
+    /* Fragmentation is judged within one table, as QEMU does: the first data
+     * cluster of each table starts afresh. */
+    c->last_data = 0;
     r = rw_full(img->fd, t, g->table_bytes, table_off, false);
     if (r < 0) {
         qed_log(QED_LOG_ERROR, "%s: cannot read L2 table at %" PRIu64 ": %s", img->path,
