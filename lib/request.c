@@ -399,6 +399,7 @@ static void l2_load_done(struct qed_io *io)
     struct qed_l2 *e = io->opaque;
     struct qed_image *img = e->img;
     struct qed_req *w = e->waiters;
+    int res = (int)io->res;
 
     e->waiters = NULL;
     if (io->res < 0) {
@@ -415,8 +416,8 @@ static void l2_load_done(struct qed_io *io)
     while (w) {
         struct qed_req *next = w->next;
         w->next = NULL;
-        if (io->res < 0 && !w->err)
-            w->err = (int)io->res;
+        if (res < 0 && !w->err)
+            w->err = res;
         w->pending--;
         req_step(w);
         w = next;
@@ -571,15 +572,20 @@ static void wzero_trim_run(struct qed_req *r)
         r->run_len = ZERO_RUN_MAX;
 }
 
-/* Handle the current run for each request type.  Returns after starting I/O. */
-static void step_run(struct qed_req *r)
+/*
+ * Handle the current run for each request type.  Returns true when the
+ * caller should keep stepping (a new state was set), false when the request
+ * waits for I/O or the queue, or has finished -- then it may be freed already
+ * and must not be touched.
+ */
+static bool step_run(struct qed_req *r)
 {
     struct qed_image *img = r->img;
 
     run_lookup(r);
     if (r->kind == RUN_BAD) {
         req_finish(r, -EIO);
-        return;
+        return false;
     }
 
     switch (r->type) {
@@ -591,20 +597,25 @@ static void step_run(struct qed_req *r)
         } else if (r->kind == RUN_UNALLOC && img->backing_kind != BACKING_NONE) {
             set_state(r, RS_DATA_WAIT);
             backing_read(r, 0, r->cur_pos, dst, r->run_len);
-            if (!r->pending)
-                run_advance(r);
+            if (r->pending)
+                return false;
+            if (r->err) {
+                req_finish(r, r->err);
+                return false;
+            }
+            run_advance(r);
         } else {
             memset(dst, 0, r->run_len);
             run_advance(r);
         }
-        return;
+        return r->state == RS_NEXT;
     }
 
     case REQ_WRITE:
         if (r->kind == RUN_DATA) {
             set_state(r, RS_DATA_WAIT);
             submit_rw(r, 0, QED_IO_WRITE, r->buf + (r->cur_pos - r->off), r->run_len, r->host);
-            return;
+            return false;
         }
         if (!r->holding) {
             /* Allocation needs the queue.  Drop the table: it may change while
@@ -612,11 +623,10 @@ static void step_run(struct qed_req *r)
             if (r->l2)
                 qed_l2_cache_unref(&img->cache, r->l2);
             r->l2 = NULL;
-            queue_enter(r, RS_NEXT);
-            return;
+            return queue_enter(r, RS_NEXT);
         }
         set_state(r, RS_ALLOC_BEGIN);
-        return;
+        return true;
 
     case REQ_WZERO:
         wzero_trim_run(r);
@@ -624,25 +634,25 @@ static void step_run(struct qed_req *r)
             /* FAST_ZERO: look at the whole range before changing anything. */
             if (!wzero_run_is_fast(r)) {
                 req_finish(r, -ENOTSUP);
-                return;
+                return false;
             }
             run_advance(r);
-            return;
+            return true;
         }
         if (r->kind == RUN_DATA) {
             int n = iov_add_zeros(r, 0, r->run_len);
             set_state(r, RS_DATA_WAIT);
             submit_io(r, 0, QED_IO_WRITE, img->fd, r->iov, n, r->host, r->run_len);
-            return;
+            return false;
         }
         if (r->flags & QED_REQ_NO_HOLE) {
             /* Fully provision: allocate and write real zeros. */
             set_state(r, RS_ALLOC_BEGIN);
-            return;
+            return true;
         }
         if (r->kind == RUN_ZERO) {
             run_advance(r);
-            return;
+            return true;
         }
         /* Unallocated */
         if (qed_offset_in_cluster(&img->g, r->cur_pos) == 0 &&
@@ -654,7 +664,7 @@ static void step_run(struct qed_req *r)
         } else {
             run_advance(r); /* partial and no backing: already reads as zeros */
         }
-        return;
+        return true;
 
     case REQ_DISCARD:
         if (r->kind == RUN_DATA) {
@@ -665,11 +675,11 @@ static void step_run(struct qed_req *r)
                 set_state(r, RS_DATA_WAIT);
                 submit_io(r, 0, QED_IO_PUNCH, img->fd, NULL, 0, r->host + (a - r->cur_pos),
                           b - a);
-                return;
+                return false;
             }
         }
         run_advance(r);
-        return;
+        return true;
 
     case REQ_BSTATUS: {
         struct qed_extent x = {.start = r->cur_pos, .length = r->run_len};
@@ -695,7 +705,7 @@ static void step_run(struct qed_req *r)
                     r->bs_tmp = malloc(BS_TMP_EXTENTS * sizeof(*r->bs_tmp));
                     if (!r->bs_tmp) {
                         req_finish(r, -ENOMEM);
-                        return;
+                        return false;
                     }
                 }
                 r->bs_tmp_n = 0;
@@ -707,19 +717,20 @@ static void step_run(struct qed_req *r)
                     r->pending--;
                     req_finish(r, rc);
                 }
-                return;
+                return false;
             }
         }
-        if (!more)
+        if (!more) {
             req_finish(r, 0);
-        else
-            run_advance(r);
-        return;
+            return false;
+        }
+        run_advance(r);
+        return true;
     }
 
     default:
         req_finish(r, -EINVAL);
-        return;
+        return false;
     }
 }
 
@@ -815,9 +826,8 @@ static void step(struct qed_req *r)
             continue;
 
         case RS_RUN:
-            step_run(r);
-            if (r->state == RS_DONE || r->pending || r->state == RS_QUEUE_WAIT)
-                return;
+            if (!step_run(r))
+                return; /* waiting, or finished and possibly freed */
             continue;
 
         case RS_DATA_WAIT:
