@@ -1,0 +1,539 @@
+/*
+ * conn.c - one client connection: non-blocking socket I/O, the state
+ * machine that reads the handshake and the requests, the output queue, and
+ * the connection's lifetime.
+ *
+ * Lifetime.  A connection holds one reference while it is open and one per
+ * request that is inside the library.  Closing it (conn_close) closes the
+ * socket, drops queued replies and the "open" reference; the memory goes
+ * only when the last library completion has dropped its reference, so a
+ * completion never touches freed memory.
+ *
+ * Output.  Replies are written eagerly with writev as soon as they are
+ * queued; an EV_WRITE watcher runs only while the socket is full.
+ *
+ * Backpressure.  While a connection has SRV_MAX_INFLIGHT requests in flight,
+ * or SRV_MAX_QUEUED_BYTES of replies and request buffers, its read watcher
+ * is stopped at the next request boundary; it restarts as replies drain.
+ *
+ * Fairness.  One read event parses at most SRV_READ_BUDGET requests, then
+ * returns to the loop, which is level-triggered and will come back.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <assert.h>
+
+#include "conn.h"
+
+const char *conn_state_name(enum conn_state st)
+{
+    switch (st) {
+    case CONN_HS_CLIENT_FLAGS: return "HS_CLIENT_FLAGS";
+    case CONN_HS_OPT_HEADER: return "HS_OPT_HEADER";
+    case CONN_HS_OPT_PAYLOAD: return "HS_OPT_PAYLOAD";
+    case CONN_HS_OPT_SKIP: return "HS_OPT_SKIP";
+    case CONN_TX_REQ_HEADER: return "TX_REQ_HEADER";
+    case CONN_TX_WRITE_PAYLOAD: return "TX_WRITE_PAYLOAD";
+    case CONN_TX_SKIP_PAYLOAD: return "TX_SKIP_PAYLOAD";
+    case CONN_DRAINING: return "DRAINING";
+    case CONN_DEAD: return "DEAD";
+    }
+    return "?";
+}
+
+void conn_log(struct conn *c, int level, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+
+    if (level > srv.verbose)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    srv_log(level, "[c%llu] %s", (unsigned long long)c->id, buf);
+}
+
+void conn_set_state(struct conn *c, enum conn_state st)
+{
+    if (c->state != st)
+        conn_log(c, SRV_LOG_DEBUG, "state %s -> %s", conn_state_name(c->state),
+                 conn_state_name(st));
+    c->state = st;
+}
+
+void conn_expect(struct conn *c, enum conn_state st, void *buf, size_t want)
+{
+    /* A reply queued just before may have closed the connection (write
+     * error), or an option may have started draining it: never revive it. */
+    if (c->state == CONN_DEAD || c->state == CONN_DRAINING)
+        return;
+    c->in_ptr = buf;
+    c->in_want = want;
+    c->in_got = 0;
+    conn_set_state(c, st);
+}
+
+static bool reading_state(enum conn_state st)
+{
+    return st != CONN_DRAINING && st != CONN_DEAD;
+}
+
+static bool handshaking(enum conn_state st)
+{
+    return st <= CONN_HS_OPT_SKIP;
+}
+
+/* ---- Lifetime --------------------------------------------------------- */
+
+void conn_ref(struct conn *c)
+{
+    c->refs++;
+}
+
+void conn_unref(struct conn *c)
+{
+    assert(c->refs > 0);
+    if (--c->refs == 0) {
+        assert(c->state == CONN_DEAD);
+        free(c->opt_buf);
+        free(c);
+    }
+}
+
+struct conn *conn_next(struct conn *c)
+{
+    return c ? c->next : srv.conns;
+}
+
+/* Drop every queued message (the connection is going away). */
+static void drop_output(struct conn *c)
+{
+    struct outmsg *m = c->out_head;
+
+    c->out_head = c->out_tail = NULL;
+    while (m) {
+        struct outmsg *next = m->next;
+        c->queued_bytes -= m->left;
+        m->release(m);
+        m = next;
+    }
+}
+
+void conn_close(struct conn *c, const char *why)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    conn_log(c, SRV_LOG_INFO, "closing: %s", why);
+    conn_set_state(c, CONN_DEAD);
+    ev_io_stop(srv.loop, &c->rw);
+    ev_io_stop(srv.loop, &c->ww);
+    ev_timer_stop(srv.loop, &c->hs_timer);
+    tx_abort_current(c);
+    drop_output(c);
+    close(c->rfd);
+    if (c->wfd != c->rfd)
+        close(c->wfd);
+    c->rfd = c->wfd = -1;
+
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv.conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    if (c->counted)
+        srv.nconns--;
+    else
+        srv.nrefused--;
+
+    conn_unref(c);          /* the "open" reference */
+    srv_conn_gone();
+}
+
+/* Close a draining connection once nothing is left to wait for. */
+static void maybe_finish_drain(struct conn *c)
+{
+    if (c->state == CONN_DRAINING && c->inflight == 0 && !c->out_head)
+        conn_close(c, "drained");
+}
+
+void conn_drain(struct conn *c, const char *why)
+{
+    if (c->state == CONN_DEAD || c->state == CONN_DRAINING)
+        return;
+    conn_log(c, SRV_LOG_INFO, "draining: %s", why);
+    conn_set_state(c, CONN_DRAINING);
+    ev_io_stop(srv.loop, &c->rw);
+    ev_timer_stop(srv.loop, &c->hs_timer);
+    maybe_finish_drain(c);
+}
+
+void conn_abort(struct conn *c)
+{
+    conn_close(c, "aborted by the server");
+}
+
+void conn_shutdown(struct conn *c)
+{
+    if (c->state == CONN_DEAD || c->state == CONN_DRAINING)
+        return;
+    if (handshaking(c->state)) {
+        conn_close(c, "server shutting down during the handshake");
+        return;
+    }
+    /* Between requests: stop now.  Inside one: finish reading it first, so
+     * the request is served and answered rather than cut in half. */
+    if (c->state == CONN_TX_REQ_HEADER && c->in_got == 0)
+        conn_drain(c, "server shutting down");
+    else
+        c->stop_reading = true;
+}
+
+/* ---- Input ------------------------------------------------------------- */
+
+/*
+ * conn_fill - read into the current state's buffer (or drop bytes in a SKIP
+ * state).  Returns 1 when the state's bytes are complete, 0 when the socket
+ * would block, -1 on EOF or error (the connection is closed).
+ */
+static int conn_fill(struct conn *c)
+{
+    static uint8_t scratch[64 * 1024];
+
+    for (;;) {
+        bool skipping = c->state == CONN_HS_OPT_SKIP || c->state == CONN_TX_SKIP_PAYLOAD;
+        void *dst;
+        size_t n;
+        ssize_t r;
+
+        if (skipping) {
+            if (c->skip_left == 0)
+                return 1;
+            dst = scratch;
+            n = c->skip_left < sizeof(scratch) ? (size_t)c->skip_left : sizeof(scratch);
+        } else {
+            if (c->in_got == c->in_want)
+                return 1;
+            dst = c->in_ptr + c->in_got;
+            n = c->in_want - c->in_got;
+        }
+        r = read(c->rfd, dst, n);
+        if (r > 0) {
+            if (skipping)
+                c->skip_left -= (uint64_t)r;
+            else
+                c->in_got += (size_t)r;
+            continue;
+        }
+        if (r == 0) {
+            conn_close(c, c->in_got || skipping ? "client disconnected mid-message"
+                                                : "client disconnected");
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        conn_log(c, SRV_LOG_INFO, "read: %s", strerror(errno));
+        conn_close(c, "read error");
+        return -1;
+    }
+}
+
+/* Too much in flight or queued to take another request? */
+static bool throttled(const struct conn *c)
+{
+    return c->inflight >= SRV_MAX_INFLIGHT || c->queued_bytes >= SRV_MAX_QUEUED_BYTES;
+}
+
+/* Start or stop the read watcher to match the state and the backpressure. */
+static void update_read_watcher(struct conn *c)
+{
+    bool want = reading_state(c->state);
+
+    if (want && c->state == CONN_TX_REQ_HEADER && c->in_got == 0 && throttled(c))
+        want = false;
+    if (want && !ev_is_active(&c->rw))
+        ev_io_start(srv.loop, &c->rw);
+    else if (!want && ev_is_active(&c->rw))
+        ev_io_stop(srv.loop, &c->rw);
+}
+
+/*
+ * conn_step - run the state machine on the bytes available.  Each complete
+ * read hands over to the state's handler, which picks the next state.
+ */
+static void conn_step(struct conn *c)
+{
+    unsigned budget = SRV_READ_BUDGET;
+
+    conn_ref(c);            /* handlers may close the connection under us */
+    while (reading_state(c->state)) {
+        enum conn_state st = c->state;
+
+        if (st == CONN_TX_REQ_HEADER && c->in_got == 0) {
+            if (c->stop_reading) {
+                conn_drain(c, "server shutting down");
+                break;
+            }
+            if (throttled(c)) {
+                conn_log(c, SRV_LOG_DEBUG, "throttled: %u in flight, %zu bytes queued",
+                         c->inflight, c->queued_bytes);
+                break;
+            }
+            if (budget-- == 0)
+                break;      /* fairness: let other connections run */
+        }
+        if (conn_fill(c) <= 0)
+            break;
+        switch (st) {
+        case CONN_HS_CLIENT_FLAGS: hs_client_flags_done(c); break;
+        case CONN_HS_OPT_HEADER: hs_opt_header_done(c); break;
+        case CONN_HS_OPT_PAYLOAD: hs_opt_payload_done(c); break;
+        case CONN_HS_OPT_SKIP: hs_opt_skip_done(c); break;
+        case CONN_TX_REQ_HEADER: tx_req_header_done(c); break;
+        case CONN_TX_WRITE_PAYLOAD: tx_write_payload_done(c); break;
+        case CONN_TX_SKIP_PAYLOAD: tx_skip_payload_done(c); break;
+        case CONN_DRAINING:
+        case CONN_DEAD:
+            assert(!"not a reading state");
+        }
+    }
+    if (c->state != CONN_DEAD)
+        update_read_watcher(c);
+    conn_unref(c);
+}
+
+static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    conn_step(w->data);
+}
+
+/* ---- Output ------------------------------------------------------------ */
+
+/* Write as much of the queue as the socket takes.  Returns -1 if closed. */
+static int conn_flush(struct conn *c)
+{
+    while (c->out_head) {
+        struct iovec iov[64];
+        int n = 0;
+        ssize_t r;
+
+        /* Gather iovecs across queued messages: one writev for many replies. */
+        for (struct outmsg *m = c->out_head; m && n < 64; m = m->next)
+            for (int i = m->idx; i < m->niov && n < 64; i++)
+                if (m->iov[i].iov_len)
+                    iov[n++] = m->iov[i];
+        if (n == 0) {
+            /* Only empty messages: release them. */
+            r = 0;
+        } else {
+            r = writev(c->wfd, iov, n);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                    if (!ev_is_active(&c->ww))
+                        ev_io_start(srv.loop, &c->ww);
+                    return 0;
+                }
+                conn_log(c, SRV_LOG_INFO, "write: %s", strerror(errno));
+                conn_close(c, "write error");
+                return -1;
+            }
+        }
+        /* Consume r bytes from the front of the queue. */
+        size_t done = (size_t)r;
+        while (c->out_head) {
+            struct outmsg *m = c->out_head;
+            while (m->idx < m->niov) {
+                struct iovec *v = &m->iov[m->idx];
+                size_t take = done < v->iov_len ? done : v->iov_len;
+                v->iov_base = (uint8_t *)v->iov_base + take;
+                v->iov_len -= take;
+                m->left -= take;
+                c->queued_bytes -= take;
+                done -= take;
+                if (v->iov_len)
+                    break;
+                m->idx++;
+            }
+            if (m->idx < m->niov)
+                break;
+            c->out_head = m->next;
+            if (!c->out_head)
+                c->out_tail = NULL;
+            m->release(m);
+        }
+        assert(done == 0);
+    }
+    if (ev_is_active(&c->ww))
+        ev_io_stop(srv.loop, &c->ww);
+    return 0;
+}
+
+static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct conn *c = w->data;
+
+    (void)loop;
+    (void)revents;
+    conn_ref(c);
+    /* Draining the queue may finish a drain or lift the backpressure. */
+    if (conn_flush(c) == 0)
+        conn_kick(c);
+    conn_unref(c);
+}
+
+void conn_queue(struct conn *c, struct outmsg *m)
+{
+    assert(c->state != CONN_DEAD);
+    m->next = NULL;
+    m->idx = 0;
+    m->left = 0;
+    for (int i = 0; i < m->niov; i++)
+        m->left += m->iov[i].iov_len;
+    c->queued_bytes += m->left;
+    if (c->out_tail)
+        c->out_tail->next = m;
+    else
+        c->out_head = m;
+    c->out_tail = m;
+    /* Eager: try now unless the socket is already known to be full. */
+    if (!ev_is_active(&c->ww))
+        conn_flush(c);
+}
+
+struct copymsg {
+    struct outmsg m;
+    struct iovec iov;
+    uint8_t data[];
+};
+
+static void copymsg_release(struct outmsg *m)
+{
+    free(m);
+}
+
+int conn_queue_copy(struct conn *c, const void *a, size_t alen, const void *b, size_t blen)
+{
+    struct copymsg *cm = malloc(sizeof(*cm) + alen + blen);
+
+    if (!cm)
+        return -ENOMEM;
+    if (alen)
+        memcpy(cm->data, a, alen);
+    if (blen)
+        memcpy(cm->data + alen, b, blen);
+    cm->iov.iov_base = cm->data;
+    cm->iov.iov_len = alen + blen;
+    cm->m.iov = &cm->iov;
+    cm->m.niov = 1;
+    cm->m.release = copymsg_release;
+    conn_queue(c, &cm->m);
+    return 0;
+}
+
+void conn_kick(struct conn *c)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    maybe_finish_drain(c);
+    if (c->state != CONN_DEAD)
+        update_read_watcher(c);
+}
+
+/* ---- Handshake timer and transmission entry ----------------------------- */
+
+static void on_hs_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct conn *c = w->data;
+
+    (void)loop;
+    (void)revents;
+    conn_log(c, SRV_LOG_INFO, "handshake not finished after %g s", srv.hs_timeout);
+    conn_close(c, "handshake timeout");
+}
+
+void conn_enter_transmission(struct conn *c, struct export *e)
+{
+    if (c->state == CONN_DEAD)
+        return;
+    c->exp = e;
+    c->tx_flags = hs_tx_flags(c, e);
+    if (c->meta_exp != e) {
+        /* Contexts were negotiated for another export: they do not apply. */
+        c->meta_exp = NULL;
+        c->meta_base = c->meta_depth = false;
+    }
+    ev_timer_stop(srv.loop, &c->hs_timer);
+    conn_log(c, SRV_LOG_INFO,
+             "serving export \"%s\" (%s, %llu bytes, flags 0x%x, %s replies%s%s)", e->name,
+             e->path, (unsigned long long)e->size, c->tx_flags,
+             c->structured ? "structured" : "simple", c->meta_base ? ", base:allocation" : "",
+             c->meta_depth ? ", qemu:allocation-depth" : "");
+    conn_expect(c, CONN_TX_REQ_HEADER, c->hdr, sizeof(struct nbd_request));
+}
+
+/* ---- Creation ------------------------------------------------------------ */
+
+struct conn *conn_new(int rfd, int wfd, bool refuse, const char *peer)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+
+    if (!c) {
+        srv_log(SRV_LOG_ERROR, "out of memory accepting %s", peer);
+        close(rfd);
+        if (wfd != rfd)
+            close(wfd);
+        return NULL;
+    }
+    c->id = ++srv.next_conn_id;
+    snprintf(c->peer, sizeof(c->peer), "%s", peer);
+    c->refs = 1;
+    c->rfd = rfd;
+    c->wfd = wfd;
+    c->refuse = refuse;
+    c->counted = !refuse;
+    c->state = CONN_HS_CLIENT_FLAGS;
+    if (refuse)
+        srv.nrefused++;
+    else
+        srv.nconns++;
+
+    /* Link first: closing (even from hs_start) unlinks. */
+    c->next = srv.conns;
+    if (srv.conns)
+        srv.conns->prev = c;
+    srv.conns = c;
+
+    ev_io_init(&c->rw, on_readable, rfd, EV_READ);
+    c->rw.data = c;
+    ev_io_init(&c->ww, on_writable, wfd, EV_WRITE);
+    c->ww.data = c;
+    ev_timer_init(&c->hs_timer, on_hs_timeout, srv.hs_timeout, 0.);
+    c->hs_timer.data = c;
+
+    conn_log(c, SRV_LOG_INFO, "new connection from %s%s", peer,
+             refuse ? " (over the connection limit: refusing)" : "");
+    ev_timer_start(srv.loop, &c->hs_timer);
+    conn_ref(c);
+    hs_start(c);
+    bool dead = c->state == CONN_DEAD;
+    if (!dead)
+        update_read_watcher(c);
+    conn_unref(c);
+    return dead ? NULL : c;
+}

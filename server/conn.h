@@ -1,0 +1,167 @@
+/*
+ * conn.h - one client connection, shared by conn.c (I/O, transmission phase)
+ * and handshake.c (option haggling).  Not used outside the server.
+ */
+#ifndef CONN_H
+#define CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include <ev.h>
+
+#include "nbd-proto.h"
+#include "qednbd.h"
+
+/*
+ * The states of a connection.  conn_step() runs the state machine: each
+ * reading state waits for a fixed number of bytes (conn_fill), and its
+ * handler decides the next state.
+ */
+enum conn_state {
+    CONN_HS_CLIENT_FLAGS,  /* waits for the client's 32-bit flags after our greeting */
+    CONN_HS_OPT_HEADER,    /* waits for a 16-byte option header (IHAVEOPT, option, length) */
+    CONN_HS_OPT_PAYLOAD,   /* waits for the option's payload (at most 64 KiB, buffered) */
+    CONN_HS_OPT_SKIP,      /* waits for an over-long option payload to be read and dropped */
+    CONN_TX_REQ_HEADER,    /* waits for a 28-byte request header */
+    CONN_TX_WRITE_PAYLOAD, /* waits for the payload of an accepted WRITE */
+    CONN_TX_SKIP_PAYLOAD,  /* waits for the payload of a rejected WRITE, to be dropped */
+    CONN_DRAINING,         /* reads nothing; waits for requests in flight and queued replies,
+                              then closes (after DISC, ABORT, a fatal error or shutdown) */
+    CONN_DEAD,             /* socket closed; waits for library completions to drop their refs */
+};
+
+/** conn_state_name - the state's name, for logs. */
+const char *conn_state_name(enum conn_state st);
+
+/*
+ * A message queued for writing: an iovec array plus a release function run
+ * once it has been written completely (or dropped because the connection
+ * died).
+ */
+struct outmsg {
+    struct outmsg *next;
+    struct iovec *iov;
+    int niov;
+    int idx;                 /* first iovec not completely written */
+    size_t left;             /* bytes still to write */
+    void (*release)(struct outmsg *m);
+};
+
+struct req;
+
+struct conn {
+    struct conn *prev, *next;     /* srv.conns */
+    uint64_t id;
+    char peer[128];
+    unsigned refs;                /* 1 while open + 1 per request in the library */
+    enum conn_state state;
+    bool refuse;                  /* over the connection limit: options get ERR_SHUTDOWN */
+    bool counted;                 /* counted in srv.nconns (else in srv.nrefused) */
+
+    int rfd, wfd;
+    ev_io rw, ww;
+    ev_timer hs_timer;
+
+    /* Input: the current reading state fills in_ptr[0 .. in_want). */
+    uint8_t *in_ptr;
+    size_t in_want, in_got;
+    uint64_t skip_left;           /* bytes still to drop in a SKIP state */
+    uint8_t hdr[32];              /* option / request headers, client flags */
+
+    /* Handshake */
+    uint32_t opt, opt_len;        /* option being read */
+    uint8_t *opt_buf;             /* its payload */
+    unsigned nopts;
+    bool no_zeroes;
+    bool structured;              /* NBD_OPT_STRUCTURED_REPLY was acknowledged */
+    struct export *meta_exp;      /* export named by the last SET_META_CONTEXT */
+    bool meta_base;               /* base:allocation selected (context id 1) */
+    bool meta_depth;              /* qemu:allocation-depth selected (context id 2) */
+
+    /* Transmission */
+    struct export *exp;
+    uint16_t tx_flags;
+    struct req *cur;              /* request whose payload is being read */
+    bool stop_reading;            /* shutdown: go DRAINING at the next request boundary */
+    unsigned inflight;            /* requests read and not yet answered */
+    size_t queued_bytes;          /* reply bytes queued + request buffers held */
+
+    struct outmsg *out_head, *out_tail;
+};
+
+#define CTX_ID_BASE_ALLOCATION 1u
+#define CTX_ID_ALLOCATION_DEPTH 2u
+
+/** conn_log - srv_log with the connection's id in front. */
+void conn_log(struct conn *c, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/** conn_set_state - change state, logged with -vv. */
+void conn_set_state(struct conn *c, enum conn_state st);
+
+/** conn_expect - the next reading state fills @want bytes at @buf. */
+void conn_expect(struct conn *c, enum conn_state st, void *buf, size_t want);
+
+/** conn_queue - append @m to the output queue and try to write at once. */
+void conn_queue(struct conn *c, struct outmsg *m);
+
+/** conn_queue_copy - queue a copy of @a (@alen bytes) followed by @b (@blen bytes). */
+int conn_queue_copy(struct conn *c, const void *a, size_t alen, const void *b, size_t blen);
+
+/** conn_close - hard disconnect now. */
+void conn_close(struct conn *c, const char *why);
+
+/** conn_drain - stop reading; close once everything queued has been written. */
+void conn_drain(struct conn *c, const char *why);
+
+/** conn_enter_transmission - option haggling is over; serve @e. */
+void conn_enter_transmission(struct conn *c, struct export *e);
+
+/* ---- handshake.c ---- */
+
+/** hs_start - queue the greeting and wait for the client flags. */
+void hs_start(struct conn *c);
+
+/** hs_client_flags_done - the 4 client-flag bytes are in c->hdr. */
+void hs_client_flags_done(struct conn *c);
+
+/** hs_opt_header_done - the 16-byte option header is in c->hdr. */
+void hs_opt_header_done(struct conn *c);
+
+/** hs_opt_payload_done - the option payload is in c->opt_buf. */
+void hs_opt_payload_done(struct conn *c);
+
+/** hs_opt_skip_done - an over-long option payload has been dropped. */
+void hs_opt_skip_done(struct conn *c);
+
+/** hs_tx_flags - the transmission flags @c would get for @e. */
+uint16_t hs_tx_flags(const struct conn *c, const struct export *e);
+
+/** conn_ref / conn_unref - references held by requests inside the library. */
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
+
+/**
+ * conn_kick - re-evaluate a connection after progress (a reply queued, a
+ * request released): close it if it was draining and is now idle, restart
+ * reading if the backpressure has lifted.
+ */
+void conn_kick(struct conn *c);
+
+/* ---- tx.c, transmission phase ---- */
+
+/** tx_req_header_done - a request header is in c->hdr. */
+void tx_req_header_done(struct conn *c);
+
+/** tx_write_payload_done - the payload of c->cur has been read. */
+void tx_write_payload_done(struct conn *c);
+
+/** tx_skip_payload_done - the payload of rejected c->cur has been dropped. */
+void tx_skip_payload_done(struct conn *c);
+
+/** tx_abort_current - free c->cur, the request being read, when closing. */
+void tx_abort_current(struct conn *c);
+
+#endif /* CONN_H */
