@@ -131,7 +131,6 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
 
     memset(res, 0, sizeof(*res));
     res->total_clusters = qed_bytes_to_clusters(g, img->h.image_size);
-    res->image_end_offset = img->file_size;
     c.nclusters = img->file_size >> g->cluster_bits;
     c.used = calloc(1, c.nclusters / 8 + 1);
     t = malloc(g->table_bytes);
@@ -169,9 +168,13 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
             goto out;
     }
 
-    for (uint64_t i = 0; i < c.nclusters; i++)
+    res->image_end_offset = 0;
+    for (uint64_t i = 0; i < c.nclusters; i++) {
         if (!(c.used[i / 8] & (1u << (i % 8))))
             res->leaks++;
+        else
+            res->image_end_offset = (i + 1) << g->cluster_bits;
+    }
 
     if (repair) {
         if (l1_dirty) {

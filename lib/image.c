@@ -126,8 +126,10 @@ int qed_create(const char *path, const struct qed_create_opts *opts, char *err, 
     if (r < 0)
         return r;
     if (opts->size > UINT64_MAX - 511)
-        return qed_errf(err, errlen, -EINVAL, "%s: image size %" PRIu64 " is too large", path,
-                        opts->size);
+        return qed_errf(err, errlen, -EINVAL,
+                        "%s: image size %" PRIu64 " is too large for cluster size %" PRIu32
+                        " and table size %" PRIu32 " (maximum %" PRIu64 ")",
+                        path, opts->size, cs, ts, g.max_size);
     size = (opts->size + 511) & ~(uint64_t)511;
     if (size > g.max_size)
         return qed_errf(err, errlen, -EINVAL,
