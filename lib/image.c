@@ -279,6 +279,11 @@ static void image_free(struct qed_image *img)
     if (img->fd >= 0)
         close(img->fd);
     qed_l2_cache_destroy(&img->cache);
+    while (img->free_reqs) {
+        struct qed_req *r = img->free_reqs;
+        img->free_reqs = r->next;
+        free(r);
+    }
     free(img->cow_buf);
     free(img->l1);
     free(img->path);

@@ -11,6 +11,7 @@
 static void (*log_fn)(enum qed_log_level, const char *, void *);
 static void *log_opaque;
 static enum qed_log_level log_max = QED_LOG_WARN;
+bool qed_log_debug;
 
 void qed_set_log(void (*fn)(enum qed_log_level, const char *msg, void *opaque), void *opaque,
                  enum qed_log_level level)
@@ -18,6 +19,7 @@ void qed_set_log(void (*fn)(enum qed_log_level, const char *msg, void *opaque), 
     log_fn = fn;
     log_opaque = opaque;
     log_max = level;
+    qed_log_debug = level >= QED_LOG_DEBUG;
 }
 
 void qed_log(enum qed_log_level level, const char *fmt, ...)

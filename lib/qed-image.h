@@ -114,7 +114,7 @@ enum qed_req_state {
 /* What the mapping says about the run at cur_pos. */
 enum qed_run_kind { RUN_DATA, RUN_ZERO, RUN_UNALLOC, RUN_BAD };
 
-#define QED_REQ_IOV 80   /* head + tail + up to 64 zero-buffer pieces + slack */
+#define QED_REQ_IOV 200  /* zero head, data (64 zero pieces at most), zero tail, each <= 64 */
 
 struct qed_req {
     struct qed_image *img;
@@ -140,10 +140,12 @@ struct qed_req {
     bool new_l2;               /* the run allocated a new L2 table */
     uint64_t alloc_host;       /* first newly allocated data cluster (0 = none: zero entries) */
     uint64_t alloc_first, alloc_n; /* L2 index and count of entries being set */
-    uint64_t *saved;           /* entries before the update, to undo on failure */
+    uint64_t *ents;            /* new L2 entries being written (existing table) */
+    uint64_t l1_ent;           /* new L1 entry being written */
     bool zero_entries;         /* write-zeroes: set entries to 1, no data */
     bool scanning;             /* FAST_ZERO: first pass only looks */
     uint64_t head_len, tail_len; /* bytes copied into the first/last new cluster */
+    bool cow_zero;             /* head/tail are zeros: no copy, point at the zero buffer */
     enum qed_req_state resume; /* state to enter on reaching the queue head */
 
     /* Block status */
@@ -197,6 +199,10 @@ struct qed_image {
     ev_timer clean_timer;
     unsigned clean_delay_ms;
     bool clean_queued;
+
+    /* Finished requests kept for reuse: no malloc on the steady-state path. */
+    struct qed_req *free_reqs;
+    unsigned nfree_reqs;
 
     /* Used only by the queue holder, one at a time */
     uint8_t hdr_raw[QED_HEADER_BYTES];

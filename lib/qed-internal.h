@@ -17,6 +17,9 @@
 /** qed_log - deliver a message to the configured log sink. */
 void qed_log(enum qed_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/** True when DEBUG messages are delivered: lets hot paths skip formatting. */
+extern bool qed_log_debug;
+
 /** qed_errf - format an error message into @err (may be NULL) and return @ret. */
 int qed_errf(char *err, size_t errlen, int ret, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

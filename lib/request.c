@@ -27,6 +27,8 @@
  *     pointing at lost data would read zeros instead of the backing data.
  *  4. A new L2 table is written and flushed before the L1 entry that points
  *     to it, so L1 never points at a table that is not on disk.
+ *  5. The cached L1/L2 entries change only after their write succeeded, so
+ *     nobody writes in place into clusters a failed update leaves unmapped.
  */
 #include "config.h"
 
@@ -89,12 +91,27 @@ static uint64_t min64(uint64_t a, uint64_t b)
 
 static void set_state(struct qed_req *r, enum qed_req_state s)
 {
-    qed_log(QED_LOG_DEBUG, "%s req %p: %s -> %s", type_names[r->type], (void *)r,
+    if (qed_log_debug)
+        qed_log(QED_LOG_DEBUG, "%s req %p: %s -> %s", type_names[r->type], (void *)r,
             state_names[r->state], state_names[s]);
     r->state = s;
 }
 
 /* ---- Completion delivery ---- */
+
+#define REQ_POOL_MAX 256
+
+/* Keep a finished request for reuse, up to a bound; free the rest. */
+static void req_recycle(struct qed_image *img, struct qed_req *r)
+{
+    if (img->nfree_reqs < REQ_POOL_MAX) {
+        r->next = img->free_reqs;
+        img->free_reqs = r;
+        img->nfree_reqs++;
+    } else {
+        free(r);
+    }
+}
 
 static void req_deliver(struct qed_req *r)
 {
@@ -103,7 +120,7 @@ static void req_deliver(struct qed_req *r)
     void *opaque = r->opaque;
     int err = r->err;
 
-    free(r);
+    req_recycle(img, r);
     img->inflight--;
     cb(opaque, err);
 }
@@ -188,8 +205,8 @@ static void req_finish(struct qed_req *r, int err)
         qed_l2_cache_unref(&img->cache, r->l2);
         r->l2 = NULL;
     }
-    free(r->saved);
-    r->saved = NULL;
+    free(r->ents);
+    r->ents = NULL;
     free(r->bs_tmp);
     r->bs_tmp = NULL;
     set_state(r, RS_DONE);
@@ -918,21 +935,18 @@ static void step(struct qed_req *r)
                         return;
                     }
                 }
+                r->cow_zero = !from_backing;
+                if (r->cow_zero) {
+                    /* Zeros come from the shared zero buffer at write time. */
+                    set_state(r, RS_ALLOC_WRITE);
+                    continue;
+                }
                 set_state(r, RS_COW_WAIT);
-                if (r->head_len) {
-                    if (from_backing)
-                        backing_read(r, 0, qed_start_of_cluster(g, r->cur_pos), img->cow_buf,
-                                     r->head_len);
-                    else
-                        memset(img->cow_buf, 0, r->head_len);
-                }
-                if (r->tail_len) {
-                    uint8_t *tail = img->cow_buf + g->cluster_size;
-                    if (from_backing)
-                        backing_read(r, 1, end, tail, r->tail_len);
-                    else
-                        memset(tail, 0, r->tail_len);
-                }
+                if (r->head_len)
+                    backing_read(r, 0, qed_start_of_cluster(g, r->cur_pos), img->cow_buf,
+                                 r->head_len);
+                if (r->tail_len)
+                    backing_read(r, 1, end, img->cow_buf + g->cluster_size, r->tail_len);
                 if (r->pending)
                     return;
                 if (r->err) {
@@ -954,12 +968,16 @@ static void step(struct qed_req *r)
 
         case RS_ALLOC_WRITE: {
             int n = 0;
-            if (r->head_len) {
+            if (r->head_len && r->cow_zero) {
+                n = iov_add_zeros(r, n, r->head_len);
+            } else if (r->head_len) {
                 r->iov[n].iov_base = img->cow_buf;
                 r->iov[n++].iov_len = r->head_len;
             }
             n = iov_add_source(r, n);
-            if (r->tail_len) {
+            if (r->tail_len && r->cow_zero) {
+                n = iov_add_zeros(r, n, r->tail_len);
+            } else if (r->tail_len) {
                 r->iov[n].iov_base = img->cow_buf + g->cluster_size;
                 r->iov[n++].iov_len = r->tail_len;
             }
@@ -993,28 +1011,34 @@ static void step(struct qed_req *r)
 
         case RS_L2_UPDATE: {
             uint64_t *t = r->l2->t;
-            r->saved = malloc(r->alloc_n * sizeof(uint64_t));
-            if (!r->saved) {
-                req_finish(r, -ENOMEM);
-                return;
+            uint64_t *ents = t + r->alloc_first;
+            if (!r->new_l2) {
+                /* Why a separate buffer: the cached table must show the new
+                 * entries only once they are on disk.  A request that saw them
+                 * earlier could write in place into the new clusters, and that
+                 * completed write would vanish if this L2 write then failed. */
+                r->ents = malloc(r->alloc_n * sizeof(uint64_t));
+                if (!r->ents) {
+                    req_finish(r, -ENOMEM);
+                    return;
+                }
+                ents = r->ents;
             }
-            memcpy(r->saved, t + r->alloc_first, r->alloc_n * sizeof(uint64_t));
-            /* Readers see the new entries at once: the data is already written. */
+            /* A new table is not reachable until L1 points at it, so it is
+             * filled in place and written whole. */
             for (uint64_t i = 0; i < r->alloc_n; i++)
-                t[r->alloc_first + i] =
-                    htole64(r->alloc_host ? r->alloc_host + i * g->cluster_size : 1);
+                ents[i] = htole64(r->alloc_host ? r->alloc_host + i * g->cluster_size : 1);
             set_state(r, RS_L2_WRITE_WAIT);
             if (r->new_l2)
                 submit_rw(r, 0, QED_IO_WRITE, t, g->table_bytes, r->l2->offset);
             else
-                submit_rw(r, 0, QED_IO_WRITE, t + r->alloc_first, r->alloc_n * sizeof(uint64_t),
+                submit_rw(r, 0, QED_IO_WRITE, ents, r->alloc_n * sizeof(uint64_t),
                           r->l2->offset + r->alloc_first * sizeof(uint64_t));
             return;
         }
 
         case RS_L2_WRITE_WAIT:
             if (r->err) {
-                memcpy(r->l2->t + r->alloc_first, r->saved, r->alloc_n * sizeof(uint64_t));
                 if (r->new_l2)
                     qed_l2_cache_forget(&img->cache, r->l2);
                 req_finish(r, r->err);
@@ -1026,6 +1050,8 @@ static void step(struct qed_req *r)
                 submit_fsync(r);
                 return;
             }
+            /* On disk: now readers and in-place writers may see the entries. */
+            memcpy(r->l2->t + r->alloc_first, r->ents, r->alloc_n * sizeof(uint64_t));
             set_state(r, RS_ALLOC_DONE);
             continue;
 
@@ -1035,28 +1061,30 @@ static void step(struct qed_req *r)
                 req_finish(r, r->err);
                 return;
             }
-            img->l1[r->l1_index] = htole64(r->l2->offset);
+            /* The L1 entry, like L2 entries, becomes visible only once written. */
+            r->l1_ent = htole64(r->l2->offset);
             set_state(r, RS_L1_WRITE_WAIT);
-            submit_rw(r, 0, QED_IO_WRITE, &img->l1[r->l1_index], sizeof(uint64_t),
+            submit_rw(r, 0, QED_IO_WRITE, &r->l1_ent, sizeof(uint64_t),
                       img->h.l1_table_offset + r->l1_index * sizeof(uint64_t));
             return;
 
         case RS_L1_WRITE_WAIT:
             if (r->err) {
-                img->l1[r->l1_index] = 0;
                 qed_l2_cache_forget(&img->cache, r->l2);
                 req_finish(r, r->err);
                 return;
             }
+            img->l1[r->l1_index] = r->l1_ent;
             set_state(r, RS_ALLOC_DONE);
             continue;
 
         case RS_ALLOC_DONE:
-            free(r->saved);
-            r->saved = NULL;
+            free(r->ents);
+            r->ents = NULL;
             r->new_l2 = false;
             r->zero_entries = false;
             r->head_len = r->tail_len = 0;
+            r->cow_zero = false;
             run_advance(r);
             continue;
 
@@ -1152,10 +1180,19 @@ static struct qed_req *req_new(struct qed_image *img, enum qed_req_type type, ui
                                uint64_t len, void *buf, unsigned flags, qed_done_fn cb,
                                void *opaque)
 {
-    struct qed_req *r = calloc(1, sizeof(*r));
+    struct qed_req *r = img->free_reqs;
 
-    if (!r)
-        return NULL;
+    if (r) {
+        img->free_reqs = r->next;
+        img->nfree_reqs--;
+        /* Only the header needs clearing: the iovec arrays are always
+         * written before they are read. */
+        memset(r, 0, offsetof(struct qed_req, io));
+    } else {
+        r = calloc(1, sizeof(*r));
+        if (!r)
+            return NULL;
+    }
     r->img = img;
     r->type = type;
     r->state = RS_START;

@@ -36,7 +36,8 @@ struct req {
     uint16_t flags;
     uint8_t *buf;               /* READ data or WRITE payload */
     size_t buf_bytes;           /* counted in c->queued_bytes */
-    struct qed_extent *ext;     /* block status results */
+    struct qed_extent *ext;     /* block status results (ext_inline or heap) */
+    struct qed_extent ext_inline[4]; /* small reads: no allocation */
     size_t next;
     bool read_status_done;      /* structured READ: the block status step has run */
     uint32_t err;               /* NBD error of a rejected request */
@@ -92,7 +93,8 @@ static void req_free(struct req *r)
     c->inflight--;
     c->queued_bytes -= r->buf_bytes;
     free(r->buf);
-    free(r->ext);
+    if (r->ext != r->ext_inline)
+        free(r->ext);
     free(r->meta);
     free(r->iov_heap);
     free(r);
@@ -463,12 +465,23 @@ static int submit(struct req *r)
         if (req_alloc_buf(r, r->len) < 0)
             return -ENOMEM;
         if (c->structured && !(r->flags & NBD_CMD_FLAG_DF)) {
-            /* Find the zero regions first so that sparse data travels sparse. */
-            r->ext = calloc(READ_MAX_EXTENTS, sizeof(*r->ext));
-            if (!r->ext)
-                return -ENOMEM;
-            ret = qed_block_status(img, r->offset, r->len, r->ext, READ_MAX_EXTENTS, &r->next,
-                                   lib_done, r);
+            /* Find the zero regions first so that sparse data travels sparse.
+             * A QED image gives at most one extent per cluster the read
+             * touches, so small reads use the inline array (a raw backing file
+             * can split finer; what the extents leave out goes out as data). */
+            uint64_t cs = qed_cluster_size(img);
+            uint64_t spanned = (r->offset % cs + r->len + cs - 1) / cs;
+            size_t max = spanned < READ_MAX_EXTENTS ? (size_t)spanned : READ_MAX_EXTENTS;
+            if (max == 0)
+                max = 1;
+            if (max <= sizeof(r->ext_inline) / sizeof(r->ext_inline[0])) {
+                r->ext = r->ext_inline;
+            } else {
+                r->ext = malloc(max * sizeof(*r->ext));
+                if (!r->ext)
+                    return -ENOMEM;
+            }
+            ret = qed_block_status(img, r->offset, r->len, r->ext, max, &r->next, lib_done, r);
         } else {
             r->read_status_done = true;
             ret = qed_read(img, r->offset, r->buf, r->len, lib_done, r);
