@@ -284,7 +284,6 @@ static void image_free(struct qed_image *img)
         img->free_reqs = r->next;
         free(r);
     }
-    free(img->cow_buf);
     free(img->l1);
     free(img->path);
     free(img);

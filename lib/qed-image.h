@@ -136,7 +136,11 @@ struct qed_req {
     uint64_t host;             /* host offset for RUN_DATA */
 
     /* Allocating write in progress */
-    bool holding;              /* at the head of the allocating-write queue */
+    bool holding;              /* admitted by the allocating-write queue, not finished */
+    bool exclusive;            /* admitted to run alone */
+    uint64_t lock_lo, lock_hi; /* guest cluster range it holds while admitted */
+    struct qed_req *aprev, *anext; /* list of admitted requests */
+    uint8_t *cow;              /* head and tail copied from the backing file */
     bool new_l2;               /* the run allocated a new L2 table */
     uint64_t alloc_host;       /* first newly allocated data cluster (0 = none: zero entries) */
     uint64_t alloc_first, alloc_n; /* L2 index and count of entries being set */
@@ -189,7 +193,9 @@ struct qed_image {
     struct qed_l2_cache cache;
 
     /* Allocating-write queue: the head holds it until it finishes. */
-    struct qed_req *alloc_holder;
+    struct qed_req *active;    /* admitted requests (see request.c) */
+    unsigned nactive;
+    bool active_exclusive;     /* one of them runs alone */
     struct qed_req *queue_head, *queue_tail;
     bool kicking, kick_again;
 
@@ -204,9 +210,8 @@ struct qed_image {
     struct qed_req *free_reqs;
     unsigned nfree_reqs;
 
-    /* Used only by the queue holder, one at a time */
+    /* Used only by an exclusive request (header updates) */
     uint8_t hdr_raw[QED_HEADER_BYTES];
-    uint8_t *cow_buf;          /* 2 clusters: head and tail of a partial allocation */
 };
 
 /* image.c */

@@ -12,9 +12,10 @@
  * contiguous host offsets, zero clusters, unallocated clusters).
  *
  * Allocating writes (and everything else that changes metadata: write
- * zeroes, resize, clean) go through the per-image queue.  The head of the
- * queue (img->alloc_holder) keeps its place until the request finishes, so
- * metadata updates never interleave.  Writes to allocated clusters, reads,
+ * zeroes, resize, clean) go through the per-image queue.  An admitted
+ * request keeps its place until it finishes; allocating writes to disjoint
+ * clusters are admitted side by side, everything else alone (see "The
+ * allocating-write queue" below).  Writes to allocated clusters, reads,
  * discards and flushes do not queue and run concurrently with everything.
  *
  * Ordering rules for an allocation, in the order they happen:
@@ -32,6 +33,7 @@
  */
 #include "config.h"
 
+#include <assert.h>
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -133,9 +135,89 @@ static void req_defer_fn(struct qed_defer *d)
 /* ---- The allocating-write queue ---- */
 
 /*
- * Give the queue to the next waiter.  Why a loop with a guard instead of
- * recursion: the new holder may finish at once and hand the queue on again;
- * the guard turns that chain into iterations of this loop.
+ * Allocating writes may run side by side when they cannot disturb each
+ * other: their cluster ranges are disjoint, every L2 table they need exists,
+ * and NEED_CHECK is already set.  Each then takes its own clusters from the
+ * end of the file (one thread: the bump is atomic), writes its data, and
+ * writes only its own L2 entries -- distinct bytes of the table.
+ *
+ * Everything else is exclusive and runs alone: a write that needs a new L2
+ * table or must set NEED_CHECK first, write zeroes, resize and clean.
+ *
+ * The queue is strictly FIFO, and a request keeps its place (its range stays
+ * locked) until it finishes, as in QEMU; so a later write to the same
+ * clusters waits for an earlier one and then sees its mapping.
+ */
+
+/* Must @r run alone?  Decided when it starts, from state only exclusive
+ * requests change (L1 entries, the NEED_CHECK flag). */
+static bool needs_exclusive(const struct qed_req *r)
+{
+    const struct qed_image *img = r->img;
+
+    if (r->type != REQ_WRITE)
+        return true;
+    if (img->backing_kind == BACKING_NONE && !(img->h.features & QED_F_NEED_CHECK))
+        return true;
+    for (uint64_t i = qed_l1_index(&img->g, r->lock_lo);
+         i <= qed_l1_index(&img->g, r->lock_hi - 1); i++)
+        if (img->l1[i] == 0)
+            return true;
+    return false;
+}
+
+static bool can_start(const struct qed_req *r)
+{
+    const struct qed_image *img = r->img;
+
+    if (img->active_exclusive)
+        return false;
+    if (needs_exclusive(r))
+        return img->nactive == 0;
+    for (const struct qed_req *a = img->active; a; a = a->anext)
+        if (a->lock_lo < r->lock_hi && r->lock_lo < a->lock_hi)
+            return false;
+    return true;
+}
+
+static void activate(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+
+    r->exclusive = needs_exclusive(r);
+    r->holding = true;
+    r->aprev = NULL;
+    r->anext = img->active;
+    if (img->active)
+        img->active->aprev = r;
+    img->active = r;
+    img->nactive++;
+    if (r->exclusive)
+        img->active_exclusive = true;
+}
+
+static void deactivate(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+
+    if (r->aprev)
+        r->aprev->anext = r->anext;
+    else
+        img->active = r->anext;
+    if (r->anext)
+        r->anext->aprev = r->aprev;
+    r->aprev = r->anext = NULL;
+    img->nactive--;
+    if (r->exclusive)
+        img->active_exclusive = false;
+    r->holding = false;
+    r->exclusive = false;
+}
+
+/*
+ * Start waiters from the head of the queue while they can start.  Why a loop
+ * with a guard instead of recursion: a started request may finish at once
+ * and kick the queue again; the guard turns that chain into iterations.
  */
 static void queue_kick(struct qed_image *img)
 {
@@ -146,14 +228,13 @@ static void queue_kick(struct qed_image *img)
     img->kicking = true;
     do {
         img->kick_again = false;
-        if (!img->alloc_holder && img->queue_head) {
+        if (img->queue_head && can_start(img->queue_head)) {
             struct qed_req *r = img->queue_head;
             img->queue_head = r->next;
             if (!img->queue_head)
                 img->queue_tail = NULL;
             r->next = NULL;
-            r->holding = true;
-            img->alloc_holder = r;
+            activate(r);
             req_step(r);
             img->kick_again = true;
         }
@@ -162,19 +243,24 @@ static void queue_kick(struct qed_image *img)
 }
 
 /*
- * Enter the queue.  Returns true when @r holds it now and may go on, false
- * when it waits (state RS_QUEUE_WAIT) and will be stepped by queue_kick.
+ * Enter the queue.  Returns true when @r may go on at once, false when it
+ * waits (state RS_QUEUE_WAIT) and will be stepped by queue_kick.
  */
 static bool queue_enter(struct qed_req *r, enum qed_req_state resume)
 {
     struct qed_image *img = r->img;
+    const struct qed_geom *g = &img->g;
+    uint64_t from = r->type == REQ_WRITE ? r->cur_pos : r->off;
 
     /* Allocation activity postpones the clean: NEED_CHECK stays set while busy. */
     if (img->aio && ev_is_active(&img->clean_timer))
         ev_timer_stop(img->aio->loop, &img->clean_timer);
-    if (!img->alloc_holder && !img->queue_head) {
-        r->holding = true;
-        img->alloc_holder = r;
+    r->lock_lo = qed_start_of_cluster(g, from);
+    r->lock_hi = qed_start_of_cluster(g, r->end + g->cluster_size - 1);
+    if (r->lock_hi <= r->lock_lo)
+        r->lock_hi = r->lock_lo + g->cluster_size; /* empty ranges still order */
+    if (!img->queue_head && can_start(r)) {
+        activate(r);
         set_state(r, resume);
         return true;
     }
@@ -211,10 +297,10 @@ static void req_finish(struct qed_req *r, int err)
     r->bs_tmp = NULL;
     set_state(r, RS_DONE);
 
-    if (was_holding) {
-        r->holding = false;
-        img->alloc_holder = NULL;
-    }
+    free(r->cow);
+    r->cow = NULL;
+    if (was_holding)
+        deactivate(r);
     /* Why defer inside a submit call: the callback must never run from
      * inside the call that submitted its request. */
     if (img->submitting)
@@ -223,7 +309,7 @@ static void req_finish(struct qed_req *r, int err)
         req_deliver(r);
 
     if (was_holding) {
-        if (!img->queue_head)
+        if (!img->queue_head && img->nactive == 0)
             qed_image_arm_clean(img);
         queue_kick(img);
     }
@@ -863,6 +949,7 @@ static void step(struct qed_req *r)
             if (!r->zero_entries && img->backing_kind == BACKING_NONE &&
                 !(img->h.features & QED_F_NEED_CHECK)) {
                 /* Rule 1: NEED_CHECK durable before the first allocation. */
+                assert(r->exclusive);
                 img->h.features |= QED_F_NEED_CHECK;
                 img->dirty_set_by_us = true;
                 qed_header_encode(&img->h, img->hdr_raw);
@@ -904,6 +991,7 @@ static void step(struct qed_req *r)
             r->alloc_n = qed_bytes_to_clusters(g, in + r->run_len);
             if (!r->l2) {
                 /* No L2 table yet: take one from the end of the file. */
+                assert(r->exclusive || r->type != REQ_WRITE);
                 struct qed_l2 *e = qed_l2_cache_insert(&img->cache, img, img->file_size, L2_VALID);
                 if (!e) {
                     req_finish(r, -ENOMEM);
@@ -928,25 +1016,25 @@ static void step(struct qed_req *r)
             r->tail_len = end_in ? g->cluster_size - end_in : 0;
             if (r->head_len || r->tail_len) {
                 bool from_backing = r->kind == RUN_UNALLOC && img->backing_kind != BACKING_NONE;
-                if (!img->cow_buf) {
-                    img->cow_buf = malloc(2 * (size_t)g->cluster_size);
-                    if (!img->cow_buf) {
-                        req_finish(r, -ENOMEM);
-                        return;
-                    }
-                }
+
                 r->cow_zero = !from_backing;
                 if (r->cow_zero) {
                     /* Zeros come from the shared zero buffer at write time. */
                     set_state(r, RS_ALLOC_WRITE);
                     continue;
                 }
+                /* Each allocating write has its own copy buffer: several run at once. */
+                r->cow = malloc(r->head_len + r->tail_len);
+                if (!r->cow) {
+                    req_finish(r, -ENOMEM);
+                    return;
+                }
                 set_state(r, RS_COW_WAIT);
                 if (r->head_len)
-                    backing_read(r, 0, qed_start_of_cluster(g, r->cur_pos), img->cow_buf,
+                    backing_read(r, 0, qed_start_of_cluster(g, r->cur_pos), r->cow,
                                  r->head_len);
                 if (r->tail_len)
-                    backing_read(r, 1, end, img->cow_buf + g->cluster_size, r->tail_len);
+                    backing_read(r, 1, end, r->cow + r->head_len, r->tail_len);
                 if (r->pending)
                     return;
                 if (r->err) {
@@ -971,14 +1059,14 @@ static void step(struct qed_req *r)
             if (r->head_len && r->cow_zero) {
                 n = iov_add_zeros(r, n, r->head_len);
             } else if (r->head_len) {
-                r->iov[n].iov_base = img->cow_buf;
+                r->iov[n].iov_base = r->cow;
                 r->iov[n++].iov_len = r->head_len;
             }
             n = iov_add_source(r, n);
             if (r->tail_len && r->cow_zero) {
                 n = iov_add_zeros(r, n, r->tail_len);
             } else if (r->tail_len) {
-                r->iov[n].iov_base = img->cow_buf + g->cluster_size;
+                r->iov[n].iov_base = r->cow + r->head_len;
                 r->iov[n++].iov_len = r->tail_len;
             }
             set_state(r, RS_ALLOC_WRITE_WAIT);
@@ -1081,6 +1169,8 @@ static void step(struct qed_req *r)
         case RS_ALLOC_DONE:
             free(r->ents);
             r->ents = NULL;
+            free(r->cow);
+            r->cow = NULL;
             r->new_l2 = false;
             r->zero_entries = false;
             r->head_len = r->tail_len = 0;
