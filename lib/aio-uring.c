@@ -28,10 +28,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 
 #include <liburing.h>
 
@@ -58,6 +60,13 @@ struct uring_priv {
     unsigned cap;            /* bound on in_ring: the CQ size */
     struct qed_io *backlog_head, *backlog_tail;
     bool *freed;             /* set by destroy while a callback runs */
+
+    /* I/O finished inline (RWF_NOWAIT), waiting for a later loop turn */
+    struct qed_io *inline_head, *inline_tail;
+    struct qed_defer inline_defer;
+    bool inline_scheduled;
+    qed_aio *aio;            /* back pointer for the deferred call */
+    bool nowait_read, nowait_write; /* the file system takes RWF_NOWAIT */
 };
 
 /* ---- submission ---- */
@@ -198,8 +207,85 @@ static void uring_ref(qed_aio *aio)
     }
 }
 
+/* Deliver the I/Os that finished inline, on this later loop turn. */
+static void uring_inline_deliver(struct qed_defer *d)
+{
+    struct uring_priv *p = (struct uring_priv *)((char *)d - offsetof(struct uring_priv,
+                                                                      inline_defer));
+    qed_aio *aio = p->aio;
+    struct qed_io *io = p->inline_head;
+    bool freed = false;
+
+    p->inline_head = p->inline_tail = NULL;
+    p->inline_scheduled = false;
+    p->freed = &freed;
+    while (io) {
+        struct qed_io *next = io->next;
+        io->next = NULL;
+        qed_aio_complete(aio, io);
+        if (freed)
+            return;
+        io = next;
+    }
+    p->freed = NULL;
+}
+
+/*
+ * Try a read or write at once with RWF_NOWAIT: when the data is in the page
+ * cache this finishes without a trip through an io_uring worker thread, and
+ * the flag guarantees it never blocks the loop (the kernel answers EAGAIN
+ * instead).  Returns true when @io is complete; a partial transfer leaves the
+ * rest for the ring.
+ */
+static bool uring_try_inline(qed_aio *aio, struct qed_io *io)
+{
+    struct uring_priv *p = aio->priv;
+    bool is_read = io->op == QED_IO_READ;
+    int first, cnt;
+    ssize_t n;
+
+    if (!(is_read ? p->nowait_read : p->nowait_write) || io->length == 0)
+        return false;
+    first = qed_iov_first(io->iov, io->iovcnt);
+    cnt = io->iovcnt - first;
+    if (cnt > IOV_MAX)
+        return false;
+    n = is_read ? preadv2(io->fd, io->iov + first, cnt, (off_t)io->offset, RWF_NOWAIT)
+                : pwritev2(io->fd, io->iov + first, cnt, (off_t)io->offset, RWF_NOWAIT);
+    if (n < 0) {
+        if (errno == EOPNOTSUPP || errno == EINVAL) {
+            /* This file system cannot do it: stop trying. */
+            if (is_read)
+                p->nowait_read = false;
+            else
+                p->nowait_write = false;
+        }
+        return false; /* EAGAIN and real errors: the ring retries and reports */
+    }
+    if ((uint64_t)n < io->length) {
+        io->done_bytes = (uint64_t)n;
+        qed_iov_consume(io->iov + first, cnt, (size_t)n);
+        return false;
+    }
+    io->done_bytes = io->length;
+    io->res = (int64_t)io->length;
+    io->next = NULL;
+    if (p->inline_tail)
+        p->inline_tail->next = io;
+    else
+        p->inline_head = io;
+    p->inline_tail = io;
+    if (!p->inline_scheduled) {
+        p->inline_scheduled = true;
+        qed_aio_defer(aio, &p->inline_defer);
+    }
+    return true;
+}
+
 static void uring_submit(qed_aio *aio, struct qed_io *io)
 {
+    if ((io->op == QED_IO_READ || io->op == QED_IO_WRITE) && uring_try_inline(aio, io))
+        return;
     /* While I/O is in flight the eventfd watcher must keep ev_run() alive. */
     uring_ref(aio);
     uring_queue(aio, io);
@@ -447,6 +533,11 @@ int qed_aio_uring_init(qed_aio *aio)
     if (!p)
         return -ENOMEM;
     p->efd = -1;
+    p->aio = aio;
+    p->inline_defer.fn = uring_inline_deliver;
+    /* QED_AIO_NOWAIT=0 turns the inline attempt off (for comparisons). */
+    p->nowait_read = p->nowait_write = !(getenv("QED_AIO_NOWAIT") &&
+                                         strcmp(getenv("QED_AIO_NOWAIT"), "0") == 0);
     aio->priv = p;
 
     r = io_uring_queue_init(URING_QUEUE_DEPTH, &p->ring, 0);

@@ -574,6 +574,9 @@ int main(int argc, char **argv)
 
     parse_args(argc, argv);
     signal(SIGPIPE, SIG_IGN);
+    /* A write past RLIMIT_FSIZE must fail with EFBIG (reported as ENOSPC),
+     * not kill the server. */
+    signal(SIGXFSZ, SIG_IGN);
 
     srv.loop = ev_default_loop(EVFLAG_AUTO);
     if (!srv.loop)
