@@ -335,7 +335,17 @@ static struct nbd_handle *nbd_unix(const char *export)
     cr_assert_not_null(h);
     cr_assert_eq(nbd_set_export_name(h, export), 0);
     cr_assert_eq(nbd_add_meta_context(h, "base:allocation"), 0);
-    cr_assert_eq(nbd_connect_unix(h, sock_path), 0, "connect: %s", nbd_get_error());
+    /* The socket file appears at bind(), a moment before listen(): a client
+     * that is quick enough sees ECONNREFUSED, so retry that (bounded). */
+    for (int i = 0; nbd_connect_unix(h, sock_path) != 0; i++) {
+        cr_assert(nbd_get_errno() == ECONNREFUSED && i < 100, "connect: %s", nbd_get_error());
+        nbd_close(h);
+        usleep(10000);
+        h = nbd_create();
+        cr_assert_not_null(h);
+        cr_assert_eq(nbd_set_export_name(h, export), 0);
+        cr_assert_eq(nbd_add_meta_context(h, "base:allocation"), 0);
+    }
     return h;
 }
 
