@@ -125,7 +125,7 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
 {
     const struct qed_geom *g = &img->g;
     struct check c = {.img = img, .res = res, .repair = repair};
-    uint64_t *t = NULL;
+    uint64_t *t = NULL, *l1 = NULL;
     bool l1_dirty = false;
     int r = 0;
 
@@ -134,16 +134,25 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
     c.nclusters = img->file_size >> g->cluster_bits;
     c.used = calloc(1, c.nclusters / 8 + 1);
     t = malloc(g->table_bytes);
-    if (!c.used || !t) {
+    l1 = malloc(g->table_bytes);
+    if (!c.used || !t || !l1) {
         res->check_errors++;
         r = -ENOMEM;
+        goto out;
+    }
+    /* The L1 table as on disk: the in-memory copy has invalid entries
+     * disabled (metadata.c), and the check must judge the real values. */
+    r = rw_full(img->fd, l1, g->table_bytes, img->h.l1_table_offset, false);
+    if (r < 0) {
+        res->check_errors++;
+        qed_log(QED_LOG_ERROR, "%s: cannot read the L1 table: %s", img->path, strerror(-r));
         goto out;
     }
     mark_used(&c, 0, img->h.header_size);
     mark_used(&c, img->h.l1_table_offset, g->table_size);
 
     for (uint64_t i = 0; i < g->table_entries; i++) {
-        uint64_t off = le64toh(img->l1[i]);
+        uint64_t off = le64toh(l1[i]);
         if (off == 0)
             continue;
         if (!qed_check_table_offset(g, off, img->file_size)) {
@@ -151,6 +160,7 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
                     img->path, i, off);
             res->corruptions++;
             if (repair) {
+                l1[i] = 0;
                 img->l1[i] = 0;
                 l1_dirty = true;
                 res->corruptions_fixed++;
@@ -178,7 +188,7 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
 
     if (repair) {
         if (l1_dirty) {
-            r = rw_full(img->fd, img->l1, g->table_bytes, img->h.l1_table_offset, true);
+            r = rw_full(img->fd, l1, g->table_bytes, img->h.l1_table_offset, true);
             if (r < 0) {
                 res->check_errors++;
                 qed_log(QED_LOG_ERROR, "%s: cannot repair the L1 table: %s", img->path,
@@ -202,12 +212,20 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
             res->check_errors++;
             goto out;
         }
-        /* Cached tables may predate the repair. */
+        /* Cached tables may predate the repair, and so may the record of
+         * invalid entries (qed_meta_* runs again on the repaired tables). */
         qed_l2_cache_destroy(&img->cache);
+        if (img->meta_tables) {
+            qed_meta_free(img);
+            r = qed_meta_init(img);
+            if (r < 0)
+                goto out;
+        }
     }
 
 out:
     free(c.used);
     free(t);
+    free(l1);
     return r;
 }

@@ -77,19 +77,22 @@ int qed_image_write_header_sync(struct qed_image *img)
 
 /* ---- Create ---- */
 
-static int probe_is_qed(const char *path, bool *is_qed, char *err, size_t errlen)
+/* Is the backing file @path (of image @owner) a QED image? */
+static int probe_is_qed(const char *owner, const char *path, bool *is_qed, char *err,
+                        size_t errlen)
 {
     uint8_t magic[4] = {0};
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     int r;
 
     if (fd < 0)
-        return qed_errf(err, errlen, -errno, "%s: cannot open backing file: %s", path,
+        return qed_errf(err, errlen, -errno, "%s: cannot open backing file %s: %s", owner, path,
                         strerror(errno));
     r = pread_full(fd, magic, sizeof(magic), 0);
     close(fd);
     if (r < 0)
-        return qed_errf(err, errlen, r, "%s: cannot read backing file: %s", path, strerror(-r));
+        return qed_errf(err, errlen, r, "%s: cannot read backing file %s: %s", owner, path,
+                        strerror(-r));
     *is_qed = memcmp(magic, "QED\0", 4) == 0;
     return 0;
 }
@@ -160,7 +163,7 @@ int qed_create(const char *path, const struct qed_create_opts *opts, char *err, 
             char resolved[PATH_MAX];
             if (resolve_backing(path, opts->backing_file, resolved, sizeof(resolved)) < 0)
                 return qed_errf(err, errlen, -ENAMETOOLONG, "%s: backing path too long", path);
-            r = probe_is_qed(resolved, &is_qed, err, errlen);
+            r = probe_is_qed(path, resolved, &is_qed, err, errlen);
             if (r < 0)
                 return r;
         }
@@ -236,7 +239,7 @@ static int open_backing(struct qed_image *img, qed_aio *aio, int depth, char *er
     if (h->features & QED_F_BACKING_FORMAT_NO_PROBE) {
         is_qed = false;
     } else {
-        r = probe_is_qed(img->backing_path, &is_qed, err, errlen);
+        r = probe_is_qed(img->path, img->backing_path, &is_qed, err, errlen);
         if (r < 0)
             return r;
     }
@@ -284,6 +287,7 @@ static void image_free(struct qed_image *img)
         img->free_reqs = r->next;
         free(r);
     }
+    qed_meta_free(img);
     free(img->l1);
     free(img->path);
     free(img);
@@ -411,6 +415,13 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
         }
     } else if (img->h.features & QED_F_NEED_CHECK) {
         qed_log(QED_LOG_WARN, "%s: image needs a check (opened read-only, not repairing)", path);
+    }
+
+    /* After any repair: record the metadata as it now is. */
+    r = qed_meta_init(img);
+    if (r < 0) {
+        qed_errf(err, errlen, r, "%s: out of memory", path);
+        goto fail;
     }
 
     if (aio) {

@@ -206,6 +206,15 @@ struct qed_image {
     unsigned clean_delay_ms;
     bool clean_queued;
 
+    /* Entries that were invalid when the image was opened must stay invalid
+     * when the file grows past what they point at (see metadata.c). */
+    uint64_t open_end;         /* file size (whole clusters) at open */
+    uint64_t *meta_tables;     /* sorted offsets of the L2 tables L1 named at open */
+    size_t nmeta_tables;
+    uint8_t *meta_scanned;     /* per meta table: its entries were checked once */
+    struct qed_bogus { uint64_t table, index, value; } *bogus; /* entries found invalid */
+    size_t nbogus, bogus_cap;
+
     /* Finished requests kept for reuse: no malloc on the steady-state path. */
     struct qed_req *free_reqs;
     unsigned nfree_reqs;
@@ -224,6 +233,18 @@ int qed_image_write_header_sync(struct qed_image *img);
 void qed_image_encode_header(const struct qed_image *img, uint8_t out[QED_HEADER_BYTES]);
 /** Arm the timer that clears NEED_CHECK once allocating writes have been idle. */
 void qed_image_arm_clean(struct qed_image *img);
+
+/* metadata.c */
+/**
+ * Record which metadata the image holds at open and disable L1 entries that
+ * are invalid then (they point past the end, into the header or at the L1
+ * table), so that a growing file never makes them valid.  Returns 0 or -ENOMEM.
+ */
+int qed_meta_init(struct qed_image *img);
+/** Disable the invalid entries of an L2 table that was just read from disk. */
+int qed_meta_sanitize_l2(struct qed_image *img, uint64_t table_off, uint64_t *t);
+/** Release what qed_meta_init allocated. */
+void qed_meta_free(struct qed_image *img);
 
 /* request.c */
 /** Submit an internal CLEAN request (NEED_CHECK clearing) through the queue. */

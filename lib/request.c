@@ -510,6 +510,8 @@ static void l2_load_done(struct qed_io *io)
                 e->offset, strerror((int)-io->res));
         /* Forget it so that a later request tries the read again. */
         qed_l2_cache_forget(&img->cache, e);
+    } else if ((res = qed_meta_sanitize_l2(img, e->offset, e->t)) < 0) {
+        qed_l2_cache_forget(&img->cache, e);
     } else {
         e->state = L2_VALID;
         img->cache.loads++;
@@ -687,6 +689,15 @@ static bool step_run(struct qed_req *r)
 
     run_lookup(r);
     if (r->kind == RUN_BAD) {
+        req_finish(r, -EIO);
+        return false;
+    }
+    if (r->l2 && r->type != REQ_READ && r->type != REQ_BSTATUS &&
+        r->l2->offset - img->h.l1_table_offset < img->g.table_bytes) {
+        /* A corrupt L1 entry names the L1 table as an L2 table: reading
+         * through it is harmless, but an update would overwrite L1. */
+        qed_log(QED_LOG_ERROR, "%s: L1 entry %" PRIu64 " points at the L1 table; refusing to "
+                "write through it", img->path, r->l1_index);
         req_finish(r, -EIO);
         return false;
     }
