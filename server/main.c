@@ -623,6 +623,11 @@ int main(int argc, char **argv)
     ev_signal_stop(srv.loop, &sigint_w);
     ev_signal_stop(srv.loop, &sigterm_w);
     ev_timer_stop(srv.loop, &grace_w);
+    /* Stopping the watchers restored the default action (terminate): a
+     * second Ctrl-C during the final flush would kill us before the images
+     * are closed and NEED_CHECK cleared.  Ignore them until we are done. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     stop_listening();
     while (srv.conns)
         conn_abort(srv.conns);
