@@ -35,14 +35,25 @@ trap 'rm -rf "$tmp"' EXIT
 bench=$top_srcdir/contrib/bench/bench.sh
 [ -f "$bench" ] || fail "$bench is missing"
 
-rc=0
-timeout -k 10 120 bash "$bench" --quick --runtime 2 --fresh-size 16M \
-    --servers qednbd,nbdkit-file --builddir "$top_builddir" --dir "$tmp" \
-    --out "$tmp/bench.md" --raw "$tmp/raw.tsv" >"$tmp/out" 2>"$tmp/err" || rc=$?
-echo "--- bench.sh output:"
-cat "$tmp/out"
-echo "--- bench.sh messages:"
-cat "$tmp/err"
+# The reference server is not under test: nbdkit 1.32's file plugin has been
+# seen to abort (status 134) under this load.  When only the reference server
+# failed, run once more; a qednbd failure is never retried.
+for attempt in 1 2; do
+    rc=0
+    timeout -k 10 120 bash "$bench" --quick --runtime 2 --fresh-size 16M \
+        --servers qednbd,nbdkit-file --builddir "$top_builddir" --dir "$tmp" \
+        --out "$tmp/bench.md" --raw "$tmp/raw.tsv" >"$tmp/out" 2>"$tmp/err" || rc=$?
+    echo "--- bench.sh output (attempt $attempt):"
+    cat "$tmp/out"
+    echo "--- bench.sh messages:"
+    cat "$tmp/err"
+    if [ "$rc" -ne 0 ] && [ "$attempt" -eq 1 ] && ! grep -q 'qednbd [a-z-]* failed' "$tmp/err" &&
+       grep -q 'nbdkit-file [a-z-]* failed: server exited' "$tmp/err"; then
+        echo "--- the reference server (nbdkit) failed, not qednbd: running again"
+        continue
+    fi
+    break
+done
 [ "$rc" -ne 124 ] || fail "bench.sh did not finish within 120 s"
 [ "$rc" -eq 0 ] || fail "bench.sh exited $rc"
 
