@@ -18,6 +18,14 @@
  *
  * Fairness.  One read event parses at most SRV_READ_BUDGET requests, then
  * returns to the loop, which is level-triggered and will come back.
+ *
+ * TLS.  After STARTTLS every byte goes through GnuTLS (conn_recv and
+ * conn_flush_tls), without ever blocking: GnuTLS's "try again" names the
+ * direction it waits for, and the matching watcher is started.  Two things
+ * differ from plain sockets: decrypted bytes GnuTLS already holds make no
+ * socket event (update_read_watcher feeds one), and a record GnuTLS could
+ * not send at once must be offered again byte for byte, so replies are
+ * copied into a record buffer (tls_out) that stays put until it is sent.
  */
 #include "config.h"
 
@@ -32,6 +40,7 @@
 #include <assert.h>
 
 #include "conn.h"
+#include "tls.h"
 
 const char *conn_state_name(enum conn_state st)
 {
@@ -40,6 +49,7 @@ const char *conn_state_name(enum conn_state st)
     case CONN_HS_OPT_HEADER: return "HS_OPT_HEADER";
     case CONN_HS_OPT_PAYLOAD: return "HS_OPT_PAYLOAD";
     case CONN_HS_OPT_SKIP: return "HS_OPT_SKIP";
+    case CONN_TLS_HANDSHAKE: return "TLS_HANDSHAKE";
     case CONN_TX_REQ_HEADER: return "TX_REQ_HEADER";
     case CONN_TX_WRITE_PAYLOAD: return "TX_WRITE_PAYLOAD";
     case CONN_TX_SKIP_PAYLOAD: return "TX_SKIP_PAYLOAD";
@@ -54,7 +64,7 @@ void conn_log(struct conn *c, int level, const char *fmt, ...)
     char buf[1024];
     va_list ap;
 
-    if (level > srv.verbose)
+    if (!srv_log_enabled(level))
         return;
     va_start(ap, fmt);
     vsnprintf(buf, sizeof(buf), fmt, ap);
@@ -89,8 +99,10 @@ static bool reading_state(enum conn_state st)
 
 static bool handshaking(enum conn_state st)
 {
-    return st <= CONN_HS_OPT_SKIP;
+    return st <= CONN_TLS_HANDSHAKE;
 }
+
+static void update_read_watcher(struct conn *c);
 
 /* ---- Lifetime --------------------------------------------------------- */
 
@@ -139,6 +151,12 @@ void conn_close(struct conn *c, const char *why)
     ev_timer_stop(srv.loop, &c->hs_timer);
     tx_abort_current(c);
     drop_output(c);
+    tls_session_free(c->tls);
+    c->tls = NULL;
+    c->tls_active = false;
+    free(c->tls_out);
+    c->tls_out = NULL;
+    c->tls_out_len = 0;
     close(c->rfd);
     if (c->wfd != c->rfd)
         close(c->wfd);
@@ -163,8 +181,11 @@ void conn_close(struct conn *c, const char *why)
 /* Close a draining connection once nothing is left to wait for. */
 static void maybe_finish_drain(struct conn *c)
 {
-    if (c->state == CONN_DRAINING && c->inflight == 0 && !c->out_head)
+    if (c->state == CONN_DRAINING && c->inflight == 0 && !c->out_head && !c->tls_out_len) {
+        if (c->tls_active)
+            tls_session_bye(c->tls);
         conn_close(c, "drained");
+    }
 }
 
 void conn_drain(struct conn *c, const char *why)
@@ -173,7 +194,7 @@ void conn_drain(struct conn *c, const char *why)
         return;
     conn_log(c, SRV_LOG_INFO, "draining: %s", why);
     conn_set_state(c, CONN_DRAINING);
-    ev_io_stop(srv.loop, &c->rw);
+    update_read_watcher(c);     /* stops reading (unless a TLS write needs a read) */
     ev_timer_stop(srv.loop, &c->hs_timer);
     maybe_finish_drain(c);
 }
@@ -202,6 +223,33 @@ void conn_shutdown(struct conn *c)
 /* ---- Input ------------------------------------------------------------- */
 
 /*
+ * conn_recv - read up to @n bytes from the client: the socket, or TLS once
+ * it is up.  Returns the count, 0 at the end of the stream, or -1 with
+ * errno set (EAGAIN: wait; the watcher TLS needs is arranged here).
+ */
+static ssize_t conn_recv(struct conn *c, void *buf, size_t n)
+{
+    ssize_t r;
+
+    if (!c->tls_active)
+        return read(c->rfd, buf, n);
+    r = tls_session_recv(c->tls, buf, n);
+    if (r >= 0)
+        return r;
+    if (r == -EAGAIN) {
+        /* Usually it needs more bytes from the socket; during a key update
+         * it may need to write first. */
+        c->tls_rd_wants_write = tls_session_wants_write(c->tls);
+        if (c->tls_rd_wants_write && !ev_is_active(&c->ww))
+            ev_io_start(srv.loop, &c->ww);
+    } else {
+        conn_log(c, SRV_LOG_INFO, "%s", tls_session_error(c->tls));
+    }
+    errno = (int)-r;
+    return -1;
+}
+
+/*
  * conn_fill - read into the current state's buffer (or drop bytes in a SKIP
  * state).  Returns 1 when the state's bytes are complete, 0 when the socket
  * would block, -1 on EOF or error (the connection is closed).
@@ -227,7 +275,7 @@ static int conn_fill(struct conn *c)
             dst = c->in_ptr + c->in_got;
             n = c->in_want - c->in_got;
         }
-        r = read(c->rfd, dst, n);
+        r = conn_recv(c, dst, n);
         if (r > 0) {
             if (skipping)
                 c->skip_left -= (uint64_t)r;
@@ -261,12 +309,80 @@ static void update_read_watcher(struct conn *c)
 {
     bool want = reading_state(c->state);
 
+    if (c->state == CONN_TLS_HANDSHAKE)
+        return;         /* conn_tls_handshake picks the direction */
     if (want && c->state == CONN_TX_REQ_HEADER && c->in_got == 0 && throttled(c))
         want = false;
+    if (want && c->tls_rd_wants_write)
+        want = false;   /* the read waits for writable, not readable */
+    if (c->tls_wr_wants_read)
+        want = true;    /* a TLS write waits for readable */
     if (want && !ev_is_active(&c->rw))
         ev_io_start(srv.loop, &c->rw);
     else if (!want && ev_is_active(&c->rw))
         ev_io_stop(srv.loop, &c->rw);
+    /* Bytes GnuTLS has already decrypted will never make the socket
+     * readable: run the state machine for them as if it were. */
+    if (want && reading_state(c->state) && c->tls_active && tls_session_pending(c->tls))
+        ev_feed_event(srv.loop, &c->rw, EV_READ);
+}
+
+/*
+ * conn_tls_handshake - drive the TLS handshake after STARTTLS.  Returns 1
+ * when it is done (options follow, over TLS), 0 to wait for the socket, -1
+ * when it failed (the connection is closed).
+ */
+static int conn_tls_handshake(struct conn *c)
+{
+    char desc[512];
+    int r;
+
+    if (c->out_head) {
+        /* Why wait: the ACK of STARTTLS must reach the client whole, in
+         * plaintext, before the first TLS byte.  conn_flush has started the
+         * write watcher, whose callback comes back here. */
+        ev_io_stop(srv.loop, &c->rw);
+        if (!ev_is_active(&c->ww))
+            ev_io_start(srv.loop, &c->ww);
+        return 0;
+    }
+    r = tls_session_handshake(c->tls);
+    if (r == -EAGAIN) {
+        if (tls_session_wants_write(c->tls)) {
+            ev_io_stop(srv.loop, &c->rw);
+            ev_io_start(srv.loop, &c->ww);
+        } else {
+            ev_io_stop(srv.loop, &c->ww);
+            ev_io_start(srv.loop, &c->rw);
+        }
+        return 0;
+    }
+    if (r < 0) {
+        srv.tls_failed++;
+        conn_log(c, SRV_LOG_WARN, "TLS handshake with %s failed: %s", c->peer,
+                 tls_session_error(c->tls));
+        conn_close(c, "TLS handshake failed");
+        return -1;
+    }
+    srv.tls_ok++;
+    c->tls_active = true;
+    ev_io_stop(srv.loop, &c->ww);
+    conn_log(c, SRV_LOG_INFO, "TLS established: %s",
+             tls_session_describe(c->tls, desc, sizeof(desc)));
+    conn_expect(c, CONN_HS_OPT_HEADER, c->hdr, sizeof(struct nbd_opt_header));
+    return 1;
+}
+
+void conn_start_tls(struct conn *c)
+{
+    if (c->state == CONN_DEAD || c->state == CONN_DRAINING)
+        return;
+    /* The spec: once STARTTLS succeeds, the server MUST NOT preserve any
+     * negotiation state -- a man in the middle may have injected it. */
+    c->structured = false;
+    c->meta_exp = NULL;
+    c->meta_base = c->meta_depth = false;
+    conn_set_state(c, CONN_TLS_HANDSHAKE);
 }
 
 /*
@@ -280,6 +396,12 @@ static void conn_step(struct conn *c)
     conn_ref(c);            /* handlers may close the connection under us */
     while (reading_state(c->state)) {
         enum conn_state st = c->state;
+
+        if (st == CONN_TLS_HANDSHAKE) {
+            if (conn_tls_handshake(c) <= 0)
+                break;
+            continue;
+        }
 
         if (st == CONN_TX_REQ_HEADER && c->in_got == 0) {
             if (c->stop_reading) {
@@ -304,6 +426,7 @@ static void conn_step(struct conn *c)
         case CONN_TX_REQ_HEADER: tx_req_header_done(c); break;
         case CONN_TX_WRITE_PAYLOAD: tx_write_payload_done(c); break;
         case CONN_TX_SKIP_PAYLOAD: tx_skip_payload_done(c); break;
+        case CONN_TLS_HANDSHAKE:
         case CONN_DRAINING:
         case CONN_DEAD:
             assert(!"not a reading state");
@@ -314,18 +437,115 @@ static void conn_step(struct conn *c)
     conn_unref(c);
 }
 
+static int conn_flush(struct conn *c);
+
 static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
 {
+    struct conn *c = w->data;
+
     (void)loop;
     (void)revents;
-    conn_step(w->data);
+    conn_ref(c);
+    if (c->tls_wr_wants_read) {
+        /* A TLS write was waiting for this. */
+        c->tls_wr_wants_read = false;
+        if (conn_flush(c) < 0) {
+            conn_unref(c);
+            return;
+        }
+    }
+    conn_step(c);
+    conn_kick(c);
+    conn_unref(c);
 }
 
 /* ---- Output ------------------------------------------------------------ */
 
+/* Take @done bytes off the front of the output queue (written or copied),
+ * releasing every message completed. */
+static void consume_output(struct conn *c, size_t done)
+{
+    while (c->out_head) {
+        struct outmsg *m = c->out_head;
+        while (m->idx < m->niov) {
+            struct iovec *v = &m->iov[m->idx];
+            size_t take = done < v->iov_len ? done : v->iov_len;
+            v->iov_base = (uint8_t *)v->iov_base + take;
+            v->iov_len -= take;
+            m->left -= take;
+            c->queued_bytes -= take;
+            done -= take;
+            if (v->iov_len)
+                break;
+            m->idx++;
+        }
+        if (m->idx < m->niov)
+            break;
+        c->out_head = m->next;
+        if (!c->out_head)
+            c->out_tail = NULL;
+        m->release(m);
+    }
+    assert(done == 0);
+}
+
+/*
+ * The TLS side of conn_flush: gather queued bytes into one record in
+ * tls_out, and offer it to GnuTLS until it is taken.  Why a copy: after
+ * GNUTLS_E_AGAIN the very same buffer and length must be offered again,
+ * while the queue below keeps changing; tls_out does not.
+ */
+static int conn_flush_tls(struct conn *c)
+{
+    for (;;) {
+        ssize_t r;
+
+        if (c->tls_out_len == 0) {
+            size_t n = 0;
+            for (struct outmsg *m = c->out_head; m && n < CONN_TLS_RECORD; m = m->next)
+                for (int i = m->idx; i < m->niov && n < CONN_TLS_RECORD; i++) {
+                    size_t take = m->iov[i].iov_len;
+                    if (take > CONN_TLS_RECORD - n)
+                        take = CONN_TLS_RECORD - n;
+                    memcpy(c->tls_out + n, m->iov[i].iov_base, take);
+                    n += take;
+                }
+            consume_output(c, n);
+            c->tls_out_len = n;
+            if (n == 0)
+                break;
+        }
+        r = tls_session_send(c->tls, c->tls_out, c->tls_out_len);
+        if (r > 0) {
+            c->tls_out_len -= (size_t)r;
+            if (c->tls_out_len)
+                memmove(c->tls_out, c->tls_out + r, c->tls_out_len);
+            continue;
+        }
+        if (r == -EAGAIN) {
+            if (tls_session_wants_write(c->tls)) {
+                if (!ev_is_active(&c->ww))
+                    ev_io_start(srv.loop, &c->ww);
+            } else {
+                c->tls_wr_wants_read = true;
+                update_read_watcher(c);
+            }
+            return 0;
+        }
+        conn_log(c, SRV_LOG_INFO, "%s", tls_session_error(c->tls));
+        conn_close(c, "TLS write error");
+        return -1;
+    }
+    if (ev_is_active(&c->ww) && !c->tls_rd_wants_write)
+        ev_io_stop(srv.loop, &c->ww);
+    return 0;
+}
+
 /* Write as much of the queue as the socket takes.  Returns -1 if closed. */
 static int conn_flush(struct conn *c)
 {
+    if (c->tls_active)
+        return conn_flush_tls(c);
     while (c->out_head) {
         struct iovec iov[64];
         int n = 0;
@@ -354,30 +574,7 @@ static int conn_flush(struct conn *c)
                 return -1;
             }
         }
-        /* Consume r bytes from the front of the queue. */
-        size_t done = (size_t)r;
-        while (c->out_head) {
-            struct outmsg *m = c->out_head;
-            while (m->idx < m->niov) {
-                struct iovec *v = &m->iov[m->idx];
-                size_t take = done < v->iov_len ? done : v->iov_len;
-                v->iov_base = (uint8_t *)v->iov_base + take;
-                v->iov_len -= take;
-                m->left -= take;
-                c->queued_bytes -= take;
-                done -= take;
-                if (v->iov_len)
-                    break;
-                m->idx++;
-            }
-            if (m->idx < m->niov)
-                break;
-            c->out_head = m->next;
-            if (!c->out_head)
-                c->out_tail = NULL;
-            m->release(m);
-        }
-        assert(done == 0);
+        consume_output(c, (size_t)r);
     }
     if (ev_is_active(&c->ww))
         ev_io_stop(srv.loop, &c->ww);
@@ -388,12 +585,19 @@ static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
 {
     struct conn *c = w->data;
 
+    bool tls_read = c->tls_rd_wants_write;
+
     (void)loop;
     (void)revents;
     conn_ref(c);
+    c->tls_rd_wants_write = false;
     /* Draining the queue may finish a drain or lift the backpressure. */
-    if (conn_flush(c) == 0)
+    if (conn_flush(c) == 0) {
+        /* The TLS handshake, or a TLS read, was waiting for writable. */
+        if (c->state == CONN_TLS_HANDSHAKE || tls_read)
+            conn_step(c);
         conn_kick(c);
+    }
     conn_unref(c);
 }
 
@@ -479,6 +683,7 @@ void conn_enter_transmission(struct conn *c, struct export *e)
         c->meta_base = c->meta_depth = false;
     }
     ev_timer_stop(srv.loop, &c->hs_timer);
+    e->st.connections++;
     conn_log(c, SRV_LOG_INFO,
              "serving export \"%s\" (%s, %llu bytes, flags 0x%x, %s replies%s%s)", e->name,
              e->path, (unsigned long long)e->size, c->tx_flags,

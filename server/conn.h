@@ -24,6 +24,9 @@ enum conn_state {
     CONN_HS_OPT_HEADER,    /* waits for a 16-byte option header (IHAVEOPT, option, length) */
     CONN_HS_OPT_PAYLOAD,   /* waits for the option's payload (at most 64 KiB, buffered) */
     CONN_HS_OPT_SKIP,      /* waits for an over-long option payload to be read and dropped */
+    CONN_TLS_HANDSHAKE,    /* STARTTLS was acknowledged: the ACK goes out in plaintext, then
+                              the TLS handshake runs (driven by both watchers), then options
+                              again, over TLS */
     CONN_TX_REQ_HEADER,    /* waits for a 28-byte request header */
     CONN_TX_WRITE_PAYLOAD, /* waits for the payload of an accepted WRITE */
     CONN_TX_SKIP_PAYLOAD,  /* waits for the payload of a rejected WRITE, to be dropped */
@@ -50,6 +53,10 @@ struct outmsg {
 };
 
 struct req;
+struct tls_session;
+
+/* Largest TLS record payload: replies are gathered into records this big. */
+#define CONN_TLS_RECORD (16u * 1024)
 
 struct conn {
     struct conn *prev, *next;     /* srv.conns */
@@ -89,6 +96,14 @@ struct conn {
     size_t queued_bytes;          /* reply bytes queued + request buffers held */
 
     struct outmsg *out_head, *out_tail;
+
+    /* TLS (after a successful STARTTLS) */
+    struct tls_session *tls;      /* the session, from STARTTLS on */
+    bool tls_active;              /* handshake done: every byte goes through tls */
+    bool tls_rd_wants_write;      /* a TLS read returned EAGAIN wanting the socket writable */
+    bool tls_wr_wants_read;       /* a TLS write returned EAGAIN wanting the socket readable */
+    uint8_t *tls_out;             /* the record being sent (CONN_TLS_RECORD bytes) */
+    size_t tls_out_len;           /* its bytes not yet accepted by GnuTLS */
 };
 
 #define CTX_ID_BASE_ALLOCATION 1u
@@ -118,6 +133,13 @@ void conn_drain(struct conn *c, const char *why);
 
 /** conn_enter_transmission - option haggling is over; serve @e. */
 void conn_enter_transmission(struct conn *c, struct export *e);
+
+/**
+ * conn_start_tls - STARTTLS was acknowledged (the ACK is queued): forget
+ * every option negotiated so far, and run the TLS handshake on @c->tls as
+ * soon as the ACK has been written.
+ */
+void conn_start_tls(struct conn *c);
 
 /* ---- handshake.c ---- */
 

@@ -12,6 +12,16 @@
  * connection.  This follows the spec's rule that a server which does not
  * want a client "MUST simply error inbound options until the client gets the
  * hint", and lets clients print a useful message instead of seeing a reset.
+ *
+ * TLS policy (--tls):
+ *   off      NOTLS: STARTTLS gets ERR_POLICY.
+ *   on       SELECTIVETLS with no TLS-only export: STARTTLS upgrades the
+ *            session, plaintext clients are served too.
+ *   require  FORCEDTLS: before the upgrade every option but STARTTLS and
+ *            ABORT gets ERR_TLS_REQD, and EXPORT_NAME (which cannot carry an
+ *            error) ends the session.
+ * After a successful STARTTLS nothing negotiated before it survives
+ * (conn_start_tls), and a second STARTTLS gets ERR_INVALID.
  */
 #include "config.h"
 
@@ -21,6 +31,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "tls.h"
 
 static const char *opt_name(uint32_t opt)
 {
@@ -162,10 +173,21 @@ void hs_opt_header_done(struct conn *c)
     conn_expect(c, CONN_HS_OPT_PAYLOAD, c->opt_buf, c->opt_len);
 }
 
+/* FORCEDTLS and not upgraded yet: must this option be refused? */
+static bool tls_required(const struct conn *c)
+{
+    return tls_mode() == TLS_REQUIRE && !c->tls_active && c->opt != NBD_OPT_STARTTLS &&
+           c->opt != NBD_OPT_ABORT;
+}
+
 void hs_opt_skip_done(struct conn *c)
 {
     if (c->refuse && c->opt != NBD_OPT_ABORT)
         reply_err(c, NBD_REP_ERR_SHUTDOWN, "server is at its connection limit");
+    else if (tls_required(c) && c->opt == NBD_OPT_EXPORT_NAME)
+        conn_close(c, "EXPORT_NAME before STARTTLS, and TLS is required");
+    else if (tls_required(c))
+        reply_err(c, NBD_REP_ERR_TLS_REQD, "TLS is required: send STARTTLS first");
     else
         reply_err(c, NBD_REP_ERR_TOO_BIG, "option data larger than 64 KiB");
     if (c->state != CONN_DEAD && c->state != CONN_DRAINING)
@@ -318,6 +340,43 @@ static void opt_export_name(struct conn *c)
     conn_enter_transmission(c, e);
 }
 
+/* NBD_OPT_STARTTLS. */
+static void opt_starttls(struct conn *c)
+{
+    char err[256];
+    int r;
+
+    if (c->opt_len) {
+        reply_err(c, NBD_REP_ERR_INVALID, "STARTTLS takes no data");
+        return;
+    }
+    if (tls_mode() == TLS_OFF) {
+        reply_err(c, NBD_REP_ERR_POLICY, "TLS is not enabled on this server (see --tls)");
+        return;
+    }
+    if (c->tls) {
+        reply_err(c, NBD_REP_ERR_INVALID, "TLS is already in use");
+        return;
+    }
+    /* Set everything up before saying yes: after the ACK there is no way
+     * back to plaintext, so a failure now must still be an error reply. */
+    c->tls_out = malloc(CONN_TLS_RECORD);
+    if (!c->tls_out) {
+        reply_err(c, NBD_REP_ERR_PLATFORM, "out of memory for TLS");
+        return;
+    }
+    r = tls_session_new(c->rfd, c->wfd, &c->tls, err, sizeof(err));
+    if (r < 0) {
+        conn_log(c, SRV_LOG_ERROR, "cannot start TLS: %s", err);
+        free(c->tls_out);
+        c->tls_out = NULL;
+        reply_err(c, NBD_REP_ERR_PLATFORM, "the server could not set up TLS");
+        return;
+    }
+    reply(c, NBD_REP_ACK, NULL, 0);
+    conn_start_tls(c);
+}
+
 static void opt_list(struct conn *c)
 {
     if (c->opt_len) {
@@ -464,6 +523,13 @@ void hs_opt_payload_done(struct conn *c)
             reply_err(c, NBD_REP_ERR_SHUTDOWN, "server is at its connection limit");
         goto next;
     }
+    if (tls_required(c)) {
+        if (c->opt == NBD_OPT_EXPORT_NAME)
+            conn_close(c, "EXPORT_NAME before STARTTLS, and TLS is required");
+        else
+            reply_err(c, NBD_REP_ERR_TLS_REQD, "TLS is required: send STARTTLS first");
+        goto next;
+    }
 
     switch (c->opt) {
     case NBD_OPT_EXPORT_NAME:
@@ -478,10 +544,7 @@ void hs_opt_payload_done(struct conn *c)
         opt_list(c);
         break;
     case NBD_OPT_STARTTLS:
-        if (c->opt_len)
-            reply_err(c, NBD_REP_ERR_INVALID, "STARTTLS takes no data");
-        else
-            reply_err(c, NBD_REP_ERR_POLICY, "TLS is not supported by this server");
+        opt_starttls(c);
         break;
     case NBD_OPT_INFO:
     case NBD_OPT_GO:

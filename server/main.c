@@ -1,9 +1,20 @@
 /*
  * main.c - qednbd: serve QED images over NBD from one libev loop.
  *
- * Start-up order: parse every option, open every image (the library checks
- * them), and only then open the listening socket, so a bad option or a bad
- * image exits 1 before any client could connect.
+ * Start-up order: parse every option, load the TLS credentials, open every
+ * image (the library checks them and takes their locks), and only then open
+ * the listening socket, so a bad option, a bad image or an image in use
+ * exits 1 before any client could connect.
+ *
+ * Daemon mode (--fork).  Why fork first, before the loop, the I/O engine
+ * and the images: a fork keeps only the calling thread (the I/O thread pool
+ * would be lost) and the epoll set and io_uring are not meant to be shared
+ * with a parent.  So the parent forks at once and waits on a pipe; the
+ * child does the whole start-up, and once it listens (pidfile written) it
+ * detaches from the terminal and writes one byte to the pipe.  The parent
+ * exits 0 on that byte, and 1 if the pipe closes without it (the child
+ * failed, and said why on the terminal it still had).  The OFD image locks
+ * are taken by the child, so they live as long as the server.
  *
  * Shutdown: SIGINT/SIGTERM stop accepting, let the requests in flight finish
  * and their replies go out (at most SHUTDOWN_GRACE seconds), then leave the
@@ -13,6 +24,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stddef.h>
+#include <sys/file.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
@@ -32,6 +46,7 @@
 
 #include "nbd-proto.h"
 #include "qednbd.h"
+#include "tls.h"
 
 #define SHUTDOWN_GRACE 10.0     /* seconds for in-flight requests at shutdown */
 #define MAX_LISTEN 8
@@ -45,38 +60,42 @@ static struct {
     const char *unix_path;
     const char *export_name;
     bool read_only;
+    bool force_share;       /* -U: no image lock (read-only exports only) */
     enum qed_aio_backend aio_kind;
     unsigned l2_cache;
+    bool fork;
+    const char *pidfile;
+    int log_target;         /* -1: not given */
+    const char *log_file;
+    bool tls_given;
+    struct tls_config tls;
 } opt = {
     .aio_kind = QED_AIO_AUTO,
+    .log_target = -1,
 };
 
 static int listen_fds[MAX_LISTEN];
 static ev_io listen_w[MAX_LISTEN];
 static int nlisten;
 static bool unix_created;
-static ev_signal sigint_w, sigterm_w;
+static ev_signal sigint_w, sigterm_w, sighup_w, sigusr1_w;
+static int activation_n;        /* sockets passed by socket activation, checked before forking */
+static int ready_fd = -1;       /* --fork: the pipe to the waiting parent */
+static int pidfile_fd = -1;
+static char notify_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static ev_timer grace_w;
 static char listen_desc[512];
-
-void srv_log(int level, const char *fmt, ...)
-{
-    char buf[2048];
-    va_list ap;
-
-    if (level > srv.verbose)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "qednbd: %s\n", buf);
-}
 
 static void lib_log(enum qed_log_level level, const char *msg, void *opaque)
 {
     (void)opaque;
-    fprintf(stderr, "qednbd: libqed%s: %s\n",
-            level == QED_LOG_ERROR ? " error" : level == QED_LOG_WARN ? " warning" : "", msg);
+    /* qed_set_log already filters by our verbosity: map to a level that prints. */
+    switch (level) {
+    case QED_LOG_ERROR: srv_log(SRV_LOG_ERROR, "libqed error: %s", msg); break;
+    case QED_LOG_WARN: srv_log(SRV_LOG_WARN, "libqed: %s", msg); break;
+    case QED_LOG_INFO: srv_log(SRV_LOG_INFO, "libqed: %s", msg); break;
+    default: srv_log(SRV_LOG_DEBUG, "libqed: %s", msg); break;
+    }
 }
 
 struct export *srv_find_export(const char *name, size_t len)
@@ -104,14 +123,37 @@ static void usage(FILE *f)
             "  -e, --export NAME=IMAGE    add a named export (repeatable)\n"
             "  -x, --export-name NAME     name of the export in the single-IMAGE form\n"
             "  -r, --read-only            every export read-only\n"
+            "  -U, --force-share          with -r: take no image lock, so an image that QEMU\n"
+            "                             has open for writing can be served (reads may then\n"
+            "                             see data change underneath)\n"
             "  -D, --description TEXT     description of every export (NBD_INFO_DESCRIPTION)\n"
             "      --aio=uring|threads    file I/O backend (default: uring, else threads)\n"
             "      --l2-cache=N           L2 tables cached per image\n"
             "      --max-connections=N    default 100; extra clients are refused politely\n"
-            "      --handshake-timeout=S  default 10; clients slower to negotiate are dropped\n"
+            "      --handshake-timeout=S  default 10; clients slower to negotiate (TLS\n"
+            "                             included) are dropped\n"
+            "TLS:\n"
+            "      --tls=off|on|require   off: no TLS (default without credentials); on: TLS\n"
+            "                             optional; require: TLS before anything else (the\n"
+            "                             default when credentials are given)\n"
+            "      --tls-certificates=DIR X.509: DIR/server-cert.pem, DIR/server-key.pem and\n"
+            "                             DIR/ca-cert.pem (when present; needed to verify clients)\n"
+            "      --tls-verify-peer      clients must present a certificate signed by the CA\n"
+            "      --tls-psk=FILE         pre-shared keys, in psktool's IDENTITY:HEXKEY format\n"
+            "      --tls-priority=STRING  GnuTLS priority string (default NORMAL, plus PSK\n"
+            "                             key exchanges with --tls-psk)\n"
+            "Service:\n"
+            "      --fork                 run in the background once the socket listens\n"
+            "      --pidfile=FILE         write the server's pid to FILE (locked while running)\n"
+            "      --log=stderr|syslog    where messages go (default: stderr; syslog with --fork)\n"
+            "      --log-file=FILE        append messages to FILE; SIGHUP reopens it\n"
+            "Other:\n"
             "  -v, --verbose              log connections and options (-vv: every request)\n"
             "  -h, --help                 this help\n"
-            "  -V, --version              print the version\n");
+            "  -V, --version              print the version\n"
+            "Signals: SIGINT/SIGTERM stop cleanly, SIGHUP reopens the log file, SIGUSR1 logs\n"
+            "the statistics.  Exports are fixed at start-up: there is no runtime change.\n"
+            "See qednbd(8).\n");
 }
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -119,12 +161,25 @@ static void die(const char *fmt, ...)
 {
     va_list ap;
 
-    fprintf(stderr, "qednbd: ");
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    srv_vdie(fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n");
     exit(1);
+}
+
+/* @path made absolute (a daemon changes directory to /).  Never freed. */
+static const char *absolute(const char *path)
+{
+    char cwd[4096];
+    char *abs;
+
+    if (path[0] == '/')
+        return path;
+    if (!getcwd(cwd, sizeof(cwd)))
+        die("getcwd: %s", strerror(errno));
+    if (asprintf(&abs, "%s/%s", cwd, path) < 0)
+        die("out of memory");
+    return abs;
 }
 
 static unsigned long parse_num(const char *s, const char *what, unsigned long min,
@@ -163,7 +218,11 @@ static void add_export(const char *name, const char *path)
         die("out of memory");
 }
 
-enum { OPT_AIO = 256, OPT_L2_CACHE, OPT_MAX_CONNS, OPT_HS_TIMEOUT };
+enum {
+    OPT_AIO = 256, OPT_L2_CACHE, OPT_MAX_CONNS, OPT_HS_TIMEOUT, OPT_FORK, OPT_PIDFILE,
+    OPT_LOG, OPT_LOG_FILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY,
+    OPT_TLS_PRIORITY,
+};
 
 static void parse_args(int argc, char **argv)
 {
@@ -175,6 +234,16 @@ static void parse_args(int argc, char **argv)
         { "export", required_argument, NULL, 'e' },
         { "export-name", required_argument, NULL, 'x' },
         { "read-only", no_argument, NULL, 'r' },
+        { "force-share", no_argument, NULL, 'U' },
+        { "fork", no_argument, NULL, OPT_FORK },
+        { "pidfile", required_argument, NULL, OPT_PIDFILE },
+        { "log", required_argument, NULL, OPT_LOG },
+        { "log-file", required_argument, NULL, OPT_LOG_FILE },
+        { "tls", required_argument, NULL, OPT_TLS },
+        { "tls-certificates", required_argument, NULL, OPT_TLS_CERTS },
+        { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+        { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY },
+        { "tls-priority", required_argument, NULL, OPT_TLS_PRIORITY },
         { "description", required_argument, NULL, 'D' },
         { "aio", required_argument, NULL, OPT_AIO },
         { "l2-cache", required_argument, NULL, OPT_L2_CACHE },
@@ -190,7 +259,7 @@ static void parse_args(int argc, char **argv)
 
     srv.max_conns = 100;
     srv.hs_timeout = 10;
-    while ((ch = getopt_long(argc, argv, "p:b:u:se:x:rD:vhV", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "p:b:u:se:x:rUD:vhV", longopts, NULL)) != -1) {
         switch (ch) {
         case 'p':
             parse_num(optarg, "port", 0, 65535);
@@ -219,6 +288,54 @@ static void parse_args(int argc, char **argv)
             break;
         case 'r':
             opt.read_only = true;
+            break;
+        case 'U':
+            opt.force_share = true;
+            break;
+        case OPT_FORK:
+            opt.fork = true;
+            break;
+        case OPT_PIDFILE:
+            if (!*optarg)
+                die("--pidfile: empty file name");
+            opt.pidfile = optarg;
+            break;
+        case OPT_LOG:
+            if (strcmp(optarg, "stderr") == 0)
+                opt.log_target = SRV_LOG_TO_STDERR;
+            else if (strcmp(optarg, "syslog") == 0)
+                opt.log_target = SRV_LOG_TO_SYSLOG;
+            else
+                die("invalid --log '%s' (expected stderr or syslog; --log-file=FILE for a file)",
+                    optarg);
+            break;
+        case OPT_LOG_FILE:
+            if (!*optarg)
+                die("--log-file: empty file name");
+            opt.log_file = optarg;
+            break;
+        case OPT_TLS:
+            if (strcmp(optarg, "off") == 0)
+                opt.tls.mode = TLS_OFF;
+            else if (strcmp(optarg, "on") == 0)
+                opt.tls.mode = TLS_ON;
+            else if (strcmp(optarg, "require") == 0)
+                opt.tls.mode = TLS_REQUIRE;
+            else
+                die("invalid --tls '%s' (expected off, on or require)", optarg);
+            opt.tls_given = true;
+            break;
+        case OPT_TLS_CERTS:
+            opt.tls.cert_dir = optarg;
+            break;
+        case OPT_TLS_PSK:
+            opt.tls.psk_file = optarg;
+            break;
+        case OPT_TLS_VERIFY:
+            opt.tls.verify_peer = true;
+            break;
+        case OPT_TLS_PRIORITY:
+            opt.tls.priority = optarg;
             break;
         case 'D':
             if (strlen(optarg) > NBD_MAX_STRING)
@@ -273,6 +390,42 @@ static void parse_args(int argc, char **argv)
         die("--stdio cannot be combined with --unix, --port or --bind");
     if (opt.unix_path && (opt.port || opt.bind))
         die("--unix cannot be combined with --port or --bind");
+    if (opt.force_share && !opt.read_only)
+        die("--force-share needs --read-only: a writer must hold the image lock");
+    if (opt.fork && srv.stdio)
+        die("--fork cannot be combined with --stdio");
+    if (opt.log_file && opt.log_target >= 0)
+        die("give either --log or --log-file, not both");
+
+    /* TLS: credentials alone mean "require"; a mode without them is an error. */
+    if (opt.tls.cert_dir && opt.tls.psk_file)
+        die("give either --tls-certificates or --tls-psk, not both");
+    if (!opt.tls_given && (opt.tls.cert_dir || opt.tls.psk_file))
+        opt.tls.mode = TLS_REQUIRE;
+    if (opt.tls.mode == TLS_OFF && (opt.tls.cert_dir || opt.tls.psk_file || opt.tls.verify_peer))
+        die("--tls=off contradicts --tls-certificates, --tls-psk and --tls-verify-peer");
+    if (opt.tls.mode != TLS_OFF && !opt.tls.cert_dir && !opt.tls.psk_file)
+        die("--tls=%s needs --tls-certificates=DIR or --tls-psk=FILE",
+            opt.tls.mode == TLS_ON ? "on" : "require");
+    if (opt.tls.verify_peer && !opt.tls.cert_dir)
+        die("--tls-verify-peer needs --tls-certificates=DIR (it checks X.509 certificates)");
+
+    /* The daemon runs in /: every path used after start-up must be absolute.
+     * (Images are opened before, so their paths may stay relative.) */
+    if (opt.pidfile)
+        opt.pidfile = absolute(opt.pidfile);
+    if (opt.log_file)
+        opt.log_file = absolute(opt.log_file);
+    if (opt.tls.psk_file)
+        opt.tls.psk_file = absolute(opt.tls.psk_file);  /* GnuTLS rereads it per handshake */
+    if (opt.tls.cert_dir)
+        opt.tls.cert_dir = absolute(opt.tls.cert_dir);
+    if (opt.unix_path && opt.fork) {
+        opt.unix_path = absolute(opt.unix_path);
+        if (strlen(opt.unix_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+            die("Unix socket path '%s' is too long once made absolute (needed with --fork)",
+                opt.unix_path);
+    }
 }
 
 /* ---- Images ---------------------------------------------------------------- */
@@ -283,8 +436,10 @@ static void open_images(void)
         struct export *e = &srv.exports[i];
         struct qed_open_opts oo = {
             .read_only = opt.read_only,
+            .no_lock = opt.force_share,
             .l2_cache_tables = opt.l2_cache,
         };
+        struct qed_info info;
         char err[512] = "";
         int r;
 
@@ -293,8 +448,16 @@ static void open_images(void)
                 die("image '%s' is given for two exports ('%s' and '%s')", e->path,
                     srv.exports[j].name, e->name);
         r = qed_open(srv.aio, e->path, &oo, &e->img, err, sizeof(err));
+        if (r == -EBUSY)
+            die("cannot serve '%s': it is in use (%s).  Stop the other user (QEMU, qemu-img, "
+                "qemu-io or another qednbd) first%s", e->path, err[0] ? err : strerror(-r),
+                opt.read_only ? ", or add --force-share to serve it read-only without a lock "
+                                "(reads may then see the data change)"
+                              : "; if it only reads the image, --read-only can share it");
         if (r < 0)
             die("cannot open '%s': %s", e->path, err[0] ? err : strerror(-r));
+        qed_get_info(e->img, &info);
+        e->alloc_at_open = info.file_size;
         e->size = qed_size(e->img);
         e->read_only = qed_is_read_only(e->img);
         e->pref_block = qed_cluster_size(e->img);
@@ -370,6 +533,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
         if (srv.nconns >= srv.max_conns) {
+            srv.conns_refused++;
             /* Refuse politely (see handshake.c), but do not let refused
              * clients pile up either: past a second allowance, just close. */
             if (srv.nrefused >= srv.max_conns) {
@@ -394,6 +558,36 @@ static void add_listener(int fd)
     nlisten++;
 }
 
+/* Is @sa a loopback address (or not a network address at all)? */
+static bool is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return true;
+}
+
+/* The rule: a network-facing socket without TLS deserves a warning. */
+static void warn_if_exposed(const struct sockaddr *sa, const char *name)
+{
+    if (is_loopback(sa) || tls_mode() == TLS_REQUIRE)
+        return;
+    if (tls_mode() == TLS_OFF)
+        srv_log(SRV_LOG_WARN,
+                "listening on %s, a non-loopback address, without TLS: anyone who can reach "
+                "it can use the exports, and the data travels in clear (use --tls=require with "
+                "--tls-certificates or --tls-psk)", name);
+    else
+        srv_log(SRV_LOG_WARN,
+                "listening on %s, a non-loopback address, with --tls=on: clients may still "
+                "connect without TLS (use --tls=require)", name);
+}
+
 static void listen_unix(void)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -401,14 +595,18 @@ static void listen_unix(void)
     int fd;
 
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", opt.unix_path);
-    if (lstat(opt.unix_path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode))
-            die("'%s' exists and is not a socket", opt.unix_path);
-        unlink(opt.unix_path);  /* a stale socket from an earlier run */
-    }
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         die("socket: %s", strerror(errno));
+    if (lstat(opt.unix_path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            die("'%s' exists and is not a socket", opt.unix_path);
+        /* Someone still answering there is a live server, not a leftover:
+         * never pull its socket from under it. */
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+            die("another server is listening on '%s'", opt.unix_path);
+        unlink(opt.unix_path);  /* a stale socket from an earlier run */
+    }
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
         die("bind '%s': %s", opt.unix_path, strerror(errno));
     unix_created = true;
@@ -459,6 +657,7 @@ static void listen_tcp(void)
         /* Report the real port (useful with -p 0). */
         getsockname(fd, (struct sockaddr *)&ss, &sl);
         peer_name(&ss, sl, name, sizeof(name));
+        warn_if_exposed((struct sockaddr *)&ss, name);
         snprintf(listen_desc + strlen(listen_desc), sizeof(listen_desc) - strlen(listen_desc),
                  "%s%s", listen_desc[0] ? " " : "", name);
         break;  /* a numeric host gives one address */
@@ -469,16 +668,17 @@ static void listen_tcp(void)
 /*
  * Socket activation (systemd's protocol, also used by nbdinfo/nbdcopy
  * "[ CMD ]"): when LISTEN_PID is our pid, the LISTEN_FDS sockets from fd 3 on
- * are already listening.  Returns true when they were taken.
+ * are already listening.  Checked before --fork (the child has another pid);
+ * sets activation_n.
  */
-static bool listen_activation(void)
+static void check_activation(void)
 {
     const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
     char *end;
     long n;
 
     if (!pid || !fds || strtol(pid, &end, 10) != (long)getpid() || *end)
-        return false;
+        return;
     n = strtol(fds, &end, 10);
     if (*end || n < 1 || n > MAX_LISTEN)
         die("invalid LISTEN_FDS '%s'", fds);
@@ -486,11 +686,40 @@ static bool listen_activation(void)
     unsetenv("LISTEN_FDS");
     unsetenv("LISTEN_FDNAMES");
     for (int fd = 3; fd < 3 + n; fd++) {
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        int listening = 0, type = 0;
+        socklen_t l1 = sizeof(listening), l2 = sizeof(type);
+
+        /* Refuse anything but a listening stream socket: serving on some
+         * other descriptor would hang every client. */
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &l1) < 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l2) < 0 || !listening ||
+            type != SOCK_STREAM)
+            die("fd %d passed by socket activation (LISTEN_FDS=%ld) is not a listening "
+                "stream socket", fd, n);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);     /* now, so that no child of ours inherits them */
+    }
+    activation_n = (int)n;
+}
+
+/* Take the activated sockets (check_activation found activation_n of them). */
+static bool listen_activation(void)
+{
+    if (!activation_n)
+        return false;
+    for (int fd = 3; fd < 3 + activation_n; fd++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        char name[160];
+
         set_nonblock(fd);
         add_listener(fd);
+        if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+            peer_name(&ss, sl, name, sizeof(name));
+            warn_if_exposed((struct sockaddr *)&ss, name);
+        }
     }
-    snprintf(listen_desc, sizeof(listen_desc), "%ld socket(s) passed by socket activation", n);
+    snprintf(listen_desc, sizeof(listen_desc), "%d socket(s) passed by socket activation",
+             activation_n);
     return true;
 }
 
@@ -505,6 +734,131 @@ static void stop_listening(void)
         unlink(opt.unix_path);
         unix_created = false;
     }
+}
+
+/* ---- Service: fork, pidfile, sd_notify ------------------------------------------- */
+
+/* --fork: the parent waits here until the child serves, and never returns. */
+static void daemon_fork(void)
+{
+    int p[2], st;
+    pid_t pid;
+    ssize_t r;
+    char b;
+
+    if (pipe2(p, O_CLOEXEC) < 0)
+        die("pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid = fork();
+    if (pid < 0)
+        die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        close(p[0]);
+        ready_fd = p[1];
+        /* A session of its own: no terminal, no SIGHUP from the shell. */
+        if (setsid() < 0)
+            die("setsid: %s", strerror(errno));
+        return;
+    }
+    close(p[1]);
+    do
+        r = read(p[0], &b, 1);
+    while (r < 0 && errno == EINTR);
+    if (r == 1)
+        _exit(0);
+    /* The child exited before it served; it said why on stderr. */
+    if (waitpid(pid, &st, 0) == pid && WIFSIGNALED(st))
+        fprintf(stderr, "qednbd: the server (pid %ld) was killed by signal %d while starting\n",
+                (long)pid, WTERMSIG(st));
+    else
+        fprintf(stderr, "qednbd: the server did not start\n");
+    _exit(1);
+}
+
+/* --fork: start-up is over; detach and let the parent go. */
+static void daemon_ready(void)
+{
+    if (ready_fd < 0)
+        return;
+    if (chdir("/") < 0)
+        srv_log(SRV_LOG_WARN, "chdir /: %s", strerror(errno));
+    srv_log_detach_stderr();
+    /* Why the byte comes last: the parent's exit tells scripts and systemd
+     * (Type=forking) that the server serves; everything must be ready. */
+    if (write(ready_fd, "1", 1) != 1)
+        srv_log(SRV_LOG_WARN, "telling the parent we are ready: %s", strerror(errno));
+    close(ready_fd);
+    ready_fd = -1;
+}
+
+/*
+ * --pidfile: the file is locked (flock) for as long as we run, so a second
+ * server given the same pidfile refuses to start instead of overwriting it.
+ */
+static void write_pidfile(void)
+{
+    char buf[32], old[32] = "";
+    int fd, n;
+
+    if (!opt.pidfile)
+        return;
+    fd = open(opt.pidfile, O_RDWR | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644);
+    if (fd < 0)
+        die("--pidfile %s: %s", opt.pidfile, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        ssize_t r = pread(fd, old, sizeof(old) - 1, 0);
+        old[r > 0 ? r : 0] = '\0';
+        old[strcspn(old, "\n")] = '\0';
+        if (e == EWOULDBLOCK)
+            die("--pidfile %s is held by another running server (pid %s)", opt.pidfile,
+                old[0] ? old : "?");
+        die("--pidfile %s: lock: %s", opt.pidfile, strerror(e));
+    }
+    n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+        die("--pidfile %s: write: %s", opt.pidfile, strerror(errno));
+    pidfile_fd = fd;
+}
+
+static void remove_pidfile(void)
+{
+    if (pidfile_fd < 0)
+        return;
+    /* Unlink while still holding the lock: a new server cannot have taken it. */
+    unlink(opt.pidfile);
+    close(pidfile_fd);
+    pidfile_fd = -1;
+}
+
+/* systemd's readiness protocol (Type=notify): one datagram to $NOTIFY_SOCKET. */
+static void notify(const char *msg)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    size_t len = strlen(notify_path);
+    int fd;
+
+    if (!len)
+        return;
+    memcpy(sa.sun_path, notify_path, len);
+    if (sa.sun_path[0] == '@')
+        sa.sun_path[0] = '\0';     /* abstract namespace */
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa,
+               (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
+        srv_log(SRV_LOG_WARN, "NOTIFY_SOCKET %s: %s", notify_path, strerror(errno));
+    close(fd);
+}
+
+static void take_notify_socket(void)
+{
+    const char *p = getenv("NOTIFY_SOCKET");
+
+    if (p && (p[0] == '/' || p[0] == '@') && strlen(p) < sizeof(notify_path))
+        snprintf(notify_path, sizeof(notify_path), "%s", p);
+    unsetenv("NOTIFY_SOCKET");
 }
 
 /* ---- Shutdown ---------------------------------------------------------------- */
@@ -537,8 +891,9 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         on_grace(loop, &grace_w, 0);
         return;
     }
-    srv_log(SRV_LOG_ERROR, "signal %d: shutting down", w->signum);
+    srv_log(SRV_LOG_NOTICE, "signal %d: shutting down", w->signum);
     srv.shutting_down = true;
+    notify("STOPPING=1");
     stop_listening();
     for (c = conn_next(NULL); c; c = next) {
         next = conn_next(c);
@@ -549,6 +904,25 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         return;
     }
     ev_timer_start(loop, &grace_w);
+}
+
+/* SIGHUP: reopen the log.  Exports are not reloaded: there is no runtime change. */
+static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    srv_log(SRV_LOG_NOTICE, "SIGHUP: reopening the log (exports are fixed at start-up; "
+            "restart qednbd to change them)");
+    srv_log_reopen();
+}
+
+static void on_sigusr1(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    stats_print();
 }
 
 /* ---- main ------------------------------------------------------------------- */
@@ -572,16 +946,53 @@ int main(int argc, char **argv)
     int status = 0;
     int r;
 
+    char err[1024];
+
     parse_args(argc, argv);
     signal(SIGPIPE, SIG_IGN);
     /* A write past RLIMIT_FSIZE must fail with EFBIG (reported as ENOSPC),
      * not kill the server. */
     signal(SIGXFSZ, SIG_IGN);
 
+    if (opt.log_file)
+        r = srv_log_open(SRV_LOG_TO_FILE, opt.log_file, err, sizeof(err));
+    else if (opt.log_target == SRV_LOG_TO_SYSLOG || (opt.log_target < 0 && opt.fork))
+        r = srv_log_open(SRV_LOG_TO_SYSLOG, NULL, err, sizeof(err));
+    else
+        r = 0;
+    if (r < 0)
+        die("%s", err);
+    /* Both read our own pid and environment: before --fork changes the pid. */
+    if (!srv.stdio && !opt.unix_path && !opt.port && !opt.bind)
+        check_activation();
+    take_notify_socket();
+    if (opt.fork)
+        daemon_fork();
+
+    /* The pidfile first: its lock keeps a second server with the same
+     * pidfile from touching anything (a Unix socket path, say). */
+    write_pidfile();
+    atexit(remove_pidfile);
+
+    r = tls_setup(&opt.tls, err, sizeof(err));
+    if (r < 0)
+        die("TLS: %s", err);
+
     srv.loop = ev_default_loop(EVFLAG_AUTO);
     if (!srv.loop)
         die("cannot create the event loop");
+    srv.start_time = ev_time();
     ev_timer_init(&grace_w, on_grace, SHUTDOWN_GRACE, 0.);
+    /* Signals first: a SIGHUP or SIGUSR1 sent as soon as the socket answers
+     * must find its handler, not the default action (which kills). */
+    ev_signal_init(&sigint_w, on_signal, SIGINT);
+    ev_signal_start(srv.loop, &sigint_w);
+    ev_signal_init(&sigterm_w, on_signal, SIGTERM);
+    ev_signal_start(srv.loop, &sigterm_w);
+    ev_signal_init(&sighup_w, on_sighup, SIGHUP);
+    ev_signal_start(srv.loop, &sighup_w);
+    ev_signal_init(&sigusr1_w, on_sigusr1, SIGUSR1);
+    ev_signal_start(srv.loop, &sigusr1_w);
     qed_set_log(lib_log, NULL, srv.verbose >= 2 ? QED_LOG_DEBUG
                                : srv.verbose ? QED_LOG_INFO : QED_LOG_WARN);
     r = qed_aio_new(srv.loop, opt.aio_kind, &srv.aio);
@@ -602,6 +1013,7 @@ int main(int argc, char **argv)
         if (!conn_new(0, 1, false, "stdio")) {
             close_images(&status);
             qed_aio_free(srv.aio);
+            remove_pidfile();
             return 1;
         }
     } else {
@@ -609,19 +1021,25 @@ int main(int argc, char **argv)
             listen_unix();
         else if (opt.port || opt.bind || !listen_activation())
             listen_tcp();
-        fprintf(stderr, "qednbd: listening on %s, serving %s\n", listen_desc, exports_desc);
+        srv_log(SRV_LOG_NOTICE, "listening on %s%s, serving %s", listen_desc,
+                tls_mode() == TLS_REQUIRE ? " (TLS required)" :
+                tls_mode() == TLS_ON ? " (TLS optional)" : "", exports_desc);
+        daemon_ready();
     }
-
-    ev_signal_init(&sigint_w, on_signal, SIGINT);
-    ev_signal_start(srv.loop, &sigint_w);
-    ev_signal_init(&sigterm_w, on_signal, SIGTERM);
-    ev_signal_start(srv.loop, &sigterm_w);
+    {
+        /* With --fork the main pid is ours, not the one systemd started. */
+        char msg[64];
+        snprintf(msg, sizeof(msg), "READY=1\nMAINPID=%ld", (long)getpid());
+        notify(msg);
+    }
 
     ev_run(srv.loop, 0);
 
     /* Leaving: stop our own watchers before qed_close runs the loop again. */
     ev_signal_stop(srv.loop, &sigint_w);
     ev_signal_stop(srv.loop, &sigterm_w);
+    ev_signal_stop(srv.loop, &sighup_w);
+    ev_signal_stop(srv.loop, &sigusr1_w);
     ev_timer_stop(srv.loop, &grace_w);
     /* Stopping the watchers restored the default action (terminate): a
      * second Ctrl-C during the final flush would kill us before the images
@@ -638,6 +1056,8 @@ int main(int argc, char **argv)
         free(srv.exports[i].path);
     }
     free(srv.exports);
+    tls_cleanup();
+    remove_pidfile();
     srv_log(SRV_LOG_INFO, "exit %d", status);
     return status;
 }

@@ -6,6 +6,7 @@
 #ifndef QEDNBD_H
 #define QEDNBD_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,6 +27,21 @@ struct conn;
 #define SRV_MAX_OPTIONS 32u                     /* options per connection */
 #define SRV_MAX_OPTION_LEN (64u * 1024)         /* option payload we are willing to buffer */
 
+/**
+ * Per-export counters, printed on SIGUSR1 (stats.c; the format is in
+ * qednbd(8)).  They count since the server started.
+ */
+struct export_stats {
+    uint64_t connections;    /* clients that entered transmission on the export */
+    uint64_t requests;       /* requests received, every command but DISC */
+    uint64_t reads, writes, flushes, trims, zeroes, caches, block_status;
+    uint64_t bytes_read;     /* payload of successful READs */
+    uint64_t bytes_written;  /* payload of successful WRITEs */
+    uint64_t bytes_zeroed;   /* length of successful WRITE_ZEROES */
+    uint64_t bytes_trimmed;  /* length of successful TRIMs */
+    uint64_t errors;         /* requests answered with an error (rejected or failed) */
+};
+
 /** One export: a name bound to an open image. */
 struct export {
     char *name;              /* export name ("" allowed) */
@@ -34,6 +50,8 @@ struct export {
     uint64_t size;
     uint32_t pref_block;     /* preferred block size: cluster size capped at 64 KiB */
     bool read_only;
+    uint64_t alloc_at_open;  /* the image's allocation point when it was opened */
+    struct export_stats st;
 };
 
 /** Server-wide state; there is exactly one, `srv`. */
@@ -53,17 +71,68 @@ struct server {
     unsigned nconns;         /* live connections, counted against max_conns */
     unsigned nrefused;       /* live connections being refused politely */
     uint64_t next_conn_id;
+
+    /* Server-wide counters (stats.c). */
+    double start_time;       /* ev_time() at start-up */
+    uint64_t conns_refused;  /* clients turned away over --max-connections */
+    uint64_t tls_ok;         /* TLS handshakes completed */
+    uint64_t tls_failed;     /* TLS handshakes that failed */
 };
 
 extern struct server srv;
 
-/* ---- Logging (main.c) ---- */
+/* ---- Logging (log.c) ---- */
 
-/** Log levels of srv_log: errors always print, the others need -v / -vv. */
-enum { SRV_LOG_ERROR = 0, SRV_LOG_INFO = 1, SRV_LOG_DEBUG = 2 };
+/**
+ * Log levels of srv_log: ERROR, WARN and NOTICE always print; INFO needs
+ * -v, DEBUG -vv.  (The numbers of ERROR, INFO and DEBUG are the verbosity
+ * they need; WARN and NOTICE come after them only to stay distinct.)
+ */
+enum { SRV_LOG_ERROR = 0, SRV_LOG_INFO = 1, SRV_LOG_DEBUG = 2, SRV_LOG_WARN = 3,
+       SRV_LOG_NOTICE = 4 };
 
-/** srv_log - print "qednbd: MESSAGE" on stderr when @level <= the verbosity. */
+/** Where the log goes: stderr (default), syslog (--log=syslog) or a file (--log-file). */
+enum srv_log_target { SRV_LOG_TO_STDERR, SRV_LOG_TO_SYSLOG, SRV_LOG_TO_FILE };
+
+/** srv_log_enabled - would a message at @level be printed with this verbosity? */
+bool srv_log_enabled(int level);
+
+/** srv_log - log one line at @level (see log.c for the formats). */
 void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/**
+ * srv_vdie - log a fatal error (the caller exits).  Before the server has
+ * detached from the terminal it goes to stderr too, whatever the target.
+ */
+void srv_vdie(const char *fmt, va_list ap);
+
+/**
+ * srv_log_open - send the log to @target from now on; @path is the file for
+ * SRV_LOG_TO_FILE (it should be absolute: the daemon changes directory).
+ * Returns 0 or a negative errno with the cause in @err.
+ */
+int srv_log_open(enum srv_log_target target, const char *path, char *err, size_t errlen);
+
+/** srv_log_target - the current target. */
+enum srv_log_target srv_log_target(void);
+
+/**
+ * srv_log_reopen - SIGHUP: reopen the log file (after logrotate moved it).
+ * Nothing to do for stderr and syslog.  Returns 0 or a negative errno
+ * (logged; the old file stays in use).
+ */
+int srv_log_reopen(void);
+
+/**
+ * srv_log_detach_stderr - the daemon has detached: point stdin and stdout
+ * at /dev/null, and stderr at the log file (or /dev/null with syslog).
+ */
+void srv_log_detach_stderr(void);
+
+/* ---- Statistics (stats.c) ---- */
+
+/** stats_print - log every counter (SIGUSR1), one line per export plus a server line. */
+void stats_print(void);
 
 /**
  * srv_find_export - the export called @name (@len bytes, not NUL

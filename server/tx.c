@@ -182,6 +182,7 @@ static void reply_error(struct req *r, uint32_t err, const char *msg)
     struct conn *c = r->c;
 
     assert(err != 0);
+    c->exp->st.errors++;
     conn_log(c, SRV_LOG_DEBUG, "reply %s cookie=0x%llx error %u: %s", cmd_name(r->type),
              (unsigned long long)r->cookie, err, msg);
     if (!c->structured) {
@@ -398,6 +399,21 @@ static void reply_block_status(struct req *r)
 
 static int submit(struct req *r);
 
+/* Count the bytes of a request that succeeded (the request itself was
+ * counted when it arrived, errors in reply_error). */
+static void count_success(const struct req *r)
+{
+    struct export_stats *st = &r->c->exp->st;
+
+    switch (r->type) {
+    case NBD_CMD_READ: st->bytes_read += r->len; break;
+    case NBD_CMD_WRITE: st->bytes_written += r->len; break;
+    case NBD_CMD_WRITE_ZEROES: st->bytes_zeroed += r->len; break;
+    case NBD_CMD_TRIM: st->bytes_trimmed += r->len; break;
+    default: break;
+    }
+}
+
 /* Completion of a library request. */
 static void lib_done(void *opaque, int ret)
 {
@@ -435,6 +451,7 @@ static void lib_done(void *opaque, int ret)
                 reply_error(r, nbd_errno_from(sr), strerror(-sr));
                 break;
             }
+            count_success(r);
             if (c->structured)
                 reply_read_structured(r);
             else
@@ -444,6 +461,7 @@ static void lib_done(void *opaque, int ret)
             reply_block_status(r);
             break;
         default:
+            count_success(r);
             reply_ok(r);
             break;
         }
@@ -606,6 +624,24 @@ static uint32_t tx_check(const struct conn *c, const struct req *r, const char *
     return 0;
 }
 
+/* Count a request as it arrives, by command. */
+static void count_request(struct export *e, uint16_t type)
+{
+    struct export_stats *st = &e->st;
+
+    st->requests++;
+    switch (type) {
+    case NBD_CMD_READ: st->reads++; break;
+    case NBD_CMD_WRITE: st->writes++; break;
+    case NBD_CMD_FLUSH: st->flushes++; break;
+    case NBD_CMD_TRIM: st->trims++; break;
+    case NBD_CMD_CACHE: st->caches++; break;
+    case NBD_CMD_WRITE_ZEROES: st->zeroes++; break;
+    case NBD_CMD_BLOCK_STATUS: st->block_status++; break;
+    default: break;     /* unknown commands: counted in requests and errors */
+    }
+}
+
 void tx_req_header_done(struct conn *c)
 {
     struct nbd_request h;
@@ -628,7 +664,9 @@ void tx_req_header_done(struct conn *c)
         conn_drain(c, "client sent DISC");
         return;
     }
+    count_request(c->exp, type);
     if (type == NBD_CMD_WRITE && len > SRV_MAX_PAYLOAD) {
+        c->exp->st.errors++;
         /* We will not buffer it, and cannot skip it in step cheaply: the
          * spec allows a hard disconnect for payloads over 32 MiB. */
         conn_log(c, SRV_LOG_INFO, "WRITE payload of %u bytes exceeds 32 MiB", len);

@@ -176,6 +176,7 @@ for sig in TERM INT; do
     rm -f idle.qed
     qemu-img create -q -f qed idle.qed 64M || fail "create idle.qed"
     start_server idle.qed
+    rm -f idle.out  # the previous pass left "ready" in it
     raw_bg idle.out idle
     client=$RAW_PID
     wait_line idle.out ready
