@@ -393,6 +393,10 @@ class Killer:
             # A random moment: sometimes at once, mostly after a while.
             duration = self.rng.choice([0.05, 0.2]) if self.rng.random() < 0.15 else \
                 self.rng.uniform(0.3, 2 * per_round)
+            if self.args.self_check:
+                # The self-check damages an acknowledged block: give the load
+                # time to have one, even on a slow machine.
+                duration = max(duration, 1.0)
             try:
                 n = self.load(h, rnd_no, duration)
             except Fail:
