@@ -554,7 +554,13 @@ static int sum_allocated(const struct qed_extent *e, void *opaque)
     return 0;
 }
 
-static int cmd_info(int argc, char **argv)
+/*
+ * Options shared by the read-only views (info, map): --json / --output=FMT,
+ * -U / --force-share, -h, and exactly one FILE.  Returns -1 to go on, or the
+ * exit status to return at once.
+ */
+static int parse_view_args(int argc, char **argv, const char *cmd, bool *json, bool *no_lock,
+                           const char **path)
 {
     static const struct option longopts[] = {
         { "json", no_argument, NULL, 'j' },
@@ -563,6 +569,43 @@ static int cmd_info(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    int c;
+
+    while ((c = getopt_long(argc, argv, "hU", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'j':
+            *json = true;
+            break;
+        case 'o':
+            if (strcmp(optarg, "json") == 0)
+                *json = true;
+            else if (strcmp(optarg, "human") == 0)
+                *json = false;
+            else {
+                errmsg("--output must be human or json, not '%s'", optarg);
+                return 1;
+            }
+            break;
+        case 'U':
+            *no_lock = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            return 1;
+        }
+    }
+    if (argc - optind != 1) {
+        errmsg("usage: %s [--json] [-U] FILE", cmd);
+        return 1;
+    }
+    *path = argv[optind];
+    return -1;
+}
+
+static int cmd_info(int argc, char **argv)
+{
     struct tool_image t;
     struct qed_info info;
     struct stat st;
@@ -573,36 +616,9 @@ static int cmd_info(int argc, char **argv)
     char a[32], b[32], d[32];
     int c, ret = 1;
 
-    while ((c = getopt_long(argc, argv, "hU", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'j':
-            json = true;
-            break;
-        case 'o':
-            if (strcmp(optarg, "json") == 0)
-                json = true;
-            else if (strcmp(optarg, "human") == 0)
-                json = false;
-            else {
-                errmsg("--output must be human or json, not '%s'", optarg);
-                return 1;
-            }
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            return 1;
-        }
-    }
-    if (argc - optind != 1) {
-        errmsg("usage: info [--json] [-U] FILE");
-        return 1;
-    }
-    path = argv[optind];
+    c = parse_view_args(argc, argv, "info", &json, &no_lock, &path);
+    if (c >= 0)
+        return c;
     if (tool_open(&t, path, true, no_lock) < 0)
         return 1;
     qed_get_info(t.img, &info);
@@ -907,13 +923,6 @@ static int map_chain_names(struct map_state *m, const char *path, const struct q
 
 static int cmd_map(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        { "json", no_argument, NULL, 'j' },
-        { "output", required_argument, NULL, 'o' },
-        { "force-share", no_argument, NULL, 'U' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
     struct map_state m = { .first = true };
     struct tool_image t;
     struct qed_info *info = NULL;
@@ -921,36 +930,9 @@ static int cmd_map(int argc, char **argv)
     const char *path;
     int c, ret = 1;
 
-    while ((c = getopt_long(argc, argv, "hU", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'j':
-            m.json = true;
-            break;
-        case 'o':
-            if (strcmp(optarg, "json") == 0)
-                m.json = true;
-            else if (strcmp(optarg, "human") == 0)
-                m.json = false;
-            else {
-                errmsg("--output must be human or json, not '%s'", optarg);
-                return 1;
-            }
-            break;
-        case 'U':
-            no_lock = true;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            return 1;
-        }
-    }
-    if (argc - optind != 1) {
-        errmsg("usage: map [--json] [-U] FILE");
-        return 1;
-    }
-    path = argv[optind];
+    c = parse_view_args(argc, argv, "map", &m.json, &no_lock, &path);
+    if (c >= 0)
+        return c;
     if (tool_open(&t, path, true, no_lock) < 0)
         return 1;
     if (!m.json) {
