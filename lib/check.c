@@ -92,6 +92,7 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
                     ", L2 index %" PRIu64 ")",
                     img->path, e, l1i, j);
             c->res->corruptions++;
+            c->res->repairable++;
             if (c->repair) {
                 t[j] = 0;
                 dirty = true;
@@ -159,6 +160,7 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
             qed_log(QED_LOG_WARN, "%s: ERROR invalid L1 entry %" PRIu64 ": 0x%" PRIx64,
                     img->path, i, off);
             res->corruptions++;
+            res->repairable++;
             if (repair) {
                 l1[i] = 0;
                 img->l1[i] = 0;

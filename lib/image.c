@@ -403,6 +403,32 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
                 goto fail;
             }
             write_header = false; /* the repair wrote the header */
+        } else {
+            /* Why every read-write open scans the tables, clean flag or not:
+             * an entry that points past the end of the file is harmless only
+             * while the file stays that short.  This open will grow the file,
+             * and at the next open such an entry would point at a cluster
+             * this session allocated to other data or to an L2 table, so
+             * reads would return foreign data and writes would land on it.
+             * Zeroing invalid entries on disk now, before anything is
+             * allocated, is the repair QEMU's check makes.  The scan reads
+             * every L2 table once: 8 bytes per allocated cluster (16 MiB of
+             * tables for 128 GiB of data in 64 KiB clusters). */
+            struct qed_check_result res;
+            r = qed_check_image(img, false, &res);
+            if (r == 0 && res.repairable) {
+                qed_log(QED_LOG_WARN,
+                        "%s: %" PRIu64 " invalid table entries in an image marked clean; "
+                        "repairing before use", path, res.repairable);
+                r = qed_check_image(img, true, &res);
+                if (r == 0)
+                    write_header = false; /* the repair wrote the header */
+            }
+            if (r < 0) {
+                qed_errf(err, errlen, r, "%s: check of the tables failed: %s", path,
+                         strerror(-r));
+                goto fail;
+            }
         }
         if (write_header) {
             r = qed_image_write_header_sync(img);

@@ -257,6 +257,7 @@ int qed_sync_block_status(qed_image *img, uint64_t off, uint64_t len, struct qed
 struct qed_check_result {
     uint64_t corruptions;        /* invalid offsets and doubly referenced clusters */
     uint64_t corruptions_fixed;
+    uint64_t repairable;         /* corruptions a repair fixes (invalid entries) */
     uint64_t leaks;              /* clusters nothing references */
     uint64_t leaks_fixed;
     uint64_t check_errors;       /* I/O errors while checking */

@@ -45,6 +45,10 @@ key=value fields:
   scratch=     (serve) first guest cluster of an empty L2 range where the
                test may do allocating writes ("" when there is none)
   scratch_l1=  (serve) file offset (hex) of the L1 entry those writes fill
+  reopen=      (serve) items in the reads= syntax that change once the
+               scratch writes are done and the image is opened again (an L1
+               entry aliasing the L1 table shows the new L1 entry as an L2
+               entry pointing at metadata); usually empty
   file_end=    (serve) the file size rounded down to a cluster (hex)
 
 The expectations are written by hand for each image (the "eio" list of
@@ -903,6 +907,15 @@ def write_corpus(outdir):
             for g in c['backing_eio']:
                 assert g not in reads, (name, g)
                 reads[g] = repaired[g] = 'E'
+            # An L1 entry that points at the L1 table makes L1 read as an L2
+            # table: once the scratch writes fill L1[2] with a new table, guest
+            # cluster i*n+2 maps to that table, i.e. to metadata, at the next
+            # open (the reopen after the writes).
+            reopen = []
+            if scratch:
+                for li in range(img.n):
+                    if img.get64(img.l1_entry_off(li)) == img.l1:
+                        reopen.append('%d:A%x' % (li * img.n + 2, len(content) // img.cs * img.cs))
             fields += [('cs', img.cs), ('clusters', nclusters),
                        ('reads', spec(reads, img.cs)), ('repaired', spec(repaired, img.cs)),
                        ('need_check', int(bool(img.features & F_NEED_CHECK))),
@@ -911,6 +924,7 @@ def write_corpus(outdir):
                         else c['corrupt']),
                        ('repair_may_change', ','.join('%x+%x' % r for r in bad)),
                        ('scratch', scratch), ('scratch_l1', scratch_l1),
+                       ('reopen', ','.join(reopen)),
                        ('backing', img.backing),
                        ('file_end', '%x' % (len(content) // img.cs * img.cs))]
         for k, v in fields:

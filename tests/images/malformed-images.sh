@@ -10,7 +10,8 @@
 #             fail with EIO, every other read returns exactly the bytes the
 #             tables point at), check counts the corruptions; the file is
 #             unchanged (bytes and mtime);
-#     rw      read-write open (repairing when NEED_CHECK is set), the same
+#     rw      read-write open (repairing when NEED_CHECK is set or when the
+#             image has invalid entries a repair fixes), the same
 #             reads, writes to corrupt clusters fail with EIO, allocating
 #             writes read back, nothing else moves; the file changes only in
 #             the header, the repaired entries, the new L1 entry and past the
@@ -282,10 +283,19 @@ do_serve() {
     cp "$img" "$wd/orig"
     after_spec=${F[reads]}
     rng=""
-    [ "${F[need_check]}" = 1 ] && after_spec=${F[repaired]} && rng=${F[repair_may_change]}
+    # A read-write open repairs when NEED_CHECK is set, and also when the
+    # image has invalid entries that a repair fixes (corrupt > remaining):
+    # entries past the end of the file must not survive a session that grows
+    # the file, or the next open would see them point at new clusters.
+    local repairs=0
+    if [ "${F[need_check]}" = 1 ] || [ "${F[corrupt]}" != "${F[remaining]}" ]; then
+        repairs=1
+        after_spec=${F[repaired]}
+        rng=${F[repair_may_change]}
+    fi
     if [ -n "${F[scratch]}" ]; then
         probe "rw writes" -w -s "$after_spec" -c "${F[clusters]}" -x "${F[scratch]}" \
-            "${bf[@]}" write "$img"
+            -a "${F[reopen]}" "${bf[@]}" write "$img"
         rng="$rng,${F[scratch_l1]}+8,${F[file_end]}+"
     else
         probe "rw reads" -w -s "$after_spec" -c "${F[clusters]}" \
@@ -310,7 +320,7 @@ do_serve() {
         probe "rw check" check "$img"
         [ "$prc" -gt 0 ] && mismatches "rw check"
         local want=${F[corrupt]}
-        [ "${F[need_check]}" = 1 ] && want=${F[remaining]}
+        [ "$repairs" = 1 ] && want=${F[remaining]}
         [ "$(count corruptions)" = "$want" ] ||
             bad "check after rw use: $(count corruptions) corruptions, expected $want"
     fi
@@ -425,33 +435,15 @@ while IFS= read -r line; do
 done <"$corpus/manifest"
 wait
 
-# Known failures, tracked in the issue notes.  Entries that point past the
-# end of the file (or alias metadata through a self-referencing L1 entry) are
-# disabled for the whole session that opened the image (lib/metadata.c), but
-# once that session has grown the file, a LATER open sees them pointing at
-# real clusters.  QEMU has the same hole.  Closing it needs repair-on-discovery
-# or a scan of every L2 table at a read-write open.  Each listed image must
-# still fail in exactly the "after reopen" way; anything else is a failure,
-# and a listed image that passes is reported (XPASS) so the list stays honest.
-KNOWN_REOPEN="trunc-l2-cut l1e-past-eof l1e-straddles-eof l1e-self l2e-past-eof l2e-many-bad
-"
-
-passed=0 failed=0 xfail=0
+passed=0 failed=0
 for r in "$tmp"/results/*; do
     [ -e "$r" ] || continue
     cat "$r"
-    name=$(sed -n -E '1s/^(PASS|FAIL) ([^ ]+).*/\2/p' "$r")
-    known=false
-    for k in $KNOWN_REOPEN; do [ "$k" = "$name" ] && known=true; done
     if grep -q '^PASS ' "$r"; then
         passed=$((passed + 1))
-        $known && echo "XPASS $name: listed as a known failure but passed; remove it from KNOWN_REOPEN"
-    elif $known && ! grep -E '^     - ' "$r" | grep -qv -E 'after reopen|check after rw use'; then
-        xfail=$((xfail + 1))
-        echo "XFAIL $name: known failure (entries made valid by a grown file, seen after reopen)"
     else
         failed=$((failed + 1))
     fi
 done
-echo "malformed images: $passed passed, $failed failed, $xfail known failures (of $total)"
+echo "malformed images: $passed passed, $failed failed (of $total)"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

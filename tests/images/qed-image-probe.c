@@ -6,7 +6,7 @@
  * caller and never takes other images down with it.
  *
  * Usage: qed-image-probe [-w] [-s SPEC] [-c CLUSTERS] [-b BACKING] [-x FIRST]
- *                        COMMAND IMAGE
+ *                        [-a SPEC] COMMAND IMAGE
  *   -w           open read-write (default: read-only)
  *   -s SPEC      what each guest cluster reads as (see make-corpus.py):
  *                comma-separated A[-B]:K, K = Z (zeros), E (fails with EIO),
@@ -18,6 +18,8 @@
  *   -b BACKING   raw backing file that unallocated clusters read from
  *   -x FIRST     (write) first guest cluster of an empty L2 range that
  *                allocating writes may use
+ *   -a SPEC      (write) items in -s syntax that apply from the reopen after
+ *                the writes on (see reopen= in make-corpus.py)
  * Commands:
  *   open    open and close; exit 3 with "refused: MESSAGE" when refused
  *   reads   open, read every cluster three ways (one cluster at a time, in
@@ -405,7 +407,7 @@ static void print_check(const char *label, const struct qed_check_result *res)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: qed-image-probe [-w] [-s SPEC] [-c CLUSTERS] [-b BACKING] [-x FIRST] "
+    fprintf(stderr, "usage: qed-image-probe [-w] [-s SPEC] [-c CLUSTERS] [-b BACKING] [-x FIRST] [-a SPEC] "
                     "open|reads|write|check|repair IMAGE\n");
     exit(EXIT_SETUP);
 }
@@ -416,6 +418,7 @@ int main(int argc, char **argv)
     const char *spec = "", *backing = NULL, *cmd;
     uint64_t want_clusters = 0;
     int64_t scratch = -1;
+    const char *reopen_spec = "";
     struct ev_loop *loop = EV_DEFAULT;
     qed_aio *aio = NULL;
     qed_image *img = NULL;
@@ -423,7 +426,7 @@ int main(int argc, char **argv)
     char err[1024] = "";
     int opt, r;
 
-    while ((opt = getopt(argc, argv, "ws:c:b:x:")) != -1) {
+    while ((opt = getopt(argc, argv, "ws:c:b:x:a:")) != -1) {
         switch (opt) {
         case 'w':
             o.read_only = false;
@@ -439,6 +442,9 @@ int main(int argc, char **argv)
             break;
         case 'x':
             scratch = strtoll(optarg, NULL, 10);
+            break;
+        case 'a':
+            reopen_spec = optarg;
             break;
         default:
             usage();
@@ -527,6 +533,8 @@ int main(int argc, char **argv)
             r = qed_open(aio, image_path, &o, &img, err, sizeof(err));
             if (r < 0)
                 mismatch("reopen after writes refused: %s", err);
+            else if (parse_spec(reopen_spec) < 0)
+                mismatch("bad -a spec: %s", reopen_spec);
             else
                 check_all_reads(img, "after reopen");
         }

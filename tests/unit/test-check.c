@@ -283,15 +283,25 @@ static struct qed_check_result check_ro(void)
     return res;
 }
 
-/* Check and repair on a read-write open. */
+/*
+ * Check and repair the way `qed-img check -r` does: look read-only first,
+ * then open read-write and run qed_check with repair.  A read-write open
+ * already repairs invalid entries itself (lib/image.c), so the repair may
+ * happen there or in qed_check: the result counts the corruptions seen
+ * before, and as fixed every one that is gone afterwards (or that qed_check
+ * reports fixing).
+ */
 static struct qed_check_result repair(void)
 {
-    struct qed_check_result res;
+    struct qed_check_result before = check_ro(), res;
     qed_image *img = open_rw();
     memset(&res, 0xa5, sizeof(res));
     cr_assert_eq(qed_check(img, true, &res), 0);
     cr_assert_eq(qed_close(img), 0);
     cr_assert_eq(res.check_errors, 0);
+    cr_assert_geq(before.corruptions, res.corruptions - res.corruptions_fixed);
+    res.corruptions_fixed = before.corruptions - (res.corruptions - res.corruptions_fixed);
+    res.corruptions = before.corruptions;
     return res;
 }
 
@@ -680,6 +690,73 @@ Test(check, l1_entry_repaired)
     expect_qemu_agrees(&r);
     expect_cluster_data(0, 1);
     expect_cluster_data(2, 1);
+}
+
+/* ---- the read-write open repairs invalid entries of a clean image ---- */
+
+Test(check, rw_open_zeroes_invalid_l2_entry_of_clean_image)
+{
+    build3();
+    corrupt_l2_1(fsize() + 2 * CS);
+    cr_assert_eq(hdr().features & QED_F_NEED_CHECK, 0, "the image must be marked clean");
+    qed_image *img = open_rw();
+    cr_assert_eq(l2(0, 1), 0, "the read-write open did not zero the entry on disk");
+    cr_assert_eq(qed_close(img), 0);
+    cr_assert_eq(check_ro().corruptions, 0);
+    expect_cluster_data(0, 1);
+    expect_cluster_zero(1);
+    expect_cluster_data(2, 1);
+}
+
+Test(check, rw_open_zeroes_invalid_l1_entry_of_clean_image)
+{
+    build3();
+    uint64_t t0 = l1(0);
+    wr64(l1_at(2), fsize() + 8 * CS);
+    qed_image *img = open_rw();
+    cr_assert_eq(l1(2), 0, "the read-write open did not zero the L1 entry on disk");
+    cr_assert_eq(l1(0), t0);
+    cr_assert_eq(qed_close(img), 0);
+    cr_assert_eq(check_ro().corruptions, 0);
+}
+
+Test(check, rw_open_leaves_valid_image_untouched)
+{
+    build3();
+    uint8_t before[3 * CS], after[3 * CS];
+    int fd = open(path, O_RDONLY);
+    cr_assert(fd >= 0);
+    cr_assert_eq(pread(fd, before, sizeof(before), (off_t)hdr().l1_table_offset),
+                 (ssize_t)sizeof(before));
+    qed_image *img = open_rw();
+    cr_assert_eq(qed_close(img), 0);
+    cr_assert_eq(pread(fd, after, sizeof(after), (off_t)hdr().l1_table_offset),
+                 (ssize_t)sizeof(after));
+    close(fd);
+    cr_assert_arr_eq(before, after, sizeof(before), "the tables of a valid image changed");
+}
+
+/*
+ * The hazard the open-time repair closes: an entry pointing past the end of
+ * the file, left on disk by a session that then grows the file, points at
+ * that session's new clusters at the next open.  Here the session writes
+ * enough new clusters to cover the bad offset; cluster 1 must still read as
+ * zeros afterwards, not as the data of another cluster.
+ */
+Test(check, entry_past_eof_does_not_alias_new_clusters_after_reopen)
+{
+    build3();
+    uint64_t bad = fsize() + 2 * CS;
+    corrupt_l2_1(bad);
+    qed_image *img = open_rw();
+    write_clusters(img, 100, 8, 7); /* grows the file past @bad */
+    cr_assert_eq(qed_close(img), 0);
+    cr_assert_gt(fsize(), bad + CS, "the file did not grow past the bad offset");
+    expect_cluster_zero(1);
+    expect_cluster_data(0, 1);
+    for (uint64_t c = 100; c < 108; c++)
+        expect_cluster_data(c, 7);
+    cr_assert_eq(check_ro().corruptions, 0);
 }
 
 Test(check, l1_entry_corrupt_fails_reads_of_its_range)
