@@ -14,6 +14,7 @@
 #include "qed-internal.h"
 
 struct qed_req;
+struct qed_gc_batch;
 
 /* ---- L2 cache (l2-cache.c) ---- */
 
@@ -97,7 +98,8 @@ enum qed_req_state {
     RS_ALLOC_WRITE_WAIT, /* waits for that data write */
     RS_ALLOC_FLUSH_WAIT, /* waits for the data flush before the L2 update (backing file) */
     RS_L2_UPDATE,        /* action: set the L2 entries and write them */
-    RS_L2_WRITE_WAIT,    /* waits for the L2 write (whole new table, or changed entries) */
+    RS_GC_WAIT,          /* waits for its group commit batch (L2 entries of an existing table) */
+    RS_L2_WRITE_WAIT,    /* waits for the write of a whole new L2 table */
     RS_L2_FLUSH_WAIT,    /* waits for the flush of a new L2 table before the L1 update */
     RS_L1_WRITE_WAIT,    /* waits for the L1 entry write */
     RS_ALLOC_DONE,       /* action: the run is allocated and mapped; move on */
@@ -150,7 +152,9 @@ struct qed_req {
     bool scanning;             /* FAST_ZERO: first pass only looks */
     uint64_t head_len, tail_len; /* bytes copied into the first/last new cluster */
     bool cow_zero;             /* head/tail are zeros: no copy, point at the zero buffer */
+    bool sparse;               /* head/tail left unwritten: fresh clusters read as zeros */
     enum qed_req_state resume; /* state to enter on reaching the queue head */
+    struct qed_req *gc_next;   /* group commit: next request waiting or in the batch */
 
     /* Block status */
     struct qed_extent *ext;
@@ -198,6 +202,18 @@ struct qed_image {
     bool active_exclusive;     /* one of them runs alone */
     struct qed_req *queue_head, *queue_tail;
     bool kicking, kick_again;
+
+    /* Group commit of L2 entry updates (see request.c) */
+    struct qed_req *gc_head, *gc_tail; /* runs waiting for the next batch */
+    struct qed_gc_batch *gc_cur;       /* the batch whose metadata is in flight */
+    bool gc_scheduled;                 /* gc_defer is queued */
+    struct qed_defer gc_defer;
+    uint64_t gc_batches, gc_batched;   /* batches committed, runs they carried */
+    uint64_t gc_l2_writes;             /* L2 entry writes they issued */
+    uint64_t gc_max_batch;             /* most runs in one batch */
+    bool fresh_known;                  /* fresh_from is set */
+    uint64_t fresh_from;               /* file bytes from here on never held data before this open */
+    uint64_t ext_end;                  /* the file is known to extend at least this far */
 
     unsigned inflight;
     unsigned submitting;       /* depth of submit calls on the stack */

@@ -23,13 +23,17 @@
  *     allocation, because the data is not flushed before the L2 update and a
  *     crash may leave an L2 entry that points past the end of the file.
  *  2. Data (with the copied-on-write head and tail) goes to new clusters at
- *     the end of the file.
+ *     the end of the file.  Zeros for the head and tail of fresh clusters
+ *     are not written; the batch extends the file instead ("Sparse
+ *     allocation" below).
  *  3. With a backing file the data is flushed before the L2 update: an entry
  *     pointing at lost data would read zeros instead of the backing data.
  *  4. A new L2 table is written and flushed before the L1 entry that points
  *     to it, so L1 never points at a table that is not on disk.
  *  5. The cached L1/L2 entries change only after their write succeeded, so
  *     nobody writes in place into clusters a failed update leaves unmapped.
+ * Entry updates of existing L2 tables are group committed (see "Group
+ * commit" below): a batch keeps these rules for every one of its members.
  */
 #include "config.h"
 
@@ -40,6 +44,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "qed-image.h"
@@ -67,6 +72,7 @@ static const char *state_names[] = {
     [RS_ALLOC_WRITE_WAIT] = "ALLOC_WRITE_WAIT",
     [RS_ALLOC_FLUSH_WAIT] = "ALLOC_FLUSH_WAIT",
     [RS_L2_UPDATE] = "L2_UPDATE",
+    [RS_GC_WAIT] = "GC_WAIT",
     [RS_L2_WRITE_WAIT] = "L2_WRITE_WAIT",
     [RS_L2_FLUSH_WAIT] = "L2_FLUSH_WAIT",
     [RS_L1_WRITE_WAIT] = "L1_WRITE_WAIT",
@@ -429,6 +435,394 @@ static void backing_read(struct qed_req *r, int slot, uint64_t pos, uint8_t *dst
                 r->err = rc;
         }
     }
+}
+
+/* ---- Group commit of L2 entry updates ---- */
+
+/*
+ * An allocating write into an existing L2 table writes its data at once
+ * (side by side with the others the queue admitted), and then, instead of
+ * writing its L2 entries itself, joins the group commit: runs waiting in
+ * img->gc_head.  One batch at a time is in flight (img->gc_cur); when the
+ * first run joins an idle group commit, the batch starts on the next loop
+ * turn, so that every data write completing in this turn joins it, and
+ * runs that join while a batch is in flight make up the next batch, started
+ * when that one completes.
+ *
+ * A batch, with the same ordering as a single run:
+ *  - with a backing file, one flush of the members' data (rule 3): every
+ *    member's data write completed before it joined, so one fdatasync
+ *    called now covers them all;
+ *  - then one write per stretch of each touched table (members sorted by
+ *    table and index, neighbours merged when at most GC_GAP_MAX entries lie
+ *    between them).  The bytes in a gap are copied from the cached table:
+ *    only a batch changes entries of an existing table, one batch at a time,
+ *    and the cache holds exactly what the earlier batches wrote, so the gap
+ *    rewrites what is on disk (or, after a failed batch, the old entries the
+ *    cache kept: the clusters of that batch leak, nothing points at them).
+ *    A gap holding an entry disabled at open (metadata.c) is never merged
+ *    over: that marker lives only in memory.
+ *  - only when every write succeeded, the entries go into the cached tables
+ *    (rule 5); then each member goes on.  When any write (or the flush)
+ *    failed, every member fails with that error and the cache keeps the old
+ *    entries, so nobody writes in place into clusters the failure may have
+ *    left unmapped on disk.
+ * A member is acknowledged only after its batch's L2 write completed (and
+ * after its own FUA flush, which follows as before).
+ *
+ * Sparse allocation.  A run that fills only part of its new clusters, where
+ * the rest must read as zeros (no backing file, or a zero cluster), writes
+ * only its data when the clusters are fresh: at or past fresh_from, the end
+ * of the file at open rounded up to a cluster, so no byte there ever held
+ * data (clusters are taken only from the end of the file and never handed
+ * out twice in one open; the unwritten bytes are a hole, or past the end of
+ * the file, and read as zeros after any crash, never as another cluster's
+ * stale data).  Such a run joins the group commit even when it is its own
+ * batch.  The file must still reach the end of every cluster an L2 entry
+ * names (an opener takes the file size rounded down to a cluster as the
+ * end of valid clusters), so the batch writes zeros into the last bytes of
+ * its highest cluster when that cluster's tail was left unwritten, as its
+ * first step: the owner of that cluster has written its data and nobody
+ * else writes there until the batch makes the entry visible.  Ordering:
+ *  - the extension completes before the L2 writes start: if it fails, the
+ *    batch fails with no entry written, so an entry that reached the file
+ *    never names clusters past its end -- which would be corruption once a
+ *    clean close cleared NEED_CHECK;
+ *  - with a backing file (no NEED_CHECK), the rule 3 flush comes between
+ *    them, so an entry on disk names clusters the durable file covers;
+ *  - without one, a crash may keep an entry and lose the extension: the
+ *    check at open (NEED_CHECK is set) drops entries past the end of the
+ *    file, exactly as it does for lost data writes (rule 1).
+ *
+ * New L2 tables and the L1 entries pointing at them do not take part: a run
+ * needing one is exclusive (see needs_exclusive) and writes the table, the
+ * flush (rule 4) and the L1 entry itself.
+ */
+
+#define GC_GAP_MAX 1024 /* entries (8 KiB) a merged L2 write may rewrite unchanged */
+
+struct gc_seg {
+    struct qed_l2 *l2;
+    uint64_t lo, hi;           /* entry range written */
+    size_t first, last;        /* members [first, last) of the sorted array */
+    uint64_t *buf;
+    struct qed_io io;
+    struct iovec iov;
+};
+
+enum gc_phase { GC_EXTEND, GC_FLUSH, GC_L2 };
+
+struct qed_gc_batch {
+    struct qed_image *img;
+    struct qed_req **mem;      /* members */
+    size_t n, nseg;
+    unsigned pending;
+    int err;
+    enum gc_phase phase;       /* what the I/Os in flight are */
+    bool flush;                /* rule 3: flush the members' data before the L2 write */
+    uint64_t ext_off, ext_len; /* zeros that extend the file (ext_len 0: none) */
+    struct qed_io fio, eio;
+    struct iovec eiov;
+    struct gc_seg seg[];       /* n at most */
+};
+
+static void gc_start(struct qed_image *img);
+
+static void gc_defer_fn(struct qed_defer *d)
+{
+    struct qed_image *img = (struct qed_image *)((char *)d - offsetof(struct qed_image, gc_defer));
+
+    img->gc_scheduled = false;
+    if (!img->gc_cur && img->gc_head)
+        gc_start(img);
+}
+
+static void gc_schedule(struct qed_image *img)
+{
+    if (img->gc_scheduled)
+        return;
+    img->gc_scheduled = true;
+    img->gc_defer.fn = gc_defer_fn;
+    qed_aio_defer(img->aio, &img->gc_defer);
+}
+
+/* Queue @r (state RS_GC_WAIT, r->ents filled) for the next batch. */
+static void gc_join(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+
+    r->gc_next = NULL;
+    r->pending++; /* stepped again only by gc_finish */
+    if (img->gc_tail)
+        img->gc_tail->gc_next = r;
+    else
+        img->gc_head = r;
+    img->gc_tail = r;
+    /* Why not start at once: data writes completing in this same turn (one
+     * engine wake-up) should share the batch; why not while a batch is in
+     * flight: that is what makes the next batch large. */
+    if (!img->gc_cur)
+        gc_schedule(img);
+}
+
+/* The batch is over: publish or drop its entries, then let every member go on. */
+static void gc_finish(struct qed_gc_batch *b)
+{
+    struct qed_image *img = b->img;
+    struct qed_req **mem = b->mem;
+    size_t n = b->n;
+    int err = b->err;
+
+    if (!err) {
+        /* On disk: now readers and in-place writers may see the entries. */
+        for (size_t i = 0; i < n; i++)
+            memcpy(mem[i]->l2->t + mem[i]->alloc_first, mem[i]->ents,
+                   mem[i]->alloc_n * sizeof(uint64_t));
+        img->gc_batches++;
+        img->gc_batched += n;
+        img->gc_l2_writes += b->nseg;
+        if (b->ext_len && b->ext_off + b->ext_len > img->ext_end)
+            img->ext_end = b->ext_off + b->ext_len;
+        if (n > img->gc_max_batch)
+            img->gc_max_batch = n;
+    }
+    for (size_t i = 0; i < b->nseg; i++)
+        free(b->seg[i].buf);
+    free(b);
+    img->gc_cur = NULL;
+    /* Runs that joined meanwhile form the next batch.  Scheduled before the
+     * members go on: the last member's callback may let the caller close
+     * the image, after which @img must not be touched. */
+    if (img->gc_head)
+        gc_schedule(img);
+    for (size_t i = 0; i < n; i++) {
+        struct qed_req *r = mem[i];
+        if (err && !r->err)
+            r->err = err;
+        r->pending--;
+        req_step(r);
+    }
+    free(mem);
+}
+
+static void gc_write(struct qed_gc_batch *b);
+static void gc_submit(struct qed_gc_batch *b, struct qed_io *io, enum qed_io_op op, void *buf,
+                      uint64_t len, uint64_t offset, struct iovec *iov);
+
+static void gc_io_done(struct qed_io *io)
+{
+    struct qed_gc_batch *b = io->opaque;
+
+    if (io->res < 0 && !b->err) {
+        b->err = (int)io->res;
+        qed_log(QED_LOG_ERROR, "%s: group commit %s at %" PRIu64 " failed: %s", b->img->path,
+                io->op == QED_IO_FSYNC ? "flush"
+                : io == &b->eio        ? "file extension"
+                                       : "L2 write",
+                io->offset, strerror((int)-io->res));
+    }
+    if (--b->pending > 0)
+        return;
+    if (b->err || b->phase == GC_L2) {
+        gc_finish(b);
+        return;
+    }
+    if (b->phase == GC_EXTEND && b->flush) {
+        b->phase = GC_FLUSH;
+        gc_submit(b, &b->fio, QED_IO_FSYNC, NULL, 0, 0, NULL);
+        return;
+    }
+    gc_write(b);
+}
+
+static int gc_cmp(const void *pa, const void *pb)
+{
+    const struct qed_req *a = *(struct qed_req *const *)pa, *b = *(struct qed_req *const *)pb;
+
+    if (a->l2->offset != b->l2->offset)
+        return a->l2->offset < b->l2->offset ? -1 : 1;
+    if (a->alloc_first != b->alloc_first)
+        return a->alloc_first < b->alloc_first ? -1 : 1;
+    return 0;
+}
+
+/* May segment @s grow to cover entries up to @to?  Not across a long gap, nor
+ * across an entry that is disabled only in memory. */
+static bool gc_can_merge(const struct qed_image *img, const struct gc_seg *s, uint64_t to)
+{
+    if (to - s->hi > GC_GAP_MAX)
+        return false;
+    if (img->nbogus == 0)
+        return true; /* every marker is in img->bogus (metadata.c): none exists */
+    for (uint64_t i = s->hi; i < to; i++) {
+        uint64_t e = le64toh(s->l2->t[i]);
+        if (e > 1 && (e & (img->g.cluster_size - 1)))
+            return false;
+    }
+    return true;
+}
+
+static void gc_submit(struct qed_gc_batch *b, struct qed_io *io, enum qed_io_op op, void *buf,
+                      uint64_t len, uint64_t offset, struct iovec *iov)
+{
+    memset(io, 0, sizeof(*io));
+    io->op = op;
+    io->fd = b->img->fd;
+    if (buf) {
+        iov->iov_base = buf;
+        iov->iov_len = len;
+        io->iov = iov;
+        io->iovcnt = 1;
+    }
+    io->offset = offset;
+    io->length = len;
+    io->done = gc_io_done;
+    io->opaque = b;
+    b->pending++;
+    qed_aio_submit(b->img->aio, io);
+}
+
+/* Write the members' entries: one write per merged stretch of each table. */
+static void gc_write(struct qed_gc_batch *b)
+{
+    struct qed_image *img = b->img;
+
+    qsort(b->mem, b->n, sizeof(b->mem[0]), gc_cmp);
+    b->nseg = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        struct qed_req *r = b->mem[i];
+        struct gc_seg *s = b->nseg ? &b->seg[b->nseg - 1] : NULL;
+
+        if (s && s->l2 == r->l2) {
+            /* The queue admits only runs on disjoint clusters. */
+            assert(r->alloc_first >= s->hi);
+        }
+        if (!s || s->l2 != r->l2 || !gc_can_merge(img, s, r->alloc_first)) {
+            s = &b->seg[b->nseg++];
+            s->l2 = r->l2;
+            s->lo = r->alloc_first;
+            s->first = i;
+        }
+        s->hi = r->alloc_first + r->alloc_n;
+        s->last = i + 1;
+    }
+    /* Why hold one count while submitting: an engine may complete an I/O
+     * before its submit call returns, and the batch must not end early. */
+    b->pending++;
+    b->phase = GC_L2;
+    for (size_t k = 0; k < b->nseg; k++) {
+        struct gc_seg *s = &b->seg[k];
+        uint64_t n = s->hi - s->lo;
+
+        s->buf = malloc(n * sizeof(uint64_t));
+        if (!s->buf) {
+            b->err = -ENOMEM;
+            break;
+        }
+        memcpy(s->buf, s->l2->t + s->lo, n * sizeof(uint64_t));
+        for (size_t i = s->first; i < s->last; i++) {
+            struct qed_req *r = b->mem[i];
+            memcpy(s->buf + (r->alloc_first - s->lo), r->ents, r->alloc_n * sizeof(uint64_t));
+        }
+        gc_submit(b, &s->io, QED_IO_WRITE, s->buf, n * sizeof(uint64_t),
+                  s->l2->offset + s->lo * sizeof(uint64_t), &s->iov);
+    }
+    if (--b->pending == 0)
+        gc_finish(b);
+}
+
+/* Take every waiting run into a new batch and start it. */
+static void gc_start(struct qed_image *img)
+{
+    struct qed_req *list = img->gc_head, *r;
+    struct qed_gc_batch *b;
+    size_t n = 0;
+    bool flush = false;
+
+    struct qed_req *top = NULL;
+    uint64_t top_end = 0;
+
+    img->gc_head = img->gc_tail = NULL;
+    for (r = list; r; r = r->gc_next) {
+        n++;
+        /* Rule 3, once for the batch: members whose clusters got data. */
+        if (img->backing_kind != BACKING_NONE && r->alloc_host)
+            flush = true;
+        if (r->alloc_host && r->alloc_host + r->alloc_n * img->g.cluster_size > top_end) {
+            top = r;
+            top_end = r->alloc_host + r->alloc_n * img->g.cluster_size;
+        }
+    }
+    b = calloc(1, sizeof(*b) + n * sizeof(b->seg[0]));
+    if (b)
+        b->mem = malloc(n * sizeof(b->mem[0]));
+    if (!b || !b->mem) {
+        free(b);
+        while (list) {
+            r = list;
+            list = r->gc_next;
+            if (!r->err)
+                r->err = -ENOMEM;
+            r->pending--;
+            req_step(r);
+        }
+        return;
+    }
+    b->img = img;
+    b->n = n;
+    n = 0;
+    for (r = list; r; r = r->gc_next)
+        b->mem[n++] = r;
+    img->gc_cur = b;
+    b->flush = flush;
+    if (top && top->sparse && top->tail_len && top_end > img->ext_end) {
+        /* The highest cluster's tail is unwritten: extend the file to its
+         * end with zeros in its last bytes (at most a sector). */
+        b->ext_len = min64(top->tail_len, 512);
+        b->ext_off = top_end - b->ext_len;
+    }
+    if (b->ext_len) {
+        /* The extension completes before any entry naming the clusters it
+         * makes valid is written (see "Sparse allocation"). */
+        b->phase = GC_EXTEND;
+        gc_submit(b, &b->eio, QED_IO_WRITE, zero_buf, b->ext_len, b->ext_off, &b->eiov);
+        return;
+    }
+    if (flush) {
+        b->phase = GC_FLUSH;
+        gc_submit(b, &b->fio, QED_IO_FSYNC, NULL, 0, 0, NULL);
+        return;
+    }
+    gc_write(b);
+}
+
+/*
+ * May the run being allocated leave the unwritten parts of its clusters
+ * unwritten?  Only a data write (write-zeroes with NO_HOLE must provision)
+ * into an existing table (its entries go through the group commit, which
+ * extends the file) whose clusters are fresh (see "Sparse allocation").
+ */
+static bool alloc_can_be_sparse(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+
+    if (r->type != REQ_WRITE || !r->buf || r->new_l2 || r->zero_entries || !r->alloc_host)
+        return false;
+    if (!img->fresh_known) {
+        struct stat st;
+        uint64_t cs = img->g.cluster_size;
+
+        /* Why the size now and not at open: the file only grows while it is
+         * open, so this is at least the size at open; past it (rounded up)
+         * lie only clusters this open allocated, each written by its owner
+         * alone, and what no write has reached yet. */
+        if (fstat(img->fd, &st) < 0)
+            return false;
+        img->fresh_from = ((uint64_t)st.st_size + cs - 1) & ~(cs - 1);
+        img->ext_end = (uint64_t)st.st_size;
+        img->fresh_known = true;
+    }
+    return r->alloc_host >= img->fresh_from;
 }
 
 /* ---- Mapping lookup ---- */
@@ -1033,7 +1427,9 @@ static void step(struct qed_req *r)
 
                 r->cow_zero = !from_backing;
                 if (r->cow_zero) {
-                    /* Zeros come from the shared zero buffer at write time. */
+                    /* Zeros come from the shared zero buffer at write time,
+                     * or, in fresh clusters, are not written at all. */
+                    r->sparse = alloc_can_be_sparse(r);
                     set_state(r, RS_ALLOC_WRITE);
                     continue;
                 }
@@ -1070,6 +1466,16 @@ static void step(struct qed_req *r)
 
         case RS_ALLOC_WRITE: {
             int n = 0;
+            if (r->sparse) {
+                /* Only the data: the rest of the fresh clusters reads as
+                 * zeros (a hole, or past the end until the batch extends
+                 * the file). */
+                n = iov_add_source(r, 0);
+                set_state(r, RS_ALLOC_WRITE_WAIT);
+                submit_io(r, 0, QED_IO_WRITE, img->fd, r->iov, n, r->alloc_host + r->head_len,
+                          r->run_len);
+                return;
+            }
             if (r->head_len && r->cow_zero) {
                 n = iov_add_zeros(r, n, r->head_len);
             } else if (r->head_len) {
@@ -1091,11 +1497,13 @@ static void step(struct qed_req *r)
 
         case RS_ALLOC_WRITE_WAIT:
             if (r->err) {
-                req_finish(r, r->err);
+                req_finish(r, r->err); /* the new clusters leak; nothing points at them */
                 return;
             }
-            if (img->backing_kind != BACKING_NONE) {
-                /* Rule 3: data stable before the L2 entry points at it. */
+            if (img->backing_kind != BACKING_NONE && r->new_l2) {
+                /* Rule 3: data stable before the L2 entry points at it.  An
+                 * update of an existing table is group committed instead, and
+                 * its batch flushes once for all its members (gc_start). */
                 set_state(r, RS_ALLOC_FLUSH_WAIT);
                 submit_fsync(r);
                 return;
@@ -1130,32 +1538,40 @@ static void step(struct qed_req *r)
              * filled in place and written whole. */
             for (uint64_t i = 0; i < r->alloc_n; i++)
                 ents[i] = htole64(r->alloc_host ? r->alloc_host + i * g->cluster_size : 1);
+            if (!r->new_l2) {
+                /* Entries of an existing table: written by the next group
+                 * commit batch, together with those of the other runs that
+                 * reach this point meanwhile. */
+                set_state(r, RS_GC_WAIT);
+                gc_join(r);
+                return;
+            }
             set_state(r, RS_L2_WRITE_WAIT);
-            if (r->new_l2)
-                submit_rw(r, 0, QED_IO_WRITE, t, g->table_bytes, r->l2->offset);
-            else
-                submit_rw(r, 0, QED_IO_WRITE, ents, r->alloc_n * sizeof(uint64_t),
-                          r->l2->offset + r->alloc_first * sizeof(uint64_t));
+            submit_rw(r, 0, QED_IO_WRITE, t, g->table_bytes, r->l2->offset);
             return;
         }
 
-        case RS_L2_WRITE_WAIT:
+        case RS_GC_WAIT:
+            /* The batch wrote (or failed to write) our entries; on success it
+             * has also put them into the cached table (rule 5). */
             if (r->err) {
-                if (r->new_l2)
-                    qed_l2_cache_forget(&img->cache, r->l2);
                 req_finish(r, r->err);
                 return;
             }
-            if (r->new_l2) {
-                /* Rule 4: the new table stable before L1 points at it. */
-                set_state(r, RS_L2_FLUSH_WAIT);
-                submit_fsync(r);
-                return;
-            }
-            /* On disk: now readers and in-place writers may see the entries. */
-            memcpy(r->l2->t + r->alloc_first, r->ents, r->alloc_n * sizeof(uint64_t));
             set_state(r, RS_ALLOC_DONE);
             continue;
+
+        case RS_L2_WRITE_WAIT:
+            /* Only a new table gets here; entry updates go through gc. */
+            if (r->err) {
+                qed_l2_cache_forget(&img->cache, r->l2);
+                req_finish(r, r->err);
+                return;
+            }
+            /* Rule 4: the new table stable before L1 points at it. */
+            set_state(r, RS_L2_FLUSH_WAIT);
+            submit_fsync(r);
+            return;
 
         case RS_L2_FLUSH_WAIT:
             if (r->err) {
@@ -1189,6 +1605,7 @@ static void step(struct qed_req *r)
             r->zero_entries = false;
             r->head_len = r->tail_len = 0;
             r->cow_zero = false;
+            r->sparse = false;
             run_advance(r);
             continue;
 

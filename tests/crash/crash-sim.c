@@ -38,6 +38,13 @@
  * allocating writes submitted at once (so that group commit stays covered),
  * allocations immediately followed by an overwrite of the same cluster and a
  * flush, and (auto mode) idle pauses that let the library clear NEED_CHECK.
+ * The gcbatch workloads (auto, shuffle, lagmeta) are mostly batches of 3 to
+ * 16 concurrent allocating writes into the same and different tables, so
+ * that group commit batches of several runs form: crash points then fall
+ * between the members' (sparse) data writes, the batch's file extension,
+ * its flush and its L2 writes.  Each workload prints the library's group
+ * commit counters; a gcbatch workload that formed no batch of more than one
+ * run fails the run.
  *
  * Crash states
  * ------------
@@ -96,6 +103,7 @@
 #include <ev.h>
 
 #include "qed-aio-test.h"
+#include "qed-image.h" /* group commit counters */
 #include "qed.h"
 
 #define MiB (UINT64_C(1024) * 1024)
@@ -298,19 +306,27 @@ struct config {
     enum run_mode mode;
     bool qemu;             /* sample qemu-img check (needs table size >= 2) */
     unsigned nsteps;       /* workload steps */
+    bool batchy;           /* mostly big batches of concurrent allocating writes */
 };
 
 static const struct config configs[] = {
-    {"auto/ts1/no-backing", 1, 8 * MiB, false, M_AUTO, false, 110},
-    {"auto/ts1/backing", 1, 8 * MiB, true, M_AUTO, false, 110},
-    {"auto/ts2/no-backing", 2, 12 * MiB, false, M_AUTO, true, 110},
-    {"auto/ts2/backing", 2, 12 * MiB, true, M_AUTO, true, 110},
-    {"shuffle/ts1/no-backing", 1, 8 * MiB, false, M_SHUFFLE, false, 150},
-    {"shuffle/ts2/backing", 2, 12 * MiB, true, M_SHUFFLE, true, 150},
-    {"lagmeta/ts1/backing", 1, 8 * MiB, true, M_LAGMETA, false, 120},
-    {"lagmeta/ts2/no-backing", 2, 12 * MiB, false, M_LAGMETA, true, 120},
-    {"scripted/ts1/no-backing", 1, 8 * MiB, false, M_SCRIPTED, false, 0},
-    {"scripted/ts2/backing", 2, 12 * MiB, true, M_SCRIPTED, true, 0},
+    {"auto/ts1/no-backing", 1, 8 * MiB, false, M_AUTO, false, 110, false},
+    {"auto/ts1/backing", 1, 8 * MiB, true, M_AUTO, false, 110, false},
+    {"auto/ts2/no-backing", 2, 12 * MiB, false, M_AUTO, true, 110, false},
+    {"auto/ts2/backing", 2, 12 * MiB, true, M_AUTO, true, 110, false},
+    {"shuffle/ts1/no-backing", 1, 8 * MiB, false, M_SHUFFLE, false, 150, false},
+    {"shuffle/ts2/backing", 2, 12 * MiB, true, M_SHUFFLE, true, 150, false},
+    {"lagmeta/ts1/backing", 1, 8 * MiB, true, M_LAGMETA, false, 120, false},
+    {"lagmeta/ts2/no-backing", 2, 12 * MiB, false, M_LAGMETA, true, 120, false},
+    {"scripted/ts1/no-backing", 1, 8 * MiB, false, M_SCRIPTED, false, 0, false},
+    {"scripted/ts2/backing", 2, 12 * MiB, true, M_SCRIPTED, true, 0, false},
+    /* Group commit: many concurrent allocating writes into the same and
+     * different tables, so that batches of several runs form and crash
+     * points fall between a batch's data writes, its flush and its L2
+     * writes. */
+    {"gcbatch/ts1/no-backing", 1, 8 * MiB, false, M_AUTO, false, 60, true},
+    {"gcbatch/ts2/backing", 2, 12 * MiB, true, M_SHUFFLE, true, 60, true},
+    {"gcbatch/ts1/backing", 1, 8 * MiB, true, M_LAGMETA, false, 60, true},
 };
 #define NCONFIGS (sizeof(configs) / sizeof(configs[0]))
 
@@ -675,9 +691,9 @@ static void gen_single(struct gen *g)
 }
 
 /* Several allocating writes submitted at once, maybe with an overwrite and a flush. */
-static void gen_batch(struct gen *g)
+static void gen_batch(struct gen *g, unsigned max)
 {
-    unsigned n = 3 + (unsigned)rng_below(g->rng, 4);
+    unsigned n = 3 + (unsigned)rng_below(g->rng, max - 2);
     uint64_t near = gen_fresh_cluster(g);
 
     for (unsigned i = 0; i < n; i++) {
@@ -720,8 +736,8 @@ static void gen_workload(struct gen *g, const struct config *cfg)
         g->group = step;
         if (r < 8)
             gen_alloc_then_overwrite(g);
-        else if (r < 18)
-            gen_batch(g);
+        else if (r < 18 || (cfg->batchy && r < 75))
+            gen_batch(g, cfg->batchy ? 16 : 6);
         else if (r < 21 && cfg->mode == M_AUTO)
             gen_push(g, R_IDLE, 0, 0, 0);
         else
@@ -801,6 +817,14 @@ static void run_auto(struct sim *s, const struct op *ops, size_t nops, uint64_t 
     drain(s);
 }
 
+/* A small metadata write: the header, or table entries (L1 entries, and L2
+ * entries, which group commit may merge into writes of a few KiB: those are
+ * still not a whole number of sectors, unlike data). */
+static bool is_small_meta(const struct qed_io *io)
+{
+    return io->op == QED_IO_WRITE && (io->length < SECTOR || io->length % SECTOR != 0);
+}
+
 /* Is every held I/O a small metadata write?  Only matters with lag_meta. */
 static bool only_meta_held(struct sim *s, size_t n)
 {
@@ -808,7 +832,7 @@ static bool only_meta_held(struct sim *s, size_t n)
         return false;
     for (size_t j = 0; j < n; j++) {
         struct qed_io *io = qed_aio_test_peek(s->aio, j);
-        if (!(io->op == QED_IO_WRITE && io->length < SECTOR))
+        if (!is_small_meta(io))
             return false;
     }
     return true;
@@ -841,7 +865,7 @@ static void run_shuffle(struct sim *s, const struct op *ops, size_t nops, uint64
                 size_t alt = n;
                 for (size_t j = n; j-- > 0 && alt == n;) {
                     struct qed_io *io = qed_aio_test_peek(s->aio, j);
-                    if (!(io->op == QED_IO_WRITE && io->length < SECTOR))
+                    if (!is_small_meta(io))
                         alt = j;
                 }
                 if (alt < n)
@@ -858,7 +882,7 @@ static void run_shuffle(struct sim *s, const struct op *ops, size_t nops, uint64
 /* A write under a sector that is not the header: an L1 or L2 entry update. */
 static bool is_meta_write(const struct qed_io *io)
 {
-    return io->op == QED_IO_WRITE && io->length < SECTOR && io->offset != 0;
+    return is_small_meta(io) && io->offset != 0;
 }
 
 /* Complete the newest held I/O that is not a table entry write; false if none. */
@@ -888,6 +912,7 @@ static void run_until_done(struct sim *s, const struct req_rec *r)
 }
 
 static unsigned scripted_armed, scripted_total;
+static unsigned gc_multi; /* workloads that formed a group commit batch of >1 run */
 
 static void run_scripted(struct sim *s, const struct op *ops, size_t nops, uint64_t *rng)
 {
@@ -1496,6 +1521,18 @@ static void run_workload(struct sim *s, uint64_t states_target, bool only_point,
         qed_aio_test_set_auto(s->aio, true);
     }
     qed_aio_test_set_observer(s->aio, NULL, NULL);
+    {
+        /* Group commit: how many batches, and how many of them carried
+         * several runs (the crash points between their I/Os are checked). */
+        const struct qed_image *im = s->img;
+        printf("crash-sim: [%s] group commit: %" PRIu64 " batches, %" PRIu64 " runs, %" PRIu64
+               " L2 writes, largest batch %" PRIu64 "\n", cfg->name, im->gc_batches,
+               im->gc_batched, im->gc_l2_writes, im->gc_max_batch);
+        gc_multi += im->gc_max_batch > 1;
+        if (cfg->batchy && im->gc_max_batch < 2)
+            die("[%s] seed %" PRIu64 ": no group commit batch of more than one run formed",
+                cfg->name, s->base_seed);
+    }
     if (s->unexpected_err)
         die("[%s] an I/O failed during the workload: %s", cfg->name,
             strerror(-s->unexpected_err));
@@ -1619,6 +1656,8 @@ int main(void)
     }
 
     ev_loop_destroy(loop);
+    printf("crash-sim: %u workload(s) formed group commit batches of more than one run\n",
+           gc_multi);
     if (scripted_total)
         printf("crash-sim: directed scenarios: %u of %u overwrites were submitted while the"
                " allocation's table entry write was in flight\n",
