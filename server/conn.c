@@ -9,15 +9,34 @@
  * only when the last library completion has dropped its reference, so a
  * completion never touches freed memory.
  *
- * Output.  Replies are written eagerly with writev as soon as they are
- * queued; an EV_WRITE watcher runs only while the socket is full.
+ * Output.  Handshake messages are written eagerly with writev as soon as
+ * they are queued.  Replies of the transmission phase are batched
+ * (conn_queue_batched): every reply a loop turn produced goes out in one
+ * writev at the end of the turn (on_turn_end, an ev_prepare watcher, so
+ * before the loop can block: no added latency).  An EV_WRITE watcher runs
+ * only while the socket is full.
+ *
+ * Input.  In the transmission phase (plaintext) every read is one readv of
+ * what the current state still needs, straight into its buffer (a WRITE
+ * payload lands in the buffer the library writes from), plus a read-ahead
+ * buffer: the following request headers and payloads come in with the same
+ * system call and are parsed from there.  A short read means the socket is
+ * empty: the next read waits for the socket to be readable again instead of
+ * costing a system call that fails with EAGAIN.  Read-ahead buffers come
+ * from a small free list and are held only while they hold bytes, so idle
+ * connections cost none.
  *
  * Backpressure.  While a connection has SRV_MAX_INFLIGHT requests in flight,
  * or SRV_MAX_QUEUED_BYTES of replies and request buffers, its read watcher
  * is stopped at the next request boundary; it restarts as replies drain.
  *
  * Fairness.  One read event parses at most SRV_READ_BUDGET requests, then
- * returns to the loop, which is level-triggered and will come back.
+ * returns to the loop, which is level-triggered and will come back.  Bytes
+ * left in the read-ahead buffer make no socket event: the connection is put
+ * on the resume list, which on_turn_end serves once per loop turn (another
+ * budget each), and the loop polls without blocking while the list is not
+ * empty.  So a busy client gets a budget per turn, and every other client
+ * with work gets its turn in between.
  *
  * TLS.  After STARTTLS every byte goes through GnuTLS (conn_recv and
  * conn_flush_tls), without ever blocking: GnuTLS's "try again" names the
@@ -38,6 +57,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <assert.h>
+#include <sys/uio.h>
 
 #include "conn.h"
 #include "tls.h"
@@ -74,7 +94,7 @@ void conn_log(struct conn *c, int level, const char *fmt, ...)
 
 void conn_set_state(struct conn *c, enum conn_state st)
 {
-    if (c->state != st)
+    if (c->state != st && srv.verbose >= SRV_LOG_DEBUG)
         conn_log(c, SRV_LOG_DEBUG, "state %s -> %s", conn_state_name(c->state),
                  conn_state_name(st));
     c->state = st;
@@ -104,6 +124,140 @@ static bool handshaking(enum conn_state st)
 
 static void update_read_watcher(struct conn *c);
 
+/* The transmission phase reads with read-ahead (plaintext only: GnuTLS
+ * reads the socket itself and has its own buffer). */
+static bool reads_ahead(const struct conn *c)
+{
+    return (c->state == CONN_TX_REQ_HEADER || c->state == CONN_TX_WRITE_PAYLOAD ||
+            c->state == CONN_TX_SKIP_PAYLOAD) && !c->tls;
+}
+
+/* ---- Read-ahead buffers ------------------------------------------------- */
+
+/* Spare buffers, kept for the next read: one thread, no lock. */
+#define IBUF_POOL_MAX 8
+static uint8_t *ibuf_pool[IBUF_POOL_MAX];
+static unsigned ibuf_pool_n;
+
+static uint8_t *ibuf_get(void)
+{
+    if (ibuf_pool_n)
+        return ibuf_pool[--ibuf_pool_n];
+    return malloc(SRV_INPUT_BUFFER);
+}
+
+/* Give back @c's read-ahead buffer if it holds nothing (or @force). */
+static void ibuf_release(struct conn *c, bool force)
+{
+    if (!c->ibuf || (!force && c->ipos < c->ilen))
+        return;
+    if (SRV_POOLS && ibuf_pool_n < IBUF_POOL_MAX)
+        ibuf_pool[ibuf_pool_n++] = c->ibuf;
+    else
+        free(c->ibuf);
+    c->ibuf = NULL;
+    c->ipos = c->ilen = 0;
+}
+
+/* ---- End of the loop turn ----------------------------------------------- */
+
+/*
+ * Two lists of connections with work for the end of the loop turn: replies
+ * batched for one writev (flush list), and read-ahead bytes left over after
+ * a budget ran out or backpressure lifted (resume list).  An ev_prepare
+ * watcher serves them: prepare watchers run after every callback of the
+ * turn and before the loop polls.  It runs before the io_uring engine's own
+ * prepare watcher (that one has the lowest priority), so I/O submitted by
+ * the requests resumed here goes to the kernel in the same turn.
+ */
+static ev_prepare turn_w;
+static ev_idle nowait_w;        /* active while work is left for the next turn */
+static ev_check turn_begin_w;   /* runs right after the poll: a new turn */
+static bool turn_ended;         /* on_turn_end ran, and the loop has not polled since */
+static bool turn_inited;
+static struct conn *flush_head, *resume_head;
+
+static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents);
+
+static void on_turn_begin(struct ev_loop *loop, ev_check *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    turn_ended = false;
+}
+
+static void on_nowait(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    /* Nothing to do: being active is the point (the loop polls with a zero
+     * timeout); on_turn_end does the work. */
+    (void)loop;
+    (void)w;
+    (void)revents;
+}
+
+static void turn_init(void)
+{
+    if (turn_inited)
+        return;
+    ev_prepare_init(&turn_w, on_turn_end);
+    ev_idle_init(&nowait_w, on_nowait);
+    /* Lowest priority: it must not run instead of pending I/O callbacks. */
+    ev_set_priority(&nowait_w, EV_MINPRI);
+    /* Why start and stop both at once: libev grows its watcher arrays on a
+     * first start and keeps them.  Done here, with the first connection,
+     * rather than on the first busy moment, memory use stays flat from
+     * then on (the protocol fuzzer checks that every input frees what it
+     * allocates). */
+    ev_prepare_start(srv.loop, &turn_w);
+    ev_prepare_stop(srv.loop, &turn_w);
+    ev_idle_start(srv.loop, &nowait_w);
+    ev_idle_stop(srv.loop, &nowait_w);
+    /* Highest priority: the first callback after the poll.  Unref'd: it
+     * alone must not keep the loop running. */
+    ev_check_init(&turn_begin_w, on_turn_begin);
+    ev_set_priority(&turn_begin_w, EV_MAXPRI);
+    ev_check_start(srv.loop, &turn_begin_w);
+    ev_unref(srv.loop);
+    turn_inited = true;
+}
+
+/* Why the watcher stays counted (not ev_unref'd) while a list has work:
+ * the loop must not end (ev_run returns when nothing active is left)
+ * before the work is done, e.g. the last replies of a draining client. */
+static void turn_arm(void)
+{
+    if (!ev_is_active(&turn_w))
+        ev_prepare_start(srv.loop, &turn_w);
+    /* Work added after on_turn_end has run in this turn (by a prepare
+     * watcher that runs after ours): the loop must not block before the
+     * next turn serves it. */
+    if (turn_ended && !ev_is_active(&nowait_w))
+        ev_idle_start(srv.loop, &nowait_w);
+}
+
+static void flush_add(struct conn *c)
+{
+    if (c->flush_listed)
+        return;
+    conn_ref(c);
+    c->flush_listed = true;
+    c->flush_next = flush_head;
+    flush_head = c;
+    turn_arm();
+}
+
+static void resume_add(struct conn *c)
+{
+    if (c->resume_listed)
+        return;
+    conn_ref(c);
+    c->resume_listed = true;
+    c->resume_next = resume_head;
+    resume_head = c;
+    turn_arm();
+}
+
 /* ---- Lifetime --------------------------------------------------------- */
 
 void conn_ref(struct conn *c)
@@ -116,6 +270,7 @@ void conn_unref(struct conn *c)
     assert(c->refs > 0);
     if (--c->refs == 0) {
         assert(c->state == CONN_DEAD);
+        assert(!c->ibuf);
         free(c->opt_buf);
         free(c);
     }
@@ -151,6 +306,7 @@ void conn_close(struct conn *c, const char *why)
     ev_timer_stop(srv.loop, &c->hs_timer);
     tx_abort_current(c);
     drop_output(c);
+    ibuf_release(c, true);
     tls_session_free(c->tls);
     c->tls = NULL;
     c->tls_active = false;
@@ -251,8 +407,10 @@ static ssize_t conn_recv(struct conn *c, void *buf, size_t n)
 
 /*
  * conn_fill - read into the current state's buffer (or drop bytes in a SKIP
- * state).  Returns 1 when the state's bytes are complete, 0 when the socket
- * would block, -1 on EOF or error (the connection is closed).
+ * state): from the read-ahead buffer first, then from the socket.  Returns
+ * 1 when the state's bytes are complete, 0 when the socket would block (or
+ * was found empty by the last read), -1 on EOF or error (the connection is
+ * closed).
  */
 static int conn_fill(struct conn *c)
 {
@@ -260,28 +418,76 @@ static int conn_fill(struct conn *c)
 
     for (;;) {
         bool skipping = c->state == CONN_HS_OPT_SKIP || c->state == CONN_TX_SKIP_PAYLOAD;
-        void *dst;
+        uint8_t *dst = NULL;
         size_t n;
         ssize_t r;
 
         if (skipping) {
             if (c->skip_left == 0)
                 return 1;
-            dst = scratch;
-            n = c->skip_left < sizeof(scratch) ? (size_t)c->skip_left : sizeof(scratch);
+            n = c->skip_left < SIZE_MAX ? (size_t)c->skip_left : SIZE_MAX;
         } else {
             if (c->in_got == c->in_want)
                 return 1;
             dst = c->in_ptr + c->in_got;
             n = c->in_want - c->in_got;
         }
-        r = conn_recv(c, dst, n);
-        if (r > 0) {
-            if (skipping)
-                c->skip_left -= (uint64_t)r;
-            else
-                c->in_got += (size_t)r;
+        if (c->ipos < c->ilen) {
+            /* Why first: these bytes came before anything still in the socket. */
+            size_t take = c->ilen - c->ipos < n ? c->ilen - c->ipos : n;
+            if (skipping) {
+                c->skip_left -= take;
+            } else {
+                memcpy(dst, c->ibuf + c->ipos, take);
+                c->in_got += take;
+            }
+            c->ipos += take;
+            if (c->ipos == c->ilen)
+                c->ipos = c->ilen = 0;
             continue;
+        }
+        if (c->in_drained)
+            return 0;       /* empty a moment ago: let the loop say when it is not */
+        if (reads_ahead(c) && (c->ibuf || (c->ibuf = ibuf_get()))) {
+            /* One readv: what the state needs, straight into its buffer, and
+             * whatever follows into the read-ahead buffer. */
+            struct iovec iov[2];
+            int niov = 0;
+            size_t asked = SRV_INPUT_BUFFER;
+
+            if (!skipping) {
+                iov[niov].iov_base = dst;
+                iov[niov++].iov_len = n;
+                asked += n;
+            }
+            iov[niov].iov_base = c->ibuf;
+            iov[niov++].iov_len = SRV_INPUT_BUFFER;
+            r = readv(c->rfd, iov, niov);
+            if (r > 0) {
+                size_t got = (size_t)r;
+                if (!skipping) {
+                    size_t direct = got < n ? got : n;
+                    c->in_got += direct;
+                    got -= direct;
+                }
+                c->ipos = 0;
+                c->ilen = got;
+                c->in_drained = (size_t)r < asked;
+                continue;
+            }
+        } else {
+            if (skipping) {
+                dst = scratch;
+                n = n < sizeof(scratch) ? n : sizeof(scratch);
+            }
+            r = conn_recv(c, dst, n);
+            if (r > 0) {
+                if (skipping)
+                    c->skip_left -= (uint64_t)r;
+                else
+                    c->in_got += (size_t)r;
+                continue;
+            }
         }
         if (r == 0) {
             conn_close(c, c->in_got || skipping ? "client disconnected mid-message"
@@ -321,6 +527,9 @@ static void update_read_watcher(struct conn *c)
         ev_io_start(srv.loop, &c->rw);
     else if (!want && ev_is_active(&c->rw))
         ev_io_stop(srv.loop, &c->rw);
+    /* Read-ahead bytes will never make the socket readable either. */
+    if (want && reading_state(c->state) && c->ipos < c->ilen)
+        resume_add(c);
     /* Bytes GnuTLS has already decrypted will never make the socket
      * readable: run the state machine for them as if it were. */
     if (want && reading_state(c->state) && c->tls_active && tls_session_pending(c->tls))
@@ -432,8 +641,10 @@ static void conn_step(struct conn *c)
             assert(!"not a reading state");
         }
     }
-    if (c->state != CONN_DEAD)
+    if (c->state != CONN_DEAD) {
+        ibuf_release(c, false);
         update_read_watcher(c);
+    }
     conn_unref(c);
 }
 
@@ -446,6 +657,7 @@ static void on_readable(struct ev_loop *loop, ev_io *w, int revents)
     (void)loop;
     (void)revents;
     conn_ref(c);
+    c->in_drained = false;      /* the socket has something (or EOF) again */
     if (c->tls_wr_wants_read) {
         /* A TLS write was waiting for this. */
         c->tls_wr_wants_read = false;
@@ -541,21 +753,28 @@ static int conn_flush_tls(struct conn *c)
     return 0;
 }
 
+/* iovecs gathered for one writev: 2 per 4 KiB READ reply, so a whole QD32
+ * batch and more fits (IOV_MAX is 1024). */
+#define CONN_MAX_IOV 256
+
 /* Write as much of the queue as the socket takes.  Returns -1 if closed. */
 static int conn_flush(struct conn *c)
 {
     if (c->tls_active)
         return conn_flush_tls(c);
     while (c->out_head) {
-        struct iovec iov[64];
+        struct iovec iov[CONN_MAX_IOV];
+        size_t bytes = 0;
         int n = 0;
         ssize_t r;
 
         /* Gather iovecs across queued messages: one writev for many replies. */
-        for (struct outmsg *m = c->out_head; m && n < 64; m = m->next)
-            for (int i = m->idx; i < m->niov && n < 64; i++)
-                if (m->iov[i].iov_len)
+        for (struct outmsg *m = c->out_head; m && n < CONN_MAX_IOV; m = m->next)
+            for (int i = m->idx; i < m->niov && n < CONN_MAX_IOV; i++)
+                if (m->iov[i].iov_len) {
                     iov[n++] = m->iov[i];
+                    bytes += m->iov[i].iov_len;
+                }
         if (n == 0) {
             /* Only empty messages: release them. */
             r = 0;
@@ -575,6 +794,14 @@ static int conn_flush(struct conn *c)
             }
         }
         consume_output(c, (size_t)r);
+        if ((size_t)r < bytes) {
+            /* A short write: the socket is full.  Why not try again at once:
+             * that call would only fail with EAGAIN; the write watcher says
+             * when there is room. */
+            if (!ev_is_active(&c->ww))
+                ev_io_start(srv.loop, &c->ww);
+            return 0;
+        }
     }
     if (ev_is_active(&c->ww))
         ev_io_stop(srv.loop, &c->ww);
@@ -601,7 +828,8 @@ static void on_writable(struct ev_loop *loop, ev_io *w, int revents)
     conn_unref(c);
 }
 
-void conn_queue(struct conn *c, struct outmsg *m)
+/* Append @m to @c's output queue. */
+static void queue_append(struct conn *c, struct outmsg *m)
 {
     assert(c->state != CONN_DEAD);
     m->next = NULL;
@@ -615,9 +843,67 @@ void conn_queue(struct conn *c, struct outmsg *m)
     else
         c->out_head = m;
     c->out_tail = m;
+}
+
+void conn_queue(struct conn *c, struct outmsg *m)
+{
+    queue_append(c, m);
     /* Eager: try now unless the socket is already known to be full. */
     if (!ev_is_active(&c->ww))
         conn_flush(c);
+}
+
+void conn_queue_batched(struct conn *c, struct outmsg *m)
+{
+    queue_append(c, m);
+    /* A full socket: the write watcher will send it.  Else at the end of
+     * the turn, with the other replies of the turn. */
+    if (!ev_is_active(&c->ww))
+        flush_add(c);
+}
+
+/*
+ * on_turn_end - the end of a loop turn: first parse the read-ahead of the
+ * resume list (a budget each), then write the batched replies.  Why in this
+ * order: parsing may answer at once (a rejected request), and that reply
+ * then leaves with the others.  Connections queued again while this runs
+ * wait for the next turn.
+ */
+static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct conn *c, *list;
+
+    (void)w;
+    (void)revents;
+    list = resume_head;
+    resume_head = NULL;
+    while ((c = list)) {
+        list = c->resume_next;
+        c->resume_listed = false;
+        if (c->state != CONN_DEAD) {
+            conn_step(c);
+            conn_kick(c);
+        }
+        conn_unref(c);
+    }
+    list = flush_head;
+    flush_head = NULL;
+    while ((c = list)) {
+        list = c->flush_next;
+        c->flush_listed = false;
+        if (c->state != CONN_DEAD && !ev_is_active(&c->ww) && conn_flush(c) == 0)
+            conn_kick(c);   /* written replies may end a drain or lift backpressure */
+        conn_unref(c);
+    }
+    /* Work left (read-ahead waiting): poll without blocking, and come back. */
+    if (!resume_head && !flush_head) {
+        ev_prepare_stop(loop, &turn_w);
+        if (ev_is_active(&nowait_w))
+            ev_idle_stop(loop, &nowait_w);
+    } else if (!ev_is_active(&nowait_w)) {
+        ev_idle_start(loop, &nowait_w);
+    }
+    turn_ended = true;
 }
 
 struct copymsg {
@@ -698,6 +984,7 @@ struct conn *conn_new(int rfd, int wfd, bool refuse, const char *peer)
 {
     struct conn *c = calloc(1, sizeof(*c));
 
+    turn_init();
     if (!c) {
         srv_log(SRV_LOG_ERROR, "out of memory accepting %s", peer);
         close(rfd);

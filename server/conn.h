@@ -74,6 +74,11 @@ struct conn {
     /* Input: the current reading state fills in_ptr[0 .. in_want). */
     uint8_t *in_ptr;
     size_t in_want, in_got;
+    /* Read-ahead (transmission phase, plaintext only): bytes read past the
+     * current state's need, ibuf[ipos .. ilen), consumed before the socket. */
+    uint8_t *ibuf;                /* SRV_INPUT_BUFFER bytes, held only while it holds some */
+    size_t ipos, ilen;
+    bool in_drained;              /* the last read was short: wait for readable */
     uint64_t skip_left;           /* bytes still to drop in a SKIP state */
     uint8_t hdr[32];              /* option / request headers, client flags */
 
@@ -96,6 +101,13 @@ struct conn {
     size_t queued_bytes;          /* reply bytes queued + request buffers held */
 
     struct outmsg *out_head, *out_tail;
+
+    /* Work for the end of the loop turn (conn.c, on_turn_end); each list
+     * holds a reference on the connection. */
+    struct conn *flush_next;      /* in the list of connections with batched replies */
+    bool flush_listed;
+    struct conn *resume_next;     /* in the list of connections with read-ahead to parse */
+    bool resume_listed;
 
     /* TLS (after a successful STARTTLS) */
     struct tls_session *tls;      /* the session, from STARTTLS on */
@@ -121,6 +133,13 @@ void conn_expect(struct conn *c, enum conn_state st, void *buf, size_t want);
 
 /** conn_queue - append @m to the output queue and try to write at once. */
 void conn_queue(struct conn *c, struct outmsg *m);
+
+/**
+ * conn_queue_batched - append @m to the output queue; it is written, with
+ * every other reply queued in the same loop turn, in one writev before the
+ * loop polls again.  For replies of the transmission phase.
+ */
+void conn_queue_batched(struct conn *c, struct outmsg *m);
 
 /** conn_queue_copy - queue a copy of @a (@alen bytes) followed by @b (@blen bytes). */
 int conn_queue_copy(struct conn *c, const void *a, size_t alen, const void *b, size_t blen);

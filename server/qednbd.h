@@ -22,6 +22,27 @@ struct conn;
 #define SRV_MAX_INFLIGHT 64u                     /* requests per connection, then stop reading */
 #define SRV_MAX_QUEUED_BYTES (64u * 1024 * 1024) /* reply + buffer bytes, then stop reading */
 #define SRV_READ_BUDGET 16u                      /* requests parsed per read event (fairness) */
+#define SRV_INPUT_BUFFER (64u * 1024)            /* read-ahead buffer per connection */
+
+/* Free lists of the transmission phase (tx.c): steady state without malloc. */
+#define TX_REQ_POOL_MAX 1024u                    /* request structs kept for reuse */
+#define TX_BUF_MIN_SHIFT 12                      /* data buffers pooled: 4 KiB ... */
+#define TX_BUF_MAX_SHIFT 22                      /* ... 4 MiB, powers of two only */
+#define TX_BUF_POOL_BYTES (32u * 1024 * 1024)    /* data buffer bytes kept for reuse */
+
+/* Under AddressSanitizer the free lists (requests, data and read-ahead
+ * buffers) are off: memory then goes back to malloc at once, so that a use
+ * after free is still caught. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SRV_POOLS 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SRV_POOLS 0
+#endif
+#endif
+#ifndef SRV_POOLS
+#define SRV_POOLS 1
+#endif
 
 /* Limits of the handshake phase. */
 #define SRV_MAX_OPTIONS 32u                     /* options per connection */

@@ -9,20 +9,28 @@
  * header is only queued together with its data, after the read completed:
  * a read error can therefore always be reported as an error reply, and the
  * "error after the header went out" disconnect can never be needed.
+ *
+ * Hot path.  A READ is one library request: the sparse structured reply is
+ * cut from the data itself (zero clusters go as holes), not from a block
+ * status lookup made first.  Request structs and data buffers come from free
+ * lists (req_get, buf_get), so the steady state calls no malloc.  Replies are
+ * queued with conn_queue_batched: every reply completed in one loop turn
+ * leaves in one writev, header and data together.
  */
 #include "config.h"
 
 #include <assert.h>
 #include <endian.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "conn.h"
 
-/* Extents asked from the library for a structured READ (the rest goes as data). */
-#define READ_MAX_EXTENTS 128u
+/* Chunks of a sparse structured READ reply at most (the rest goes as data). */
+#define READ_MAX_CHUNKS 128u
 /* Extents asked for one BLOCK_STATUS without REQ_ONE. */
 #define BS_MAX_EXTENTS 4096u
 
@@ -34,17 +42,17 @@ struct req {
     uint32_t len;
     uint16_t type;
     uint16_t flags;
-    uint8_t *buf;               /* READ data or WRITE payload */
+    uint8_t *buf;               /* READ data or WRITE payload (buf_get) */
     size_t buf_bytes;           /* counted in c->queued_bytes */
     struct qed_extent *ext;     /* block status results (ext_inline or heap) */
-    struct qed_extent ext_inline[4]; /* small reads: no allocation */
+    struct qed_extent ext_inline[4]; /* BLOCK_STATUS with REQ_ONE: no allocation */
     size_t next;
-    bool read_status_done;      /* structured READ: the block status step has run */
     uint32_t err;               /* NBD error of a rejected request */
     const char *errmsg;
-    uint8_t *meta;              /* reply headers when they do not fit in hdr */
-    struct iovec *iov_heap;
+    uint8_t *meta;              /* reply headers (and their iovecs) beyond hdr */
     struct iovec iov[2];
+    struct req *pool_next;      /* in the free list */
+    /* Not cleared when a request is reused: written before every use. */
     uint8_t hdr[64];
 };
 
@@ -85,6 +93,94 @@ uint32_t nbd_errno_from(int neg_errno)
 
 /* ---- Request memory ------------------------------------------------------ */
 
+/*
+ * Free lists.  The server runs on one thread, so they need no lock.  Why
+ * bounded: after a burst (many connections, large requests) the memory goes
+ * back to malloc instead of staying cached for ever.
+ */
+static struct req *req_pool;
+static unsigned req_pool_n;
+
+/*
+ * Data buffers whose size is a power of two, TX_BUF_MIN_SHIFT ..
+ * TX_BUF_MAX_SHIFT, one list per size: the sizes clients use (4 KiB, 64 KiB,
+ * 1 MiB ...).  Why not round other sizes up to a class: a buffer would then
+ * hold up to twice what the request needs, and the peak memory with it.
+ */
+struct pooled_buf {
+    struct pooled_buf *next;
+};
+#define TX_BUF_CLASSES (TX_BUF_MAX_SHIFT - TX_BUF_MIN_SHIFT + 1)
+static struct pooled_buf *buf_pool[TX_BUF_CLASSES];
+static size_t buf_pool_bytes;
+
+/* The pool of @n-byte buffers, or -1 when that size is not pooled. */
+static int buf_class(size_t n)
+{
+    int k = 0;
+
+    if (n < (size_t)1 << TX_BUF_MIN_SHIFT || n > (size_t)1 << TX_BUF_MAX_SHIFT ||
+        (n & (n - 1)) != 0)
+        return -1;
+    while (((size_t)1 << (TX_BUF_MIN_SHIFT + k)) < n)
+        k++;
+    return k;
+}
+
+/* A buffer of @n bytes (n > 0), or NULL. */
+static uint8_t *buf_get(size_t n)
+{
+    int k = buf_class(n);
+
+    if (k < 0)
+        return malloc(n);
+    if (buf_pool[k]) {
+        struct pooled_buf *b = buf_pool[k];
+        buf_pool[k] = b->next;
+        buf_pool_bytes -= (size_t)1 << (TX_BUF_MIN_SHIFT + k);
+        return (uint8_t *)b;
+    }
+    return malloc((size_t)1 << (TX_BUF_MIN_SHIFT + k));
+}
+
+/* Give back a buffer of buf_get(@n). */
+static void buf_put(uint8_t *p, size_t n)
+{
+    int k = buf_class(n);
+    size_t sz;
+
+    if (k < 0) {
+        free(p);
+        return;
+    }
+    sz = (size_t)1 << (TX_BUF_MIN_SHIFT + k);
+    if (!SRV_POOLS || buf_pool_bytes + sz > TX_BUF_POOL_BYTES) {
+        free(p);
+        return;
+    }
+    struct pooled_buf *b = (struct pooled_buf *)p;
+    b->next = buf_pool[k];
+    buf_pool[k] = b;
+    buf_pool_bytes += sz;
+}
+
+/* A cleared request (hdr excepted), or NULL. */
+static struct req *req_get(void)
+{
+    struct req *r = req_pool;
+
+    if (r) {
+        req_pool = r->pool_next;
+        req_pool_n--;
+    } else {
+        r = malloc(sizeof(*r));
+        if (!r)
+            return NULL;
+    }
+    memset(r, 0, offsetof(struct req, hdr));
+    return r;
+}
+
 static void req_free(struct req *r)
 {
     struct conn *c = r->c;
@@ -92,12 +188,18 @@ static void req_free(struct req *r)
     assert(c->inflight > 0);
     c->inflight--;
     c->queued_bytes -= r->buf_bytes;
-    free(r->buf);
+    if (r->buf)
+        buf_put(r->buf, r->len);
     if (r->ext != r->ext_inline)
         free(r->ext);
     free(r->meta);
-    free(r->iov_heap);
-    free(r);
+    if (SRV_POOLS && req_pool_n < TX_REQ_POOL_MAX) {
+        r->pool_next = req_pool;
+        req_pool = r;
+        req_pool_n++;
+    } else {
+        free(r);
+    }
 }
 
 static void req_release(struct outmsg *m)
@@ -105,11 +207,13 @@ static void req_release(struct outmsg *m)
     req_free((struct req *)m);  /* out is the first member */
 }
 
+/* The data buffer of @r: r->len bytes (n is r->len or 0). */
 static int req_alloc_buf(struct req *r, size_t n)
 {
     if (n == 0)
         return 0;
-    r->buf = malloc(n);
+    assert(n == r->len);
+    r->buf = buf_get(n);
     if (!r->buf)
         return -ENOMEM;
     r->buf_bytes = n;
@@ -138,7 +242,7 @@ static void queue_reply(struct req *r, struct iovec *iov, int niov)
     r->out.iov = iov;
     r->out.niov = niov;
     r->out.release = req_release;
-    conn_queue(r->c, &r->out);
+    conn_queue_batched(r->c, &r->out);
 }
 
 static void put_sr_header(uint8_t *p, uint16_t flags, uint16_t type, uint64_t cookie,
@@ -204,8 +308,9 @@ static void reply_error(struct req *r, uint32_t err, const char *msg)
 
 static void reply_ok(struct req *r)
 {
-    conn_log(r->c, SRV_LOG_DEBUG, "reply %s cookie=0x%llx ok", cmd_name(r->type),
-             (unsigned long long)r->cookie);
+    if (srv.verbose >= SRV_LOG_DEBUG)
+        conn_log(r->c, SRV_LOG_DEBUG, "reply %s cookie=0x%llx ok", cmd_name(r->type),
+                 (unsigned long long)r->cookie);
     if (r->type == NBD_CMD_READ && r->c->structured && r->len == 0) {
         /* Nothing to cover: a lone NONE chunk ends the reply. */
         put_sr_header(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r->cookie, 0);
@@ -224,94 +329,116 @@ static bool all_zero(const uint8_t *p, size_t n)
     return p[0] == 0 && memcmp(p, p + 1, n - 1) == 0;
 }
 
+/* One data chunk holding the whole READ, built in hdr: no allocation. */
+static void reply_read_one_data(struct req *r)
+{
+    uint64_t o = htobe64(r->offset);
+
+    put_sr_header(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie, 8 + r->len);
+    memcpy(r->hdr + 20, &o, 8);
+    r->iov[0].iov_base = r->hdr;
+    r->iov[0].iov_len = 28;
+    r->iov[1].iov_base = r->buf;
+    r->iov[1].iov_len = r->len;
+    if (srv.verbose >= SRV_LOG_DEBUG)
+        conn_log(r->c, SRV_LOG_DEBUG, "reply READ cookie=0x%llx ok: one data chunk",
+                 (unsigned long long)r->cookie);
+    queue_reply(r, r->iov, 2);
+}
+
 /*
- * A structured READ reply: OFFSET_HOLE chunks for extents the library
- * reports as zero (and whose data really read as zeros: a write racing the
- * read cannot make us claim a hole that is not one), OFFSET_DATA chunks for
- * the rest, adjacent runs of one kind merged.  With DF, one data chunk.  The
- * last chunk carries DONE: the data is complete in memory before anything
- * is queued, so no error can follow it.
+ * A structured READ reply, cut from the data read: OFFSET_HOLE chunks for
+ * the clusters (aligned on the image's cluster size) that read as zeros,
+ * OFFSET_DATA chunks for the rest, adjacent runs of one kind merged.  With
+ * DF, one data chunk.  The last chunk carries DONE: the data is complete in
+ * memory before anything is queued, so no error can follow it.
+ *
+ * Why from the data and not from a block status lookup: the lookup was a
+ * second pass through the L2 mapping (a second library request) on every
+ * READ, to learn what one scan of the buffer tells as well.  A hole chunk
+ * only promises that the range reads as zeros, which the scan proves; an
+ * allocated cluster full of zeros goes as a hole too, and that is allowed.
+ * The scan stops at the first non-zero byte, so data costs next to nothing;
+ * only zeros are scanned in full, and they are then not sent.
  */
 static void reply_read_structured(struct req *r)
 {
-    size_t maxruns = r->next + 1;
-    struct run { uint64_t start, len; bool hole; } *runs = NULL;
+    struct run { uint32_t start, len; bool hole; } runs[READ_MAX_CHUNKS];
+    uint64_t cs = qed_cluster_size(r->c->exp->img);
     size_t nruns = 0, holes = 0;
-    uint64_t covered = 0;
+    uint32_t pos = 0;
     int niov = 0;
 
     assert(r->len > 0);
-    if (!(r->flags & NBD_CMD_FLAG_DF))
-        runs = malloc(maxruns * sizeof(*runs));
-    r->meta = malloc(maxruns * 32);
-    r->iov_heap = malloc(2 * maxruns * sizeof(struct iovec));
-    if (!runs || !r->meta || !r->iov_heap) {
-        /* DF, or no memory for the split: one data chunk built in hdr. */
-        uint64_t o = htobe64(r->offset);
-        free(runs);
-        put_sr_header(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie,
-                      8 + r->len);
-        memcpy(r->hdr + 20, &o, 8);
-        r->iov[0].iov_base = r->hdr;
-        r->iov[0].iov_len = 28;
-        r->iov[1].iov_base = r->buf;
-        r->iov[1].iov_len = r->len;
-        conn_log(r->c, SRV_LOG_DEBUG, "reply READ cookie=0x%llx ok: one data chunk",
-                 (unsigned long long)r->cookie);
-        queue_reply(r, r->iov, 2);
+    if (r->flags & NBD_CMD_FLAG_DF) {
+        reply_read_one_data(r);
         return;
     }
+    while (pos < r->len) {
+        uint64_t end = (r->offset + pos) / cs * cs + cs - r->offset;
+        uint32_t n = end < r->len ? (uint32_t)end - pos : r->len - pos;
+        bool hole = all_zero(r->buf + pos, n);
 
-    /* Extents -> runs, clipped to the request; the library's extents start
-     * at the request offset and are contiguous. */
-    for (size_t i = 0; i < r->next && covered < r->len; i++) {
-        uint64_t len = r->ext[i].length;
-        if (len > r->len - covered)
-            len = r->len - covered;
-        if (len == 0)
-            continue;
-        bool hole = r->ext[i].zero && all_zero(r->buf + covered, len);
-        if (nruns && runs[nruns - 1].hole == hole)
-            runs[nruns - 1].len += len;
-        else
-            runs[nruns++] = (struct run){ covered, len, hole };
-        covered += len;
+        if (nruns && runs[nruns - 1].hole == hole) {
+            runs[nruns - 1].len += n;
+        } else if (nruns + 1 < READ_MAX_CHUNKS) {
+            runs[nruns++] = (struct run){ pos, n, hole };
+        } else {
+            /* Out of chunks: the rest goes as data (one slot was kept for it). */
+            if (runs[nruns - 1].hole)
+                runs[nruns++] = (struct run){ pos, r->len - pos, false };
+            else
+                runs[nruns - 1].len += r->len - pos;
+            break;
+        }
+        pos += n;
     }
-    if (covered < r->len) {
-        /* Not described (extent limit reached): send as data. */
-        if (nruns && !runs[nruns - 1].hole)
-            runs[nruns - 1].len += r->len - covered;
-        else
-            runs[nruns++] = (struct run){ covered, r->len - covered, false };
-    }
-    assert(nruns <= maxruns);
+    assert(nruns >= 1 && nruns <= READ_MAX_CHUNKS);
 
+    if (nruns == 1 && !runs[0].hole) {
+        reply_read_one_data(r);     /* the usual case: all data */
+        return;
+    }
+    /* Chunk headers (32 bytes each), then the iovecs: in hdr and iov for a
+     * lone hole (an unallocated range), else in one allocation, where
+     * nruns * 32 keeps the iovecs aligned. */
+    uint8_t *meta = r->hdr;
+    struct iovec *iov = r->iov;
+    if (nruns > 1) {
+        r->meta = malloc(nruns * 32 + 2 * nruns * sizeof(struct iovec));
+        if (!r->meta) {
+            /* No memory for the split: one data chunk, zeros included. */
+            reply_read_one_data(r);
+            return;
+        }
+        meta = r->meta;
+        iov = (struct iovec *)(void *)(r->meta + nruns * 32);
+    }
     for (size_t i = 0; i < nruns; i++) {
-        uint8_t *h = r->meta + i * 32;
+        uint8_t *h = meta + i * 32;
         uint16_t fl = i + 1 == nruns ? NBD_REPLY_FLAG_DONE : 0;
         if (runs[i].hole) {
             struct nbd_chunk_offset_hole ch = { htobe64(r->offset + runs[i].start),
-                                                htobe32((uint32_t)runs[i].len) };
+                                                htobe32(runs[i].len) };
             put_sr_header(h, fl, NBD_REPLY_TYPE_OFFSET_HOLE, r->cookie, sizeof(ch));
             memcpy(h + 20, &ch, sizeof(ch));
-            r->iov_heap[niov].iov_base = h;
-            r->iov_heap[niov++].iov_len = 20 + sizeof(ch);
+            iov[niov].iov_base = h;
+            iov[niov++].iov_len = 20 + sizeof(ch);
             holes++;
         } else {
             uint64_t o = htobe64(r->offset + runs[i].start);
-            put_sr_header(h, fl, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie,
-                          (uint32_t)(8 + runs[i].len));
+            put_sr_header(h, fl, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie, 8 + runs[i].len);
             memcpy(h + 20, &o, 8);
-            r->iov_heap[niov].iov_base = h;
-            r->iov_heap[niov++].iov_len = 28;
-            r->iov_heap[niov].iov_base = r->buf + runs[i].start;
-            r->iov_heap[niov++].iov_len = runs[i].len;
+            iov[niov].iov_base = h;
+            iov[niov++].iov_len = 28;
+            iov[niov].iov_base = r->buf + runs[i].start;
+            iov[niov++].iov_len = runs[i].len;
         }
     }
-    conn_log(r->c, SRV_LOG_DEBUG, "reply READ cookie=0x%llx ok: %zu chunks, %zu holes",
-             (unsigned long long)r->cookie, nruns, holes);
-    free(runs);
-    queue_reply(r, r->iov_heap, niov);
+    if (srv.verbose >= SRV_LOG_DEBUG)
+        conn_log(r->c, SRV_LOG_DEBUG, "reply READ cookie=0x%llx ok: %zu chunks, %zu holes",
+                 (unsigned long long)r->cookie, nruns, holes);
+    queue_reply(r, iov, niov);
 }
 
 static uint32_t base_flags(const struct qed_extent *x)
@@ -397,8 +524,6 @@ static void reply_block_status(struct req *r)
 
 /* ---- Library calls --------------------------------------------------- */
 
-static int submit(struct req *r);
-
 /* Count the bytes of a request that succeeded (the request itself was
  * counted when it arrived, errors in reply_error). */
 static void count_success(const struct req *r)
@@ -426,7 +551,7 @@ static void lib_done(void *opaque, int ret)
         conn_unref(c);
         return;
     }
-    if (ret < 0 && !(r->type == NBD_CMD_READ && !r->read_status_done)) {
+    if (ret < 0) {
         uint32_t e = nbd_errno_from(ret);
         if (e == NBD_EIO || e == NBD_ENOMEM)
             conn_log(c, SRV_LOG_ERROR, "%s at %llu+%u on \"%s\" failed: %s", cmd_name(r->type),
@@ -435,22 +560,6 @@ static void lib_done(void *opaque, int ret)
     } else {
         switch (r->type) {
         case NBD_CMD_READ:
-            if (!r->read_status_done) {
-                /* The block status step of a structured READ finished. */
-                r->read_status_done = true;
-                if (ret < 0) {
-                    conn_log(c, SRV_LOG_INFO, "block status for READ failed (%s): sending data",
-                             strerror(-ret));
-                    r->next = 0;
-                }
-                int sr = qed_read(c->exp->img, r->offset, r->buf, r->len, lib_done, r);
-                if (sr == 0)
-                    return;     /* still in the library, still holding our ref */
-                conn_log(c, SRV_LOG_ERROR, "READ at %llu+%u: submit failed: %s",
-                         (unsigned long long)r->offset, r->len, strerror(-sr));
-                reply_error(r, nbd_errno_from(sr), strerror(-sr));
-                break;
-            }
             count_success(r);
             if (c->structured)
                 reply_read_structured(r);
@@ -480,30 +589,10 @@ static int submit(struct req *r)
 
     switch (r->type) {
     case NBD_CMD_READ:
+        /* One library request, structured or not: see reply_read_structured. */
         if (req_alloc_buf(r, r->len) < 0)
             return -ENOMEM;
-        if (c->structured && !(r->flags & NBD_CMD_FLAG_DF)) {
-            /* Find the zero regions first so that sparse data travels sparse.
-             * A QED image gives at most one extent per cluster the read
-             * touches, so small reads use the inline array (a raw backing file
-             * can split finer; what the extents leave out goes out as data). */
-            uint64_t cs = qed_cluster_size(img);
-            uint64_t spanned = (r->offset % cs + r->len + cs - 1) / cs;
-            size_t max = spanned < READ_MAX_EXTENTS ? (size_t)spanned : READ_MAX_EXTENTS;
-            if (max == 0)
-                max = 1;
-            if (max <= sizeof(r->ext_inline) / sizeof(r->ext_inline[0])) {
-                r->ext = r->ext_inline;
-            } else {
-                r->ext = malloc(max * sizeof(*r->ext));
-                if (!r->ext)
-                    return -ENOMEM;
-            }
-            ret = qed_block_status(img, r->offset, r->len, r->ext, max, &r->next, lib_done, r);
-        } else {
-            r->read_status_done = true;
-            ret = qed_read(img, r->offset, r->buf, r->len, lib_done, r);
-        }
+        ret = qed_read(img, r->offset, r->buf, r->len, lib_done, r);
         break;
     case NBD_CMD_WRITE:
         ret = qed_write(img, r->offset, r->buf, r->len, qf, lib_done, r);
@@ -523,9 +612,13 @@ static int submit(struct req *r)
         break;
     case NBD_CMD_BLOCK_STATUS: {
         size_t max = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS;
-        r->ext = calloc(max, sizeof(*r->ext));
-        if (!r->ext)
-            return -ENOMEM;
+        if (max <= sizeof(r->ext_inline) / sizeof(r->ext_inline[0])) {
+            r->ext = r->ext_inline;
+        } else {
+            r->ext = calloc(max, sizeof(*r->ext));
+            if (!r->ext)
+                return -ENOMEM;
+        }
         ret = qed_block_status(img, r->offset, r->len, r->ext, max, &r->next, lib_done, r);
         break;
     }
@@ -655,9 +748,10 @@ void tx_req_header_done(struct conn *c)
     }
     uint16_t type = be16toh(h.type);
     uint32_t len = be32toh(h.len);
-    conn_log(c, SRV_LOG_DEBUG, "request %s cookie=0x%llx offset=%llu len=%u flags=0x%x",
-             cmd_name(type), (unsigned long long)be64toh(h.cookie),
-             (unsigned long long)be64toh(h.offset), len, be16toh(h.flags));
+    if (srv.verbose >= SRV_LOG_DEBUG)
+        conn_log(c, SRV_LOG_DEBUG, "request %s cookie=0x%llx offset=%llu len=%u flags=0x%x",
+                 cmd_name(type), (unsigned long long)be64toh(h.cookie),
+                 (unsigned long long)be64toh(h.offset), len, be16toh(h.flags));
 
     if (type == NBD_CMD_DISC) {
         /* No reply; answer what is in flight, then close. */
@@ -674,7 +768,7 @@ void tx_req_header_done(struct conn *c)
         return;
     }
 
-    r = calloc(1, sizeof(*r));
+    r = req_get();
     if (!r) {
         conn_close(c, "out of memory for a request");
         return;
