@@ -35,9 +35,13 @@ trap 'rm -rf "$tmp"' EXIT
 bench=$top_srcdir/contrib/bench/bench.sh
 [ -f "$bench" ] || fail "$bench is missing"
 
-# The reference server is not under test: nbdkit 1.32's file plugin has been
-# seen to abort (status 134) under this load.  When only the reference server
-# failed, run once more; a qednbd failure is never retried.
+# The reference server is not under test: nbdkit 1.32's file plugin aborts
+# (status 134, "connections.c: raw_send_socket: Assertion `sock >= 0'
+# failed") when fio's short fresh-image pass ends and closes the connection,
+# on some machines every time.  When only the reference server failed, run
+# once more; if it fails again, its runs are reported as failed and only
+# qednbd's results must be complete.  A qednbd failure is never retried.
+ref_failed=0
 for attempt in 1 2; do
     rc=0
     timeout -k 10 120 bash "$bench" --quick --runtime 2 --fresh-size 16M \
@@ -52,18 +56,26 @@ for attempt in 1 2; do
         echo "--- the reference server (nbdkit) failed, not qednbd: running again"
         continue
     fi
+    if [ "$rc" -eq 1 ] && ! grep -q 'qednbd [a-z-]* failed' "$tmp/err" &&
+       grep -q 'nbdkit-file [a-z-]* failed: server exited' "$tmp/err"; then
+        echo "--- the reference server (nbdkit) failed again; checking qednbd's results only there"
+        ref_failed=1
+        rc=0
+    fi
     break
 done
 [ "$rc" -ne 124 ] || fail "bench.sh did not finish within 120 s"
 [ "$rc" -eq 0 ] || fail "bench.sh exited $rc"
 
-python3 - "$tmp/out" "$tmp/raw.tsv" "$tmp/bench.md" <<'PY' || fail "the benchmark report is incomplete"
-import re, sys
+REF_FAILED=$ref_failed python3 - "$tmp/out" "$tmp/raw.tsv" "$tmp/bench.md" <<'PY' || fail "the benchmark report is incomplete"
+import os, re, sys
 
 out = open(sys.argv[1]).read()
 raw = [l.split('\t') for l in open(sys.argv[2]).read().splitlines() if l]
 md = open(sys.argv[3]).read()
 errors = []
+# The reference server failed twice (see above): its cells may say "fail".
+ref_failed = os.environ.get('REF_FAILED') == '1'
 
 if not re.search(r'^host:\s+nproc=\d+, kernel \S+', out, re.M):
     errors.append('no "host: nproc=N, kernel K" line')
@@ -103,8 +115,12 @@ for lab in labels:
     if unit not in ('MiB/s', 'IOPS'):
         errors.append('throughput row "%s": unit %s' % (lab, unit))
     for name, v in (('qednbd', a), ('nbdkit-file', b)):
+        if name == 'nbdkit-file' and ref_failed and v == 'fail':
+            continue
         if not re.fullmatch(num, v) or float(v) <= 0:
             errors.append('throughput "%s" %s: %r is not a positive number' % (lab, name, v))
+    if ref_failed and b == 'fail' and ratio == '-':
+        continue
     if not re.fullmatch(num + 'x', ratio) or float(ratio[:-1]) <= 0:
         errors.append('throughput "%s": ratio %r' % (lab, ratio))
 
@@ -114,7 +130,9 @@ for title, positive in (('Server CPU time per I/O', False), ('Server peak RSS', 
         cells = row(lines, lab)
         if cells is None:
             continue
-        for v in cells[:2]:
+        for k, v in enumerate(cells[:2]):
+            if k == 1 and ref_failed and v == 'fail':
+                continue
             v = v.rstrip('x')
             if not re.fullmatch(num, v) or (positive and float(v) <= 0):
                 errors.append('%s "%s": %r' % (title, lab, cells))
@@ -128,6 +146,8 @@ for f in raw:
         continue
     rep, srv, wl, status, ios = f[:5]
     seen.add((srv, wl))
+    if status != 'ok' and ref_failed and srv == 'nbdkit-file':
+        continue
     if status != 'ok':
         errors.append('run %s %s: %s' % (srv, wl, status))
     elif int(ios) <= 0:

@@ -93,7 +93,9 @@ mkfifo hold.fifo
 qemu-io a.qed < hold.fifo > /dev/null 2>&1 &
 holder=$!
 exec 7>hold.fifo
-for i in $(seq 50); do
+# Why up to 30 s: on a loaded machine qemu-io has been seen to need more
+# than 5 s before it holds the lock.
+for i in $(seq 300); do
     "$QED_IMG" info a.qed >/dev/null 2>&1 || break
     sleep 0.1
 done
