@@ -90,15 +90,22 @@ python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["dirty-flag"] i
 # info -U / map -U / check -U look anyway; resize is refused.
 set_features a.qed 0x0
 mkfifo hold.fifo
-qemu-io a.qed < hold.fifo > /dev/null 2>&1 &
+qemu-io a.qed < hold.fifo > "$tmp/qemu-io.out" 2>&1 &
 holder=$!
 exec 7>hold.fifo
-# Why up to 30 s: on a loaded machine qemu-io has been seen to need more
-# than 5 s before it holds the lock.
+# Wait until qemu-io has the image open by asking it for a read and waiting
+# for the answer.  Why not poll with `qed-img info` as before: a poll that
+# holds its lock at the moment qemu-io opens makes qemu-io fail to get its
+# own lock and exit, and the test then waited for a lock nobody held (seen
+# in CI on a loaded machine).
+echo "read 0 512" >&7
 for i in $(seq 300); do
-    "$QED_IMG" info a.qed >/dev/null 2>&1 || break
+    grep -q "read 512/512 bytes" "$tmp/qemu-io.out" 2>/dev/null && break
+    kill -0 "$holder" 2>/dev/null || break
     sleep 0.1
 done
+grep -q "read 512/512 bytes" "$tmp/qemu-io.out" ||
+    { cat "$tmp/qemu-io.out"; fail "qemu-io did not open the image"; }
 expect_rc 1 "$QED_IMG" info a.qed
 expect_grep "$tmp/err" "lock"
 expect_rc 0 "$QED_IMG" info -U a.qed
