@@ -135,6 +135,8 @@ static void threads_submit(qed_aio *aio, struct qed_io *io)
 {
     struct threads_priv *p = aio->priv;
 
+    if (qed_aio_run_memory(aio, io))
+        return;
     /* While I/O is in flight the eventfd watcher must keep ev_run() alive. */
     if (!p->refd) {
         ev_ref(aio->loop);

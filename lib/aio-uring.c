@@ -284,6 +284,8 @@ static bool uring_try_inline(qed_aio *aio, struct qed_io *io)
 
 static void uring_submit(qed_aio *aio, struct qed_io *io)
 {
+    if (qed_aio_run_memory(aio, io))
+        return;
     if ((io->op == QED_IO_READ || io->op == QED_IO_WRITE) && uring_try_inline(aio, io))
         return;
     /* While I/O is in flight the eventfd watcher must keep ev_run() alive. */

@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 
 #include "qed-aio.h"
 #include "qed-internal.h"
@@ -42,6 +44,80 @@ void qed_aio_defer(qed_aio *aio, struct qed_defer *d)
         ev_idle_start(aio->loop, &aio->defer_idle);
 }
 
+/*
+ * I/O on memory files.
+ *
+ * On tmpfs a read or write is a copy between the page cache and our buffer:
+ * there is no device to wait for, and the file system takes no RWF_NOWAIT,
+ * so io_uring hands every such request to one of its worker threads (and the
+ * thread pool to one of ours).  The hand-off -- a wake-up, two context
+ * switches and a completion signal -- costs more than the copy itself.  So
+ * the copy runs here, on the loop thread.  This keeps the rule "no blocking
+ * I/O on the loop": a tmpfs copy waits only where touching our own heap
+ * would (page reclaim, swap-in), and its time is that of a memcpy of at most
+ * one request's payload.  fdatasync is a no-op on these file systems and
+ * runs here too.  The completion still comes on a later loop turn, never
+ * from inside the submit call.
+ */
+
+bool qed_fd_in_memory(int fd)
+{
+    struct statfs sfs;
+
+    if (fstatfs(fd, &sfs) < 0)
+        return false;
+    return sfs.f_type == TMPFS_MAGIC || sfs.f_type == RAMFS_MAGIC;
+}
+
+/* Deliver the memory I/O finished before this turn. */
+static void aio_mem_defer_fn(struct qed_defer *d)
+{
+    qed_aio *aio = (qed_aio *)((char *)d - offsetof(qed_aio, mem_defer));
+    struct qed_io *io = aio->mem_head;
+    bool freed = false;
+
+    aio->mem_head = aio->mem_tail = NULL;
+    aio->mem_scheduled = false;
+    aio->freed = &freed;
+    while (io) {
+        struct qed_io *next = io->next;
+        io->next = NULL;
+        qed_aio_complete(aio, io);
+        if (freed)
+            return;
+        io = next;
+    }
+    aio->freed = NULL;
+}
+
+/*
+ * Why a bound: the hand-off costs about the same whatever the size, so it
+ * matters for small transfers only; a large copy is better done by a worker
+ * while the loop serves other requests (and it keeps the loop's longest
+ * stall short: a 32 MiB request would hold it for milliseconds).
+ */
+#define MEMORY_INLINE_MAX (128 * 1024)
+
+bool qed_aio_run_memory(qed_aio *aio, struct qed_io *io)
+{
+    if (!(io->flags & QED_IO_F_MEMORY) || !aio->memory_inline)
+        return false;
+    if ((io->op == QED_IO_READ || io->op == QED_IO_WRITE) && io->length > MEMORY_INLINE_MAX)
+        return false;
+    qed_io_run_sync(io);
+    io->next = NULL;
+    if (aio->mem_tail)
+        aio->mem_tail->next = io;
+    else
+        aio->mem_head = io;
+    aio->mem_tail = io;
+    if (!aio->mem_scheduled) {
+        aio->mem_scheduled = true;
+        qed_aio_defer(aio, &aio->mem_defer);
+    }
+    return true;
+}
+
 int qed_aio_new(struct ev_loop *loop, enum qed_aio_backend kind, qed_aio **out)
 {
     qed_aio *aio = calloc(1, sizeof(*aio));
@@ -55,6 +131,10 @@ int qed_aio_new(struct ev_loop *loop, enum qed_aio_backend kind, qed_aio **out)
      * sockets stay busy, and deferred completions must not wait for a quiet loop. */
     ev_set_priority(&aio->defer_idle, EV_MAXPRI);
     aio->defer_idle.data = aio;
+    aio->mem_defer.fn = aio_mem_defer_fn;
+    /* QED_AIO_MEMORY=0 sends memory-file I/O through the backend like any
+     * other (for comparisons). */
+    aio->memory_inline = !(getenv("QED_AIO_MEMORY") && strcmp(getenv("QED_AIO_MEMORY"), "0") == 0);
 
     switch (kind) {
     case QED_AIO_AUTO:
@@ -101,6 +181,8 @@ void qed_aio_free(qed_aio *aio)
 {
     if (!aio)
         return;
+    if (aio->freed)
+        *aio->freed = true;
     if (ev_is_active(&aio->defer_idle))
         ev_idle_stop(aio->loop, &aio->defer_idle);
     aio->ops->destroy(aio);

@@ -260,6 +260,7 @@ static int open_backing(struct qed_image *img, qed_aio *aio, int depth, char *er
         if (fstat(img->backing_fd, &st) < 0)
             return qed_errf(err, errlen, -errno, "%s: cannot stat backing file %s: %s",
                             img->path, img->backing_path, strerror(errno));
+        img->backing_io_flags = qed_fd_in_memory(img->backing_fd) ? QED_IO_F_MEMORY : 0;
         r = qed_lock_image(img->backing_fd, false, true, img->backing_path, err, errlen);
         if (r < 0)
             return r;
@@ -334,6 +335,7 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
         r = qed_errf(err, errlen, -EINVAL, "%s: not a regular file", path);
         goto fail;
     }
+    img->fd_io_flags = qed_fd_in_memory(img->fd) ? QED_IO_F_MEMORY : 0;
     if (!opts->no_lock) {
         r = qed_lock_image(img->fd, !opts->read_only, depth > 0, path, err, errlen);
         if (r < 0)

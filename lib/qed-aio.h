@@ -34,6 +34,7 @@ struct qed_io {
     uint64_t length;         /* PUNCH: bytes; READ/WRITE: set by qed_aio_submit to sum(iov) */
     void (*done)(struct qed_io *io);
     void *opaque;
+    unsigned flags;          /* QED_IO_F_* */
 
     /* Set before done runs */
     int64_t res;             /* bytes transferred (== length) on success, or -errno */
@@ -43,6 +44,13 @@ struct qed_io {
     uint64_t seq;            /* submission number, unique per engine */
     uint64_t done_bytes;     /* progress for retried short transfers */
 };
+
+/*
+ * The file lives in memory (tmpfs, ramfs): its reads and writes are copies
+ * to and from the page cache with no device behind them, so the io_uring and
+ * thread-pool backends run them on the loop thread (see qed_aio_run_memory).
+ */
+#define QED_IO_F_MEMORY 1u
 
 struct qed_aio_ops {
     const char *name;
@@ -68,6 +76,13 @@ struct qed_aio {
     /* Deferred calls: a max-priority idle watcher drains them each turn. */
     ev_idle defer_idle;
     struct qed_defer *defer_head, *defer_tail;
+
+    /* I/O on memory files finished on the loop thread, completed next turn */
+    bool memory_inline;      /* off with QED_AIO_MEMORY=0 (for comparisons) */
+    struct qed_io *mem_head, *mem_tail;
+    struct qed_defer mem_defer;
+    bool mem_scheduled;
+    bool *freed;             /* set by qed_aio_free while mem_defer runs */
 };
 
 /** qed_aio_submit - count @io as in flight, compute its length, and pass it to the backend. */
@@ -84,6 +99,20 @@ void qed_aio_complete(qed_aio *aio, struct qed_io *io);
  * completions that are ready during submission.
  */
 void qed_aio_defer(qed_aio *aio, struct qed_defer *d);
+
+/**
+ * qed_aio_run_memory - for a backend's submit: when @io has QED_IO_F_MEMORY
+ * (and the fast path is on), perform it now on the calling (loop) thread and
+ * complete it on a later loop turn; return true.  Otherwise return false and
+ * the backend runs @io as usual.
+ */
+bool qed_aio_run_memory(qed_aio *aio, struct qed_io *io);
+
+/**
+ * qed_fd_in_memory - true when @fd is a file on a memory file system (tmpfs,
+ * ramfs), whose I/O may carry QED_IO_F_MEMORY.
+ */
+bool qed_fd_in_memory(int fd);
 
 /* Backend constructors: set aio->ops and aio->priv, return 0 or -errno. */
 int qed_aio_uring_init(qed_aio *aio);

@@ -180,6 +180,7 @@ struct qed_req {
 struct qed_image {
     char *path;
     int fd;
+    unsigned fd_io_flags;      /* QED_IO_F_MEMORY when fd is on tmpfs */
     qed_aio *aio;              /* NULL for a check-only open */
     bool read_only;
     struct qed_header h;       /* CPU byte order, always current */
@@ -191,6 +192,7 @@ struct qed_image {
     char backing_path[4096];   /* resolved */
     enum qed_backing_kind backing_kind;
     int backing_fd;            /* raw */
+    unsigned backing_io_flags; /* QED_IO_F_MEMORY when backing_fd is on tmpfs */
     uint64_t backing_size;
     struct qed_image *backing; /* qed */
 

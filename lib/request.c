@@ -361,6 +361,7 @@ static void submit_io(struct qed_req *r, int slot, enum qed_io_op op, int fd, st
     memset(io, 0, sizeof(*io));
     io->op = op;
     io->fd = fd;
+    io->flags = fd == r->img->fd ? r->img->fd_io_flags : r->img->backing_io_flags;
     io->iov = iov;
     io->iovcnt = iovcnt;
     io->offset = offset;
@@ -668,6 +669,7 @@ static void gc_submit(struct qed_gc_batch *b, struct qed_io *io, enum qed_io_op 
     memset(io, 0, sizeof(*io));
     io->op = op;
     io->fd = b->img->fd;
+    io->flags = b->img->fd_io_flags;
     if (buf) {
         iov->iov_base = buf;
         iov->iov_len = len;
@@ -970,6 +972,7 @@ static int get_l2(struct qed_req *r)
     memset(&e->io, 0, sizeof(e->io));
     e->io.op = QED_IO_READ;
     e->io.fd = img->fd;
+    e->io.flags = img->fd_io_flags;
     e->io.iov = &e->iov;
     e->io.iovcnt = 1;
     e->io.offset = off;

@@ -50,6 +50,11 @@ struct fixture {
 
 static struct fixture F;
 
+/* Memory mode: temp files on /dev/shm (tmpfs) and every I/O carries
+ * QED_IO_F_MEMORY, so the io_uring and thread-pool backends run it on the
+ * loop thread (qed_aio_run_memory).  Set by the *_mem suites. */
+static bool mem_mode;
+
 static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
@@ -60,7 +65,8 @@ static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 static int make_temp_file(void)
 {
-    char path[] = "/tmp/qed-test-aio-XXXXXX";
+    char tpath[] = "/tmp/qed-test-aio-XXXXXX", mpath[] = "/dev/shm/qed-test-aio-XXXXXX";
+    char *path = mem_mode ? mpath : tpath;
     int fd = mkstemp(path);
 
     cr_assert(fd >= 0, "mkstemp: %s", strerror(errno));
@@ -128,6 +134,8 @@ static void tio_init(struct tio *t, enum qed_io_op op, int fd, uint64_t offset)
     t->io.iov = t->iov;
     t->io.done = tio_done;
     t->io.opaque = t;
+    if (mem_mode)
+        t->io.flags = QED_IO_F_MEMORY;
 }
 
 static void tio_add(struct tio *t, void *buf, size_t len)
@@ -658,6 +666,35 @@ static void t_submit_from_prepare(enum qed_aio_backend kind)
     teardown();
 }
 
+/*
+ * A memory-file write has reached the file when qed_aio_submit returns (it
+ * ran on the loop thread), but its done runs only on a later loop turn; and
+ * with QED_AIO_MEMORY=0 the flag is ignored (the data may not be there yet,
+ * which cannot be asserted, but the result must be the same).
+ */
+static void t_mem_inline(enum qed_aio_backend kind)
+{
+    uint8_t buf[4096], back[4096];
+    struct tio t;
+
+    mem_mode = true;
+    setup(kind, true);
+    fill_pat(buf, sizeof(buf), 0, 7);
+    tio_init(&t, QED_IO_WRITE, F.fd, 8192);
+    tio_add(&t, buf, sizeof(buf));
+    F.in_submit = true;
+    qed_aio_submit(F.aio, &t.io);
+    F.in_submit = false;
+    cr_assert_eq(t.ndone, 0, "done ran before the loop turned");
+    cr_assert_eq(pread(F.fd, back, sizeof(back), 8192), (ssize_t)sizeof(back),
+                 "the memory write was not done inline");
+    cr_assert_eq(memcmp(back, buf, sizeof(buf)), 0);
+    run_until(1);
+    cr_assert_eq(t.ndone, 1);
+    cr_assert_eq(t.io.res, (int64_t)sizeof(buf));
+    teardown();
+}
+
 #define BACKEND_TESTS(suite, kind)                                      \
     Test(suite, name, .timeout = 60) { t_name(kind); }                 \
     Test(suite, write_read, .timeout = 60) { t_write_read(kind); }     \
@@ -673,9 +710,48 @@ static void t_submit_from_prepare(enum qed_aio_backend kind)
     Test(suite, free_from_done, .timeout = 60) { t_free_from_done(kind); } \
     Test(suite, submit_from_prepare, .timeout = 60) { t_submit_from_prepare(kind); }
 
+#define MEM_BACKEND_TESTS(suite, kind)                                   \
+    Test(suite, write_read, .timeout = 60) { mem_mode = true; t_write_read(kind); } \
+    Test(suite, read_past_eof, .timeout = 60) { mem_mode = true; t_read_past_eof(kind); } \
+    Test(suite, fsync, .timeout = 60) { mem_mode = true; t_fsync(kind); } \
+    Test(suite, punch, .timeout = 60) { mem_mode = true; t_punch(kind); } \
+    Test(suite, many_concurrent, .timeout = 120) { mem_mode = true; t_many(kind); } \
+    Test(suite, chain_from_done, .timeout = 60) { mem_mode = true; t_chain(kind); } \
+    Test(suite, bad_fd, .timeout = 60) { mem_mode = true; t_bad_fd(kind); } \
+    Test(suite, short_write, .timeout = 60) { mem_mode = true; t_short_write(kind); } \
+    Test(suite, many_iovecs, .timeout = 60) { mem_mode = true; t_many_iovecs(kind); } \
+    Test(suite, zero_length, .timeout = 60) { mem_mode = true; t_zero_length(kind); } \
+    Test(suite, free_from_done, .timeout = 60) { mem_mode = true; t_free_from_done(kind); } \
+    Test(suite, submit_from_prepare, .timeout = 60) { mem_mode = true; t_submit_from_prepare(kind); } \
+    Test(suite, done_on_loop_not_in_submit, .timeout = 60) { t_mem_inline(kind); }
+
 BACKEND_TESTS(uring, QED_AIO_URING)
 BACKEND_TESTS(threads, QED_AIO_THREADS)
 BACKEND_TESTS(testbe, QED_AIO_TEST)
+MEM_BACKEND_TESTS(uring_mem, QED_AIO_URING)
+MEM_BACKEND_TESTS(threads_mem, QED_AIO_THREADS)
+
+/* ---- memory files ---- */
+
+Test(memfs, dev_shm_is_memory)
+{
+    int fd;
+
+    mem_mode = true;
+    fd = make_temp_file();
+    cr_assert(qed_fd_in_memory(fd), "a file in /dev/shm is not seen as in memory");
+    close(fd);
+}
+
+Test(memfs, proc_is_not_memory)
+{
+    int fd = open("/proc/self/stat", O_RDONLY);
+
+    cr_assert(fd >= 0);
+    cr_assert(!qed_fd_in_memory(fd), "a /proc file is seen as in memory");
+    close(fd);
+    cr_assert(!qed_fd_in_memory(-1), "a bad fd is seen as in memory");
+}
 
 /* ---- backend selection ---- */
 
