@@ -40,6 +40,7 @@ WORKLOADS=$(IFS=,; echo "${ALL_WORKLOADS[*]}")
 OUT=
 RAW=
 QUICK=0
+WARM=auto
 KEEP=0
 VERBOSE=0
 QEDNBD=${QEDNBD:-}
@@ -94,6 +95,10 @@ server CPU time per I/O and server peak RSS.
   --qednbd-args ARGS   extra arguments for qednbd (word-split)
   --qemu-nbd-aio MODE  qemu-nbd --aio (default $QEMU_NBD_AIO)
   --qemu-nbd-cache M   qemu-nbd --cache (default $QEMU_NBD_CACHE)
+  --warm yes|no|auto   before each fresh-image run, write and delete a file
+                       of --fresh-size in --dir, so that every server's
+                       fresh image lands in memory the machine has touched
+                       recently (default auto: yes when --dir is tmpfs)
   --keep               keep the work directory (images, logs, fio JSON)
   -v, --verbose        print every run as it finishes
   -h, --help           this help
@@ -134,6 +139,8 @@ while [ $# -gt 0 ]; do
         --raw) need_arg "$@"; RAW=$2; shift 2 ;;
         --raw=*) RAW=${1#*=}; shift ;;
         --quick) QUICK=1; shift ;;
+        --warm) need_arg "$@"; WARM=$2; shift 2 ;;
+        --warm=*) WARM=${1#*=}; shift ;;
         --builddir) need_arg "$@"; BUILDDIR=$2; shift 2 ;;
         --builddir=*) BUILDDIR=${1#*=}; shift ;;
         --qednbd) need_arg "$@"; QEDNBD=$2; shift 2 ;;
@@ -251,6 +258,12 @@ avail_b=$(df -P -B1 "$DIR" 2>/dev/null | awk 'NR == 2 { print $4 }')
 if [ -n "$avail_b" ] && [ "$avail_b" -lt "$need_b" ]; then
     die "$DIR has $((avail_b / MIB)) MiB free, the runs need about $((need_b / MIB)) MiB (use --dir, --size or --fresh-size)"
 fi
+
+case "$WARM" in
+    auto) if [ "$(stat -f -c %T "$DIR" 2>/dev/null)" = tmpfs ]; then WARM=yes; else WARM=no; fi ;;
+    yes|no) ;;
+    *) die "--warm must be yes, no or auto" ;;
+esac
 
 CLK_TCK=$(getconf CLK_TCK)
 case "$DIR" in *[[:space:]]*) die "--dir must not contain white space (fio arguments are word-split)" ;; esac
@@ -538,6 +551,15 @@ record_fail() {
 run_fresh() {
     local rep=$1 server=$2 wl=$3 img
     img=$WORK/fresh-$server.img
+    if [ "$WARM" = yes ]; then
+        # Why: on a VM, a tmpfs page the guest has not touched for a while
+        # can cost several times more to fill than one freed just now (the
+        # host reclaims free guest memory); without this, whichever server
+        # runs first after a pause paid for it (2-4x slower fresh writes).
+        dd if=/dev/zero of="$WORK/warm" bs=1M count=$((FRESH_B / MIB)) status=none ||
+            warn "the warm-up write in $DIR failed"
+        rm -f "$WORK/warm"
+    fi
     make_image "$server" "$img" "$FRESH_B" || { record_fail "$rep" "$server" "$wl"; return; }
     if start_server "$server" "$img" "$FRESH_B"; then
         timed_run "$rep" "$server" "$wl"
@@ -600,7 +622,7 @@ server_version() {
     echo "host	nproc=$(nproc), kernel $(uname -r), $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "fio	$(fio --version)"
     for s in "${SERVER_LIST[@]}"; do echo "$s	$(server_version "$s")"; done
-    echo "settings	size=$SIZE_B fresh_size=$FRESH_B cluster=$CLUSTER_B runtime=${RUNTIME}s reps=$REPS numjobs=$NUMJOBS dir=$DIR"
+    echo "settings	size=$SIZE_B fresh_size=$FRESH_B cluster=$CLUSTER_B runtime=${RUNTIME}s reps=$REPS numjobs=$NUMJOBS dir=$DIR warm=$WARM"
 } >"$WORK/meta.tsv"
 
 if want_workload randwrite-fresh; then
