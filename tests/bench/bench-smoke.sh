@@ -173,4 +173,12 @@ if errors:
     sys.exit(1)
 print('report complete: %d runs' % len(raw))
 PY
+
+# loop-busy.sh: six lines, each with a positive rate and two percentages.
+"$top_srcdir/contrib/bench/loop-busy.sh" --builddir "$top_builddir" --dir "$tmp" \
+    --size 64M --runtime 1 >"$tmp/loop-busy.out" 2>&1 ||
+    { cat "$tmp/loop-busy.out"; fail "loop-busy.sh failed"; }
+cat "$tmp/loop-busy.out"
+n=$(grep -cE '^(randread|randwrite|read) +[0-9a-zA-Z]+ +[12] connection\(s\): +[1-9][0-9]* IOPS +[0-9]+ MiB/s +main thread +[0-9]+ % busy, whole server +[0-9]+ %$' "$tmp/loop-busy.out")
+[ "$n" -eq 6 ] || fail "loop-busy.sh printed $n complete result lines, expected 6"
 echo "ok"
