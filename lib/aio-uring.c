@@ -61,11 +61,6 @@ struct uring_priv {
     struct qed_io *backlog_head, *backlog_tail;
     bool *freed;             /* set by destroy while a callback runs */
 
-    /* I/O finished inline (RWF_NOWAIT), waiting for a later loop turn */
-    struct qed_io *inline_head, *inline_tail;
-    struct qed_defer inline_defer;
-    bool inline_scheduled;
-    qed_aio *aio;            /* back pointer for the deferred call */
     bool nowait_read, nowait_write; /* the file system takes RWF_NOWAIT */
 };
 
@@ -207,29 +202,6 @@ static void uring_ref(qed_aio *aio)
     }
 }
 
-/* Deliver the I/Os that finished inline, on this later loop turn. */
-static void uring_inline_deliver(struct qed_defer *d)
-{
-    struct uring_priv *p = (struct uring_priv *)((char *)d - offsetof(struct uring_priv,
-                                                                      inline_defer));
-    qed_aio *aio = p->aio;
-    struct qed_io *io = p->inline_head;
-    bool freed = false;
-
-    p->inline_head = p->inline_tail = NULL;
-    p->inline_scheduled = false;
-    p->freed = &freed;
-    while (io) {
-        struct qed_io *next = io->next;
-        io->next = NULL;
-        qed_aio_complete(aio, io);
-        if (freed)
-            return;
-        io = next;
-    }
-    p->freed = NULL;
-}
-
 /*
  * Try a read or write at once with RWF_NOWAIT: when the data is in the page
  * cache this finishes without a trip through an io_uring worker thread, and
@@ -269,16 +241,7 @@ static bool uring_try_inline(qed_aio *aio, struct qed_io *io)
     }
     io->done_bytes = io->length;
     io->res = (int64_t)io->length;
-    io->next = NULL;
-    if (p->inline_tail)
-        p->inline_tail->next = io;
-    else
-        p->inline_head = io;
-    p->inline_tail = io;
-    if (!p->inline_scheduled) {
-        p->inline_scheduled = true;
-        qed_aio_defer(aio, &p->inline_defer);
-    }
+    qed_aio_complete_later(aio, io);
     return true;
 }
 
@@ -535,8 +498,6 @@ int qed_aio_uring_init(qed_aio *aio)
     if (!p)
         return -ENOMEM;
     p->efd = -1;
-    p->aio = aio;
-    p->inline_defer.fn = uring_inline_deliver;
     /* QED_AIO_NOWAIT=0 turns the inline attempt off (for comparisons). */
     p->nowait_read = p->nowait_write = !(getenv("QED_AIO_NOWAIT") &&
                                          strcmp(getenv("QED_AIO_NOWAIT"), "0") == 0);

@@ -69,15 +69,15 @@ bool qed_fd_in_memory(int fd)
     return sfs.f_type == TMPFS_MAGIC || sfs.f_type == RAMFS_MAGIC;
 }
 
-/* Deliver the memory I/O finished before this turn. */
-static void aio_mem_defer_fn(struct qed_defer *d)
+/* Deliver the I/O that finished before this turn (qed_aio_complete_later). */
+static void aio_ready_defer_fn(struct qed_defer *d)
 {
-    qed_aio *aio = (qed_aio *)((char *)d - offsetof(qed_aio, mem_defer));
-    struct qed_io *io = aio->mem_head;
+    qed_aio *aio = (qed_aio *)((char *)d - offsetof(qed_aio, ready_defer));
+    struct qed_io *io = aio->ready_head;
     bool freed = false;
 
-    aio->mem_head = aio->mem_tail = NULL;
-    aio->mem_scheduled = false;
+    aio->ready_head = aio->ready_tail = NULL;
+    aio->ready_scheduled = false;
     aio->freed = &freed;
     while (io) {
         struct qed_io *next = io->next;
@@ -88,6 +88,20 @@ static void aio_mem_defer_fn(struct qed_defer *d)
         io = next;
     }
     aio->freed = NULL;
+}
+
+void qed_aio_complete_later(qed_aio *aio, struct qed_io *io)
+{
+    io->next = NULL;
+    if (aio->ready_tail)
+        aio->ready_tail->next = io;
+    else
+        aio->ready_head = io;
+    aio->ready_tail = io;
+    if (!aio->ready_scheduled) {
+        aio->ready_scheduled = true;
+        qed_aio_defer(aio, &aio->ready_defer);
+    }
 }
 
 /*
@@ -105,16 +119,7 @@ bool qed_aio_run_memory(qed_aio *aio, struct qed_io *io)
     if ((io->op == QED_IO_READ || io->op == QED_IO_WRITE) && io->length > MEMORY_INLINE_MAX)
         return false;
     qed_io_run_sync(io);
-    io->next = NULL;
-    if (aio->mem_tail)
-        aio->mem_tail->next = io;
-    else
-        aio->mem_head = io;
-    aio->mem_tail = io;
-    if (!aio->mem_scheduled) {
-        aio->mem_scheduled = true;
-        qed_aio_defer(aio, &aio->mem_defer);
-    }
+    qed_aio_complete_later(aio, io);
     return true;
 }
 
@@ -131,7 +136,7 @@ int qed_aio_new(struct ev_loop *loop, enum qed_aio_backend kind, qed_aio **out)
      * sockets stay busy, and deferred completions must not wait for a quiet loop. */
     ev_set_priority(&aio->defer_idle, EV_MAXPRI);
     aio->defer_idle.data = aio;
-    aio->mem_defer.fn = aio_mem_defer_fn;
+    aio->ready_defer.fn = aio_ready_defer_fn;
     /* QED_AIO_MEMORY=0 sends memory-file I/O through the backend like any
      * other (for comparisons). */
     aio->memory_inline = !(getenv("QED_AIO_MEMORY") && strcmp(getenv("QED_AIO_MEMORY"), "0") == 0);

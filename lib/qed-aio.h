@@ -77,12 +77,13 @@ struct qed_aio {
     ev_idle defer_idle;
     struct qed_defer *defer_head, *defer_tail;
 
-    /* I/O on memory files finished on the loop thread, completed next turn */
-    bool memory_inline;      /* off with QED_AIO_MEMORY=0 (for comparisons) */
-    struct qed_io *mem_head, *mem_tail;
-    struct qed_defer mem_defer;
-    bool mem_scheduled;
-    bool *freed;             /* set by qed_aio_free while mem_defer runs */
+    bool memory_inline;      /* qed_aio_run_memory; off with QED_AIO_MEMORY=0 */
+
+    /* I/O finished on the loop thread, completed on the next turn */
+    struct qed_io *ready_head, *ready_tail;
+    struct qed_defer ready_defer;
+    bool ready_scheduled;
+    bool *freed;             /* set by qed_aio_free while ready_defer runs */
 };
 
 /** qed_aio_submit - count @io as in flight, compute its length, and pass it to the backend. */
@@ -99,6 +100,13 @@ void qed_aio_complete(qed_aio *aio, struct qed_io *io);
  * completions that are ready during submission.
  */
 void qed_aio_defer(qed_aio *aio, struct qed_defer *d);
+
+/**
+ * qed_aio_complete_later - for a backend that finished @io (io->res set) on
+ * the loop thread, inside its submit: complete it on a later loop turn, in
+ * the order of these calls, so that done never runs inside the submit.
+ */
+void qed_aio_complete_later(qed_aio *aio, struct qed_io *io);
 
 /**
  * qed_aio_run_memory - for a backend's submit: when @io has QED_IO_F_MEMORY
