@@ -39,6 +39,7 @@ struct threads_priv {
     int efd;
     ev_io efd_watcher;
     bool refd;                        /* efd_watcher keeps the loop alive */
+    unsigned njobs;                   /* submitted to the pool, not yet completed */
     bool *freed;                      /* set by destroy while a callback runs */
 };
 
@@ -119,13 +120,15 @@ static void threads_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
         struct qed_io *next = io->next;
 
         io->next = NULL;
+        p->njobs--;
         qed_aio_complete(aio, io);
         if (freed)
             return;
         io = next;
     }
     p->freed = NULL;
-    if (aio->inflight == 0 && p->refd) {
+    /* The pool's own count, not aio->inflight: see uring_efd_cb. */
+    if (p->njobs == 0 && p->refd) {
         ev_unref(aio->loop);
         p->refd = false;
     }
@@ -137,6 +140,7 @@ static void threads_submit(qed_aio *aio, struct qed_io *io)
 
     if (qed_aio_run_memory(aio, io))
         return;
+    p->njobs++;
     /* While I/O is in flight the eventfd watcher must keep ev_run() alive. */
     if (!p->refd) {
         ev_ref(aio->loop);

@@ -373,7 +373,10 @@ static void uring_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
         uring_fill_from_backlog(aio);
     }
     p->freed = NULL;
-    if (aio->inflight == 0 && p->refd) {
+    /* Why the ring's own count and not aio->inflight: I/O completed on the
+     * loop thread (qed_aio_complete_later) is kept alive by its deferred
+     * call, and must not keep this watcher referenced after it is done. */
+    if (p->in_ring == 0 && !p->backlog_head && p->refd) {
         ev_unref(aio->loop);
         p->refd = false;
     }

@@ -24,12 +24,22 @@ static void aio_defer_cb(struct ev_loop *loop, ev_idle *w, int revents)
      * and that one must run on a later turn, not in this loop. */
     aio->defer_head = aio->defer_tail = NULL;
     ev_idle_stop(loop, w);
+    /* A deferred call may free the engine (and what the later ones belong
+     * to): stop then.  The guard nests, for a callback that runs the loop. */
+    bool freed = false, *outer = aio->freed;
+    aio->freed = &freed;
     while (d) {
         struct qed_defer *next = d->next;
         d->next = NULL;
         d->fn(d);
+        if (freed) {
+            if (outer)
+                *outer = true;
+            return;
+        }
         d = next;
     }
+    aio->freed = outer;
 }
 
 void qed_aio_defer(qed_aio *aio, struct qed_defer *d)
@@ -74,20 +84,24 @@ static void aio_ready_defer_fn(struct qed_defer *d)
 {
     qed_aio *aio = (qed_aio *)((char *)d - offsetof(qed_aio, ready_defer));
     struct qed_io *io = aio->ready_head;
-    bool freed = false;
+    bool freed = false, *outer = aio->freed;
 
     aio->ready_head = aio->ready_tail = NULL;
     aio->ready_scheduled = false;
+    /* A done callback may free the engine once nothing is in flight. */
     aio->freed = &freed;
     while (io) {
         struct qed_io *next = io->next;
         io->next = NULL;
         qed_aio_complete(aio, io);
-        if (freed)
+        if (freed) {
+            if (outer)
+                *outer = true;
             return;
+        }
         io = next;
     }
-    aio->freed = NULL;
+    aio->freed = outer;
 }
 
 void qed_aio_complete_later(qed_aio *aio, struct qed_io *io)
@@ -116,7 +130,9 @@ bool qed_aio_run_memory(qed_aio *aio, struct qed_io *io)
 {
     if (!(io->flags & QED_IO_F_MEMORY) || !aio->memory_inline)
         return false;
-    if ((io->op == QED_IO_READ || io->op == QED_IO_WRITE) && io->length > MEMORY_INLINE_MAX)
+    /* PUNCH too: a TRIM can span gigabytes, and freeing that many pages
+     * takes the kernel a while. */
+    if (io->op != QED_IO_FSYNC && io->length > MEMORY_INLINE_MAX)
         return false;
     qed_io_run_sync(io);
     qed_aio_complete_later(aio, io);

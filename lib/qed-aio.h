@@ -103,8 +103,10 @@ void qed_aio_defer(qed_aio *aio, struct qed_defer *d);
 
 /**
  * qed_aio_complete_later - for a backend that finished @io (io->res set) on
- * the loop thread, inside its submit: complete it on a later loop turn, in
- * the order of these calls, so that done never runs inside the submit.
+ * the loop thread, inside its submit: complete it from the deferred calls
+ * (on the next loop turn, or later in the current pass of deferred calls
+ * when the delivery is already queued there), in the order of these calls,
+ * so that done never runs inside the submit.
  */
 void qed_aio_complete_later(qed_aio *aio, struct qed_io *io);
 

@@ -33,9 +33,13 @@ export PYTHONDONTWRITEBYTECODE=1
 # The shim holds and delays file I/O calls; with TMPDIR on tmpfs qednbd would
 # run them on its loop thread (lib/aio.c, memory files), and a held call would
 # stop the whole server.  These tests are about the I/O path through the
-# backend, so keep every call there (unless the caller chose: memfs-images.sh
-# runs kill9.sh, which holds nothing, with the memory path on).
-export QED_AIO_MEMORY=${QED_AIO_MEMORY-0}
+# backend, so keep every call there -- except when memfs-images.sh runs one
+# of the tests that hold nothing (kill9.sh, fulldisk.sh) to cover that path.
+if [ "${QEDNBD_MEMFS_TEST-}" = 1 ]; then
+    export QED_AIO_MEMORY=1
+else
+    export QED_AIO_MEMORY=0
+fi
 
 # Kill the servers the driver started (it records their pids), unmount.
 cleanup() {

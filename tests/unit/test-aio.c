@@ -26,6 +26,8 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 
 #include <criterion/criterion.h>
 #include <ev.h>
@@ -67,7 +69,12 @@ static int make_temp_file(void)
 {
     char tpath[] = "/tmp/qed-test-aio-XXXXXX", mpath[] = "/dev/shm/qed-test-aio-XXXXXX";
     char *path = mem_mode ? mpath : tpath;
-    int fd = mkstemp(path);
+    struct statfs sfs;
+    int fd;
+
+    if (mem_mode && (statfs("/dev/shm", &sfs) < 0 || sfs.f_type != TMPFS_MAGIC))
+        cr_skip_test("/dev/shm is not a tmpfs here");
+    fd = mkstemp(path);
 
     cr_assert(fd >= 0, "mkstemp: %s", strerror(errno));
     /* Unlinked at once: nothing is left behind even if the test crashes. */
@@ -678,6 +685,7 @@ static void t_mem_inline(enum qed_aio_backend kind)
     struct tio t;
 
     mem_mode = true;
+    unsetenv("QED_AIO_MEMORY"); /* on, whatever the caller's environment says */
     setup(kind, true);
     fill_pat(buf, sizeof(buf), 0, 7);
     tio_init(&t, QED_IO_WRITE, F.fd, 8192);
@@ -693,6 +701,138 @@ static void t_mem_inline(enum qed_aio_backend kind)
     cr_assert_eq(t.ndone, 1);
     cr_assert_eq(t.io.res, (int64_t)sizeof(buf));
     teardown();
+}
+
+/*
+ * io_uring only: an I/O that goes to the ring is not in the file when
+ * qed_aio_submit returns (submission waits for the loop's prepare watcher),
+ * which tells, deterministically, that a memory-file I/O was NOT run
+ * inline.  RWF_NOWAIT is off so that it cannot run inline either way.
+ */
+static void uring_mem_setup(const char *memory_env)
+{
+    mem_mode = true;
+    setenv("QED_AIO_NOWAIT", "0", 1);
+    if (memory_env)
+        setenv("QED_AIO_MEMORY", memory_env, 1);
+    else
+        unsetenv("QED_AIO_MEMORY");
+    setup(QED_AIO_URING, false);
+}
+
+/* Submit a write of @len pattern bytes at @off; true when it is in the file
+ * before the loop turned.  Completes it before returning. */
+static bool write_was_inline(size_t len, uint64_t off)
+{
+    uint8_t *buf = malloc(len), *back = calloc(1, len);
+    struct tio t;
+    ssize_t n;
+    bool in;
+
+    cr_assert(buf && back);
+    fill_pat(buf, len, off, 3);
+    tio_init(&t, QED_IO_WRITE, F.fd, off);
+    tio_add(&t, buf, len);
+    submit(&t.io);
+    n = pread(F.fd, back, len, (off_t)off);
+    in = n == (ssize_t)len && memcmp(back, buf, len) == 0;
+    run_until(F.completed + 1);
+    cr_assert_eq(t.io.res, (int64_t)len);
+    cr_assert_eq(pread(F.fd, back, len, (off_t)off), (ssize_t)len);
+    check_pat(back, len, off, 3);
+    free(buf);
+    free(back);
+    return in;
+}
+
+Test(uring_mem, small_write_inline_large_not, .timeout = 60)
+{
+    uring_mem_setup(NULL);
+    cr_assert(write_was_inline(128 * 1024, 0), "a 128 KiB memory write did not run inline");
+    cr_assert(!write_was_inline(128 * 1024 + 512, 1 << 20),
+              "a write over 128 KiB ran on the loop thread");
+    teardown();
+}
+
+Test(uring_mem, memory_env_0_turns_it_off, .timeout = 60)
+{
+    uring_mem_setup("0");
+    cr_assert(!write_was_inline(4096, 0), "QED_AIO_MEMORY=0 still ran the write inline");
+    teardown();
+}
+
+Test(uring_mem, large_punch_not_inline, .timeout = 60)
+{
+    const size_t len = 256 * 1024;
+    uint8_t *buf = malloc(len), *back = malloc(len);
+    struct tio t;
+
+    cr_assert(buf && back);
+    uring_mem_setup(NULL);
+    fill_pat(buf, len, 0, 5);
+    cr_assert_eq(pwrite(F.fd, buf, len, 0), (ssize_t)len);
+    tio_init(&t, QED_IO_PUNCH, F.fd, 0);
+    t.io.length = len;
+    submit(&t.io);
+    cr_assert_eq(pread(F.fd, back, len, 0), (ssize_t)len);
+    check_pat(back, len, 0, 5); /* still there: the punch went to the ring */
+    run_until(1);
+    cr_assert_eq(t.io.res, (int64_t)len);
+    cr_assert_eq(pread(F.fd, back, len, 0), (ssize_t)len);
+    check_zero(back, len, 0);
+    free(buf);
+    free(back);
+    teardown();
+}
+
+/*
+ * The engine must not keep ev_run(loop, 0) from returning once idle, also
+ * when the last I/O to complete was a memory one, submitted from the done
+ * callback of a backend I/O (the backend's watcher must let go of the loop).
+ * Without that this test hangs and Criterion's timeout fails it.
+ */
+static struct tio memlast_second;
+static uint8_t memlast_buf[4096];
+
+static void memlast_submit_memory(struct tio *t)
+{
+    (void)t;
+    tio_init(&memlast_second, QED_IO_WRITE, F.fd, 0);
+    tio_add(&memlast_second, memlast_buf, sizeof(memlast_buf));
+    qed_aio_submit(F.aio, &memlast_second.io);
+}
+
+static void t_idle_after_memory_last(enum qed_aio_backend kind)
+{
+    static uint8_t big[256 * 1024];
+    struct tio first;
+
+    mem_mode = true;
+    unsetenv("QED_AIO_MEMORY");
+    setup(kind, false);
+    ev_timer_stop(F.loop, &F.watchdog); /* it would keep the loop alive */
+    fill_pat(big, sizeof(big), 0, 2);
+    fill_pat(memlast_buf, sizeof(memlast_buf), 0, 9);
+    tio_init(&first, QED_IO_WRITE, F.fd, 0);
+    tio_add(&first, big, sizeof(big)); /* over 128 KiB: to the backend */
+    first.then = memlast_submit_memory;
+    submit(&first.io);
+    ev_run(F.loop, 0);
+    cr_assert_eq(first.ndone, 1);
+    cr_assert_eq(memlast_second.ndone, 1);
+    cr_assert_eq(memlast_second.io.res, (int64_t)sizeof(memlast_buf));
+    cr_assert_eq(F.aio->inflight, 0);
+    teardown();
+}
+
+Test(uring_mem, loop_returns_when_memory_io_is_last, .timeout = 30)
+{
+    t_idle_after_memory_last(QED_AIO_URING);
+}
+
+Test(threads_mem, loop_returns_when_memory_io_is_last, .timeout = 30)
+{
+    t_idle_after_memory_last(QED_AIO_THREADS);
 }
 
 #define BACKEND_TESTS(suite, kind)                                      \
