@@ -84,24 +84,20 @@ static void aio_ready_defer_fn(struct qed_defer *d)
 {
     qed_aio *aio = (qed_aio *)((char *)d - offsetof(qed_aio, ready_defer));
     struct qed_io *io = aio->ready_head;
-    bool freed = false, *outer = aio->freed;
+    /* Runs only from aio_defer_cb, whose guard tells when a done callback
+     * freed the engine (allowed once nothing is in flight). */
+    bool *freed = aio->freed;
 
     aio->ready_head = aio->ready_tail = NULL;
     aio->ready_scheduled = false;
-    /* A done callback may free the engine once nothing is in flight. */
-    aio->freed = &freed;
     while (io) {
         struct qed_io *next = io->next;
         io->next = NULL;
         qed_aio_complete(aio, io);
-        if (freed) {
-            if (outer)
-                *outer = true;
+        if (*freed)
             return;
-        }
         io = next;
     }
-    aio->freed = outer;
 }
 
 void qed_aio_complete_later(qed_aio *aio, struct qed_io *io)

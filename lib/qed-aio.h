@@ -83,7 +83,7 @@ struct qed_aio {
     struct qed_io *ready_head, *ready_tail;
     struct qed_defer ready_defer;
     bool ready_scheduled;
-    bool *freed;             /* set by qed_aio_free while ready_defer runs */
+    bool *freed;             /* set by qed_aio_free while deferred calls run */
 };
 
 /** qed_aio_submit - count @io as in flight, compute its length, and pass it to the backend. */

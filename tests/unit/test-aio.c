@@ -835,41 +835,29 @@ Test(threads_mem, loop_returns_when_memory_io_is_last, .timeout = 30)
     t_idle_after_memory_last(QED_AIO_THREADS);
 }
 
-#define BACKEND_TESTS(suite, kind)                                      \
-    Test(suite, name, .timeout = 60) { t_name(kind); }                 \
-    Test(suite, write_read, .timeout = 60) { t_write_read(kind); }     \
-    Test(suite, read_past_eof, .timeout = 60) { t_read_past_eof(kind); } \
-    Test(suite, fsync, .timeout = 60) { t_fsync(kind); }               \
-    Test(suite, punch, .timeout = 60) { t_punch(kind); }               \
-    Test(suite, many_concurrent, .timeout = 120) { t_many(kind); }     \
-    Test(suite, chain_from_done, .timeout = 60) { t_chain(kind); }     \
-    Test(suite, bad_fd, .timeout = 60) { t_bad_fd(kind); }             \
-    Test(suite, short_write, .timeout = 60) { t_short_write(kind); }   \
-    Test(suite, many_iovecs, .timeout = 60) { t_many_iovecs(kind); }   \
-    Test(suite, zero_length, .timeout = 60) { t_zero_length(kind); }   \
-    Test(suite, free_from_done, .timeout = 60) { t_free_from_done(kind); } \
-    Test(suite, submit_from_prepare, .timeout = 60) { t_submit_from_prepare(kind); }
+/* The backend contract, for @kind; @mem: on /dev/shm with QED_IO_F_MEMORY. */
+#define BACKEND_TESTS(suite, kind, mem)                                                   \
+    Test(suite, name, .timeout = 60) { mem_mode = mem; t_name(kind); }                   \
+    Test(suite, write_read, .timeout = 60) { mem_mode = mem; t_write_read(kind); }       \
+    Test(suite, read_past_eof, .timeout = 60) { mem_mode = mem; t_read_past_eof(kind); } \
+    Test(suite, fsync, .timeout = 60) { mem_mode = mem; t_fsync(kind); }                 \
+    Test(suite, punch, .timeout = 60) { mem_mode = mem; t_punch(kind); }                 \
+    Test(suite, many_concurrent, .timeout = 120) { mem_mode = mem; t_many(kind); }       \
+    Test(suite, chain_from_done, .timeout = 60) { mem_mode = mem; t_chain(kind); }       \
+    Test(suite, bad_fd, .timeout = 60) { mem_mode = mem; t_bad_fd(kind); }               \
+    Test(suite, short_write, .timeout = 60) { mem_mode = mem; t_short_write(kind); }     \
+    Test(suite, many_iovecs, .timeout = 60) { mem_mode = mem; t_many_iovecs(kind); }     \
+    Test(suite, zero_length, .timeout = 60) { mem_mode = mem; t_zero_length(kind); }     \
+    Test(suite, free_from_done, .timeout = 60) { mem_mode = mem; t_free_from_done(kind); } \
+    Test(suite, submit_from_prepare, .timeout = 60) { mem_mode = mem; t_submit_from_prepare(kind); }
 
-#define MEM_BACKEND_TESTS(suite, kind)                                   \
-    Test(suite, write_read, .timeout = 60) { mem_mode = true; t_write_read(kind); } \
-    Test(suite, read_past_eof, .timeout = 60) { mem_mode = true; t_read_past_eof(kind); } \
-    Test(suite, fsync, .timeout = 60) { mem_mode = true; t_fsync(kind); } \
-    Test(suite, punch, .timeout = 60) { mem_mode = true; t_punch(kind); } \
-    Test(suite, many_concurrent, .timeout = 120) { mem_mode = true; t_many(kind); } \
-    Test(suite, chain_from_done, .timeout = 60) { mem_mode = true; t_chain(kind); } \
-    Test(suite, bad_fd, .timeout = 60) { mem_mode = true; t_bad_fd(kind); } \
-    Test(suite, short_write, .timeout = 60) { mem_mode = true; t_short_write(kind); } \
-    Test(suite, many_iovecs, .timeout = 60) { mem_mode = true; t_many_iovecs(kind); } \
-    Test(suite, zero_length, .timeout = 60) { mem_mode = true; t_zero_length(kind); } \
-    Test(suite, free_from_done, .timeout = 60) { mem_mode = true; t_free_from_done(kind); } \
-    Test(suite, submit_from_prepare, .timeout = 60) { mem_mode = true; t_submit_from_prepare(kind); } \
-    Test(suite, done_on_loop_not_in_submit, .timeout = 60) { t_mem_inline(kind); }
-
-BACKEND_TESTS(uring, QED_AIO_URING)
-BACKEND_TESTS(threads, QED_AIO_THREADS)
-BACKEND_TESTS(testbe, QED_AIO_TEST)
-MEM_BACKEND_TESTS(uring_mem, QED_AIO_URING)
-MEM_BACKEND_TESTS(threads_mem, QED_AIO_THREADS)
+BACKEND_TESTS(uring, QED_AIO_URING, false)
+BACKEND_TESTS(threads, QED_AIO_THREADS, false)
+BACKEND_TESTS(testbe, QED_AIO_TEST, false)
+BACKEND_TESTS(uring_mem, QED_AIO_URING, true)
+BACKEND_TESTS(threads_mem, QED_AIO_THREADS, true)
+Test(uring_mem, done_on_loop_not_in_submit, .timeout = 60) { t_mem_inline(QED_AIO_URING); }
+Test(threads_mem, done_on_loop_not_in_submit, .timeout = 60) { t_mem_inline(QED_AIO_THREADS); }
 
 /* ---- memory files ---- */
 
