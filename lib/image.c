@@ -343,8 +343,9 @@ static int scan_clean_image(struct qed_image *img, bool repair, bool *write_head
                         img->path, res.repairable, res.repairable == 1 ? "entry" : "entries",
                         img->path, res.repairable == 1 ? "entry" : "entries");
     qed_log(QED_LOG_WARN,
-            "%s: %" PRIu64 " invalid table entries in an image marked clean; repairing as "
-            "asked (the damaged clusters will read as zeros)", img->path, res.repairable);
+            "%s: %" PRIu64 " invalid table %s in an image marked clean; repairing as asked "
+            "(the damaged clusters will read as zeros)", img->path, res.repairable,
+            res.repairable == 1 ? "entry" : "entries");
     r = qed_check_image(img, true, &res);
     if (r < 0)
         return qed_errf(err, errlen, r, "%s: repair of the tables failed: %s", img->path,
