@@ -334,14 +334,14 @@ static int scan_clean_image(struct qed_image *img, bool repair, bool *write_head
     if (res.repairable == 0)
         return 0;
     if (!repair)
+        /* The repair command first: a short buffer keeps it. */
         return qed_errf(err, errlen, -EUCLEAN,
-                        "%s: %" PRIu64 " invalid table %s (past the end of the file, in the "
-                        "header or misaligned) in an image marked clean: refusing to open it "
-                        "read-write, nothing was changed.  A read-only open works (reads of "
-                        "the damaged clusters fail with EIO); `qed-img check -r %s` repairs "
-                        "the image by zeroing the %s (those clusters then read as zeros)",
+                        "%s: %" PRIu64 " invalid table %s in an image marked clean; not opened "
+                        "read-write, nothing changed.  Repair: `qed-img check -r %s` (those "
+                        "clusters then read as zeros); or open it read-only (reads of them "
+                        "fail with EIO)",
                         img->path, res.repairable, res.repairable == 1 ? "entry" : "entries",
-                        img->path, res.repairable == 1 ? "entry" : "entries");
+                        img->path);
     qed_log(QED_LOG_WARN,
             "%s: %" PRIu64 " invalid table %s in an image marked clean; repairing as asked "
             "(the damaged clusters will read as zeros)", img->path, res.repairable,
