@@ -176,11 +176,15 @@ struct tool_image {
 
 /**
  * tool_open - open @path with an I/O engine on the default loop.  Prints the
- * library's message on failure.  Returns 0 or -1.
+ * library's message on failure.  @repair: a read-write open zeroes invalid
+ * entries of an image marked clean (only `check -r` asks; other read-write
+ * commands are refused on such an image).  Returns 0 or -1.
  */
-static int tool_open(struct tool_image *t, const char *path, bool read_only, bool no_lock)
+static int tool_open(struct tool_image *t, const char *path, bool read_only, bool no_lock,
+                     bool repair)
 {
-    struct qed_open_opts opts = { .read_only = read_only, .no_lock = no_lock };
+    struct qed_open_opts opts = { .read_only = read_only, .no_lock = no_lock,
+                                  .repair_corrupt = repair };
     struct ev_loop *loop = ev_default_loop(0);
     char err[1024] = "";
     int r;
@@ -619,7 +623,7 @@ static int cmd_info(int argc, char **argv)
     c = parse_view_args(argc, argv, "info", &json, &no_lock, &path);
     if (c >= 0)
         return c;
-    if (tool_open(&t, path, true, no_lock) < 0)
+    if (tool_open(&t, path, true, no_lock, false) < 0)
         return 1;
     qed_get_info(t.img, &info);
     if (walk_extents(t.img, sum_allocated, &allocated) < 0)
@@ -695,7 +699,7 @@ static int check_once(const char *path, bool repair, bool no_lock, struct qed_ch
     int r, ret = 0;
 
     memset(res, 0, sizeof(*res));
-    if (tool_open(&t, path, !repair, no_lock && !repair) < 0)
+    if (tool_open(&t, path, !repair, no_lock && !repair, repair) < 0)
         return -1;
     r = qed_check(t.img, repair, res);
     if (r < 0) {
@@ -787,8 +791,9 @@ static int cmd_check(int argc, char **argv)
     path = argv[optind];
 
     /* Look first without writing: a read-write open of a NEED_CHECK image
-     * repairs it inside qed_open, so only this read-only pass sees (and can
-     * report) what was wrong before any repair. */
+     * (and, as -r asks, of a clean image with invalid entries) repairs it
+     * inside qed_open, so only this read-only pass sees (and can report)
+     * what was wrong before any repair. */
     if (repair)
         /* The repair pass below logs each problem again; say it once. */
         qed_set_log(log_to_stderr, NULL, QED_LOG_ERROR);
@@ -933,7 +938,7 @@ static int cmd_map(int argc, char **argv)
     c = parse_view_args(argc, argv, "map", &m.json, &no_lock, &path);
     if (c >= 0)
         return c;
-    if (tool_open(&t, path, true, no_lock) < 0)
+    if (tool_open(&t, path, true, no_lock, false) < 0)
         return 1;
     if (!m.json) {
         info = malloc(sizeof(*info));
@@ -1011,7 +1016,7 @@ static int cmd_resize(int argc, char **argv)
     }
     if (parse_size_arg("image size", arg, &size) < 0)
         return 1;
-    if (tool_open(&t, path, false, false) < 0)
+    if (tool_open(&t, path, false, false, false) < 0)
         return 1;
     qed_get_info(t.img, &info);
     cur = info.size;

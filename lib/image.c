@@ -296,6 +296,64 @@ static void image_free(struct qed_image *img)
 
 static void clean_timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
+/*
+ * Read-write open of an image marked clean: scan every table for invalid
+ * entries before anything is allocated.
+ *
+ * Why every read-write open scans, clean flag or not: an entry that points
+ * past the end of the file is harmless only while the file stays that short.
+ * This open will grow the file, and at the next open such an entry would
+ * point at a cluster this session allocated to other data or to an L2 table,
+ * so reads would return foreign data and writes would land on it.  The scan
+ * reads every L2 table once: 8 bytes per allocated cluster (16 MiB of tables
+ * for 128 GiB of data in 64 KiB clusters).
+ *
+ * Why a clean image with such entries is refused rather than repaired: the
+ * flag says no crash happened, so the damage came from elsewhere (a bug, a
+ * bad disk, a hand edit), and zeroing the entries would make the client read
+ * zeros where its data was and erase the evidence.  As qcow2 does, nothing is
+ * changed unless the operator asks (@repair, `qed-img check -r`).  A
+ * read-only open needs no repair: it never allocates, and reads through the
+ * bad entries fail with EIO (metadata.c).  Entries that a repair would not
+ * change either (clusters referenced twice) do not refuse the open: refusing
+ * them would leave no way to write the image; metadata.c keeps those that
+ * alias metadata disabled.
+ *
+ * Returns 0 (*@write_header cleared when a repair wrote the header), -EUCLEAN
+ * with a message in @err, or the error of the scan.
+ */
+static int scan_clean_image(struct qed_image *img, bool repair, bool *write_header, char *err,
+                            size_t errlen)
+{
+    struct qed_check_result res;
+    int r = qed_check_image(img, false, &res);
+
+    if (r < 0)
+        return qed_errf(err, errlen, r, "%s: check of the tables failed: %s", img->path,
+                        strerror(-r));
+    if (res.repairable == 0)
+        return 0;
+    if (!repair)
+        /* The repair command first: a short buffer keeps it. */
+        return qed_errf(err, errlen, -EUCLEAN,
+                        "%s: %" PRIu64 " invalid table %s in an image marked clean; not opened "
+                        "read-write, nothing changed.  Repair: `qed-img check -r %s` (those "
+                        "clusters then read as zeros); or open it read-only (reads of them "
+                        "fail with EIO)",
+                        img->path, res.repairable, res.repairable == 1 ? "entry" : "entries",
+                        img->path);
+    qed_log(QED_LOG_WARN,
+            "%s: %" PRIu64 " invalid table %s in an image marked clean; repairing as asked "
+            "(the damaged clusters will read as zeros)", img->path, res.repairable,
+            res.repairable == 1 ? "entry" : "entries");
+    r = qed_check_image(img, true, &res);
+    if (r < 0)
+        return qed_errf(err, errlen, r, "%s: repair of the tables failed: %s", img->path,
+                        strerror(-r));
+    *write_header = false; /* the repair wrote it */
+    return 0;
+}
+
 int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *opts, int depth,
                    qed_image **out, char *err, size_t errlen)
 {
@@ -406,31 +464,9 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
             }
             write_header = false; /* the repair wrote the header */
         } else {
-            /* Why every read-write open scans the tables, clean flag or not:
-             * an entry that points past the end of the file is harmless only
-             * while the file stays that short.  This open will grow the file,
-             * and at the next open such an entry would point at a cluster
-             * this session allocated to other data or to an L2 table, so
-             * reads would return foreign data and writes would land on it.
-             * Zeroing invalid entries on disk now, before anything is
-             * allocated, is the repair QEMU's check makes.  The scan reads
-             * every L2 table once: 8 bytes per allocated cluster (16 MiB of
-             * tables for 128 GiB of data in 64 KiB clusters). */
-            struct qed_check_result res;
-            r = qed_check_image(img, false, &res);
-            if (r == 0 && res.repairable) {
-                qed_log(QED_LOG_WARN,
-                        "%s: %" PRIu64 " invalid table entries in an image marked clean; "
-                        "repairing before use", path, res.repairable);
-                r = qed_check_image(img, true, &res);
-                if (r == 0)
-                    write_header = false; /* the repair wrote the header */
-            }
-            if (r < 0) {
-                qed_errf(err, errlen, r, "%s: check of the tables failed: %s", path,
-                         strerror(-r));
+            r = scan_clean_image(img, opts->repair_corrupt, &write_header, err, errlen);
+            if (r < 0)
                 goto fail;
-            }
         }
         if (write_header) {
             r = qed_image_write_header_sync(img);

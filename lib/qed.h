@@ -110,13 +110,23 @@ struct qed_open_opts {
     bool no_lock;               /* take no image lock (like qemu-img -U); read-only only */
     unsigned l2_cache_tables;   /* L2 tables cached; 0 = QED_DEFAULT_L2_CACHE_TABLES */
     unsigned clean_delay_ms;    /* idle time before NEED_CHECK is cleared; 0 = 5000 */
+    bool repair_corrupt;        /* read-write: zero invalid table entries of an image marked
+                                   clean, as `qed-img check -r` does (see qed_open) */
 };
 
 /**
  * qed_open - open a QED image (blocking).
  * Validates the header and every table offset it can see, opens the backing
  * chain, takes the image lock, and for a read-write open of a NEED_CHECK image
- * runs check-and-repair first.  A read-only open never writes.
+ * runs check-and-repair first (QED's recovery after a crash).  A read-only
+ * open never writes.
+ * A read-write open of an image marked clean scans its tables too.  When
+ * some entries are invalid (past the end of the file, in the header,
+ * misaligned) the open fails with -EUCLEAN and changes nothing; the message
+ * counts the entries and names `qed-img check -r`.  With
+ * opts->repair_corrupt it zeroes them instead, and those clusters read as
+ * zeros.  A read-only open of such an image succeeds, and reads (and block
+ * status) through an invalid entry fail with -EIO.
  * @aio may be NULL for a read-only open used only for qed_check(); such an
  * image cannot take requests.
  */
@@ -232,7 +242,8 @@ struct qed_extent {
  * qed_block_status - describe [@off, @off+@len) as a list of extents, the way
  * `qemu-img map` does.  At most @max extents are written to @ext; *@n receives
  * the count.  The extents start at @off and are contiguous; they may cover
- * less than @len when @max is reached.
+ * less than @len when @max is reached.  A range that reaches a corrupt table
+ * entry fails with -EIO, as a read of it does.
  */
 int qed_block_status(qed_image *img, uint64_t off, uint64_t len, struct qed_extent *ext,
                      size_t max, size_t *n, qed_done_fn cb, void *opaque);

@@ -61,6 +61,7 @@ static struct {
     const char *export_name;
     bool read_only;
     bool force_share;       /* -U: no image lock (read-only exports only) */
+    bool repair;            /* --repair: zero invalid entries of clean images at open */
     enum qed_aio_backend aio_kind;
     unsigned l2_cache;
     bool fork;
@@ -126,6 +127,9 @@ static void usage(FILE *f)
             "  -U, --force-share          with -r: take no image lock, so an image that QEMU\n"
             "                             has open for writing can be served (reads may then\n"
             "                             see data change underneath)\n"
+            "      --repair               zero the invalid table entries of an image marked\n"
+            "                             clean before serving it (those clusters then read\n"
+            "                             as zeros); without it such an image is refused\n"
             "  -D, --description TEXT     description of every export (NBD_INFO_DESCRIPTION)\n"
             "      --aio=uring|threads    file I/O backend (default: uring, else threads)\n"
             "      --l2-cache=N           L2 tables cached per image\n"
@@ -222,6 +226,7 @@ enum {
     OPT_AIO = 256, OPT_L2_CACHE, OPT_MAX_CONNS, OPT_HS_TIMEOUT, OPT_FORK, OPT_PIDFILE,
     OPT_LOG, OPT_LOG_FILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY,
     OPT_TLS_PRIORITY,
+    OPT_REPAIR,
 };
 
 static void parse_args(int argc, char **argv)
@@ -235,6 +240,7 @@ static void parse_args(int argc, char **argv)
         { "export-name", required_argument, NULL, 'x' },
         { "read-only", no_argument, NULL, 'r' },
         { "force-share", no_argument, NULL, 'U' },
+        { "repair", no_argument, NULL, OPT_REPAIR },
         { "fork", no_argument, NULL, OPT_FORK },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
         { "log", required_argument, NULL, OPT_LOG },
@@ -291,6 +297,9 @@ static void parse_args(int argc, char **argv)
             break;
         case 'U':
             opt.force_share = true;
+            break;
+        case OPT_REPAIR:
+            opt.repair = true;
             break;
         case OPT_FORK:
             opt.fork = true;
@@ -392,6 +401,8 @@ static void parse_args(int argc, char **argv)
         die("--unix cannot be combined with --port or --bind");
     if (opt.force_share && !opt.read_only)
         die("--force-share needs --read-only: a writer must hold the image lock");
+    if (opt.repair && opt.read_only)
+        die("--repair contradicts --read-only: a read-only export never writes the image");
     if (opt.fork && srv.stdio)
         die("--fork cannot be combined with --stdio");
     if (opt.log_file && opt.log_target >= 0)
@@ -438,6 +449,7 @@ static void open_images(void)
             .read_only = opt.read_only,
             .no_lock = opt.force_share,
             .l2_cache_tables = opt.l2_cache,
+            .repair_corrupt = opt.repair,
         };
         struct qed_info info;
         char err[512] = "";
@@ -454,6 +466,9 @@ static void open_images(void)
                 opt.read_only ? ", or add --force-share to serve it read-only without a lock "
                                 "(reads may then see the data change)"
                               : "; if it only reads the image, --read-only can share it");
+        if (r == -EUCLEAN)
+            die("cannot serve '%s' read-write: %s.  Serve it with --read-only, or with --repair "
+                "to zero the entries at start-up", e->path, err);
         if (r < 0)
             die("cannot open '%s': %s", e->path, err[0] ? err : strerror(-r));
         qed_get_info(e->img, &info);

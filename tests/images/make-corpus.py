@@ -35,6 +35,13 @@ key=value fields:
                tables becomes unallocated; an E that comes from a corrupt
                backing image stays
   need_check=  (serve) 1 when NEED_CHECK is set: a read-write open repairs
+  rw_open=     (serve) "refuse" when the image is marked clean but has
+               invalid entries (those repair zeroes): a read-write open
+               must fail, changing nothing, with a message that names the
+               file, counts the entries (corrupt - remaining) and names
+               `qed-img check -r FILE`; with the repair option
+               (qed_open_opts.repair_corrupt) it opens and repairs them as
+               for NEED_CHECK.  "open" otherwise
   corrupt=     (serve) corruptions check must report before repair
   remaining=   (serve) corruptions left after repair (QEMU does not fix
                clusters referenced twice, and neither do we)
@@ -919,6 +926,8 @@ def write_corpus(outdir):
             fields += [('cs', img.cs), ('clusters', nclusters),
                        ('reads', spec(reads, img.cs)), ('repaired', spec(repaired, img.cs)),
                        ('need_check', int(bool(img.features & F_NEED_CHECK))),
+                       ('rw_open', 'refuse' if bad and not img.features & F_NEED_CHECK
+                        else 'open'),
                        ('corrupt', c['corrupt']), ('remaining', c['remaining']),
                        ('qemu_corrupt', c['qemu_corrupt'] if c['qemu_corrupt'] is not None
                         else c['corrupt']),

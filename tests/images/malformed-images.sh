@@ -10,12 +10,15 @@
 #             fail with EIO, every other read returns exactly the bytes the
 #             tables point at), check counts the corruptions; the file is
 #             unchanged (bytes and mtime);
-#     rw      read-write open (repairing when NEED_CHECK is set or when the
-#             image has invalid entries a repair fixes), the same
-#             reads, writes to corrupt clusters fail with EIO, allocating
-#             writes read back, nothing else moves; the file changes only in
-#             the header, the repaired entries, the new L1 entry and past the
-#             old end of the file;
+#     rw      an image marked clean with invalid entries (rw_open=refuse):
+#             the read-write open is refused, the message names the file,
+#             the count of bad entries and `qed-img check -r FILE`, and the
+#             file is unchanged; then (with the repair option for those)
+#             read-write open (repairing when NEED_CHECK is set or when the
+#             option asks), the same reads, writes to corrupt clusters
+#             fail with EIO, allocating writes read back, nothing else
+#             moves; the file changes only in the header, the repaired
+#             entries, the new L1 entry and past the old end of the file;
 #     repair  qed_check with repair leaves only what QEMU cannot fix either,
 #             changes only the header and the invalid entries, and the
 #             repaired image reads as the manifest says;
@@ -251,6 +254,25 @@ do_refuse() {
     fi
 }
 
+# rw_refused IMG - a clean image with invalid entries: the read-write open
+# fails, names the file, the count and the repair command, and writes nothing.
+rw_refused() {
+    local img=$1 before msg n=$((F[corrupt] - F[remaining]))
+    before=$(stamp "$img")
+    probe "rw open without repair" -w open "$img"
+    [ "$prc" -lt 0 ] && return
+    if [ "$prc" -ne 3 ]; then
+        bad "rw open without repair: expected a refusal, got exit $prc ($(head -n 1 "$wd/out"))"
+        return
+    fi
+    msg=$(sed -n 's/^refused: //p' "$wd/out")
+    grep -qF -- "$img" <<<"$msg" || bad "rw refusal does not name the file: $msg"
+    grep -qF -- "$n invalid table entr" <<<"$msg" || bad "rw refusal does not count $n entries: $msg"
+    grep -qF -- "qed-img check -r $img" <<<"$msg" || bad "rw refusal does not name the repair: $msg"
+    [ "$(stamp "$img")" = "$before" ] || bad "a refused read-write open changed the file"
+    notes+=("rw refused without repair")
+}
+
 do_serve() {
     local d img before after_spec lib_leaks lib_c0 rng lib_repaired
 
@@ -283,22 +305,27 @@ do_serve() {
     cp "$img" "$wd/orig"
     after_spec=${F[reads]}
     rng=""
-    # A read-write open repairs when NEED_CHECK is set, and also when the
-    # image has invalid entries that a repair fixes (corrupt > remaining):
-    # entries past the end of the file must not survive a session that grows
-    # the file, or the next open would see them point at new clusters.
-    local repairs=0
+    # A read-write open repairs when NEED_CHECK is set (a crash).  An image
+    # marked clean with invalid entries that a repair fixes is refused,
+    # untouched, unless the repair option asks: entries past the end of the
+    # file must not survive a session that grows the file, or the next open
+    # would see them point at new clusters.
+    local repairs=0 ropt=()
+    if [ "${F[rw_open]}" = refuse ]; then
+        rw_refused "$img"
+        ropt=(-R)
+    fi
     if [ "${F[need_check]}" = 1 ] || [ "${F[corrupt]}" != "${F[remaining]}" ]; then
         repairs=1
         after_spec=${F[repaired]}
         rng=${F[repair_may_change]}
     fi
     if [ -n "${F[scratch]}" ]; then
-        probe "rw writes" -w -s "$after_spec" -c "${F[clusters]}" -x "${F[scratch]}" \
-            -a "${F[reopen]}" "${bf[@]}" write "$img"
+        probe "rw writes" -w "${ropt[@]}" -s "$after_spec" -c "${F[clusters]}" \
+            -x "${F[scratch]}" -a "${F[reopen]}" "${bf[@]}" write "$img"
         rng="$rng,${F[scratch_l1]}+8,${F[file_end]}+"
     else
-        probe "rw reads" -w -s "$after_spec" -c "${F[clusters]}" \
+        probe "rw reads" -w "${ropt[@]}" -s "$after_spec" -c "${F[clusters]}" \
             "${bf[@]}" reads "$img"
     fi
     if [ "$prc" -eq 3 ]; then

@@ -5,9 +5,12 @@
  * one command, one process, so that a crash or a hang is caught by the
  * caller and never takes other images down with it.
  *
- * Usage: qed-image-probe [-w] [-s SPEC] [-c CLUSTERS] [-b BACKING] [-x FIRST]
+ * Usage: qed-image-probe [-w] [-R] [-s SPEC] [-c CLUSTERS] [-b BACKING] [-x FIRST]
  *                        [-a SPEC] COMMAND IMAGE
  *   -w           open read-write (default: read-only)
+ *   -R           with -w: repair invalid entries of an image marked clean at
+ *                open (qed_open_opts.repair_corrupt); without it such an
+ *                image is refused read-write
  *   -s SPEC      what each guest cluster reads as (see make-corpus.py):
  *                comma-separated A[-B]:K, K = Z (zeros), E (fails with EIO),
  *                D<hex> (the file's bytes at that host offset), A<hex> (the
@@ -30,7 +33,8 @@
  *           range (which grow the file); then every cluster reads back as
  *           SPEC says, the scratch clusters as written
  *   check   qed_check without repair; prints the counts as key=value
- *   repair  qed_check with repair (-w implied); prints the counts
+ *   repair  qed_check with repair (-w and -R implied, as qed-img check -r);
+ *           prints the counts
  * Exit status: 0 as expected, 1 an expectation failed (each failure is
  * printed as a line starting with "MISMATCH"), 2 usage or set-up error,
  * 3 the open was refused.
@@ -407,7 +411,7 @@ static void print_check(const char *label, const struct qed_check_result *res)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: qed-image-probe [-w] [-s SPEC] [-c CLUSTERS] [-b BACKING] [-x FIRST] [-a SPEC] "
+    fprintf(stderr, "usage: qed-image-probe [-w] [-R] [-s SPEC] [-c CLUSTERS] [-b BACKING] [-x FIRST] [-a SPEC] "
                     "open|reads|write|check|repair IMAGE\n");
     exit(EXIT_SETUP);
 }
@@ -426,10 +430,13 @@ int main(int argc, char **argv)
     char err[1024] = "";
     int opt, r;
 
-    while ((opt = getopt(argc, argv, "ws:c:b:x:a:")) != -1) {
+    while ((opt = getopt(argc, argv, "wRs:c:b:x:a:")) != -1) {
         switch (opt) {
         case 'w':
             o.read_only = false;
+            break;
+        case 'R':
+            o.repair_corrupt = true;
             break;
         case 's':
             spec = optarg;
@@ -454,8 +461,10 @@ int main(int argc, char **argv)
         usage();
     cmd = argv[optind];
     image_path = argv[optind + 1];
-    if (!strcmp(cmd, "repair"))
+    if (!strcmp(cmd, "repair")) {
         o.read_only = false;
+        o.repair_corrupt = true;
+    }
     if (!strcmp(cmd, "write") && o.read_only) {
         fprintf(stderr, "qed-image-probe: write needs -w\n");
         return EXIT_SETUP;

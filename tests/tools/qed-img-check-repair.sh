@@ -1,7 +1,9 @@
 #!/bin/bash
 # qed-img check -r: invalid table entries are repaired (qemu-img's wording),
 # the image then checks clean with qemu-img too, the good data survives, the
-# repaired cluster reads as zeros, and NEED_CHECK is cleared.
+# repaired cluster reads as zeros, and NEED_CHECK is cleared.  Before the
+# repair, an image marked clean with such entries is refused by other
+# read-write commands, untouched.
 . "$top_srcdir/tests/tools/tools-common.sh"
 need qemu-img qemu-io python3
 
@@ -30,6 +32,12 @@ for kind in pastend misaligned; do
     cp "$img" before.qed
     expect_rc 2 "$QED_IMG" check "$img"
     cmp -s "$img" before.qed || fail "check without -r modified $img"
+    # Marked clean, yet damaged: another read-write command is refused, names
+    # the file, the count and the repair, and writes nothing.
+    expect_rc 1 "$QED_IMG" resize "$img" +1M
+    expect_grep "$tmp/err" "$img: 1 invalid table entry"
+    expect_grep "$tmp/err" "qed-img check -r $img"
+    cmp -s "$img" before.qed || fail "a refused resize modified $img"
 
     expect_rc 0 "$QED_IMG" check -r "$img"
     expect_grep "$tmp/out" "The following inconsistencies were found and repaired:"

@@ -210,6 +210,16 @@ static qed_image *open_rw(void)
     return img;
 }
 
+/* Read-write, asking for the repair of invalid entries of a clean image. */
+static qed_image *open_rw_repair(void)
+{
+    struct qed_open_opts o = {.repair_corrupt = true};
+    qed_image *img;
+    int r = qed_open(aio, path, &o, &img, err, sizeof(err));
+    cr_assert_eq(r, 0, "open: %d %s", r, err);
+    return img;
+}
+
 static void write_clusters(qed_image *img, uint64_t first, uint64_t n, unsigned seed)
 {
     size_t len = n * CS;
@@ -285,16 +295,16 @@ static struct qed_check_result check_ro(void)
 
 /*
  * Check and repair the way `qed-img check -r` does: look read-only first,
- * then open read-write and run qed_check with repair.  A read-write open
- * already repairs invalid entries itself (lib/image.c), so the repair may
- * happen there or in qed_check: the result counts the corruptions seen
- * before, and as fixed every one that is gone afterwards (or that qed_check
- * reports fixing).
+ * then open read-write asking for repair and run qed_check with repair.
+ * That open already repairs invalid entries itself (lib/image.c), so the
+ * repair may happen there or in qed_check: the result counts the
+ * corruptions seen before, and as fixed every one that is gone afterwards
+ * (or that qed_check reports fixing).
  */
 static struct qed_check_result repair(void)
 {
     struct qed_check_result before = check_ro(), res;
-    qed_image *img = open_rw();
+    qed_image *img = open_rw_repair();
     memset(&res, 0xa5, sizeof(res));
     cr_assert_eq(qed_check(img, true, &res), 0);
     cr_assert_eq(qed_close(img), 0);
@@ -692,15 +702,110 @@ Test(check, l1_entry_repaired)
     expect_cluster_data(2, 1);
 }
 
-/* ---- the read-write open repairs invalid entries of a clean image ---- */
+/* ---- a clean image with invalid entries: refused read-write, untouched ---- */
 
-Test(check, rw_open_zeroes_invalid_l2_entry_of_clean_image)
+/* FNV-1a over every byte of the image file, then its size. */
+static uint64_t file_hash(void)
+{
+    uint8_t buf[65536];
+    uint64_t h = 0xcbf29ce484222325ull, size = 0;
+    ssize_t n;
+    int fd = open(path, O_RDONLY);
+
+    cr_assert(fd >= 0);
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+        for (ssize_t i = 0; i < n; i++)
+            h = (h ^ buf[i]) * 0x100000001b3ull;
+        size += (uint64_t)n;
+    }
+    cr_assert_eq(n, 0, "reading %s: %s", path, strerror(errno));
+    close(fd);
+    return (h ^ size) * 0x100000001b3ull;
+}
+
+/* A read-write open must fail with -EUCLEAN, with a message that names the
+ * file, counts the entries (@count_words) and names the repair command, and
+ * change no byte of the file. */
+static void expect_rw_refused(const char *count_words)
+{
+    qed_image *img = NULL;
+    char cmd[256];
+    uint64_t h0 = file_hash();
+
+    cr_assert_eq(hdr().features & QED_F_NEED_CHECK, 0, "the image must be marked clean");
+    err[0] = '\0';
+    int r = qed_open(aio, path, NULL, &img, err, sizeof(err));
+    cr_assert_eq(r, -EUCLEAN, "read-write open of a clean corrupt image: %d (%s)", r, err);
+    cr_assert_null(img);
+    snprintf(cmd, sizeof(cmd), "qed-img check -r %s", path);
+    cr_assert(strstr(err, path) == err, "the message does not start with the file: %s", err);
+    cr_assert(strstr(err, count_words), "the message lacks '%s': %s", count_words, err);
+    cr_assert(strstr(err, cmd), "the message lacks '%s': %s", cmd, err);
+    cr_assert_eq(file_hash(), h0, "a refused open changed the file");
+}
+
+Test(check, rw_open_refuses_clean_image_with_l2_entry_past_eof)
+{
+    build3();
+    uint64_t bad = fsize() + 2 * CS;
+    corrupt_l2_1(bad);
+    expect_rw_refused("1 invalid table entry");
+    cr_assert_eq(l2(0, 1), bad, "the entry changed on disk");
+    /* Refused again: the evidence is still there. */
+    expect_rw_refused("1 invalid table entry");
+}
+
+Test(check, rw_open_refuses_clean_image_counting_every_entry)
+{
+    build3();
+    corrupt_l2_1(l2(0, 1) + 512);               /* misaligned */
+    wr64(l2_at(0, 3), fsize() + 64 * CS);        /* past the end */
+    wr64(l1_at(3), fsize() + 8 * CS);            /* L1 entry past the end */
+    /* Unknown autoclear bits: an accepted read-write open clears them, a
+     * refused one must not. */
+    struct qed_header h = hdr();
+    h.autoclear_features = 0x10;
+    set_hdr(&h);
+    expect_rw_refused("3 invalid table entries");
+    cr_assert_eq(hdr().autoclear_features, 0x10);
+}
+
+Test(check, ro_open_of_clean_corrupt_image_reads_eio_at_bad_entry)
+{
+    struct qed_open_opts o = {.read_only = true};
+    struct qed_extent ext[8];
+    uint8_t b[3 * CS];
+    qed_image *img;
+    size_t n = 0;
+
+    build3();
+    corrupt_l2_1(fsize() + 2 * CS);
+    uint64_t h0 = file_hash();
+    cr_assert_eq(qed_open(aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_sync_read(img, 1 * CS, b, CS), -EIO, "read of the bad cluster");
+    cr_assert_eq(qed_sync_read(img, 0, b, 3 * CS), -EIO, "read across the bad cluster");
+    cr_assert_eq(qed_sync_block_status(img, CS, CS, ext, 8, &n), -EIO,
+                 "block status of the bad cluster");
+    cr_assert_eq(qed_sync_read(img, 0, b, CS), 0);
+    cr_assert_eq(qed_sync_read(img, 2 * CS, b + 2 * CS, CS), 0);
+    for (unsigned i = 0; i < CS; i++) {
+        cr_assert_eq(b[i], pat(i, 1), "cluster 0 byte %u", i);
+        cr_assert_eq(b[2 * CS + i], pat(2 * CS + i, 1), "cluster 2 byte %u", i);
+    }
+    cr_assert_eq(qed_sync_block_status(img, 0, CS, ext, 8, &n), 0);
+    cr_assert(n >= 1 && ext[0].data && ext[0].length == CS);
+    cr_assert_eq(qed_sync_write(img, 0, b, CS, 0), -EROFS);
+    cr_assert_eq(qed_close(img), 0);
+    cr_assert_eq(file_hash(), h0, "a read-only open changed the file");
+}
+
+Test(check, repair_option_zeroes_invalid_l2_entry_of_clean_image)
 {
     build3();
     corrupt_l2_1(fsize() + 2 * CS);
-    cr_assert_eq(hdr().features & QED_F_NEED_CHECK, 0, "the image must be marked clean");
-    qed_image *img = open_rw();
-    cr_assert_eq(l2(0, 1), 0, "the read-write open did not zero the entry on disk");
+    qed_image *img = open_rw_repair();
+    cr_assert_eq(l2(0, 1), 0, "the repairing open did not zero the entry on disk");
+    cr_assert_eq(hdr().features & QED_F_NEED_CHECK, 0);
     cr_assert_eq(qed_close(img), 0);
     cr_assert_eq(check_ro().corruptions, 0);
     expect_cluster_data(0, 1);
@@ -708,16 +813,41 @@ Test(check, rw_open_zeroes_invalid_l2_entry_of_clean_image)
     expect_cluster_data(2, 1);
 }
 
-Test(check, rw_open_zeroes_invalid_l1_entry_of_clean_image)
+Test(check, repair_option_zeroes_invalid_l1_entry_of_clean_image)
 {
     build3();
     uint64_t t0 = l1(0);
     wr64(l1_at(2), fsize() + 8 * CS);
-    qed_image *img = open_rw();
-    cr_assert_eq(l1(2), 0, "the read-write open did not zero the L1 entry on disk");
+    expect_rw_refused("1 invalid table entry");
+    qed_image *img = open_rw_repair();
+    cr_assert_eq(l1(2), 0, "the repairing open did not zero the L1 entry on disk");
     cr_assert_eq(l1(0), t0);
     cr_assert_eq(qed_close(img), 0);
     cr_assert_eq(check_ro().corruptions, 0);
+}
+
+Test(check, repair_option_changes_nothing_on_a_valid_image)
+{
+    build3();
+    uint64_t h0 = file_hash();
+    qed_image *img = open_rw_repair();
+    cr_assert_eq(qed_close(img), 0);
+    cr_assert_eq(file_hash(), h0);
+}
+
+Test(check, need_check_image_with_entry_past_eof_repaired_without_option)
+{
+    /* A crash may leave such an entry: QED's repair at open stays automatic. */
+    build3();
+    corrupt_l2_1(fsize() + 2 * CS);
+    set_need_check();
+    qed_image *img = open_rw();
+    cr_assert_eq(l2(0, 1), 0, "the open did not repair the NEED_CHECK image");
+    cr_assert_eq(hdr().features & QED_F_NEED_CHECK, 0);
+    cr_assert_eq(qed_close(img), 0);
+    cr_assert_eq(check_ro().corruptions, 0);
+    expect_cluster_zero(1);
+    expect_cluster_data(2, 1);
 }
 
 Test(check, rw_open_leaves_valid_image_untouched)
@@ -737,18 +867,19 @@ Test(check, rw_open_leaves_valid_image_untouched)
 }
 
 /*
- * The hazard the open-time repair closes: an entry pointing past the end of
+ * The hazard the open-time scan closes: an entry pointing past the end of
  * the file, left on disk by a session that then grows the file, points at
- * that session's new clusters at the next open.  Here the session writes
- * enough new clusters to cover the bad offset; cluster 1 must still read as
- * zeros afterwards, not as the data of another cluster.
+ * that session's new clusters at the next open.  Without the repair option
+ * no such session happens (the open is refused); with it, the session writes
+ * enough new clusters to cover the bad offset, and cluster 1 must still read
+ * as zeros afterwards, not as the data of another cluster.
  */
 Test(check, entry_past_eof_does_not_alias_new_clusters_after_reopen)
 {
     build3();
     uint64_t bad = fsize() + 2 * CS;
     corrupt_l2_1(bad);
-    qed_image *img = open_rw();
+    qed_image *img = open_rw_repair();
     write_clusters(img, 100, 8, 7); /* grows the file past @bad */
     cr_assert_eq(qed_close(img), 0);
     cr_assert_gt(fsize(), bad + CS, "the file did not grow past the bad offset");
