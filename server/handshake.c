@@ -155,8 +155,28 @@ void hs_opt_header_done(struct conn *c)
         conn_close(c, "export name longer than 4096 bytes");
         return;
     }
+    if (c->opt_len > SRV_MAX_OPTION_DRAIN) {
+        /* Why a hard disconnect, at once: the spec says a server "MUST
+         * (save where set out above) simply error inbound options until the
+         * client gets the hint that it is unwelcome, except that if a server
+         * believes a client's behaviour constitutes a denial of service, it
+         * MAY initiate a hard disconnect" ("Termination of the session
+         * during option haggling").  No option we know carries more than a
+         * few strings of at most 4096 bytes, so an option of over 1 MiB (up
+         * to 4 GiB) only holds a connection slot until --handshake-timeout
+         * while we read and drop it: a denial of service.  An error reply
+         * first is no use: the client sends its data anyway, and only a
+         * drain would keep the stream in step.  (nbdkit, too, disconnects
+         * on an option over its limit.) */
+        conn_log(c, SRV_LOG_INFO, "option %s: %u bytes of data, over the %u-byte limit",
+                 opt_name(c->opt), c->opt_len, SRV_MAX_OPTION_DRAIN);
+        conn_close(c, "option data too long");
+        return;
+    }
     if (c->opt_len > SRV_MAX_OPTION_LEN) {
-        /* Never allocate by the client's length: drop the bytes, then say TOO_BIG. */
+        /* Never allocate by the client's length: drop the bytes, then say
+         * TOO_BIG.  Draining at most SRV_MAX_OPTION_DRAIN bytes is cheap, and
+         * erroring the option is what the spec asks of a server first. */
         c->skip_left = c->opt_len;
         conn_expect(c, CONN_HS_OPT_SKIP, NULL, 0);
         return;

@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -51,6 +52,7 @@
 #define SHUTDOWN_GRACE 10.0     /* seconds for in-flight requests at shutdown */
 #define MAX_LISTEN 8
 #define ACCEPT_BUDGET 16        /* clients accepted per listen event */
+#define ACCEPT_PAUSE 0.5        /* seconds without accepting when out of descriptors */
 
 struct server srv;
 
@@ -86,6 +88,9 @@ static int pidfile_fd = -1;
 static char notify_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static ev_timer grace_w;
 static char listen_desc[512];
+static ev_timer accept_pause_w;     /* runs while the listeners are paused */
+static bool accept_paused;          /* listeners stopped by accept_pause() */
+static double accept_starved_since; /* start of the episode of failed accepts, or 0 */
 
 static void lib_log(enum qed_log_level level, const char *msg, void *opaque)
 {
@@ -525,6 +530,66 @@ static void peer_name(const struct sockaddr_storage *ss, socklen_t len, char *bu
     snprintf(buf, n, ss->ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
 }
 
+/* End a pause of accept_pause(): start the listeners' watchers again.
+ * (Nothing to do when not paused; stop_listening ends a pause for good.) */
+static void accept_resume(void)
+{
+    if (!accept_paused)
+        return;
+    accept_paused = false;
+    ev_timer_stop(srv.loop, &accept_pause_w);
+    for (int i = 0; i < nlisten; i++)
+        ev_io_start(srv.loop, &listen_w[i]);
+}
+
+static void on_accept_pause_end(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    accept_resume();
+}
+
+/*
+ * accept4 failed with @err, which leaves the client in the backlog (out of
+ * descriptors or kernel memory).  Why stop the listeners: the socket stays
+ * readable, so the loop would call accept4 again at once, burn a core and
+ * log each failure.  Like nginx and nbdkit, stop accepting for ACCEPT_PAUSE
+ * seconds (or until a connection closes and frees a descriptor: see
+ * srv_conn_gone), and log once per episode, not per attempt: the episode
+ * ends at the next accept4 that succeeds.
+ */
+static void accept_pause(int err)
+{
+    struct rlimit rl = { 0, 0 };
+
+    if (accept_starved_since == 0) {
+        accept_starved_since = ev_now(srv.loop);
+        getrlimit(RLIMIT_NOFILE, &rl);
+        srv_log(SRV_LOG_ERROR,
+                "accept on %s: %s; not accepting new connections until a connection closes "
+                "(retrying every %.1f s; %u clients connected, descriptor limit %llu: raise it "
+                "with ulimit -n or LimitNOFILE=, or lower --max-connections)",
+                listen_desc, strerror(err), ACCEPT_PAUSE, srv.nconns + srv.nrefused,
+                (unsigned long long)rl.rlim_cur);
+    }
+    for (int i = 0; i < nlisten; i++)
+        ev_io_stop(srv.loop, &listen_w[i]);
+    accept_paused = true;
+    ev_timer_init(&accept_pause_w, on_accept_pause_end, ACCEPT_PAUSE, 0.);
+    ev_timer_start(srv.loop, &accept_pause_w);
+}
+
+/* An accept4 worked (or found the backlog empty): a pause episode is over. */
+static void accept_episode_end(void)
+{
+    if (accept_starved_since == 0)
+        return;
+    srv_log(SRV_LOG_NOTICE, "accepting connections again after %.1f s",
+            ev_now(srv.loop) - accept_starved_since);
+    accept_starved_since = 0;
+}
+
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
@@ -536,11 +601,15 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         int fd = accept4(w->fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-                errno != ECONNABORTED)
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                accept_pause(errno);
+            else if (errno == EAGAIN || errno == EWOULDBLOCK)
+                accept_episode_end();   /* nobody left waiting */
+            else if (errno != EINTR && errno != ECONNABORTED)
                 srv_log(SRV_LOG_ERROR, "accept: %s", strerror(errno));
             return;
         }
+        accept_episode_end();
         peer_name(&ss, sl, peer, sizeof(peer));
         if (ss.ss_family != AF_UNIX) {
             int one = 1;
@@ -740,6 +809,8 @@ static bool listen_activation(void)
 
 static void stop_listening(void)
 {
+    ev_timer_stop(srv.loop, &accept_pause_w);
+    accept_paused = false;
     for (int i = 0; i < nlisten; i++) {
         ev_io_stop(srv.loop, &listen_w[i]);
         close(listen_fds[i]);
@@ -880,6 +951,9 @@ static void take_notify_socket(void)
 
 void srv_conn_gone(void)
 {
+    /* Why resume now: a closed connection freed a descriptor, and the
+     * clients waiting in the backlog need not wait for the pause to end. */
+    accept_resume();
     if ((srv.stdio || srv.shutting_down) && !srv.conns)
         ev_break(srv.loop, EVBREAK_ALL);
 }

@@ -47,6 +47,7 @@ struct conn;
 /* Limits of the handshake phase. */
 #define SRV_MAX_OPTIONS 32u                     /* options per connection */
 #define SRV_MAX_OPTION_LEN (64u * 1024)         /* option payload we are willing to buffer */
+#define SRV_MAX_OPTION_DRAIN (1024u * 1024)     /* longer options: hard disconnect, no drain */
 
 /**
  * Per-export counters, printed on SIGUSR1 (stats.c; the format is in

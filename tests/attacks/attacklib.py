@@ -17,6 +17,7 @@ Provides:
                 the server's log), Skip exits 77.
 """
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -157,7 +158,8 @@ class Server:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qed", path, str(size)], check=True)
         return path
 
-    def start(self, args):
+    def start(self, args, nofile=None):
+        """Start qednbd with @args; @nofile, if given, is its RLIMIT_NOFILE."""
         if os.path.exists(self.sock):
             os.unlink(self.sock)
         env = dict(os.environ)
@@ -169,8 +171,12 @@ class Server:
         cmd = [self.binary, "-u", self.sock] + list(args)
         self.logf.write(("+ %s\n" % " ".join(cmd)).encode())
         self.logf.flush()
+        limit = None
+        if nofile is not None:
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=self.logf, env=env)
+                                     stderr=self.logf, env=env, preexec_fn=limit)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             check(self.proc.poll() is None, "qednbd exited at start-up (status %s)" % self.proc.returncode)

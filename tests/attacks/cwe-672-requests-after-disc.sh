@@ -66,8 +66,8 @@ def test(srv):
     log("  the image has the WRITE before DISC and none of those after it")
 
     # A large READ before DISC is answered in full, then the close.
-    c.send(req_bytes(CMD_READ, 1 * MiB - 4096, MiB, cookie=50) + req_bytes(CMD_DISC, cookie=51) +
-           req_bytes(CMD_READ, 0, 512, cookie=52))
+    c.try_send(req_bytes(CMD_READ, 1 * MiB - 4096, MiB, cookie=50) +
+               req_bytes(CMD_DISC, cookie=51) + req_bytes(CMD_READ, 0, 512, cookie=52))
     err, data = c.simple_reply(50, MiB)
     check(err == 0 and data[4096:8192] == a, "READ before DISC: error %d or wrong data" % err)
     rest = c.wait_closed(10)
@@ -107,8 +107,8 @@ def test(srv):
     log("  64 pipelined WRITEs + DISC + 64 more: 64 replies, only the first 64 landed")
 
     # DISC with junk in its fields still ends the session.
-    c.send(req_bytes(CMD_DISC, offset=12345, length=999, flags=0, cookie=77) +
-           req_bytes(CMD_WRITE, 8 * MiB, 4096, cookie=78, payload=b"\x01" * 4096))
+    c.try_send(req_bytes(CMD_DISC, offset=12345, length=999, flags=0, cookie=77) +
+               req_bytes(CMD_WRITE, 8 * MiB, 4096, cookie=78, payload=b"\x01" * 4096))
     rest = c.wait_closed(10)
     check(rest == b"", "requests after a DISC with junk fields were answered")
     c.close()

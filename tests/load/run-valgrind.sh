@@ -14,7 +14,8 @@
 #    - every script that starts the server (it, a helper it sources, or a
 #      Python helper beside it names server-common.sh or server/qednbd),
 #      except those whose name matches the regex $VALGRIND_SKIP (default:
-#      benchmarks, and a test that judges the server by its RSS);
+#      benchmarks, a test that judges the server by its RSS, and one that
+#      counts its descriptors and CPU time);
 #    - the server's Criterion programs (server/*), without the tests that
 #      measure the server's RSS ($VALGRIND_CRITERION_FILTER);
 #    - load/vg-sessions.sh.
@@ -91,10 +92,12 @@ uses_server() {
     return 1
 }
 
-# Left out: benchmarks (timing under valgrind means nothing), and tests that
+# Left out: benchmarks (timing under valgrind means nothing), tests that
 # judge the server by its RSS (under valgrind, that is valgrind's memory:
-# its free-block quarantine alone grows by tens of MiB).
-skip_re=${VALGRIND_SKIP:-'^bench-|^cve-2017-10664-'}
+# its free-block quarantine alone grows by tens of MiB), and the one that
+# counts the server's descriptors and CPU time (valgrind holds descriptors of
+# its own under the limit, and its CPU time is not the server's).
+skip_re=${VALGRIND_SKIP:-'^bench-|^cve-2017-10664-|^accept-emfile'}
 
 # Criterion filter for server/* programs: the server's backpressure test
 # checks its VmRSS, which under valgrind is valgrind's.

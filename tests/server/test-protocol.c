@@ -79,6 +79,8 @@ static void setup(void)
     find_qednbd();
     cr_assert_eq(access(qednbd, X_OK), 0, "qednbd not found at %s", qednbd);
     snprintf(sock_path, sizeof(sock_path), "%s/sock", tmpdir);
+    /* A write to a server that has hung up must fail with EPIPE (which
+     * raw_write_or_gone takes as the disconnect), not kill the test. */
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -372,16 +374,33 @@ static int raw_read(int fd, void *buf, size_t n)
     return 0;
 }
 
-static void raw_write(int fd, const void *buf, size_t n)
+/* Write all of @buf.  Returns false when the server had already closed the
+ * connection (EPIPE or ECONNRESET: with SIGPIPE ignored, see setup()), true
+ * when everything went; any other error fails the test.  A test that expects
+ * a disconnect and writes more than the server reads first must send through
+ * this: the server may rightly hang up before the last byte is written. */
+static bool raw_write_or_gone(int fd, const void *buf, size_t n)
 {
     const uint8_t *p = buf;
 
     while (n) {
         ssize_t k = write(fd, p, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0 && (errno == EPIPE || errno == ECONNRESET))
+            return false;
         cr_assert(k > 0, "write to server: %s", strerror(errno));
         p += k;
         n -= (size_t)k;
     }
+    return true;
+}
+
+/* Write all of @buf to a server that must not disconnect. */
+static void raw_write(int fd, const void *buf, size_t n)
+{
+    cr_assert(raw_write_or_gone(fd, buf, n), "write to server: %s (the server disconnected)",
+              strerror(errno));
 }
 
 /* True when the server closes the connection within the timeout. */
@@ -453,6 +472,19 @@ static void raw_send_opt(int fd, uint32_t opt, const void *data, uint32_t len)
     raw_write(fd, &h, sizeof(h));
     if (len)
         raw_write(fd, data, len);
+}
+
+/* raw_send_opt for an option the server is expected to hang up on: the
+ * header's length field says @hdr_len, @len bytes of @data follow.  The
+ * server may close before all is written; that is the disconnect the caller
+ * then checks with raw_closed(), so it is not an error here. */
+static void raw_send_opt_to_be_refused(int fd, uint32_t opt, const void *data, uint32_t len,
+                                       uint32_t hdr_len)
+{
+    struct nbd_opt_header h = { htobe64(NBD_OPTS_MAGIC), htobe32(opt), htobe32(hdr_len) };
+
+    if (raw_write_or_gone(fd, &h, sizeof(h)) && len)
+        raw_write_or_gone(fd, data, len);
 }
 
 /* Read one option reply; the payload (up to @max bytes kept) goes to @buf.
@@ -928,7 +960,8 @@ Test(hs, overlong_export_name_disconnects)
 
     memset(name, 'n', sizeof(name));
     raw_greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE);
-    raw_send_opt(fd, NBD_OPT_EXPORT_NAME, name, sizeof(name));
+    /* The server hangs up on the header: the name may not all go out. */
+    raw_send_opt_to_be_refused(fd, NBD_OPT_EXPORT_NAME, name, sizeof(name), sizeof(name));
     cr_assert(raw_closed(fd));
     close(fd);
 }
@@ -946,6 +979,51 @@ Test(hs, option_payload_too_big)
     raw_expect_list_works(fd);
     free(junk);
     close(fd);
+}
+
+/* Up to 1 MiB, an over-long option is drained and refused; past it (up to
+ * the 4 GiB the length field allows) the server hangs up at once, long
+ * before the handshake timeout, instead of reading it all. */
+Test(hs, option_payload_at_drain_limit)
+{
+    const char *img = mkimage("a.qed", "16M", NULL);
+    int fd = raw_spawn(img, NULL);
+    uint8_t *junk = calloc(1, MiB);
+
+    raw_greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE);
+    raw_send_opt(fd, NBD_OPT_GO, junk, MiB);
+    cr_assert_eq(raw_opt_reply(fd, NBD_OPT_GO, NULL, 0, NULL), NBD_REP_ERR_TOO_BIG);
+    raw_expect_list_works(fd);
+    free(junk);
+    close(fd);
+}
+
+static void huge_option_case(uint32_t hdr_len)
+{
+    const char *img = mkimage("a.qed", "16M", NULL);
+    int fd = raw_spawn("--handshake-timeout=60", img, NULL);
+    size_t n = 2 * MiB;
+    uint8_t *junk = calloc(1, n);
+    time_t t0 = time(NULL);
+
+    raw_greet(fd, NBD_FLAG_C_FIXED_NEWSTYLE);
+    raw_send_opt_to_be_refused(fd, NBD_OPT_LIST, junk, (uint32_t)(n < hdr_len ? n : hdr_len),
+                               hdr_len);
+    cr_assert(raw_closed(fd), "no hang-up on an option of %u bytes", hdr_len);
+    cr_assert(time(NULL) - t0 <= 5, "the hang-up took %lld s",
+              (long long)(time(NULL) - t0));
+    free(junk);
+    close(fd);
+}
+
+Test(hs, huge_option_hangs_up)
+{
+    huge_option_case(0xffffffffu);
+}
+
+Test(hs, option_over_drain_limit_hangs_up)
+{
+    huge_option_case(MiB + 1);
 }
 
 Test(hs, too_many_options)
