@@ -146,6 +146,7 @@ struct qed_info {
     uint64_t max_size;           /* largest size this geometry allows */
     bool read_only;
     bool dirty;                  /* NEED_CHECK set on disk */
+    int flush_error;             /* qed_flush_error(): 0, or the first failed flush */
     char backing_file[4096];     /* "" when none; as stored in the header */
     char backing_path[4096];     /* resolved path actually opened */
     const char *backing_format;  /* "raw", "qed" or NULL */
@@ -168,6 +169,19 @@ const char *qed_path(const qed_image *img);
 
 /** qed_inflight - requests submitted and not yet completed. */
 unsigned qed_inflight(const qed_image *img);
+
+/**
+ * qed_flush_error - 0 while every flush of this open image has succeeded;
+ * otherwise the negative errno of the first that failed.
+ *
+ * A failed fdatasync means writes already completed may be lost, and the
+ * kernel reports that only once, so the failure is latched for the image:
+ * every later flush, FUA write and flushing request (resize, a write that
+ * needs a flush before its table update) fails with -EIO, NEED_CHECK is
+ * never cleared, and qed_close writes NEED_CHECK and returns -EIO.  Only a
+ * new open (which checks and repairs the image) clears the state.
+ */
+int qed_flush_error(const qed_image *img);
 
 /* ---- Requests ---------------------------------------------------------- */
 

@@ -330,6 +330,13 @@ static void req_io_done(struct qed_io *io)
 {
     struct qed_req *r = io->opaque;
 
+    if (io->op == QED_IO_FSYNC) {
+        /* Every flush answers through the image's latch: after one failed,
+         * none may report success (image.c, qed_image_flush_result). */
+        int res = qed_image_flush_result(r->img, (int)io->res);
+        if (res < 0 && io->res >= 0 && !r->err)
+            r->err = res; /* latched: logged once, when it failed */
+    }
     if (io->res < 0 && !r->err) {
         r->err = (int)io->res;
         qed_log(QED_LOG_ERROR, "%s: %s I/O at %" PRIu64 " failed: %s", r->img->path,
@@ -472,7 +479,8 @@ static void backing_read(struct qed_req *r, int slot, uint64_t pos, uint8_t *dst
  *    entries would disagree with the disk, so the range would change with
  *    no write once the table is evicted and read again (or the image
  *    reopened).  When a step every member depends on fails (the extension,
- *    or the flush), no entry is written and every member fails.
+ *    or the flush), no entry is written and every member fails; a failed
+ *    flush also sets the image's flush latch (image.c).
  * A member is acknowledged only after its batch's L2 write completed (and
  * after its own FUA flush, which follows as before).
  *
@@ -647,6 +655,8 @@ static void gc_io_done(struct qed_io *io)
     struct qed_gc_batch *b = io->opaque;
     int res = (int)io->res;
 
+    if (io->op == QED_IO_FSYNC)
+        res = qed_image_flush_result(b->img, res); /* latched: -EIO, logged once */
     if (io->res < 0)
         qed_log(QED_LOG_ERROR, "%s: group commit %s at %" PRIu64 " failed: %s", b->img->path,
                 io->op == QED_IO_FSYNC ? "flush"
@@ -1422,7 +1432,14 @@ static void step(struct qed_req *r)
 
         case RS_HDR_FLUSH_WAIT:
             if (r->err) {
-                req_finish(r, r->err); /* the flag stays set: that is the safe side */
+                /* The flag is not known to be on disk: a failed fdatasync may
+                 * have dropped the header page for good.  Forget it, so that
+                 * the next allocation writes and flushes it again (and fails
+                 * while the flush latch is set) instead of allocating without
+                 * a durable NEED_CHECK.  If it did reach the disk, it stays
+                 * there: close never clears it on a failed image. */
+                img->h.features &= ~QED_F_NEED_CHECK;
+                req_finish(r, r->err);
                 return;
             }
             set_state(r, RS_ALLOC_CLUSTERS);

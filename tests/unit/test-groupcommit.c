@@ -18,7 +18,7 @@
  *   - a failing L2 write fails every write of its stretch of the table (a
  *     failing batch flush or file extension: of the batch), the image checks
  *     clean (leaks allowed), the old contents stay, and the writes succeed
- *     when retried;
+ *     when retried (after a failed flush: on a new open);
  *   - when one table's L2 write fails in a batch spanning two tables, the
  *     writers of the other table succeed, and both ranges read the same
  *     from the cache and after a reopen (new data, old data).
@@ -203,8 +203,11 @@ static void reopen(void)
 
     qed_aio_test_set_observer(F.aio, NULL, NULL);
     qed_aio_test_set_auto(F.aio, true);
-    cr_assert_eq(qed_close(F.img), 0);
+    /* A failed flush is latched until the image is closed: close says so. */
+    int want = qed_flush_error(F.img) ? -EIO : 0;
+    int r = qed_close(F.img);
     F.img = NULL;
+    cr_assert_eq(r, want, "close: %d, expected %d", r, want);
     cr_assert_eq(qed_open(F.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "reopen: %s", err);
     qed_aio_test_set_observer(F.aio, observer, NULL);
 }
@@ -512,6 +515,10 @@ static void batch_failure(bool backing, unsigned op_mask, unsigned nth)
     }
     if (op_mask == (1u << QED_IO_WRITE) && nth == NW + (backing ? 0 : 1))
         cr_assert_eq(F.l2_write_err, -EIO, "the failed I/O is the batch's L2 write");
+    /* A failed flush is latched (image.c): later flushes fail too. */
+    cr_assert_eq(qed_flush_error(F.img) != 0, op_mask == (1u << QED_IO_FSYNC));
+    if (op_mask == (1u << QED_IO_FSYNC))
+        cr_assert_eq(qed_sync_flush(F.img), -EIO, "a flush after the batch's failed flush");
     /* The old contents, live and on disk; only leaks. */
     verify(w, NW, backing, false);
     check_clean(true);
