@@ -376,7 +376,10 @@ static void submit_io(struct qed_req *r, int slot, enum qed_io_op op, int fd, st
     io->done = req_io_done;
     io->opaque = r;
     r->pending++;
-    qed_aio_submit(r->img->aio, io);
+    if (op == QED_IO_FSYNC)
+        qed_image_submit_fsync(r->img, io); /* one fdatasync at a time (image.c) */
+    else
+        qed_aio_submit(r->img->aio, io);
 }
 
 static void submit_rw(struct qed_req *r, int slot, enum qed_io_op op, void *buf, uint64_t len,
@@ -728,7 +731,10 @@ static void gc_submit(struct qed_gc_batch *b, struct qed_io *io, enum qed_io_op 
     io->done = gc_io_done;
     io->opaque = b;
     b->pending++;
-    qed_aio_submit(b->img->aio, io);
+    if (op == QED_IO_FSYNC)
+        qed_image_submit_fsync(b->img, io); /* one fdatasync at a time (image.c) */
+    else
+        qed_aio_submit(b->img->aio, io);
 }
 
 /* Write the members' entries: one write per merged stretch of each table. */

@@ -386,6 +386,19 @@ class Runner:
                            (label, fl.errname(got_err)))
         finally:
             fl.close_handle(c)
+        # The statistics show it (SIGUSR1).
+        srv.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "flush_failed=1" not in self.run_log():
+            if time.monotonic() > deadline:
+                raise Fail("%s: no flush_failed=1 in the statistics:\n%s" %
+                           (label, srv.log_tail()))
+            time.sleep(0.02)
+
+    def run_log(self):
+        """The server log of the latest server start."""
+        with open(self.srvlog, "rb") as f:
+            return f.read().decode(errors="replace").split("\n+ ")[-1]
 
     def expect_latched_exit(self, srv, rc, content, label, learn=None):
         """The shutdown of a failed image exits 1, leaves NEED_CHECK on disk
@@ -396,9 +409,7 @@ class Runner:
                        (label, rc, srv.log_tail()))
         if not fl.header_features(self.img) & 2:
             raise Fail("%s: NEED_CHECK is not set after a failed flush and SIGTERM" % label)
-        with open(self.srvlog, "rb") as f:
-            run_log = f.read().decode(errors="replace").split("\n+ ")[-1]
-        n = run_log.count("from now on every flush")
+        n = self.run_log().count("from now on every flush")
         if n != 1:
             raise Fail("%s: the latched flush failure is logged %d times, expected once" %
                        (label, n))

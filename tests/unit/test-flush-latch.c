@@ -14,6 +14,8 @@
  *   - nothing is allocated without a durable NEED_CHECK;
  *   - a repair of the open image is refused;
  *   - a new open starts afresh (after checking the image).
+ * And flushes run one fdatasync at a time: two at once must not let one
+ * succeed beside the one that failed; those that wait share the next one.
  */
 #include "config.h"
 
@@ -108,8 +110,11 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 
 static void teardown(void)
 {
-    if (F.img)
+    if (F.img) {
+        /* A test that failed may leave I/O held: let close complete it. */
+        qed_aio_test_set_auto(F.aio, true);
         qed_close(F.img);
+    }
     if (F.dir[0])
         nftw(F.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     if (F.aio)
@@ -384,4 +389,65 @@ Test(latch, overlay_gets_need_check_at_close)
     qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(qed_sync_flush(F.img), -EIO);
     expect_latched("overlay flush");
+}
+
+/* Complete the held I/Os newest first, as a thread pool or io_uring may. */
+static void complete_newest_first(void)
+{
+    for (unsigned long t = 0; qed_aio_test_pending(F.aio) > 0 || t == 0; t++) {
+        cr_assert(t < MAX_TURNS, "I/O never drained");
+        ev_run(F.loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(F.aio) > 0) {
+            cr_assert_leq(qed_aio_test_pending(F.aio), 1, "two fdatasyncs in flight at once");
+            qed_aio_test_complete(F.aio, qed_aio_test_pending(F.aio) - 1, 0);
+        }
+    }
+    ev_run(F.loop, EVRUN_NOWAIT);
+}
+
+/*
+ * Two flushes at once, and the first fdatasync fails.  With both in flight
+ * the kernel reports the error to one only, and the other may finish first,
+ * successfully: the second flush must not succeed.  Flushes run one at a
+ * time, so the second one's fdatasync starts after the latch is set.
+ */
+Test(latch, concurrent_flushes_never_miss_the_failure)
+{
+    struct req_done d[2] = {{0}};
+
+    make_image(false, 600000);
+    qed_aio_test_set_auto(F.aio, false);
+    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
+    cr_assert_eq(qed_flush(F.img, done_cb, &d[0]), 0);
+    cr_assert_eq(qed_flush(F.img, done_cb, &d[1]), 0);
+    complete_newest_first();
+    cr_assert_eq(d[0].calls + d[1].calls, 2);
+    cr_assert_eq(d[0].ret, -EIO, "the flush whose fdatasync failed");
+    cr_assert_eq(d[1].ret, -EIO, "the flush that ran beside it");
+    qed_aio_test_set_auto(F.aio, true);
+    expect_latched("concurrent flushes");
+}
+
+/* Flushes that come while one is in flight share the next fdatasync. */
+Test(latch, waiting_flushes_share_one_fdatasync)
+{
+    struct req_done d[5] = {{0}};
+    unsigned before;
+
+    make_image(false, 600000);
+    qed_aio_test_set_auto(F.aio, false);
+    before = F.fsyncs;
+    cr_assert_eq(qed_flush(F.img, done_cb, &d[0]), 0);
+    ev_run(F.loop, EVRUN_NOWAIT);
+    for (int i = 1; i < 5; i++)
+        cr_assert_eq(qed_flush(F.img, done_cb, &d[i]), 0);
+    complete_newest_first();
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(d[i].calls, 1);
+        cr_assert_eq(d[i].ret, 0);
+    }
+    cr_assert_eq(F.fsyncs - before, 2, "5 flushes, %u fdatasyncs", F.fsyncs - before);
+    cr_assert_eq(F.img->fsyncs, 2);
+    cr_assert_eq(F.img->fsync_riders_total, 3);
+    qed_aio_test_set_auto(F.aio, true);
 }
