@@ -127,7 +127,8 @@ int qed_open(qed_aio *aio, const char *path, const struct qed_open_opts *opts,
  * qed_close - finish in-flight requests, flush, clear NEED_CHECK, and free
  * the image (blocking: runs the loop until done).  Must not be called from a
  * loop callback.  Returns the first error met while flushing; the image is
- * freed either way.
+ * freed either way.  After a failed flush (qed_flush_error) it leaves
+ * NEED_CHECK set on disk and returns -EIO.
  */
 int qed_close(qed_image *img);
 
@@ -224,7 +225,11 @@ int qed_write_zeroes(qed_image *img, uint64_t off, uint64_t len, unsigned flags,
 int qed_discard(qed_image *img, uint64_t off, uint64_t len, unsigned flags,
                 qed_done_fn cb, void *opaque);
 
-/** qed_flush - everything completed so far is on stable storage at completion. */
+/**
+ * qed_flush - everything completed so far is on stable storage at completion.
+ * Once a flush of the image has failed, every later one fails with -EIO
+ * (see qed_flush_error).
+ */
 int qed_flush(qed_image *img, qed_done_fn cb, void *opaque);
 
 /** qed_resize - grow the image to @new_size (rounded up to 512); shrinking is -EINVAL. */
