@@ -477,13 +477,16 @@ static void backing_read(struct qed_req *r, int slot, uint64_t pos, uint8_t *dst
  *    entries go into the cached table (rule 5) and they go on; when it
  *    failed, only its members fail with that error and the cached table
  *    keeps their old entries, so nobody writes in place into clusters the
- *    failure may have left unmapped on disk.  Why not fail the whole batch:
- *    the other stretches are on disk, and a cache that kept their old
- *    entries would disagree with the disk, so the range would change with
- *    no write once the table is evicted and read again (or the image
- *    reopened).  When a step every member depends on fails (the extension,
- *    or the flush), no entry is written and every member fails; a failed
- *    flush also sets the image's flush latch (image.c).
+ *    failure may have left unmapped on disk.  Why not fail the whole
+ *    batch: the other stretches are on disk, and a cache that kept their
+ *    old entries would disagree with the disk, so the range would change
+ *    with no write once the table is evicted and read again (or the image
+ *    reopened).  (A failed write that reached the file after all can do
+ *    that to its own range, unless a later batch rewrote those entries from
+ *    the cache first: allowed for a write that reported failure, as after a
+ *    failed L1 update.)  When a step every member depends on fails (the
+ *    extension, or the flush), no entry is written and every member fails;
+ *    a failed flush also sets the image's flush latch (image.c).
  * A member is acknowledged only after its batch's L2 write completed (and
  * after its own FUA flush, which follows as before).
  *
