@@ -220,6 +220,15 @@ struct qed_image {
     unsigned inflight;
     unsigned submitting;       /* depth of submit calls on the stack */
     bool dirty_set_by_us;      /* we set NEED_CHECK during this open */
+    int flush_err;             /* first failed flush (negative errno), 0 = none: the latch
+                                  (see qed_image_flush_result) */
+    /* fdatasync of fd, one at a time (see qed_image_submit_fsync) */
+    bool fsync_busy;                   /* one is in flight */
+    void (*fsync_leader_done)(struct qed_io *io); /* its own completion and opaque */
+    void *fsync_leader_opaque;
+    struct qed_io *fsync_riders;       /* flushes it answers too */
+    struct qed_io *fsync_wait, *fsync_wait_tail; /* flushes for the next one */
+    uint64_t fsyncs, fsync_riders_total; /* fdatasyncs issued, flushes that rode on one */
     ev_timer clean_timer;
     unsigned clean_delay_ms;
     bool clean_queued;
@@ -251,6 +260,18 @@ int qed_image_write_header_sync(struct qed_image *img);
 void qed_image_encode_header(const struct qed_image *img, uint8_t out[QED_HEADER_BYTES]);
 /** Arm the timer that clears NEED_CHECK once allocating writes have been idle. */
 void qed_image_arm_clean(struct qed_image *img);
+/**
+ * The result an fdatasync of img->fd (@res: 0 or a negative errno) gives its
+ * caller.  A failure is latched, and logged once; from then on every flush
+ * of this open image returns -EIO, whatever fdatasync says.
+ */
+int qed_image_flush_result(struct qed_image *img, int res);
+/**
+ * Submit @io, an FSYNC of img->fd, so that no two run at once: one that
+ * comes while another is in flight waits, and all that waited share the
+ * next fdatasync.  @io->done runs on the loop as for qed_aio_submit.
+ */
+void qed_image_submit_fsync(struct qed_image *img, struct qed_io *io);
 
 /* metadata.c */
 /**

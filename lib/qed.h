@@ -137,7 +137,8 @@ int qed_open(qed_aio *aio, const char *path, const struct qed_open_opts *opts,
  * qed_close - finish in-flight requests, flush, clear NEED_CHECK, and free
  * the image (blocking: runs the loop until done).  Must not be called from a
  * loop callback.  Returns the first error met while flushing; the image is
- * freed either way.
+ * freed either way.  After a failed flush (qed_flush_error) it leaves
+ * NEED_CHECK set on disk and returns -EIO.
  */
 int qed_close(qed_image *img);
 
@@ -156,6 +157,7 @@ struct qed_info {
     uint64_t max_size;           /* largest size this geometry allows */
     bool read_only;
     bool dirty;                  /* NEED_CHECK set on disk */
+    int flush_error;             /* qed_flush_error(): 0, or the first failed flush */
     char backing_file[4096];     /* "" when none; as stored in the header */
     char backing_path[4096];     /* resolved path actually opened */
     const char *backing_format;  /* "raw", "qed" or NULL */
@@ -178,6 +180,19 @@ const char *qed_path(const qed_image *img);
 
 /** qed_inflight - requests submitted and not yet completed. */
 unsigned qed_inflight(const qed_image *img);
+
+/**
+ * qed_flush_error - 0 while every flush of this open image has succeeded;
+ * otherwise the negative errno of the first that failed.
+ *
+ * A failed fdatasync means writes already completed may be lost, and the
+ * kernel reports that only once, so the failure is latched for the image:
+ * every later flush, FUA write and flushing request (resize, a write that
+ * needs a flush before its table update) fails with -EIO, NEED_CHECK is
+ * never cleared, and qed_close writes NEED_CHECK and returns -EIO.  Only a
+ * new open (which checks and repairs the image) clears the state.
+ */
+int qed_flush_error(const qed_image *img);
 
 /* ---- Requests ---------------------------------------------------------- */
 
@@ -220,7 +235,11 @@ int qed_write_zeroes(qed_image *img, uint64_t off, uint64_t len, unsigned flags,
 int qed_discard(qed_image *img, uint64_t off, uint64_t len, unsigned flags,
                 qed_done_fn cb, void *opaque);
 
-/** qed_flush - everything completed so far is on stable storage at completion. */
+/**
+ * qed_flush - everything completed so far is on stable storage at completion.
+ * Once a flush of the image has failed, every later one fails with -EIO
+ * (see qed_flush_error).
+ */
 int qed_flush(qed_image *img, qed_done_fn cb, void *opaque);
 
 /** qed_resize - grow the image to @new_size (rounded up to 512); shrinking is -EINVAL. */

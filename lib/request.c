@@ -330,6 +330,13 @@ static void req_io_done(struct qed_io *io)
 {
     struct qed_req *r = io->opaque;
 
+    if (io->op == QED_IO_FSYNC) {
+        /* Every flush answers through the image's latch: after one failed,
+         * none may report success (image.c, qed_image_flush_result). */
+        int res = qed_image_flush_result(r->img, (int)io->res);
+        if (res < 0 && io->res >= 0 && !r->err)
+            r->err = res; /* latched: logged once, when it failed */
+    }
     if (io->res < 0 && !r->err) {
         r->err = (int)io->res;
         qed_log(QED_LOG_ERROR, "%s: %s I/O at %" PRIu64 " failed: %s", r->img->path,
@@ -369,7 +376,10 @@ static void submit_io(struct qed_req *r, int slot, enum qed_io_op op, int fd, st
     io->done = req_io_done;
     io->opaque = r;
     r->pending++;
-    qed_aio_submit(r->img->aio, io);
+    if (op == QED_IO_FSYNC)
+        qed_image_submit_fsync(r->img, io); /* one fdatasync at a time (image.c) */
+    else
+        qed_aio_submit(r->img->aio, io);
 }
 
 static void submit_rw(struct qed_req *r, int slot, enum qed_io_op op, void *buf, uint64_t len,
@@ -463,11 +473,20 @@ static void backing_read(struct qed_req *r, int slot, uint64_t pos, uint8_t *dst
  *    cache kept: the clusters of that batch leak, nothing points at them).
  *    A gap holding an entry disabled at open (metadata.c) is never merged
  *    over: that marker lives only in memory.
- *  - only when every write succeeded, the entries go into the cached tables
- *    (rule 5); then each member goes on.  When any write (or the flush)
- *    failed, every member fails with that error and the cache keeps the old
- *    entries, so nobody writes in place into clusters the failure may have
- *    left unmapped on disk.
+ *  - each stretch stands alone: when its write succeeded, its members'
+ *    entries go into the cached table (rule 5) and they go on; when it
+ *    failed, only its members fail with that error and the cached table
+ *    keeps their old entries, so nobody writes in place into clusters the
+ *    failure may have left unmapped on disk.  Why not fail the whole
+ *    batch: the other stretches are on disk, and a cache that kept their
+ *    old entries would disagree with the disk, so the range would change
+ *    with no write once the table is evicted and read again (or the image
+ *    reopened).  (A failed write that reached the file after all can do
+ *    that to its own range, unless a later batch rewrote those entries from
+ *    the cache first: allowed for a write that reported failure, as after a
+ *    failed L1 update.)  When a step every member depends on fails (the
+ *    extension, or the flush), no entry is written and every member fails;
+ *    a failed flush also sets the image's flush latch (image.c).
  * A member is acknowledged only after its batch's L2 write completed (and
  * after its own FUA flush, which follows as before).
  *
@@ -507,6 +526,7 @@ struct gc_seg {
     uint64_t lo, hi;           /* entry range written */
     size_t first, last;        /* members [first, last) of the sorted array */
     uint64_t *buf;
+    int err;                   /* its write failed (or was never made: -ENOMEM) */
     struct qed_io io;
     struct iovec iov;
 };
@@ -566,6 +586,43 @@ static void gc_join(struct qed_req *r)
         gc_schedule(img);
 }
 
+/*
+ * The L2 writes are over: publish the entries of each stretch that was
+ * written, and give the members of each failed stretch its error.
+ */
+static void gc_publish(struct qed_gc_batch *b)
+{
+    struct qed_image *img = b->img;
+    size_t ok = 0, okseg = 0;
+
+    for (size_t k = 0; k < b->nseg; k++) {
+        const struct gc_seg *s = &b->seg[k];
+
+        for (size_t i = s->first; i < s->last; i++) {
+            struct qed_req *r = b->mem[i];
+            if (s->err) {
+                if (!r->err)
+                    r->err = s->err;
+                continue;
+            }
+            /* On disk: now readers and in-place writers may see the entries. */
+            memcpy(r->l2->t + r->alloc_first, r->ents, r->alloc_n * sizeof(uint64_t));
+            ok++;
+        }
+        okseg += !s->err;
+    }
+    if (okseg) {
+        img->gc_batches++;
+        img->gc_batched += ok;
+        img->gc_l2_writes += okseg;
+        if (ok > img->gc_max_batch)
+            img->gc_max_batch = ok;
+    }
+    /* The extension completed before the L2 writes started. */
+    if (b->ext_len && b->ext_off + b->ext_len > img->ext_end)
+        img->ext_end = b->ext_off + b->ext_len;
+}
+
 /* The batch is over: publish or drop its entries, then let every member go on. */
 static void gc_finish(struct qed_gc_batch *b)
 {
@@ -574,19 +631,8 @@ static void gc_finish(struct qed_gc_batch *b)
     size_t n = b->n;
     int err = b->err;
 
-    if (!err) {
-        /* On disk: now readers and in-place writers may see the entries. */
-        for (size_t i = 0; i < n; i++)
-            memcpy(mem[i]->l2->t + mem[i]->alloc_first, mem[i]->ents,
-                   mem[i]->alloc_n * sizeof(uint64_t));
-        img->gc_batches++;
-        img->gc_batched += n;
-        img->gc_l2_writes += b->nseg;
-        if (b->ext_len && b->ext_off + b->ext_len > img->ext_end)
-            img->ext_end = b->ext_off + b->ext_len;
-        if (n > img->gc_max_batch)
-            img->gc_max_batch = n;
-    }
+    if (!err)
+        gc_publish(b);
     for (size_t i = 0; i < b->nseg; i++)
         free(b->seg[i].buf);
     free(b);
@@ -613,14 +659,21 @@ static void gc_submit(struct qed_gc_batch *b, struct qed_io *io, enum qed_io_op 
 static void gc_io_done(struct qed_io *io)
 {
     struct qed_gc_batch *b = io->opaque;
+    int res = (int)io->res;
 
-    if (io->res < 0 && !b->err) {
-        b->err = (int)io->res;
+    if (io->op == QED_IO_FSYNC)
+        res = qed_image_flush_result(b->img, res); /* latched: -EIO, logged once */
+    if (io->res < 0)
         qed_log(QED_LOG_ERROR, "%s: group commit %s at %" PRIu64 " failed: %s", b->img->path,
                 io->op == QED_IO_FSYNC ? "flush"
                 : io == &b->eio        ? "file extension"
                                        : "L2 write",
                 io->offset, strerror((int)-io->res));
+    if (res < 0 && b->phase == GC_L2) {
+        /* Only L2 writes are in flight now: this stretch fails alone. */
+        ((struct gc_seg *)((char *)io - offsetof(struct gc_seg, io)))->err = res;
+    } else if (res < 0 && !b->err) {
+        b->err = res;
     }
     if (--b->pending > 0)
         return;
@@ -681,7 +734,10 @@ static void gc_submit(struct qed_gc_batch *b, struct qed_io *io, enum qed_io_op 
     io->done = gc_io_done;
     io->opaque = b;
     b->pending++;
-    qed_aio_submit(b->img->aio, io);
+    if (op == QED_IO_FSYNC)
+        qed_image_submit_fsync(b->img, io); /* one fdatasync at a time (image.c) */
+    else
+        qed_aio_submit(b->img->aio, io);
 }
 
 /* Write the members' entries: one write per merged stretch of each table. */
@@ -718,7 +774,9 @@ static void gc_write(struct qed_gc_batch *b)
 
         s->buf = malloc(n * sizeof(uint64_t));
         if (!s->buf) {
-            b->err = -ENOMEM;
+            /* This stretch and the rest are not written: their members fail. */
+            for (size_t j = k; j < b->nseg; j++)
+                b->seg[j].err = -ENOMEM;
             break;
         }
         memcpy(s->buf, s->l2->t + s->lo, n * sizeof(uint64_t));
@@ -1383,7 +1441,14 @@ static void step(struct qed_req *r)
 
         case RS_HDR_FLUSH_WAIT:
             if (r->err) {
-                req_finish(r, r->err); /* the flag stays set: that is the safe side */
+                /* The flag is not known to be on disk: a failed fdatasync may
+                 * have dropped the header page for good.  Forget it, so that
+                 * the next allocation writes and flushes it again (and fails
+                 * while the flush latch is set) instead of allocating without
+                 * a durable NEED_CHECK.  If it did reach the disk, it stays
+                 * there: close never clears it on a failed image. */
+                img->h.features &= ~QED_F_NEED_CHECK;
+                req_finish(r, r->err);
                 return;
             }
             set_state(r, RS_ALLOC_CLUSTERS);

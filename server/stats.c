@@ -8,6 +8,7 @@
  *   stats: export name="NAME" connections=N requests=N reads=N writes=N flushes=N trims=N
  *          zeroes=N cache=N block_status=N bytes_read=N bytes_written=N bytes_zeroed=N
  *          bytes_trimmed=N errors=N cluster_size=N clusters_appended=N file_clusters=N
+ *          flush_failed=0|1
  *
  * (an export line is one line; it is folded here only for reading).  NAME
  * escapes '"', '\\' and bytes outside printable ASCII as \xHH.
@@ -19,6 +20,9 @@
  * number of clusters the point moved since the image was opened: data
  * clusters plus L2 tables (table_size clusters each), including any space
  * an allocating write reserved and then failed to fill.
+ *
+ * flush_failed is 1 once a flush of the image failed (qed_flush_error):
+ * from then on every FLUSH and FUA write of the export fails with EIO.
  */
 #include "config.h"
 
@@ -60,12 +64,14 @@ void stats_print(void)
         struct qed_info info;
         char name[4 * 4096 + 1];
         uint64_t appended = 0, file_clusters = 0;
+        int flush_failed = 0;
 
         if (e->img) {
             qed_get_info(e->img, &info);
             if (info.file_size > e->alloc_at_open)
                 appended = (info.file_size - e->alloc_at_open) / info.cluster_size;
             file_clusters = info.file_size / info.cluster_size;
+            flush_failed = info.flush_error != 0;
         } else {
             info.cluster_size = 0;
         }
@@ -75,7 +81,7 @@ void stats_print(void)
                 "writes=%llu flushes=%llu trims=%llu zeroes=%llu cache=%llu "
                 "block_status=%llu bytes_read=%llu bytes_written=%llu bytes_zeroed=%llu "
                 "bytes_trimmed=%llu errors=%llu cluster_size=%u clusters_appended=%llu "
-                "file_clusters=%llu",
+                "file_clusters=%llu flush_failed=%d",
                 name, (unsigned long long)s->connections, (unsigned long long)s->requests,
                 (unsigned long long)s->reads, (unsigned long long)s->writes,
                 (unsigned long long)s->flushes, (unsigned long long)s->trims,
@@ -84,6 +90,6 @@ void stats_print(void)
                 (unsigned long long)s->bytes_written, (unsigned long long)s->bytes_zeroed,
                 (unsigned long long)s->bytes_trimmed, (unsigned long long)s->errors,
                 info.cluster_size, (unsigned long long)appended,
-                (unsigned long long)file_clusters);
+                (unsigned long long)file_clusters, flush_failed);
     }
 }

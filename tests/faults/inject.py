@@ -299,35 +299,41 @@ class Runner:
                     self.expect_bytes(cur, new, label + ": B reads the request's range")
                 content[rng] = cur
 
-            # The server goes on serving both clients.
-            self.expect_bytes(bytes(a.pread(16 * K, 4 * M)), bytes(content[4 * M:4 * M + 16 * K]),
-                              label + ": A reads table 1 afterwards")
-            fdata = pattern("follow", 8 * K)
-            a.pwrite(fdata, FOLLOW_OFF)
-            content[FOLLOW_OFF:FOLLOW_OFF + 8 * K] = fdata
-            self.expect_bytes(bytes(b.pread(8 * K, FOLLOW_OFF)), fdata,
-                              label + ": B reads A's new allocating write")
-            idata = pattern("inplace-b", 4 * K)
-            b.pwrite(idata, 32 * K)
-            content[32 * K:36 * K] = idata
-            self.expect_bytes(bytes(a.pread(64 * K, 0)), bytes(content[0:64 * K]),
-                              label + ": A reads table 0 data")
-            c = srv.connect()  # a third client, connected after the failure
-            self.expect_bytes(bytes(c.pread(16 * K, 4 * M)),
-                              bytes(content[4 * M:4 * M + 16 * K]), label + ": C reads")
-            fl.close_handle(c)
+            # A failed flush is latched: the rest of this round is different.
+            latched = not benign and any(c[1] in ("fdatasync", "fsync") for c in injected)
+            if latched:
+                self.expect_latched(srv, a, b, content, label)
+            else:
+                # The server goes on serving both clients.
+                self.expect_bytes(bytes(a.pread(16 * K, 4 * M)),
+                                  bytes(content[4 * M:4 * M + 16 * K]),
+                                  label + ": A reads table 1 afterwards")
+                fdata = pattern("follow", 8 * K)
+                a.pwrite(fdata, FOLLOW_OFF)
+                content[FOLLOW_OFF:FOLLOW_OFF + 8 * K] = fdata
+                self.expect_bytes(bytes(b.pread(8 * K, FOLLOW_OFF)), fdata,
+                                  label + ": B reads A's new allocating write")
+                idata = pattern("inplace-b", 4 * K)
+                b.pwrite(idata, 32 * K)
+                content[32 * K:36 * K] = idata
+                self.expect_bytes(bytes(a.pread(64 * K, 0)), bytes(content[0:64 * K]),
+                                  label + ": A reads table 0 data")
+                c = srv.connect()  # a third client, connected after the failure
+                self.expect_bytes(bytes(c.pread(16 * K, 4 * M)),
+                                  bytes(content[4 * M:4 * M + 16 * K]), label + ": C reads")
+                fl.close_handle(c)
 
-            # The same request again, nothing failing: it must succeed.
-            got_err, res = self.do(a, case)
-            if got_err:
-                raise Fail("%s: the retry without failure got %s: %s" %
-                           (label, fl.errname(got_err), res))
-            if case.kind == "read":
-                self.expect_bytes(res, old, label + ": retried read")
-            if case.length:
-                content[rng] = new
-                self.expect_bytes(bytes(b.pread(case.length, case.off)), new,
-                                  label + ": B reads the retried range")
+                # The same request again, nothing failing: it must succeed.
+                got_err, res = self.do(a, case)
+                if got_err:
+                    raise Fail("%s: the retry without failure got %s: %s" %
+                               (label, fl.errname(got_err), res))
+                if case.kind == "read":
+                    self.expect_bytes(res, old, label + ": retried read")
+                if case.length:
+                    content[rng] = new
+                    self.expect_bytes(bytes(b.pread(case.length, case.off)), new,
+                                      label + ": B reads the retried range")
         finally:
             if os.path.exists(self.ctl):
                 os.unlink(self.ctl)
@@ -337,6 +343,9 @@ class Runner:
                 rc = srv.stop(signal.SIGTERM)
             else:
                 rc = "dead"
+        if latched:
+            self.expect_latched_exit(srv, rc, content, label)
+            return bool(injected)
         if rc != 0:
             raise Fail("%s: server exit status %s after SIGTERM:\n%s" % (label, rc,
                                                                          srv.log_tail()))
@@ -345,6 +354,87 @@ class Runner:
             raise Fail("%s: NEED_CHECK still set after a clean shutdown" % label)
         self.expect_qemu_view(content, label)
         return bool(injected)
+
+    # ---- after a failed flush (the latch, qednbd(8) CRASH SAFETY) ----
+
+    def expect_latched(self, srv, a, b, content, label):
+        """A failed fdatasync is not forgotten: FLUSH and FUA fail with EIO on
+        every connection (the kernel would report the lost write-back only
+        once, so the next fdatasync succeeds); reads go on."""
+        flush = Case("flush", "flush")
+        for name, h in (("A", a), ("B", b), ("A again", a)):
+            got_err, res = self.do(h, flush)
+            if got_err != errno.EIO:
+                raise Fail("%s: after the failed flush, %s's FLUSH got %s, expected EIO" %
+                           (label, name, fl.errname(got_err)))
+        # A FUA write of the bytes already there (the model stays right).
+        here = bytes(b.pread(4 * K, 0))
+        self.expect_bytes(here, bytes(content[0:4 * K]), label + ": B reads table 0 data")
+        try:
+            b.pwrite(here, 0, FUA)
+            raise Fail("%s: a FUA write after the failed flush succeeded" % label)
+        except nbd.Error as e:
+            if fl.nbd_errno(e) != errno.EIO:
+                raise Fail("%s: a FUA write after the failed flush: %s" % (label, e))
+        c = srv.connect()  # a third client, connected after the failure
+        try:
+            self.expect_bytes(bytes(c.pread(16 * K, 4 * M)),
+                              bytes(content[4 * M:4 * M + 16 * K]), label + ": C reads")
+            got_err, res = self.do(c, flush)
+            if got_err != errno.EIO:
+                raise Fail("%s: a new client's FLUSH got %s, expected EIO" %
+                           (label, fl.errname(got_err)))
+        finally:
+            fl.close_handle(c)
+        # The statistics show it (SIGUSR1).
+        srv.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "flush_failed=1" not in self.run_log():
+            if time.monotonic() > deadline:
+                raise Fail("%s: no flush_failed=1 in the statistics:\n%s" %
+                           (label, srv.log_tail()))
+            time.sleep(0.02)
+
+    def run_log(self):
+        """The server log of the latest server start."""
+        with open(self.srvlog, "rb") as f:
+            return f.read().decode(errors="replace").split("\n+ ")[-1]
+
+    def expect_latched_exit(self, srv, rc, content, label, learn=None):
+        """The shutdown of a failed image exits 1, leaves NEED_CHECK on disk
+        and said once in the log why; a restart checks the image and serves
+        the content, and its clean shutdown clears NEED_CHECK."""
+        if rc != 1:
+            raise Fail("%s: exit status %s after a failed flush, expected 1:\n%s" %
+                       (label, rc, srv.log_tail()))
+        if not fl.header_features(self.img) & 2:
+            raise Fail("%s: NEED_CHECK is not set after a failed flush and SIGTERM" % label)
+        n = self.run_log().count("from now on every flush")
+        if n != 1:
+            raise Fail("%s: the latched flush failure is logged %d times, expected once" %
+                       (label, n))
+        fl.check_image(self.img, label)
+        srv2 = fl.Server(self.img, self.sock, self.srvlog, ["--aio=threads"])
+        srv2.start()
+        h = srv2.connect()
+        try:
+            got = bytes(h.pread(SIZE, 0))
+            if learn:
+                # A request that failed under the latch: old or new data.
+                rng = slice(learn[0], learn[0] + len(learn[1]))
+                self.old_or_new(got[rng], bytes(content[rng]), learn[1],
+                                label + ": the failed request's range after a restart")
+                content[rng] = got[rng]
+            self.expect_bytes(got, bytes(content), label + ": the image after a restart")
+            h.flush()
+        finally:
+            fl.close_handle(h)
+        rc2 = srv2.stop(signal.SIGTERM)
+        if rc2 != 0:
+            raise Fail("%s: the restarted server exited %s" % (label, rc2))
+        if fl.header_features(self.img) & 2:
+            raise Fail("%s: NEED_CHECK still set after the restarted server's shutdown" % label)
+        self.expect_qemu_view(content, label)
 
     def expect_qemu_view(self, content, label):
         """QEMU's reading of the image (qemu-img convert) equals content."""
@@ -492,8 +582,12 @@ class Runner:
 
     def lifecycle_clean(self):
         """The timer that clears NEED_CHECK ~5 s after the last allocation:
-        fail its flush, then its header write.  The server must carry on,
-        and a clean shutdown must still leave the image clean."""
+        fail its flush, then its header write.  The server must carry on.
+        After a failed header write a clean shutdown must still leave the
+        image clean.  A failed flush is latched: FLUSH fails from then on
+        (so does an allocation that needs a flush), NEED_CHECK is never
+        cleared, the shutdown exits 1, and a restart checks the image and
+        serves every write."""
         for nth in range(0, 8):
             label = "clean-timer EIO nth=%d" % nth
             self.rounds += 1
@@ -530,16 +624,39 @@ class Runner:
                     raise Fail("%s: the server died:\n%s" % (label, srv.log_tail()))
                 if not injected and self.backing is None and fl.header_features(self.img) & 2:
                     raise Fail("%s: the clean timer did not clear NEED_CHECK within 9 s" % label)
-                self.alloc_write(a, content, 9 * M, "clean-2")
+                latched = any(c[1] in ("fdatasync", "fsync") for c in injected)
+                # Second write: into a new table, which needs a flush (rule 4),
+                # or, after a failed flush, into table 0 under the durable
+                # NEED_CHECK, which needs none.
+                off2 = 1 * M + 64 * K if latched else 9 * M
+                self.alloc_write(a, content, off2, "clean-2")
                 b = srv.connect()
                 self.expect_bytes(bytes(b.pread(8 * K, 1 * M)), bytes(content[1 * M:1 * M + 8 * K]),
                                   label + ": B reads the first write")
-                self.expect_bytes(bytes(b.pread(8 * K, 9 * M)), bytes(content[9 * M:9 * M + 8 * K]),
+                self.expect_bytes(bytes(b.pread(8 * K, off2)), bytes(content[off2:off2 + 8 * K]),
                                   label + ": B reads the second write")
+                if latched:
+                    for name, h, what in (("A", a, "flush"), ("B", b, "flush"),
+                                          ("A", a, "new-table write")):
+                        try:
+                            if what == "flush":
+                                h.flush()
+                            else:
+                                h.pwrite(pattern("clean-3", 8 * K), 9 * M)
+                            raise Fail("%s: %s's %s succeeded after the clean's flush failed" %
+                                       (label, name, what))
+                        except nbd.Error as e:
+                            if fl.nbd_errno(e) != errno.EIO:
+                                raise Fail("%s: %s's %s: %s" % (label, name, what, e))
                 fl.close_handle(b)
             finally:
                 fl.close_handle(a)
                 rc = srv.stop(signal.SIGTERM) if srv.alive() else "dead"
+            if latched:
+                # The failed new-table write left 9M old or new: learn which.
+                self.expect_latched_exit(srv, rc, content, label,
+                                         learn=(9 * M, pattern("clean-3", 8 * K)))
+                continue
             if rc != 0:
                 raise Fail("%s: server exit status %s after SIGTERM:\n%s" %
                            (label, rc, srv.log_tail()))

@@ -74,6 +74,7 @@ check bytes_trimmed 65536
 check errors 1
 check cluster_size 65536
 check clusters_appended 7
+check flush_failed 0
 fc=$(stat_field "$line" file_clusters)
 [ "$fc" -ge 7 ] || fail "file_clusters=$fc is below what was appended"
 [ "$(stat_field "$srvline" connections)" = $((conns0 + 1)) ] ||

@@ -16,6 +16,9 @@
  *     disk, and reopens with the same old-or-new contents; second run: the
  *     image stays open, so the follow-up requests use whatever in-memory
  *     state the failure left (cached tables, L1, the allocation point);
+ *   - when the failed I/O is a flush, the failure is latched: a later flush
+ *     and a FUA write fail with -EIO, close fails and leaves NEED_CHECK on
+ *     disk, and the follow-up requests run on a new open (which repairs);
  *   - subsequent requests work: the request succeeds when retried, new
  *     allocations elsewhere work, a flush works, and the image checks clean
  *     (leaks allowed) and reads back exactly after close and reopen.
@@ -708,6 +711,48 @@ static unsigned dry_run(const struct workload *w, char names[][80])
     return n;
 }
 
+/* Features of image @name as they are on disk. */
+static uint64_t disk_features(const char *name)
+{
+    uint8_t h[64];
+    int fd = open(path_of(name), O_RDONLY);
+    uint64_t f;
+
+    cr_assert(fd >= 0);
+    cr_assert_eq(pread(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
+    close(fd);
+    memcpy(&f, h + 16, sizeof(f));
+    return le64toh(f);
+}
+
+/*
+ * After a failed flush on the open image: a flush and a FUA write (of the
+ * bytes already there, so the models stay right) fail with -EIO, the live
+ * image reads as before, close fails and leaves NEED_CHECK on disk, and the
+ * image checks and reopens (c->img is the new open).
+ */
+static void check_latched(struct ctx *c, const char *what)
+{
+    uint8_t b[4096];
+    struct qed_check_result res;
+
+    cr_assert_eq(do_flush(c->img), -EIO, "%s: a flush after the failed one did not fail", what);
+    cr_assert_eq(do_read(c->img, 0, b, sizeof(b)), 0, "%s: read after the failed flush", what);
+    cr_assert_eq(do_write(c->img, 0, b, sizeof(b), QED_REQ_FUA), -EIO,
+                 "%s: a FUA write after the failed flush did not fail", what);
+    cr_assert_eq(do_flush(c->img), -EIO, "%s: the second flush after the failed one", what);
+    check_old_or_new(c, c->img, what);
+    cr_assert_eq(qed_close(c->img), -EIO, "%s: close of a failed image did not fail", what);
+    cr_assert(disk_features("a.qed") & QED_F_NEED_CHECK,
+              "%s: NEED_CHECK is not set on disk after closing a failed image", what);
+    res = disk_check("a.qed");
+    cr_assert(res.corruptions == 0 && res.check_errors == 0,
+              "%s: on-disk check after close: %" PRIu64 " corruptions", what, res.corruptions);
+    c->img = open_img("a.qed");
+    cr_assert_eq(qed_flush_error(c->img), 0, "%s: a new open starts without the latch", what);
+    check_old_or_new(c, c->img, what);
+}
+
 /*
  * Run @w with its @k-th I/O failing.  With @reopen the image is closed right
  * after the failure, checked on disk and reopened before the follow-up
@@ -750,7 +795,15 @@ static void fail_run(const struct workload *w, unsigned k, const char *stepname,
     cr_assert_eq(qed_check(c.img, false, &res), 0);
     cr_assert(res.corruptions == 0 && res.check_errors == 0, "%s: live check: %" PRIu64
               " corruptions", what, res.corruptions);
-    if (reopen) {
+    cr_assert_eq(qed_flush_error(c.img) != 0, R->failed.op == QED_IO_FSYNC,
+                 "%s: flush latch %d after a failed %s", what, qed_flush_error(c.img),
+                 op_name(R->failed.op));
+    if (R->failed.op == QED_IO_FSYNC) {
+        /* A failed flush is not forgotten (whichever request's flush it
+         * was): later flushes and FUA writes fail, the close reports it and
+         * leaves NEED_CHECK on disk.  The follow-up runs on a new open. */
+        check_latched(&c, what);
+    } else if (reopen) {
         cr_assert_eq(qed_close(c.img), 0, "%s: close failed", what);
         res = disk_check("a.qed");
         cr_assert(res.corruptions == 0 && res.check_errors == 0,
