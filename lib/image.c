@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "checked.h"
 #include "qed-image.h"
 
 #define QED_MAX_BACKING_DEPTH 16
@@ -128,17 +129,15 @@ int qed_create(const char *path, const struct qed_create_opts *opts, char *err, 
     r = qed_geom_init(&g, cs, ts, 1, path, err, errlen);
     if (r < 0)
         return r;
-    if (opts->size > UINT64_MAX - 511)
+    /* g.max_size is at most QED_MAX_VIRTUAL_SIZE (header.c). */
+    if (qed_align_up_overflows(opts->size, 512, &size) || size > g.max_size)
         return qed_errf(err, errlen, -EINVAL,
                         "%s: image size %" PRIu64 " is too large for cluster size %" PRIu32
-                        " and table size %" PRIu32 " (maximum %" PRIu64 ")",
-                        path, opts->size, cs, ts, g.max_size);
-    size = (opts->size + 511) & ~(uint64_t)511;
-    if (size > g.max_size)
-        return qed_errf(err, errlen, -EINVAL,
-                        "%s: image size %" PRIu64 " is too large for cluster size %" PRIu32
-                        " and table size %" PRIu32 " (maximum %" PRIu64 ")",
-                        path, size, cs, ts, g.max_size);
+                        " and table size %" PRIu32 " (maximum %" PRIu64 "%s)",
+                        path, opts->size, cs, ts, g.max_size,
+                        g.max_size == QED_MAX_VIRTUAL_SIZE
+                            ? ", 2^63 - 512: the most NBD clients can address"
+                            : "");
 
     h.magic = QED_MAGIC;
     h.cluster_size = cs;

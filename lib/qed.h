@@ -55,6 +55,15 @@ typedef struct qed_image qed_image;
 #define QED_DEFAULT_CLEAN_DELAY_MS 5000u
 #define QED_DEFAULT_L2_CACHE_TABLES 64u
 
+/*
+ * The largest virtual size of any image: INT64_MAX rounded down to a multiple
+ * of 512 (2^63 - 512).  NBD clients address at most 2^63 - 1 bytes (QEMU and
+ * nbdkit cap sizes at INT64_MAX), and below this bound no offset, cluster end
+ * or request end can wrap around 2^64.  Creating, opening or resizing to a
+ * larger size is refused, whatever the geometry would allow.
+ */
+#define QED_MAX_VIRTUAL_SIZE ((uint64_t)INT64_MAX & ~(uint64_t)511)
+
 /* ---- I/O engine -------------------------------------------------------- */
 
 enum qed_aio_backend {
@@ -101,7 +110,8 @@ struct qed_create_opts {
 /**
  * qed_create - create a new QED image at @path (blocking).
  * Fails if the file exists.  The geometry is validated, and a size too large
- * for it is refused with the maximum named in @err.
+ * for it, or above QED_MAX_VIRTUAL_SIZE, is refused (-EINVAL) with the
+ * maximum named in @err.
  */
 int qed_create(const char *path, const struct qed_create_opts *opts, char *err, size_t errlen);
 
@@ -114,7 +124,8 @@ struct qed_open_opts {
 
 /**
  * qed_open - open a QED image (blocking).
- * Validates the header and every table offset it can see, opens the backing
+ * Validates the header and every table offset it can see (an image size
+ * above QED_MAX_VIRTUAL_SIZE is refused with -EINVAL), opens the backing
  * chain, takes the image lock, and for a read-write open of a NEED_CHECK image
  * runs check-and-repair first.  A read-only open never writes.
  * @aio may be NULL for a read-only open used only for qed_check(); such an
@@ -143,7 +154,7 @@ struct qed_info {
     uint64_t autoclear_features;
     uint64_t l1_table_offset;
     uint64_t file_size;          /* bytes of the image file */
-    uint64_t max_size;           /* largest size this geometry allows */
+    uint64_t max_size;           /* largest size this geometry allows (<= QED_MAX_VIRTUAL_SIZE) */
     bool read_only;
     bool dirty;                  /* NEED_CHECK set on disk */
     char backing_file[4096];     /* "" when none; as stored in the header */
@@ -213,7 +224,11 @@ int qed_discard(qed_image *img, uint64_t off, uint64_t len, unsigned flags,
 /** qed_flush - everything completed so far is on stable storage at completion. */
 int qed_flush(qed_image *img, qed_done_fn cb, void *opaque);
 
-/** qed_resize - grow the image to @new_size (rounded up to 512); shrinking is -EINVAL. */
+/**
+ * qed_resize - grow the image to @new_size (rounded up to 512); shrinking is
+ * -EINVAL, a size above the geometry's maximum or QED_MAX_VIRTUAL_SIZE is
+ * -EFBIG.
+ */
 int qed_resize(qed_image *img, uint64_t new_size, qed_done_fn cb, void *opaque);
 
 /* Block status */

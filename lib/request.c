@@ -47,6 +47,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "checked.h"
 #include "qed-image.h"
 
 #define ZERO_BUF_SIZE (1u << 20)
@@ -169,7 +170,7 @@ static bool needs_exclusive(const struct qed_req *r)
     if (img->backing_kind == BACKING_NONE && !(img->h.features & QED_F_NEED_CHECK))
         return true;
     for (uint64_t i = qed_l1_index(&img->g, r->lock_lo);
-         i <= qed_l1_index(&img->g, r->lock_hi - 1); i++)
+         i <= qed_l1_index(&img->g, r->lock_hi - 1) && i < img->g.table_entries; i++)
         if (img->l1[i] == 0)
             return true;
     return false;
@@ -265,7 +266,14 @@ static bool queue_enter(struct qed_req *r, enum qed_req_state resume)
     if (img->aio && ev_is_active(&img->clean_timer))
         ev_timer_stop(img->aio->loop, &img->clean_timer);
     r->lock_lo = qed_start_of_cluster(g, from);
-    r->lock_hi = qed_start_of_cluster(g, r->end + g->cluster_size - 1);
+    if (qed_align_up_overflows(r->end, g->cluster_size, &r->lock_hi)) {
+        /* Cannot happen below QED_MAX_VIRTUAL_SIZE; if it did, an end that
+         * wrapped to 0 would make the range empty and let a second writer of
+         * the same clusters in.  Lock everything from lock_lo on instead. */
+        qed_log(QED_LOG_ERROR, "%s: %s range end %" PRIu64 " overflows; locking to the end",
+                img->path, type_names[r->type], r->end);
+        r->lock_hi = qed_start_of_cluster(g, UINT64_MAX);
+    }
     if (r->lock_hi <= r->lock_lo)
         r->lock_hi = r->lock_lo + g->cluster_size; /* empty ranges still order */
     if (!img->queue_head && can_start(r)) {
@@ -838,10 +846,21 @@ static void run_lookup(struct qed_req *r)
     struct qed_image *img = r->img;
     const struct qed_geom *g = &img->g;
     uint64_t pos = r->cur_pos;
-    uint64_t l2_end = (pos | (qed_l2_coverage(g) - 1)) + 1;
-    uint64_t limit = l2_end == 0 ? r->end : min64(r->end, l2_end); /* 0: wrapped at 2^64 */
-    uint64_t idx, e0, c;
+    uint64_t l2_end, limit, idx, e0, c;
     enum qed_run_kind kind;
+
+    /* The end of the guest range the table covers and of pos's cluster.
+     * Below QED_MAX_VIRTUAL_SIZE neither wraps; if one did, the scan below
+     * would run past the end of the table, so the run fails instead. */
+    if (qed_add_overflows(pos | (qed_l2_coverage(g) - 1), 1, &l2_end) ||
+        qed_add_overflows(qed_start_of_cluster(g, pos), g->cluster_size, &c)) {
+        qed_log(QED_LOG_ERROR, "%s: guest offset %" PRIu64 " has no cluster end below 2^64",
+                img->path, pos);
+        r->kind = RUN_BAD;
+        r->run_len = 0;
+        return;
+    }
+    limit = min64(r->end, l2_end);
 
     if (!r->l2) {
         r->kind = RUN_UNALLOC;
@@ -859,10 +878,11 @@ static void run_lookup(struct qed_req *r)
     else
         kind = RUN_BAD;
 
-    c = qed_start_of_cluster(g, pos) + g->cluster_size;
     if (kind != RUN_BAD) {
         uint64_t prev = e0;
-        while (c < limit) {
+        /* c < limit <= l2_end keeps idx inside the table; the second bound
+         * says so to the reader and to any future change of the ends. */
+        while (c < limit && idx + 1 < g->table_entries) {
             uint64_t e = le64toh(r->l2->t[++idx]);
             if (kind == RUN_DATA) {
                 if (e != prev + g->cluster_size)
@@ -1183,9 +1203,11 @@ static bool step_run(struct qed_req *r)
     case REQ_DISCARD:
         if (r->kind == RUN_DATA) {
             const struct qed_geom *g = &img->g;
-            uint64_t a = (r->cur_pos + g->cluster_size - 1) & ~(uint64_t)(g->cluster_size - 1);
-            uint64_t b = qed_start_of_cluster(g, r->cur_pos + r->run_len);
-            if (b > a) {
+            uint64_t a, b;
+            /* Whole clusters only: [cur_pos rounded up, run end rounded down). */
+            if (!qed_align_up_overflows(r->cur_pos, g->cluster_size, &a) &&
+                !qed_add_overflows(r->cur_pos, r->run_len, &b) &&
+                (b = qed_start_of_cluster(g, b)) > a) {
                 set_state(r, RS_DATA_WAIT);
                 submit_io(r, 0, QED_IO_PUNCH, img->fd, NULL, 0, r->host + (a - r->cur_pos),
                           b - a);
@@ -1751,7 +1773,9 @@ static int check_range(struct qed_image *img, uint64_t off, uint64_t len, bool w
         return -EINVAL;
     if (write && img->read_only)
         return -EROFS;
-    if (off > img->h.image_size || len > img->h.image_size - off)
+    /* Also refuses an end that wraps past 2^64: every request end below is
+     * then at most the image size, itself at most QED_MAX_VIRTUAL_SIZE. */
+    if (!qed_range_within(off, len, img->h.image_size))
         return range_err;
     return 0;
 }
@@ -1844,13 +1868,18 @@ int qed_block_status(qed_image *img, uint64_t off, uint64_t len, struct qed_exte
 int qed_resize(qed_image *img, uint64_t new_size, qed_done_fn cb, void *opaque)
 {
     struct qed_req *r;
+    uint64_t rounded;
     int rc = check_range(img, 0, 0, true, 0, 0, -EINVAL);
 
     if (rc < 0)
         return rc;
-    if (new_size > UINT64_MAX - 511)
-        return -EINVAL;
-    new_size = (new_size + 511) & ~(uint64_t)511;
+    if (qed_align_up_overflows(new_size, 512, &rounded) || rounded > QED_MAX_VIRTUAL_SIZE) {
+        qed_log(QED_LOG_ERROR, "%s: size %" PRIu64 " exceeds the maximum %" PRIu64
+                " (2^63 - 512, the most NBD clients can address)", img->path, new_size,
+                (uint64_t)QED_MAX_VIRTUAL_SIZE);
+        return -EFBIG;
+    }
+    new_size = rounded;
     if (new_size < img->h.image_size) {
         qed_log(QED_LOG_ERROR, "%s: shrinking from %" PRIu64 " to %" PRIu64 " is not supported",
                 img->path, img->h.image_size, new_size);
