@@ -369,16 +369,11 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
         goto fail;
     }
 
-    {
-        unsigned max = opts->l2_cache_tables;
-        if (!max) {
-            uint64_t fit = (32ull << 20) / img->g.table_bytes;
-            max = fit > QED_DEFAULT_L2_CACHE_TABLES ? QED_DEFAULT_L2_CACHE_TABLES
-                  : fit < 4                         ? 4
-                                                    : (unsigned)fit;
-        }
-        qed_l2_cache_init(&img->cache, max);
-    }
+    /* By default 64 tables and at most 32 MiB of them; a table count given
+     * by the caller is taken as it is.  Either way at least one table: with
+     * 1 GiB tables (64 MiB clusters, table size 16) that is 1 GiB. */
+    qed_l2_cache_init(&img->cache, opts->l2_cache_tables,
+                      opts->l2_cache_tables ? 0 : QED_DEFAULT_L2_CACHE_BYTES, img->g.table_bytes);
 
     r = open_backing(img, aio, depth, err, errlen);
     if (r < 0)
@@ -550,6 +545,9 @@ void qed_get_info(const qed_image *img, struct qed_info *info)
     info->l1_table_offset = img->h.l1_table_offset;
     info->file_size = img->file_size;
     info->max_size = img->g.max_size;
+    info->l2_cache_bytes = img->cache.bytes;
+    info->l2_cache_max_bytes = img->cache.max_bytes;
+    info->l2_cache_peak_bytes = img->cache.peak_bytes;
     info->read_only = img->read_only;
     info->dirty = (img->h.features & QED_F_NEED_CHECK) != 0;
     snprintf(info->backing_file, sizeof(info->backing_file), "%s", img->backing_name);
@@ -582,6 +580,15 @@ const char *qed_path(const qed_image *img)
 unsigned qed_inflight(const qed_image *img)
 {
     return img->inflight;
+}
+
+uint64_t qed_l2_cache_bytes(const qed_image *img)
+{
+    uint64_t n = 0;
+
+    for (; img; img = img->backing)
+        n += img->cache.bytes;
+    return n;
 }
 
 int qed_check(qed_image *img, bool repair, struct qed_check_result *res)

@@ -118,7 +118,14 @@ int qed_create(const char *path, const struct qed_create_opts *opts, char *err, 
 struct qed_open_opts {
     bool read_only;             /* never write to the file */
     bool no_lock;               /* take no image lock (like qemu-img -U); read-only only */
-    unsigned l2_cache_tables;   /* L2 tables cached; 0 = QED_DEFAULT_L2_CACHE_TABLES */
+    /* L2 tables cached.  0: QED_DEFAULT_L2_CACHE_TABLES (64), and at most
+     * 32 MiB of them.  N: at most N tables, whatever their size.  Either way
+     * at least one table, which requests then share in turn (a table is
+     * table_size * cluster_size bytes: 1 GiB for 64 MiB clusters and table
+     * size 16).  The bound includes tables in use by requests: a request
+     * that needs a table waits until there is room.  Each QED image of a
+     * backing chain has its own cache, bounded the same way by default. */
+    unsigned l2_cache_tables;
     unsigned clean_delay_ms;    /* idle time before NEED_CHECK is cleared; 0 = 5000 */
 };
 
@@ -155,6 +162,9 @@ struct qed_info {
     uint64_t l1_table_offset;
     uint64_t file_size;          /* bytes of the image file */
     uint64_t max_size;           /* largest size this geometry allows (<= QED_MAX_VIRTUAL_SIZE) */
+    uint64_t l2_cache_bytes;     /* bytes of L2 tables this image's cache holds now */
+    uint64_t l2_cache_max_bytes; /* the bound on them (see qed_open_opts.l2_cache_tables) */
+    uint64_t l2_cache_peak_bytes; /* the most they have been since open */
     bool read_only;
     bool dirty;                  /* NEED_CHECK set on disk */
     char backing_file[4096];     /* "" when none; as stored in the header */
@@ -179,6 +189,15 @@ const char *qed_path(const qed_image *img);
 
 /** qed_inflight - requests submitted and not yet completed. */
 unsigned qed_inflight(const qed_image *img);
+
+/**
+ * qed_l2_cache_bytes - bytes of L2 tables held in memory now by @img and the
+ * QED images of its backing chain (each has its own cache).  This is the
+ * memory the caches hold beyond a fixed per-image part (the L1 table, one
+ * table of table_size * cluster_size bytes per image, is not included); a
+ * server counts it in a process-wide memory cap.  No I/O; loop thread only.
+ */
+uint64_t qed_l2_cache_bytes(const qed_image *img);
 
 /* ---- Requests ---------------------------------------------------------- */
 

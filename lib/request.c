@@ -61,6 +61,7 @@ static const char *state_names[] = {
     [RS_START] = "START",
     [RS_NEXT] = "NEXT",
     [RS_L2_LOAD_WAIT] = "L2_LOAD_WAIT",
+    [RS_L2_ROOM_WAIT] = "L2_ROOM_WAIT",
     [RS_RUN] = "RUN",
     [RS_DATA_WAIT] = "DATA_WAIT",
     [RS_QUEUE_WAIT] = "QUEUE_WAIT",
@@ -948,10 +949,77 @@ static void l2_load_done(struct qed_io *io)
     }
 }
 
+/* ---- Room in the L2 cache ---- */
+
+/*
+ * The cache holds at most cache.max_bytes of tables (l2-cache.c, "Memory
+ * bound").  A request that needs a table the cache does not hold waits here
+ * until one is released; waiters are served in order.  A waiting request
+ * holds no table, and every request that holds one gets to release it
+ * without room or the allocating-write queue, so the wait always ends.
+ */
+
+static void l2_room_defer_fn(struct qed_defer *d)
+{
+    struct qed_l2_cache *c =
+        (struct qed_l2_cache *)((char *)d - offsetof(struct qed_l2_cache, room_defer));
+
+    c->room_scheduled = false;
+    while (c->room_head && qed_l2_cache_make_room(c)) {
+        struct qed_req *r = c->room_head;
+        c->room_head = r->next;
+        if (!c->room_head)
+            c->room_tail = NULL;
+        r->next = NULL;
+        r->pending--;
+        c->room_turn = r;
+        req_step(r);
+        c->room_turn = NULL;
+    }
+}
+
+void qed_req_l2_room(struct qed_image *img)
+{
+    struct qed_l2_cache *c = &img->cache;
+
+    /* Why on the next loop turn: this runs inside an unref, in the middle of
+     * another request's step; the waiter must not be stepped from there. */
+    if (c->room_scheduled || !c->room_head)
+        return;
+    c->room_scheduled = true;
+    c->room_defer.fn = l2_room_defer_fn;
+    qed_aio_defer(img->aio, &c->room_defer);
+}
+
+/*
+ * Is there room for one more table?  True: insert it now.  False: @r now
+ * waits (RS_L2_ROOM_WAIT) and enters @resume once there is room.
+ */
+static bool l2_room(struct qed_req *r, enum qed_req_state resume)
+{
+    struct qed_l2_cache *c = &r->img->cache;
+
+    /* Earlier waiters first, except for the one being woken. */
+    if ((!c->room_head || c->room_turn == r) && qed_l2_cache_make_room(c))
+        return true;
+    r->next = NULL;
+    if (c->room_tail)
+        c->room_tail->next = r;
+    else
+        c->room_head = r;
+    c->room_tail = r;
+    r->resume = resume;
+    r->pending++; /* stepped again only by l2_room_defer_fn */
+    c->room_waits++;
+    set_state(r, RS_L2_ROOM_WAIT);
+    return false;
+}
+
 /*
  * Get the L2 table covering cur_pos into r->l2 (NULL when the L1 entry is
  * empty).  Returns 1 when it is ready, 0 when the request now waits for a
- * load, -EIO for a corrupt L1 entry, -ENOMEM.
+ * load, 2 when it waits for room in the cache (state set), -EIO for a corrupt
+ * L1 entry, -ENOMEM.
  */
 static int get_l2(struct qed_req *r)
 {
@@ -980,6 +1048,8 @@ static int get_l2(struct qed_req *r)
         r->pending++;
         return 0;
     }
+    if (!l2_room(r, RS_NEXT))
+        return 2;
     e = qed_l2_cache_insert(&img->cache, img, off, L2_LOADING);
     if (!e)
         return -ENOMEM;
@@ -1349,8 +1419,16 @@ static void step(struct qed_req *r)
                     set_state(r, RS_L2_LOAD_WAIT);
                     return;
                 }
+                if (rc == 2)
+                    return; /* RS_L2_ROOM_WAIT */
             }
             set_state(r, RS_RUN);
+            continue;
+
+        case RS_L2_ROOM_WAIT:
+            /* There is room now: look the table up again (another request
+             * may have loaded it meanwhile), or take the new table. */
+            set_state(r, r->resume);
             continue;
 
         case RS_L2_LOAD_WAIT:
@@ -1425,6 +1503,10 @@ static void step(struct qed_req *r)
             if (!r->l2) {
                 /* No L2 table yet: take one from the end of the file. */
                 assert(r->exclusive || r->type != REQ_WRITE);
+                /* Waiting for room here is safe: the lines above only
+                 * recompute the run from cur_pos and run_len. */
+                if (!l2_room(r, RS_ALLOC_CLUSTERS))
+                    return;
                 struct qed_l2 *e = qed_l2_cache_insert(&img->cache, img, img->file_size, L2_VALID);
                 if (!e) {
                     req_finish(r, -ENOMEM);
