@@ -27,15 +27,18 @@
  *    by qed_meta_init() (metadata.c) at open, get_l2() (request.c) before every
  *    load, and qed_check_image() (check.c).
  *  - L2 entries (data cluster offsets): qed_check_cluster_offset() (header.c),
- *    used by run_lookup() (request.c) for every run, qed_meta_sanitize_l2()
- *    (metadata.c) when a table is first loaded, and check_l2() (check.c).
+ *    used by run_lookup() (request.c) for every run and by check_l2()
+ *    (check.c); qed_meta_sanitize_l2() (metadata.c) also disables, when a
+ *    table is first loaded, entries past the end of the file at open or
+ *    pointing at metadata.
  *  - the backing file name length: qed_header_validate() (within the header
  *    clusters, shorter than PATH_MAX) before open_backing() (image.c) reads it.
  *
  * From the client (an NBD request, or any caller of the qed_* API):
  *  - offset and length of read, write, write-zeroes, discard, block status:
- *    check_range() (request.c) refuses off + len past the image size or past
- *    2^64, before a request exists;
+ *    the server's tx_check() (server/tx.c) first, then check_range()
+ *    (request.c), which refuses off + len past the image size or past 2^64
+ *    before a request exists;
  *  - a new size: qed_resize() (request.c), qed_create() (image.c).
  *  Within a request, run_lookup() (cluster and table ends), queue_enter()
  *  (the cluster range a request locks) and the discard range in step_run()
