@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "checked.h"
 #include "qed-internal.h"
 
 static uint32_t get32(const uint8_t *p)
@@ -80,12 +81,14 @@ static uint32_t log2u(uint64_t v)
 uint64_t qed_max_image_size(uint32_t cluster_size, uint32_t table_size)
 {
     /* N*N*cs = 2^(2*log2 N + log2 cs).  Large geometries exceed 2^64, so
-     * work with exponents and cap instead of overflowing like QEMU does. */
+     * work with exponents instead of overflowing like QEMU does, and never
+     * go past QED_MAX_VIRTUAL_SIZE: above it, offsets near the end of the
+     * image wrap around 2^64 (see checked.h). */
     uint64_t n = (uint64_t)table_size * cluster_size / sizeof(uint64_t);
     uint32_t bits = 2 * log2u(n) + log2u(cluster_size);
 
-    if (bits >= 64)
-        return UINT64_MAX & ~(uint64_t)511;
+    if (bits >= 63)
+        return QED_MAX_VIRTUAL_SIZE;
     return ((uint64_t)1 << bits) & ~(uint64_t)511;
 }
 
@@ -138,9 +141,8 @@ bool qed_check_table_offset(const struct qed_geom *g, uint64_t off, uint64_t fil
     if (!qed_check_cluster_offset(g, off, file_size))
         return false;
     /* Guard the addition: a huge offset must not wrap around to a small one. */
-    if (off > UINT64_MAX - (g->table_bytes - g->cluster_size))
+    if (qed_add_overflows(off, g->table_bytes - g->cluster_size, &last))
         return false;
-    last = off + (g->table_bytes - g->cluster_size);
     return qed_check_cluster_offset(g, last, file_size);
 }
 
@@ -166,11 +168,16 @@ int qed_header_validate(const struct qed_header *h, uint64_t file_size, const ch
         return qed_errf(err, errlen, -EINVAL,
                         "%s: QED image size %" PRIu64 " is not a multiple of 512", name,
                         h->image_size);
+    /* g->max_size is at most QED_MAX_VIRTUAL_SIZE: no offset in the image can
+     * wrap around 2^64 (see checked.h). */
     if (h->image_size > g->max_size)
         return qed_errf(err, errlen, -EINVAL,
                         "%s: QED image size %" PRIu64 " exceeds the maximum %" PRIu64
-                        " for cluster size %" PRIu32 " and table size %" PRIu32,
-                        name, h->image_size, g->max_size, h->cluster_size, h->table_size);
+                        " for cluster size %" PRIu32 " and table size %" PRIu32 "%s",
+                        name, h->image_size, g->max_size, h->cluster_size, h->table_size,
+                        g->max_size == QED_MAX_VIRTUAL_SIZE
+                            ? " (2^63 - 512: the most NBD clients can address)"
+                            : "");
 
     /* The trailing partial cluster of a file does not count. */
     file_end = file_size & ~(uint64_t)(g->cluster_size - 1);
@@ -182,16 +189,15 @@ int qed_header_validate(const struct qed_header *h, uint64_t file_size, const ch
         return qed_errf(err, errlen, -EINVAL,
                         "%s: QED L1 table offset %" PRIu64 " lies inside the header", name,
                         h->l1_table_offset);
-    if (h->l1_table_offset > UINT64_MAX - g->table_bytes ||
-        h->l1_table_offset + g->table_bytes > file_end)
+    if (!qed_range_within(h->l1_table_offset, g->table_bytes, file_end))
         return qed_errf(err, errlen, -EINVAL,
                         "%s: QED L1 table at %" PRIu64 " (%" PRIu64
                         " bytes) runs past the end of the file (%" PRIu64 " bytes)",
                         name, h->l1_table_offset, g->table_bytes, file_size);
 
     if (h->features & QED_F_BACKING_FILE) {
-        uint64_t end = (uint64_t)h->backing_filename_offset + h->backing_filename_size;
-        if (end > g->header_bytes)
+        if (!qed_range_within(h->backing_filename_offset, h->backing_filename_size,
+                              g->header_bytes))
             return qed_errf(err, errlen, -EINVAL,
                             "%s: QED backing file name (offset %" PRIu32 ", size %" PRIu32
                             ") runs past the header (%" PRIu64 " bytes)",

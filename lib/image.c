@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "checked.h"
 #include "qed-image.h"
 
 #define QED_MAX_BACKING_DEPTH 16
@@ -128,17 +129,15 @@ int qed_create(const char *path, const struct qed_create_opts *opts, char *err, 
     r = qed_geom_init(&g, cs, ts, 1, path, err, errlen);
     if (r < 0)
         return r;
-    if (opts->size > UINT64_MAX - 511)
+    /* g.max_size is at most QED_MAX_VIRTUAL_SIZE (header.c). */
+    if (qed_align_up_overflows(opts->size, 512, &size) || size > g.max_size)
         return qed_errf(err, errlen, -EINVAL,
                         "%s: image size %" PRIu64 " is too large for cluster size %" PRIu32
-                        " and table size %" PRIu32 " (maximum %" PRIu64 ")",
-                        path, opts->size, cs, ts, g.max_size);
-    size = (opts->size + 511) & ~(uint64_t)511;
-    if (size > g.max_size)
-        return qed_errf(err, errlen, -EINVAL,
-                        "%s: image size %" PRIu64 " is too large for cluster size %" PRIu32
-                        " and table size %" PRIu32 " (maximum %" PRIu64 ")",
-                        path, size, cs, ts, g.max_size);
+                        " and table size %" PRIu32 " (maximum %" PRIu64 "%s)",
+                        path, opts->size, cs, ts, g.max_size,
+                        g.max_size == QED_MAX_VIRTUAL_SIZE
+                            ? ", 2^63 - 512: the most NBD clients can address"
+                            : "");
 
     h.magic = QED_MAGIC;
     h.cluster_size = cs;
@@ -428,16 +427,11 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
         goto fail;
     }
 
-    {
-        unsigned max = opts->l2_cache_tables;
-        if (!max) {
-            uint64_t fit = (32ull << 20) / img->g.table_bytes;
-            max = fit > QED_DEFAULT_L2_CACHE_TABLES ? QED_DEFAULT_L2_CACHE_TABLES
-                  : fit < 4                         ? 4
-                                                    : (unsigned)fit;
-        }
-        qed_l2_cache_init(&img->cache, max);
-    }
+    /* By default 64 tables and at most 32 MiB of them; a table count given
+     * by the caller is taken as it is.  Either way at least one table: with
+     * 1 GiB tables (64 MiB clusters, table size 16) that is 1 GiB. */
+    qed_l2_cache_init(&img->cache, opts->l2_cache_tables,
+                      opts->l2_cache_tables ? 0 : QED_DEFAULT_L2_CACHE_BYTES, img->g.table_bytes);
 
     r = open_backing(img, aio, depth, err, errlen);
     if (r < 0)
@@ -727,6 +721,9 @@ void qed_get_info(const qed_image *img, struct qed_info *info)
     info->l1_table_offset = img->h.l1_table_offset;
     info->file_size = img->file_size;
     info->max_size = img->g.max_size;
+    info->l2_cache_bytes = img->cache.bytes;
+    info->l2_cache_max_bytes = img->cache.max_bytes;
+    info->l2_cache_peak_bytes = img->cache.peak_bytes;
     info->read_only = img->read_only;
     info->dirty = (img->h.features & QED_F_NEED_CHECK) != 0;
     info->flush_error = img->flush_err;
@@ -760,6 +757,15 @@ const char *qed_path(const qed_image *img)
 unsigned qed_inflight(const qed_image *img)
 {
     return img->inflight;
+}
+
+uint64_t qed_l2_cache_bytes(const qed_image *img)
+{
+    uint64_t n = 0;
+
+    for (; img; img = img->backing)
+        n += img->cache.bytes;
+    return n;
 }
 
 int qed_check(qed_image *img, bool repair, struct qed_check_result *res)

@@ -2,15 +2,29 @@
  * l2-cache.c - a bounded, reference-counted cache of L2 tables.
  *
  * Entries are found by the table's host offset.  A referenced entry is never
- * evicted; when every entry is referenced the cache grows past its capacity
- * and shrinks back as references drop.  An entry being loaded is already in
- * the cache (state L2_LOADING), so a second miss on the same table finds it
- * and waits instead of reading the table again.
+ * evicted.  An entry being loaded is already in the cache (state L2_LOADING),
+ * so a second miss on the same table finds it and waits instead of reading
+ * the table again.
+ *
+ * Memory bound.  The cache counts the bytes of every table it allocated and
+ * has not freed yet (bytes), including tables that are referenced, loading,
+ * or forgotten but still held.  The engine (request.c) inserts a table only
+ * after qed_l2_cache_make_room() said it fits, and otherwise waits until a
+ * table is released, so bytes never exceeds max_bytes.  max_bytes is at
+ * least one table: a request holds at most one table at a time, and a
+ * request holding one finishes with it without waiting for room or for the
+ * allocating-write queue, so one table lets every request make progress, in
+ * turn.  (The earlier floor of 4 tables came with a cache that simply grew
+ * past its capacity while tables were in use; nothing depended on it, and it
+ * broke the byte bound for tables of 16 MiB or more.)  qed_l2_cache_insert()
+ * itself does not check the bound: it is the mechanism, the engine the policy.
  */
 #include "config.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+#include "checked.h"
 
 #include "qed-image.h"
 
@@ -22,10 +36,24 @@ static unsigned l2_bucket(uint64_t offset)
     return (unsigned)(x >> 56) % QED_L2_HASH;
 }
 
-void qed_l2_cache_init(struct qed_l2_cache *c, unsigned max)
+void qed_l2_cache_init(struct qed_l2_cache *c, unsigned max_tables, uint64_t max_bytes,
+                       uint64_t table_bytes)
 {
+    uint64_t tables = max_tables ? max_tables : QED_DEFAULT_L2_CACHE_TABLES;
+    uint64_t bound;
+
     memset(c, 0, sizeof(*c));
-    c->max = max ? max : QED_DEFAULT_L2_CACHE_TABLES;
+    c->table_bytes = table_bytes ? table_bytes : 1;
+    if (qed_mul_overflows(tables, c->table_bytes, &bound))
+        bound = UINT64_MAX;
+    if (max_bytes && bound > max_bytes)
+        bound = max_bytes;
+    /* Whole tables, and always one: see "Memory bound" above. */
+    tables = bound / c->table_bytes;
+    if (tables == 0)
+        tables = 1;
+    c->max_bytes = tables * c->table_bytes;
+    c->max = tables > UINT32_MAX ? UINT32_MAX : (unsigned)tables;
 }
 
 static void lru_unlink(struct qed_l2_cache *c, struct qed_l2 *e)
@@ -52,8 +80,9 @@ static void lru_push_front(struct qed_l2_cache *c, struct qed_l2 *e)
         c->lru = e;
 }
 
-static void l2_free(struct qed_l2 *e)
+static void l2_free(struct qed_l2_cache *c, struct qed_l2 *e)
 {
+    c->bytes -= c->table_bytes;
     free(e->t);
     free(e);
 }
@@ -82,10 +111,25 @@ static void l2_shrink(struct qed_l2_cache *c)
         struct qed_l2 *prev = e->lprev;
         if (e->ref == 0) {
             l2_remove(c, e);
-            l2_free(e);
+            l2_free(c, e);
         }
         e = prev;
     }
+}
+
+bool qed_l2_cache_make_room(struct qed_l2_cache *c)
+{
+    struct qed_l2 *e = c->lru;
+
+    while (c->bytes + c->table_bytes > c->max_bytes && e) {
+        struct qed_l2 *prev = e->lprev;
+        if (e->ref == 0) {
+            l2_remove(c, e);
+            l2_free(c, e);
+        }
+        e = prev;
+    }
+    return c->bytes + c->table_bytes <= c->max_bytes;
 }
 
 void qed_l2_cache_destroy(struct qed_l2_cache *c)
@@ -94,7 +138,7 @@ void qed_l2_cache_destroy(struct qed_l2_cache *c)
 
     while (e) {
         struct qed_l2 *next = e->lnext;
-        l2_free(e);
+        l2_free(c, e);
         e = next;
     }
     memset(c->hash, 0, sizeof(c->hash));
@@ -132,6 +176,9 @@ struct qed_l2 *qed_l2_cache_insert(struct qed_l2_cache *c, struct qed_image *img
         free(e);
         return NULL;
     }
+    c->bytes += c->table_bytes;
+    if (c->bytes > c->peak_bytes)
+        c->peak_bytes = c->bytes;
     e->offset = offset;
     e->ref = 1;
     e->state = state;
@@ -156,8 +203,11 @@ void qed_l2_cache_unref(struct qed_l2_cache *c, struct qed_l2 *e)
 {
     if (--e->ref > 0)
         return;
+    /* The table is evictable (or about to be freed): waiters may fit now. */
+    if (c->room_head)
+        qed_req_l2_room(e->img);
     if (!e->cached) {
-        l2_free(e);
+        l2_free(c, e);
         return;
     }
     l2_shrink(c);

@@ -44,12 +44,41 @@ struct qed_l2_cache {
     struct qed_l2 *hash[QED_L2_HASH];
     struct qed_l2 *mru, *lru;
     unsigned count;            /* entries in the cache */
-    unsigned max;              /* capacity; exceeded only while all are referenced */
+    unsigned max;              /* idle entries are evicted past this many (max_bytes / table) */
     uint64_t hits, misses, loads;
+    uint64_t table_bytes;      /* bytes of one table */
+    uint64_t bytes;            /* table bytes allocated: cached, loading, or forgotten but
+                                  still referenced (freed at the last unref) */
+    uint64_t max_bytes;        /* bound on bytes, a multiple of table_bytes, >= one table */
+    uint64_t peak_bytes;       /* highest bytes seen */
+    /* Requests waiting for room (request.c): the engine inserts a table only
+     * when qed_l2_cache_make_room() says it fits, so bytes <= max_bytes. */
+    struct qed_req *room_head, *room_tail;
+    struct qed_req *room_turn; /* the waiter being woken; it goes before the others */
+    bool room_scheduled;       /* room_defer is queued */
+    struct qed_defer room_defer;
+    uint64_t room_waits;       /* times a request had to wait for room */
 };
 
-void qed_l2_cache_init(struct qed_l2_cache *c, unsigned max);
+/** Default byte bound of one image's cache when no table count is given. */
+#define QED_DEFAULT_L2_CACHE_BYTES (32ull << 20)
+
+/**
+ * qed_l2_cache_init - an empty cache of tables of @table_bytes each, holding
+ * at most @max_tables tables (0: QED_DEFAULT_L2_CACHE_TABLES) and at most
+ * @max_bytes bytes of them (0: no byte bound besides the table count), but
+ * always room for one table, whatever its size: a request needs one table at
+ * a time to make progress.
+ */
+void qed_l2_cache_init(struct qed_l2_cache *c, unsigned max_tables, uint64_t max_bytes,
+                       uint64_t table_bytes);
 void qed_l2_cache_destroy(struct qed_l2_cache *c);
+/**
+ * qed_l2_cache_make_room - evict unreferenced tables, least recently used
+ * first, until one more table fits under max_bytes.  False when it cannot:
+ * every table left is referenced (in use by a request or being loaded).
+ */
+bool qed_l2_cache_make_room(struct qed_l2_cache *c);
 /** Find @offset; takes a reference on a hit (VALID or LOADING). */
 struct qed_l2 *qed_l2_cache_get(struct qed_l2_cache *c, uint64_t offset);
 /** Allocate an entry for @offset (table zeroed), insert it with one reference. */
@@ -87,6 +116,7 @@ enum qed_req_state {
     RS_QUEUE_WAIT,       /* waits to reach the head of the allocating-write queue */
     RS_NEXT,             /* action: start the next run at cur_pos, or finish */
     RS_L2_LOAD_WAIT,     /* waits for the L2 table covering cur_pos to load */
+    RS_L2_ROOM_WAIT,     /* waits for room in the L2 cache, then goes to resume */
     RS_RUN,              /* action: handle the run at cur_pos given its L2 table */
     RS_DATA_WAIT,        /* waits for a data read, in-place write, backing read or punch */
     RS_ALLOC_BEGIN,      /* action: set NEED_CHECK if this is the first allocation */
@@ -153,7 +183,8 @@ struct qed_req {
     uint64_t head_len, tail_len; /* bytes copied into the first/last new cluster */
     bool cow_zero;             /* head/tail are zeros: no copy, point at the zero buffer */
     bool sparse;               /* head/tail left unwritten: fresh clusters read as zeros */
-    enum qed_req_state resume; /* state to enter on reaching the queue head */
+    enum qed_req_state resume; /* state to enter on reaching the queue head, or on
+                                  getting room in the L2 cache */
     struct qed_req *gc_next;   /* group commit: next request waiting or in the batch */
 
     /* Block status */
@@ -286,6 +317,11 @@ int qed_meta_sanitize_l2(struct qed_image *img, uint64_t table_off, uint64_t *t)
 void qed_meta_free(struct qed_image *img);
 
 /* request.c */
+/**
+ * Called by the L2 cache when a table became evictable or was freed while
+ * requests wait for room: wakes them on the next loop turn.
+ */
+void qed_req_l2_room(struct qed_image *img);
 /** Submit an internal CLEAN request (NEED_CHECK clearing) through the queue. */
 int qed_req_submit_clean(struct qed_image *img, qed_done_fn cb, void *opaque);
 

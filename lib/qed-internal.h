@@ -54,7 +54,7 @@ struct qed_geom {
     uint32_t l1_shift;       /* = cluster_bits + entry_bits */
     uint64_t table_bytes;    /* table_size * cluster_size */
     uint64_t header_bytes;   /* header_size * cluster_size */
-    uint64_t max_size;       /* N * N * cluster_size, capped at UINT64_MAX & ~511 */
+    uint64_t max_size;       /* N * N * cluster_size, capped at QED_MAX_VIRTUAL_SIZE */
 };
 
 /** qed_header_decode - parse 64 little-endian bytes. */
@@ -74,7 +74,10 @@ bool qed_is_pow2(uint64_t v);
 int qed_geom_init(struct qed_geom *g, uint32_t cluster_size, uint32_t table_size,
                   uint32_t header_size, const char *name, char *err, size_t errlen);
 
-/** qed_max_image_size - N*N*cluster_size without overflow (capped), rounded down to 512. */
+/**
+ * qed_max_image_size - N*N*cluster_size without overflow, rounded down to
+ * 512, and at most QED_MAX_VIRTUAL_SIZE.
+ */
 uint64_t qed_max_image_size(uint32_t cluster_size, uint32_t table_size);
 
 /**

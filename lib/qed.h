@@ -55,6 +55,15 @@ typedef struct qed_image qed_image;
 #define QED_DEFAULT_CLEAN_DELAY_MS 5000u
 #define QED_DEFAULT_L2_CACHE_TABLES 64u
 
+/*
+ * The largest virtual size of any image: INT64_MAX rounded down to a multiple
+ * of 512 (2^63 - 512).  NBD clients address at most 2^63 - 1 bytes (QEMU and
+ * nbdkit cap sizes at INT64_MAX), and below this bound no offset, cluster end
+ * or request end can wrap around 2^64.  Creating, opening or resizing to a
+ * larger size is refused, whatever the geometry would allow.
+ */
+#define QED_MAX_VIRTUAL_SIZE ((uint64_t)INT64_MAX & ~(uint64_t)511)
+
 /* ---- I/O engine -------------------------------------------------------- */
 
 enum qed_aio_backend {
@@ -101,14 +110,22 @@ struct qed_create_opts {
 /**
  * qed_create - create a new QED image at @path (blocking).
  * Fails if the file exists.  The geometry is validated, and a size too large
- * for it is refused with the maximum named in @err.
+ * for it, or above QED_MAX_VIRTUAL_SIZE, is refused (-EINVAL) with the
+ * maximum named in @err.
  */
 int qed_create(const char *path, const struct qed_create_opts *opts, char *err, size_t errlen);
 
 struct qed_open_opts {
     bool read_only;             /* never write to the file */
     bool no_lock;               /* take no image lock (like qemu-img -U); read-only only */
-    unsigned l2_cache_tables;   /* L2 tables cached; 0 = QED_DEFAULT_L2_CACHE_TABLES */
+    /* L2 tables cached.  0: QED_DEFAULT_L2_CACHE_TABLES (64), and at most
+     * 32 MiB of them.  N: at most N tables, whatever their size.  Either way
+     * at least one table, which requests then share in turn (a table is
+     * table_size * cluster_size bytes: 1 GiB for 64 MiB clusters and table
+     * size 16).  The bound includes tables in use by requests: a request
+     * that needs a table waits until there is room.  Each QED image of a
+     * backing chain has its own cache, bounded the same way by default. */
+    unsigned l2_cache_tables;
     unsigned clean_delay_ms;    /* idle time before NEED_CHECK is cleared; 0 = 5000 */
     bool repair_corrupt;        /* read-write: zero invalid table entries of an image marked
                                    clean, as `qed-img check -r` does (see qed_open) */
@@ -116,7 +133,8 @@ struct qed_open_opts {
 
 /**
  * qed_open - open a QED image (blocking).
- * Validates the header and every table offset it can see, opens the backing
+ * Validates the header and every table offset it can see (an image size
+ * above QED_MAX_VIRTUAL_SIZE is refused with -EINVAL), opens the backing
  * chain, takes the image lock, and for a read-write open of a NEED_CHECK image
  * runs check-and-repair first (QED's recovery after a crash).  A read-only
  * open never writes.
@@ -154,7 +172,10 @@ struct qed_info {
     uint64_t autoclear_features;
     uint64_t l1_table_offset;
     uint64_t file_size;          /* bytes of the image file */
-    uint64_t max_size;           /* largest size this geometry allows */
+    uint64_t max_size;           /* largest size this geometry allows (<= QED_MAX_VIRTUAL_SIZE) */
+    uint64_t l2_cache_bytes;     /* bytes of L2 tables this image's cache holds now */
+    uint64_t l2_cache_max_bytes; /* the bound on them (see qed_open_opts.l2_cache_tables) */
+    uint64_t l2_cache_peak_bytes; /* the most they have been since open */
     bool read_only;
     bool dirty;                  /* NEED_CHECK set on disk */
     int flush_error;             /* qed_flush_error(): 0, or the first failed flush */
@@ -193,6 +214,15 @@ unsigned qed_inflight(const qed_image *img);
  * new open (which checks and repairs the image) clears the state.
  */
 int qed_flush_error(const qed_image *img);
+
+/**
+ * qed_l2_cache_bytes - bytes of L2 tables held in memory now by @img and the
+ * QED images of its backing chain (each has its own cache).  This is the
+ * memory the caches hold beyond a fixed per-image part (the L1 table, one
+ * table of table_size * cluster_size bytes per image, is not included); a
+ * server counts it in a process-wide memory cap.  No I/O; loop thread only.
+ */
+uint64_t qed_l2_cache_bytes(const qed_image *img);
 
 /* ---- Requests ---------------------------------------------------------- */
 
@@ -242,7 +272,11 @@ int qed_discard(qed_image *img, uint64_t off, uint64_t len, unsigned flags,
  */
 int qed_flush(qed_image *img, qed_done_fn cb, void *opaque);
 
-/** qed_resize - grow the image to @new_size (rounded up to 512); shrinking is -EINVAL. */
+/**
+ * qed_resize - grow the image to @new_size (rounded up to 512); shrinking is
+ * -EINVAL, a size above the geometry's maximum or QED_MAX_VIRTUAL_SIZE is
+ * -EFBIG.
+ */
 int qed_resize(qed_image *img, uint64_t new_size, qed_done_fn cb, void *opaque);
 
 /* Block status */

@@ -47,6 +47,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "checked.h"
 #include "qed-image.h"
 
 #define ZERO_BUF_SIZE (1u << 20)
@@ -60,6 +61,7 @@ static const char *state_names[] = {
     [RS_START] = "START",
     [RS_NEXT] = "NEXT",
     [RS_L2_LOAD_WAIT] = "L2_LOAD_WAIT",
+    [RS_L2_ROOM_WAIT] = "L2_ROOM_WAIT",
     [RS_RUN] = "RUN",
     [RS_DATA_WAIT] = "DATA_WAIT",
     [RS_QUEUE_WAIT] = "QUEUE_WAIT",
@@ -169,7 +171,7 @@ static bool needs_exclusive(const struct qed_req *r)
     if (img->backing_kind == BACKING_NONE && !(img->h.features & QED_F_NEED_CHECK))
         return true;
     for (uint64_t i = qed_l1_index(&img->g, r->lock_lo);
-         i <= qed_l1_index(&img->g, r->lock_hi - 1); i++)
+         i <= qed_l1_index(&img->g, r->lock_hi - 1) && i < img->g.table_entries; i++)
         if (img->l1[i] == 0)
             return true;
     return false;
@@ -265,7 +267,14 @@ static bool queue_enter(struct qed_req *r, enum qed_req_state resume)
     if (img->aio && ev_is_active(&img->clean_timer))
         ev_timer_stop(img->aio->loop, &img->clean_timer);
     r->lock_lo = qed_start_of_cluster(g, from);
-    r->lock_hi = qed_start_of_cluster(g, r->end + g->cluster_size - 1);
+    if (qed_align_up_overflows(r->end, g->cluster_size, &r->lock_hi)) {
+        /* Cannot happen below QED_MAX_VIRTUAL_SIZE; if it did, an end that
+         * wrapped to 0 would make the range empty and let a second writer of
+         * the same clusters in.  Lock everything from lock_lo on instead. */
+        qed_log(QED_LOG_ERROR, "%s: %s range end %" PRIu64 " overflows; locking to the end",
+                img->path, type_names[r->type], r->end);
+        r->lock_hi = qed_start_of_cluster(g, UINT64_MAX);
+    }
     if (r->lock_hi <= r->lock_lo)
         r->lock_hi = r->lock_lo + g->cluster_size; /* empty ranges still order */
     if (!img->queue_head && can_start(r)) {
@@ -896,10 +905,21 @@ static void run_lookup(struct qed_req *r)
     struct qed_image *img = r->img;
     const struct qed_geom *g = &img->g;
     uint64_t pos = r->cur_pos;
-    uint64_t l2_end = (pos | (qed_l2_coverage(g) - 1)) + 1;
-    uint64_t limit = l2_end == 0 ? r->end : min64(r->end, l2_end); /* 0: wrapped at 2^64 */
-    uint64_t idx, e0, c;
+    uint64_t l2_end, limit, idx, e0, c;
     enum qed_run_kind kind;
+
+    /* The end of the guest range the table covers and of pos's cluster.
+     * Below QED_MAX_VIRTUAL_SIZE neither wraps; if one did, the scan below
+     * would run past the end of the table, so the run fails instead. */
+    if (qed_add_overflows(pos | (qed_l2_coverage(g) - 1), 1, &l2_end) ||
+        qed_add_overflows(qed_start_of_cluster(g, pos), g->cluster_size, &c)) {
+        qed_log(QED_LOG_ERROR, "%s: guest offset %" PRIu64 " has no cluster end below 2^64",
+                img->path, pos);
+        r->kind = RUN_BAD;
+        r->run_len = 0;
+        return;
+    }
+    limit = min64(r->end, l2_end);
 
     if (!r->l2) {
         r->kind = RUN_UNALLOC;
@@ -917,10 +937,11 @@ static void run_lookup(struct qed_req *r)
     else
         kind = RUN_BAD;
 
-    c = qed_start_of_cluster(g, pos) + g->cluster_size;
     if (kind != RUN_BAD) {
         uint64_t prev = e0;
-        while (c < limit) {
+        /* c < limit <= l2_end keeps idx inside the table; the second bound
+         * says so to the reader and to any future change of the ends. */
+        while (c < limit && idx + 1 < g->table_entries) {
             uint64_t e = le64toh(r->l2->t[++idx]);
             if (kind == RUN_DATA) {
                 if (e != prev + g->cluster_size)
@@ -986,10 +1007,77 @@ static void l2_load_done(struct qed_io *io)
     }
 }
 
+/* ---- Room in the L2 cache ---- */
+
+/*
+ * The cache holds at most cache.max_bytes of tables (l2-cache.c, "Memory
+ * bound").  A request that needs a table the cache does not hold waits here
+ * until one is released; waiters are served in order.  A waiting request
+ * holds no table, and every request that holds one gets to release it
+ * without room or the allocating-write queue, so the wait always ends.
+ */
+
+static void l2_room_defer_fn(struct qed_defer *d)
+{
+    struct qed_l2_cache *c =
+        (struct qed_l2_cache *)((char *)d - offsetof(struct qed_l2_cache, room_defer));
+
+    c->room_scheduled = false;
+    while (c->room_head && qed_l2_cache_make_room(c)) {
+        struct qed_req *r = c->room_head;
+        c->room_head = r->next;
+        if (!c->room_head)
+            c->room_tail = NULL;
+        r->next = NULL;
+        r->pending--;
+        c->room_turn = r;
+        req_step(r);
+        c->room_turn = NULL;
+    }
+}
+
+void qed_req_l2_room(struct qed_image *img)
+{
+    struct qed_l2_cache *c = &img->cache;
+
+    /* Why on the next loop turn: this runs inside an unref, in the middle of
+     * another request's step; the waiter must not be stepped from there. */
+    if (c->room_scheduled || !c->room_head)
+        return;
+    c->room_scheduled = true;
+    c->room_defer.fn = l2_room_defer_fn;
+    qed_aio_defer(img->aio, &c->room_defer);
+}
+
+/*
+ * Is there room for one more table?  True: insert it now.  False: @r now
+ * waits (RS_L2_ROOM_WAIT) and enters @resume once there is room.
+ */
+static bool l2_room(struct qed_req *r, enum qed_req_state resume)
+{
+    struct qed_l2_cache *c = &r->img->cache;
+
+    /* Earlier waiters first, except for the one being woken. */
+    if ((!c->room_head || c->room_turn == r) && qed_l2_cache_make_room(c))
+        return true;
+    r->next = NULL;
+    if (c->room_tail)
+        c->room_tail->next = r;
+    else
+        c->room_head = r;
+    c->room_tail = r;
+    r->resume = resume;
+    r->pending++; /* stepped again only by l2_room_defer_fn */
+    c->room_waits++;
+    set_state(r, RS_L2_ROOM_WAIT);
+    return false;
+}
+
 /*
  * Get the L2 table covering cur_pos into r->l2 (NULL when the L1 entry is
  * empty).  Returns 1 when it is ready, 0 when the request now waits for a
- * load, -EIO for a corrupt L1 entry, -ENOMEM.
+ * load, 2 when it waits for room in the cache (state set), -EIO for a corrupt
+ * L1 entry, -ENOMEM.
  */
 static int get_l2(struct qed_req *r)
 {
@@ -1018,6 +1106,8 @@ static int get_l2(struct qed_req *r)
         r->pending++;
         return 0;
     }
+    if (!l2_room(r, RS_NEXT))
+        return 2;
     e = qed_l2_cache_insert(&img->cache, img, off, L2_LOADING);
     if (!e)
         return -ENOMEM;
@@ -1241,9 +1331,11 @@ static bool step_run(struct qed_req *r)
     case REQ_DISCARD:
         if (r->kind == RUN_DATA) {
             const struct qed_geom *g = &img->g;
-            uint64_t a = (r->cur_pos + g->cluster_size - 1) & ~(uint64_t)(g->cluster_size - 1);
-            uint64_t b = qed_start_of_cluster(g, r->cur_pos + r->run_len);
-            if (b > a) {
+            uint64_t a, b;
+            /* Whole clusters only: [cur_pos rounded up, run end rounded down). */
+            if (!qed_align_up_overflows(r->cur_pos, g->cluster_size, &a) &&
+                !qed_add_overflows(r->cur_pos, r->run_len, &b) &&
+                (b = qed_start_of_cluster(g, b)) > a) {
                 set_state(r, RS_DATA_WAIT);
                 submit_io(r, 0, QED_IO_PUNCH, img->fd, NULL, 0, r->host + (a - r->cur_pos),
                           b - a);
@@ -1385,8 +1477,16 @@ static void step(struct qed_req *r)
                     set_state(r, RS_L2_LOAD_WAIT);
                     return;
                 }
+                if (rc == 2)
+                    return; /* RS_L2_ROOM_WAIT */
             }
             set_state(r, RS_RUN);
+            continue;
+
+        case RS_L2_ROOM_WAIT:
+            /* There is room now: look the table up again (another request
+             * may have loaded it meanwhile), or take the new table. */
+            set_state(r, r->resume);
             continue;
 
         case RS_L2_LOAD_WAIT:
@@ -1468,6 +1568,10 @@ static void step(struct qed_req *r)
             if (!r->l2) {
                 /* No L2 table yet: take one from the end of the file. */
                 assert(r->exclusive || r->type != REQ_WRITE);
+                /* Waiting for room here is safe: the lines above only
+                 * recompute the run from cur_pos and run_len. */
+                if (!l2_room(r, RS_ALLOC_CLUSTERS))
+                    return;
                 struct qed_l2 *e = qed_l2_cache_insert(&img->cache, img, img->file_size, L2_VALID);
                 if (!e) {
                     req_finish(r, -ENOMEM);
@@ -1816,7 +1920,9 @@ static int check_range(struct qed_image *img, uint64_t off, uint64_t len, bool w
         return -EINVAL;
     if (write && img->read_only)
         return -EROFS;
-    if (off > img->h.image_size || len > img->h.image_size - off)
+    /* Also refuses an end that wraps past 2^64: every request end below is
+     * then at most the image size, itself at most QED_MAX_VIRTUAL_SIZE. */
+    if (!qed_range_within(off, len, img->h.image_size))
         return range_err;
     return 0;
 }
@@ -1909,13 +2015,18 @@ int qed_block_status(qed_image *img, uint64_t off, uint64_t len, struct qed_exte
 int qed_resize(qed_image *img, uint64_t new_size, qed_done_fn cb, void *opaque)
 {
     struct qed_req *r;
+    uint64_t rounded;
     int rc = check_range(img, 0, 0, true, 0, 0, -EINVAL);
 
     if (rc < 0)
         return rc;
-    if (new_size > UINT64_MAX - 511)
-        return -EINVAL;
-    new_size = (new_size + 511) & ~(uint64_t)511;
+    if (qed_align_up_overflows(new_size, 512, &rounded) || rounded > QED_MAX_VIRTUAL_SIZE) {
+        qed_log(QED_LOG_ERROR, "%s: size %" PRIu64 " exceeds the maximum %" PRIu64
+                " (2^63 - 512, the most NBD clients can address)", img->path, new_size,
+                (uint64_t)QED_MAX_VIRTUAL_SIZE);
+        return -EFBIG;
+    }
+    new_size = rounded;
     if (new_size < img->h.image_size) {
         qed_log(QED_LOG_ERROR, "%s: shrinking from %" PRIu64 " to %" PRIu64 " is not supported",
                 img->path, img->h.image_size, new_size);

@@ -54,6 +54,34 @@ rm -f t.qed
 expect_rc 0 "$QED_IMG" create t.qed 64T
 [ "$(qed_header t.qed size)" = "$max" ] || fail "64T not stored"
 refuse "$max" t.qed 65T
+# No image larger than INT64_MAX rounded down to 512, whatever the geometry
+# allows: with 4M clusters and table size 4, N*N*cs = 2^64, and a size of
+# 2^64 - 512 made the end of the last cluster wrap to 0 (a heap overflow).
+cap=9223372036854775296
+for geom in "4M 4" "2M 8"; do
+    set -- $geom
+    refuse "$cap" -c "$1" -t "$2" t.qed 18446744073709551104
+    refuse "$cap" -c "$1" -t "$2" t.qed 9223372036854775808
+    refuse "$cap" -c "$1" -t "$2" t.qed $((cap + 1))
+    refuse "$cap" -c "$1" -t "$2" t.qed 8E
+    rm -f t.qed
+    expect_rc 0 "$QED_IMG" create -c "$1" -t "$2" t.qed "$cap"
+    [ "$(qed_header t.qed size)" = "$cap" ] || fail "the largest size not stored ($geom)"
+    expect_rc 0 "$QED_IMG" info --json t.qed
+    expect_grep "$tmp/out" "\"max-virtual-size\": $cap"
+done
+# An image whose header claims more is refused at open, naming size and maximum.
+python3 - t.qed <<'PY'
+import struct, sys
+with open(sys.argv[1], 'r+b') as f:
+    f.seek(48)
+    f.write(struct.pack('<Q', 18446744073709551104))
+PY
+expect_rc 1 "$QED_IMG" info t.qed
+expect_grep "$tmp/err" "t.qed"
+expect_grep "$tmp/err" "18446744073709551104"
+expect_grep "$tmp/err" "$cap"
+rm -f t.qed
 # Sizes that overflow 64 bits.
 refuse "too large" t.qed 17E
 refuse "too large" t.qed 18446744073709551616

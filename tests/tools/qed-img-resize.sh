@@ -41,6 +41,20 @@ expect_rc 0 "$QED_IMG" resize small.qed 1G
 expect_rc 1 "$QED_IMG" resize small.qed 1025M
 expect_grep "$tmp/err" "1073741824"
 
+# No image past 2^63 - 512 (INT64_MAX rounded down to 512), whatever the
+# geometry: 4M clusters with table size 4 would allow 2^64 - 512.
+cap=9223372036854775296
+expect_rc 0 "$QED_IMG" create -c 4M big.qed 1G
+cp big.qed big-before.qed
+for s in 8E 18446744073709551104 $((cap + 1)); do
+    expect_rc 1 "$QED_IMG" resize big.qed "$s"
+    expect_grep "$tmp/err" "$cap"
+done
+cmp -s big.qed big-before.qed || fail "a refused resize modified big.qed"
+expect_rc 0 "$QED_IMG" resize big.qed "$cap"
+[ "$(qed_header big.qed size)" = "$cap" ] || fail "resize to the largest size failed"
+rm -f big.qed big-before.qed
+
 # Garbage sizes and missing files.
 expect_rc 1 "$QED_IMG" resize a.qed 12Q
 expect_rc 1 "$QED_IMG" resize a.qed

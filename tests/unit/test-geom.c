@@ -31,12 +31,13 @@ static void geom(uint32_t cs, uint32_t ts, uint32_t hs)
     cr_assert_eq(r, 0, "qed_geom_init(%u, %u, %u): %d %s", cs, ts, hs, r, err);
 }
 
-/* Independent model of the maximum: N*N*cs in 128 bits, capped, rounded to 512. */
+/* Independent model of the maximum: N*N*cs in 128 bits, capped at INT64_MAX
+ * rounded down to 512 (what NBD clients can address), rounded to 512. */
 static uint64_t model_max(uint32_t cs, uint32_t ts)
 {
     unsigned __int128 n = (unsigned __int128)ts * cs / 8;
     unsigned __int128 m = n * n * cs;
-    uint64_t cap = UINT64_MAX & ~511ull;
+    uint64_t cap = (uint64_t)INT64_MAX & ~511ull;
     return m > cap ? cap : (uint64_t)m & ~511ull;
 }
 
@@ -133,17 +134,20 @@ Test(geom, max_size_64k_table4_is_64tib)
 Test(geom, max_size_64m_table16_is_capped)
 {
     /* 2^27 * 2^27 * 2^26 = 2^80 */
-    cr_assert_eq(qed_max_image_size(64 * MiB, 16), UINT64_MAX & ~511ull);
+    cr_assert_eq(qed_max_image_size(64 * MiB, 16), (1ull << 63) - 512);
 }
 
 Test(geom, max_size_largest_exact_value)
 {
     /* 1 MiB / 16: N = 2^21, max = 2^62: fits. */
     cr_assert_eq(qed_max_image_size(1 * MiB, 16), 1ull << 62);
-    /* 2 MiB / 8: N = 2^21, max = 2^63: fits. */
-    cr_assert_eq(qed_max_image_size(2 * MiB, 8), 1ull << 63);
-    /* 4 MiB / 4: N = 2^21, max = 2^64: one past; capped. */
-    cr_assert_eq(qed_max_image_size(4 * MiB, 4), UINT64_MAX & ~511ull);
+    /* 1 MiB / 8: N = 2^20, max = 2^60. */
+    cr_assert_eq(qed_max_image_size(1 * MiB, 8), 1ull << 60);
+    /* 2 MiB / 8: N = 2^21, max = 2^63: one past INT64_MAX; capped at 2^63 - 512. */
+    cr_assert_eq(qed_max_image_size(2 * MiB, 8), (1ull << 63) - 512);
+    /* 4 MiB / 4: N = 2^21, max = 2^64: capped the same. */
+    cr_assert_eq(qed_max_image_size(4 * MiB, 4), (1ull << 63) - 512);
+    cr_assert_eq(QED_MAX_VIRTUAL_SIZE, (1ull << 63) - 512);
 }
 
 Test(geom, max_size_matches_model_for_every_geometry)
@@ -220,9 +224,10 @@ Test(geom, index_64k_table4_table_boundary)
 Test(geom, index_64m_table16_last_byte)
 {
     geom(64 * MiB, 16, 1);
-    uint64_t last = (UINT64_MAX & ~511ull) - 1;
-    /* 2^64 / 2^53 = 2048 L1 entries cover the whole 64-bit range. */
-    cr_assert_eq(qed_l1_index(&G, last), 2047);
+    uint64_t last = QED_MAX_VIRTUAL_SIZE - 1;
+    /* 2^63 / 2^53 = 1024 L1 entries cover the largest image; 2048 would
+     * cover the whole 64-bit range. */
+    cr_assert_eq(qed_l1_index(&G, last), 1023);
     cr_assert_eq(qed_l2_index(&G, last), (1u << 27) - 1);
     cr_assert_eq(qed_offset_in_cluster(&G, last), 64 * MiB - 513);
     cr_assert_eq(qed_l1_index(&G, UINT64_MAX), 2047);

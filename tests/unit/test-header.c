@@ -344,27 +344,28 @@ Test(header, image_size_above_max_default_geometry_refused)
 Test(header, max_size_huge_geometry_does_not_overflow)
 {
     /* 64 MiB / 16: N = 2^27, N*N*cs = 2^80.  QEMU's 64-bit product overflows
-     * and refuses every such image; the maximum must be capped instead. */
+     * and refuses every such image; the maximum must be capped instead, at
+     * INT64_MAX rounded down to 512, the most NBD clients can address. */
     struct qed_header h = good(64 * MiB, 16);
     h.image_size = 1ull << 50;
     expect_ok(&h, good_file_size(&h));
-    cr_assert_eq(geom.max_size, UINT64_MAX & ~511ull);
+    cr_assert_eq(geom.max_size, QED_MAX_VIRTUAL_SIZE);
 }
 
 Test(header, huge_geometry_accepts_largest_size)
 {
     struct qed_header h = good(64 * MiB, 16);
-    h.image_size = UINT64_MAX & ~511ull;
+    h.image_size = QED_MAX_VIRTUAL_SIZE;
     expect_ok(&h, good_file_size(&h));
 }
 
 Test(header, geometry_with_product_exactly_2_pow_64_capped)
 {
-    /* 4 MiB / 4: N = 2^21, N*N*cs = 2^64: wraps to 0 in 64 bits. */
+    /* 4 MiB / 4: N = 2^21, N*N*cs = 2^64: wraps to 0 in 64 bits; capped at 2^63 - 512. */
     struct qed_header h = good(4 * MiB, 4);
     h.image_size = 1ull << 40;
     expect_ok(&h, good_file_size(&h));
-    cr_assert_eq(geom.max_size, UINT64_MAX & ~511ull);
+    cr_assert_eq(geom.max_size, QED_MAX_VIRTUAL_SIZE);
 }
 
 /* ---- l1_table_offset ---- */

@@ -8,6 +8,10 @@
  * read by the cache).  Frees done by the library are observed by wrapping
  * free() at link time (-Wl,--wrap=free, see format.am): __wrap_free records
  * each pointer, so a test can tell exactly which entries were released.
+ *
+ * The memory bound (issue 11, item 9) is measured independently of the
+ * cache's own counter too: calloc() is wrapped as well, and the tables (the
+ * only callocs of exactly one table's size) are summed while they live.
  */
 #include "config.h"
 
@@ -39,10 +43,53 @@ void __wrap_free(void *p);
 static void *freed[FREED_MAX];
 static size_t nfreed;
 
+/* Live callocs of exactly track_size bytes: the L2 tables (see above). */
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+
+#define TRACK_MAX 64
+static size_t track_size;
+static void *tracked[TRACK_MAX];
+static uint64_t track_live, track_peak;
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+    void *p = __real_calloc(n, size);
+
+    if (p && track_size && n == 1 && size == track_size) {
+        for (int i = 0; i < TRACK_MAX; i++) {
+            if (!tracked[i]) {
+                tracked[i] = p;
+                track_live += size;
+                if (track_live > track_peak)
+                    track_peak = track_live;
+                break;
+            }
+        }
+    }
+    return p;
+}
+
+static void track_start(size_t size)
+{
+    memset(tracked, 0, sizeof(tracked));
+    track_live = track_peak = 0;
+    track_size = size;
+}
+
 void __wrap_free(void *p)
 {
     if (p && nfreed < FREED_MAX)
         freed[nfreed++] = p;
+    if (p && track_size) {
+        for (int i = 0; i < TRACK_MAX; i++) {
+            if (tracked[i] == p) {
+                tracked[i] = NULL;
+                track_live -= track_size;
+                break;
+            }
+        }
+    }
     __real_free(p);
 }
 
@@ -88,7 +135,7 @@ static void cache_setup(unsigned max)
     IMG->g.table_entries = 512;
     IMG->g.cluster_size = 4096;
     C = &IMG->cache;
-    qed_l2_cache_init(C, max);
+    qed_l2_cache_init(C, max, 0, IMG->g.table_bytes);
     nfreed = 0;
 }
 
@@ -133,7 +180,9 @@ Test(l2cache, init_default_capacity)
 {
     cache_setup(0);
     cr_assert_eq(C->max, QED_DEFAULT_L2_CACHE_TABLES);
+    cr_assert_eq(C->max_bytes, QED_DEFAULT_L2_CACHE_TABLES * 4096);
     cr_assert_eq(C->count, 0);
+    cr_assert_eq(C->bytes, 0);
     cache_teardown();
 }
 
@@ -436,6 +485,108 @@ Test(l2cache, capacity_one, .fini = cache_teardown)
     cr_assert_eq(C->count, 1);
     cr_assert(cached(T(2)));
     cr_assert_not(cached(T(1)));
+}
+
+/* ---- The byte bound (issue 11, item 9) ---- */
+
+#define MiB_ (1024ull * 1024)
+
+/* A cache the way qed_open() sets it up by default, for tables of @table_bytes. */
+static void bound_setup(uint64_t table_bytes, unsigned tables, uint64_t max_bytes)
+{
+    IMG = calloc(1, sizeof(*IMG));
+    cr_assert_not_null(IMG);
+    IMG->g.table_bytes = table_bytes;
+    IMG->g.table_entries = (uint32_t)(table_bytes / 8);
+    C = &IMG->cache;
+    qed_l2_cache_init(C, tables, max_bytes, table_bytes);
+    nfreed = 0;
+    track_start(table_bytes);
+}
+
+static void bound_teardown(void)
+{
+    cache_teardown();
+    cr_assert_eq(track_live, 0, "tables left allocated");
+    track_size = 0;
+}
+
+Test(l2cache, byte_bound_4m_clusters_table4, .fini = bound_teardown)
+{
+    /* 4 MiB clusters, table size 4: 16 MiB tables, so two fit in 32 MiB. */
+    bound_setup(16 * MiB_, 0, QED_DEFAULT_L2_CACHE_BYTES);
+    cr_assert_eq(C->max_bytes, 32 * MiB_);
+    cr_assert_eq(C->max, 2);
+    cr_assert(qed_l2_cache_make_room(C));
+    struct qed_l2 *a = ins(T(1));
+    struct snap sa = snap_of(a);
+    cr_assert(qed_l2_cache_make_room(C));
+    struct qed_l2 *b = ins(T(2));
+    cr_assert_eq(C->bytes, 32 * MiB_);
+    cr_assert_not(qed_l2_cache_make_room(C), "a third table fits while two are in use");
+    qed_l2_cache_unref(C, a);
+    cr_assert(qed_l2_cache_make_room(C), "no room after a table was released");
+    cr_assert(snap_freed(sa), "the released table was not evicted to make room");
+    cr_assert_eq(C->bytes, 16 * MiB_);
+    struct qed_l2 *c = ins(T(3));
+    cr_assert_eq(C->bytes, 32 * MiB_);
+    cr_assert_eq(C->peak_bytes, 32 * MiB_);
+    cr_assert_eq(track_peak, 32 * MiB_, "tables alive at once: %" PRIu64, track_peak);
+    qed_l2_cache_unref(C, b);
+    qed_l2_cache_unref(C, c);
+}
+
+Test(l2cache, byte_bound_64m_clusters_table16_is_one_table, .fini = bound_teardown)
+{
+    /* 64 MiB clusters, table size 16: one table is 1 GiB, above the 32 MiB
+     * bound.  The cache then allows exactly one table (documented), which
+     * requests use in turn.  (calloc'ed and never touched: no real memory.) */
+    bound_setup(1024 * MiB_, 0, QED_DEFAULT_L2_CACHE_BYTES);
+    cr_assert_eq(C->max_bytes, 1024 * MiB_);
+    cr_assert_eq(C->max, 1);
+    cr_assert(qed_l2_cache_make_room(C), "an empty cache must take one table");
+    struct qed_l2 *a = ins(T(1));
+    struct snap sa = snap_of(a);
+    cr_assert_not(qed_l2_cache_make_room(C), "a second 1 GiB table fits");
+    qed_l2_cache_unref(C, a);
+    cr_assert(qed_l2_cache_make_room(C));
+    cr_assert(snap_freed(sa));
+    cr_assert_eq(C->bytes, 0);
+    struct qed_l2 *b = ins(T(2));
+    cr_assert_eq(C->peak_bytes, 1024 * MiB_);
+    cr_assert_eq(track_peak, 1024 * MiB_);
+    qed_l2_cache_unref(C, b);
+}
+
+Test(l2cache, byte_bound_counts_forgotten_tables_until_freed, .fini = bound_teardown)
+{
+    bound_setup(16 * MiB_, 0, QED_DEFAULT_L2_CACHE_BYTES);
+    struct qed_l2 *a = ins(T(1));
+    struct qed_l2 *b = ins(T(2));
+    /* A failed load forgets its table, but a waiter still holds it. */
+    qed_l2_cache_forget(C, a);
+    cr_assert_eq(C->bytes, 32 * MiB_);
+    cr_assert_not(qed_l2_cache_make_room(C), "a forgotten table still in use was not counted");
+    qed_l2_cache_unref(C, a);
+    cr_assert_eq(C->bytes, 16 * MiB_);
+    cr_assert(qed_l2_cache_make_room(C));
+    qed_l2_cache_unref(C, b);
+}
+
+Test(l2cache, explicit_table_count_is_taken_as_given, .fini = bound_teardown)
+{
+    /* --l2-cache=N: N tables whatever their size (documented). */
+    bound_setup(16 * MiB_, 3, 0);
+    cr_assert_eq(C->max, 3);
+    cr_assert_eq(C->max_bytes, 48 * MiB_);
+}
+
+Test(l2cache, default_bound_for_small_tables_is_64_tables, .fini = bound_teardown)
+{
+    /* 64 KiB clusters, table size 4: 256 KiB tables, 64 of them = 16 MiB. */
+    bound_setup(256 * 1024, 0, QED_DEFAULT_L2_CACHE_BYTES);
+    cr_assert_eq(C->max, 64);
+    cr_assert_eq(C->max_bytes, 16 * MiB_);
 }
 
 /* ---- End to end: concurrent misses through the test backend ---- */
@@ -742,10 +893,11 @@ Test(l2cache_e2e, failed_load_fails_all_waiters_then_retries, .init = e2e_setup,
     cr_assert_eq(qed_close(img), 0);
 }
 
-Test(l2cache_e2e, tables_in_use_exceed_capacity_then_shrink, .init = e2e_setup,
+Test(l2cache_e2e, tables_in_use_stay_within_capacity, .init = e2e_setup,
      .fini = e2e_teardown, .timeout = 60)
 {
-    /* One cluster in each of three L2 tables, a cache of one table. */
+    /* One cluster in each of three L2 tables, a cache of one table: the
+     * three reads take the table in turn instead of growing the cache. */
     const uint64_t offs[] = {0, COVER, 2 * COVER};
     struct qed_open_opts oo = {.read_only = true, .l2_cache_tables = 1};
     struct rd r[3] = {0};
@@ -757,20 +909,25 @@ Test(l2cache_e2e, tables_in_use_exceed_capacity_then_shrink, .init = e2e_setup,
     cr_assert_eq(img->cache.max, 1);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(qed_read(img, offs[i], r[i].buf, CS, rd_cb, &r[i]), 0);
-    cr_assert_eq(qed_aio_test_pending(aio), 3, "three table reads expected");
-    cr_assert_eq(img->cache.count, 3, "tables in use must all stay cached");
-    /* Complete the table reads newest first. */
-    uint64_t t2 = file_l1(2), t1 = file_l1(1), t0 = file_l1(0);
-    cr_assert_eq(qed_aio_test_complete(aio, find_pending(t2), 0), 0);
-    cr_assert_eq(qed_aio_test_complete(aio, find_pending(t1), 0), 0);
-    cr_assert_eq(qed_aio_test_complete(aio, find_pending(t0), 0), 0);
-    cr_assert_geq(img->cache.count, 1);
-    finish_all(r, 3);
+    uint64_t t0 = file_l1(0);
+    cr_assert_eq(qed_aio_test_pending(aio), 1, "only one table read may be in flight");
+    cr_assert_eq(pending_reads_at(t0, CS * TS), 1, "the first request's table is read first");
+    cr_assert_eq(img->cache.count, 1);
+    /* Complete I/Os one at a time: never more than one table in memory. */
+    for (int turn = 0; turn < 1000 && !(r[0].done && r[1].done && r[2].done); turn++) {
+        ev_run(loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(aio))
+            cr_assert_eq(qed_aio_test_complete(aio, 0, 0), 0);
+        cr_assert_leq(img->cache.bytes, CS * TS, "more than one table held");
+        cr_assert_leq(img->cache.count, 1);
+    }
     for (int i = 0; i < 3; i++) {
+        cr_assert(r[i].done, "read %d never completed", i);
         cr_assert_eq(r[i].ret, 0);
         check_pattern(&r[i], offs[i]);
     }
-    cr_assert_eq(img->cache.count, 1, "the cache did not shrink back to its capacity");
+    cr_assert_eq(img->cache.peak_bytes, CS * TS);
+    cr_assert_geq(img->cache.room_waits, 2, "the later reads did not wait for room");
     cr_assert_eq(qed_close(img), 0);
 }
 
@@ -799,4 +956,154 @@ Test(l2cache_e2e, reverse_completion_of_data_reads, .init = e2e_setup, .fini = e
     check_pattern(&r[0], 0);
     check_pattern(&r[1], CS);
     cr_assert_eq(qed_close(img), 0);
+}
+
+/* ---- End to end: the byte bound with 16 MiB tables (4 MiB clusters, table size 4) ---- */
+
+#define BIG_CS (4u * 1024 * 1024)
+#define BIG_TS 4u
+#define BIG_TB ((uint64_t)BIG_CS * BIG_TS) /* 16 MiB */
+#define BIG_COVER (1ull << 43)             /* guest bytes one table covers */
+#define BOUND (32ull * 1024 * 1024)
+
+/* A 4 MiB-cluster image whose L1 names @ntables empty L2 tables: holes in a
+ * sparse file, so the file takes almost no space. */
+static void make_big_image(unsigned ntables)
+{
+    struct qed_create_opts co = {.size = 4 * BIG_COVER, .cluster_size = BIG_CS,
+                                 .table_size = BIG_TS};
+    char err[512] = "";
+    uint64_t first = BIG_CS + BIG_TB; /* after the header cluster and the L1 table */
+    int fd;
+
+    cr_assert_eq(qed_create(path, &co, err, sizeof(err)), 0, "create: %s", err);
+    fd = open(path, O_RDWR);
+    cr_assert(fd >= 0);
+    for (unsigned i = 0; i < ntables; i++) {
+        uint64_t e = htole64(first + i * BIG_TB);
+        cr_assert_eq(pwrite(fd, &e, 8, BIG_CS + 8 * i), 8);
+    }
+    cr_assert_eq(ftruncate(fd, (off_t)(first + ntables * BIG_TB)), 0);
+    close(fd);
+}
+
+static bool is_table_io(const struct qed_io *io)
+{
+    return io->length == BIG_TB;
+}
+
+/* The cache's own count, qed_l2_cache_bytes() and the tables alive agree and
+ * stay within the bound. */
+static void check_bound(qed_image *img)
+{
+    cr_assert_leq(img->cache.bytes, BOUND, "cache holds %" PRIu64 " bytes", img->cache.bytes);
+    cr_assert_eq(qed_l2_cache_bytes(img), img->cache.bytes);
+    cr_assert_leq(track_live, BOUND, "%" PRIu64 " bytes of tables alive", track_live);
+}
+
+Test(l2cache_e2e, byte_bound_holds_for_16mib_tables, .init = e2e_setup, .fini = e2e_teardown,
+     .timeout = 60)
+{
+    struct qed_open_opts oo = {.read_only = true};
+    struct rd r[4] = {0};
+    char err[512] = "";
+    qed_image *img;
+    struct qed_info info;
+
+    make_big_image(4);
+    track_start(BIG_TB);
+    cr_assert_eq(qed_open(aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    qed_get_info(img, &info);
+    cr_assert_eq(info.l2_cache_max_bytes, BOUND);
+
+    /* Four reads, one in each table, at once: two tables fit. */
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(qed_read(img, i * BIG_COVER, r[i].buf, CS, rd_cb, &r[i]), 0);
+    size_t loads = 0;
+    for (size_t i = 0; i < qed_aio_test_pending(aio); i++)
+        loads += is_table_io(qed_aio_test_peek(aio, i));
+    cr_assert_eq(loads, 2, "%zu table loads in flight, room for 2", loads);
+    check_bound(img);
+    for (int turn = 0; turn < 1000 && !(r[0].done && r[1].done && r[2].done && r[3].done);
+         turn++) {
+        ev_run(loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(aio))
+            cr_assert_eq(qed_aio_test_complete(aio, 0, 0), 0);
+        check_bound(img);
+    }
+    for (int i = 0; i < 4; i++) {
+        cr_assert(r[i].done, "read %d never completed", i);
+        cr_assert_eq(r[i].ret, 0, "read %d: %d", i, r[i].ret);
+        for (unsigned j = 0; j < CS; j++)
+            cr_assert_eq(r[i].buf[j], 0);
+    }
+    cr_assert_geq(img->cache.room_waits, 2);
+
+    /* One after the other, the way a client touching four tables does. */
+    qed_aio_test_set_auto(aio, true);
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 4; i++) {
+            uint8_t buf[512];
+            cr_assert_eq(qed_sync_read(img, i * BIG_COVER + 4096 * k, buf, sizeof(buf)), 0);
+            check_bound(img);
+        }
+    qed_get_info(img, &info);
+    cr_assert_leq(info.l2_cache_peak_bytes, BOUND);
+    cr_assert_leq(track_peak, BOUND, "at the peak %" PRIu64 " bytes of tables were alive",
+                  track_peak);
+    cr_assert_eq(qed_close(img), 0);
+    track_size = 0;
+}
+
+Test(l2cache_e2e, new_table_waits_for_room, .init = e2e_setup, .fini = e2e_teardown,
+     .timeout = 60)
+{
+    /* Two reads hold both tables the bound allows; a write that needs a new
+     * table must wait until one is released, then succeed. */
+    struct rd r[2] = {0};
+    char err[512] = "";
+    qed_image *img;
+    uint8_t wbuf[CS], rbuf[CS];
+
+    make_big_image(2);
+    track_start(BIG_TB);
+    cr_assert_eq(qed_open(aio, path, NULL, &img, err, sizeof(err)), 0, "open: %s", err);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(qed_read(img, i * BIG_COVER, r[i].buf, CS, rd_cb, &r[i]), 0);
+    for (unsigned j = 0; j < CS; j++)
+        wbuf[j] = pat(j, 9);
+    struct rd w = {0};
+    cr_assert_eq(qed_write(img, 2 * BIG_COVER, wbuf, CS, 0, rd_cb, &w), 0);
+    /* Let the write set NEED_CHECK (its header I/O) while the loads wait. */
+    for (int turn = 0; turn < 100 && img->cache.room_waits == 0; turn++) {
+        ev_run(loop, EVRUN_NOWAIT);
+        for (size_t i = 0; i < qed_aio_test_pending(aio); i++) {
+            if (!is_table_io(qed_aio_test_peek(aio, i))) {
+                cr_assert_eq(qed_aio_test_complete(aio, i, 0), 0);
+                break;
+            }
+        }
+    }
+    cr_assert_eq(img->cache.room_waits, 1, "the write did not wait for room");
+    cr_assert_not(w.done);
+    for (size_t i = 0; i < qed_aio_test_pending(aio); i++)
+        cr_assert(qed_aio_test_peek(aio, i)->op == QED_IO_READ,
+                  "the waiting write issued I/O");
+    check_bound(img);
+    for (int turn = 0; turn < 1000 && !(r[0].done && r[1].done && w.done); turn++) {
+        ev_run(loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(aio))
+            cr_assert_eq(qed_aio_test_complete(aio, 0, 0), 0);
+        check_bound(img);
+    }
+    cr_assert(w.done && r[0].done && r[1].done, "requests never completed");
+    cr_assert_eq(w.ret, 0);
+    cr_assert_eq(r[0].ret, 0);
+    cr_assert_eq(r[1].ret, 0);
+    qed_aio_test_set_auto(aio, true);
+    cr_assert_eq(qed_sync_read(img, 2 * BIG_COVER, rbuf, CS), 0);
+    cr_assert(memcmp(rbuf, wbuf, CS) == 0, "the write did not read back");
+    cr_assert_leq(track_peak, BOUND);
+    cr_assert_eq(qed_close(img), 0);
+    track_size = 0;
 }
