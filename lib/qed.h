@@ -110,6 +110,14 @@ struct qed_open_opts {
     bool no_lock;               /* take no image lock (like qemu-img -U); read-only only */
     unsigned l2_cache_tables;   /* L2 tables cached; 0 = QED_DEFAULT_L2_CACHE_TABLES */
     unsigned clean_delay_ms;    /* idle time before NEED_CHECK is cleared; 0 = 5000 */
+    /* Backing-file confinement, applied along the whole chain.  The default
+     * (NULL, false) follows backing names as QEMU does: relative to the
+     * image's directory, absolute paths, ".." and symlinks included.  Every
+     * file is refused unless it is a regular file or a block device, and no
+     * open blocks (a FIFO is refused, not waited on). */
+    const char *backing_dir;    /* allow backing files only under this directory,
+                                   symlinks and ".." resolved; NULL = anywhere */
+    bool no_backing;            /* refuse an image that has a backing file */
 };
 
 /**
