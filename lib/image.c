@@ -254,7 +254,8 @@ static int open_backing(struct qed_image *img, qed_aio *aio, const struct qed_op
         /* The whole chain is confined as the image is. */
         struct qed_open_opts o = {.read_only = true,
                                   .backing_dir = opts->backing_dir,
-                                  .no_backing = opts->no_backing};
+                                  .no_backing = opts->no_backing,
+                                  .lock_wait_ms = opts->lock_wait_ms};
         r = qed_open_depth(aio, img->backing_path, &o, depth + 1, &img->backing, err, errlen);
         if (r < 0)
             return r;
@@ -267,7 +268,8 @@ static int open_backing(struct qed_image *img, qed_aio *aio, const struct qed_op
         if (r < 0)
             return r;
         img->backing_io_flags = qed_fd_in_memory(img->backing_fd) ? QED_IO_F_MEMORY : 0;
-        r = qed_lock_image(img->backing_fd, false, true, img->backing_path, err, errlen);
+        r = qed_lock_image_wait(img->backing_fd, false, true, opts->lock_wait_ms,
+                                img->backing_path, err, errlen);
         if (r < 0)
             return r;
         img->backing_kind = BACKING_RAW;
@@ -335,7 +337,8 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
         goto fail;
     img->fd_io_flags = qed_fd_in_memory(img->fd) ? QED_IO_F_MEMORY : 0;
     if (!opts->no_lock) {
-        r = qed_lock_image(img->fd, !opts->read_only, depth > 0, path, err, errlen);
+        r = qed_lock_image_wait(img->fd, !opts->read_only, depth > 0, opts->lock_wait_ms, path,
+                                err, errlen);
         if (r < 0)
             goto fail;
     }

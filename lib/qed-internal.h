@@ -133,6 +133,15 @@ bool qed_check_table_offset(const struct qed_geom *g, uint64_t off, uint64_t fil
  */
 int qed_lock_image(int fd, bool write, bool backing, const char *name, char *err, size_t errlen);
 
+/**
+ * qed_lock_image_wait - qed_lock_image, but while another process holds a
+ * conflicting lock, poll for it for up to @wait_ms milliseconds (logging once
+ * that it waits) before failing with the same -EBUSY and message.  @wait_ms 0
+ * fails at once.  Blocks the caller: for the open path only.
+ */
+int qed_lock_image_wait(int fd, bool write, bool backing, unsigned wait_ms, const char *name,
+                        char *err, size_t errlen);
+
 /* ---- Opening files (file-open.c) ---- */
 
 struct stat;

@@ -118,6 +118,8 @@ struct qed_open_opts {
     const char *backing_dir;    /* allow backing files only under this directory,
                                    symlinks and ".." resolved; NULL = anywhere */
     bool no_backing;            /* refuse an image that has a backing file */
+    unsigned lock_wait_ms;      /* a lock held by another process: poll this long
+                                   (logged once) before -EBUSY; 0 = fail at once */
 };
 
 /**

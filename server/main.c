@@ -71,9 +71,11 @@ static struct {
     struct tls_config tls;
     const char *backing_dir;    /* --backing-dir: confine backing files */
     bool no_backing;            /* --no-backing: refuse images with one */
+    unsigned lock_wait;         /* --lock-wait: seconds to wait for a held image lock */
 } opt = {
     .aio_kind = QED_AIO_AUTO,
     .log_target = -1,
+    .lock_wait = 5,
 };
 
 static int listen_fds[MAX_LISTEN];
@@ -134,6 +136,8 @@ static void usage(FILE *f)
             "      --max-connections=N    default 100; extra clients are refused politely\n"
             "      --handshake-timeout=S  default 10; clients slower to negotiate (TLS\n"
             "                             included) are dropped\n"
+            "      --lock-wait=SECONDS    an image locked by another process: wait this long\n"
+            "                             for the lock before failing (default 5; 0: at once)\n"
             "Backing files (default: followed anywhere, as QEMU does; see SECURITY in qednbd(8)):\n"
             "      --backing-dir=DIR      allow backing files only under DIR, symlinks and\n"
             "                             \"..\" resolved, along the whole chain\n"
@@ -228,7 +232,7 @@ enum {
     OPT_AIO = 256, OPT_L2_CACHE, OPT_MAX_CONNS, OPT_HS_TIMEOUT, OPT_FORK, OPT_PIDFILE,
     OPT_LOG, OPT_LOG_FILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY,
     OPT_TLS_PRIORITY,
-    OPT_BACKING_DIR = 400, OPT_NO_BACKING, /* own range: fewer merge clashes */
+    OPT_BACKING_DIR = 400, OPT_NO_BACKING, OPT_LOCK_WAIT, /* own range: fewer merge clashes */
 };
 
 static void parse_args(int argc, char **argv)
@@ -258,6 +262,7 @@ static void parse_args(int argc, char **argv)
         { "handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT },
         { "backing-dir", required_argument, NULL, OPT_BACKING_DIR },
         { "no-backing", no_argument, NULL, OPT_NO_BACKING },
+        { "lock-wait", required_argument, NULL, OPT_LOCK_WAIT },
         { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
@@ -380,6 +385,9 @@ static void parse_args(int argc, char **argv)
         case OPT_NO_BACKING:
             opt.no_backing = true;
             break;
+        case OPT_LOCK_WAIT:
+            opt.lock_wait = (unsigned)parse_num(optarg, "--lock-wait", 0, 3600);
+            break;
         case 'v':
             srv.verbose++;
             break;
@@ -461,6 +469,7 @@ static void open_images(void)
             .l2_cache_tables = opt.l2_cache,
             .backing_dir = opt.backing_dir,
             .no_backing = opt.no_backing,
+            .lock_wait_ms = opt.lock_wait * 1000u,
         };
         struct qed_info info;
         char err[512] = "";

@@ -4,7 +4,8 @@
  * regular file or a block device, confining backing files to a directory
  * (qed_open_opts.backing_dir, along the whole chain, symlinks and ".."
  * resolved), refusing backing files altogether (no_backing), the default
- * that follows backing names as QEMU does.
+ * that follows backing names as QEMU does, and waiting a bounded time for an
+ * image lock that another open holds (lock_wait_ms).
  *
  * Layout of every test's temp directory:
  *   DIR/outside/secret        raw data the confined images must not reach
@@ -26,6 +27,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -376,4 +378,89 @@ Test(confine, image_fd_is_blocking_after_open)
     }
     expect_reads(img, 0x77);
     cr_assert_eq(qed_close(img), 0);
+}
+
+/* ---- waiting for a held lock ---- */
+
+static qed_image *holder;      /* the open that holds the lock */
+static int waits_logged;
+static bool release_on_wait;   /* close the holder when the wait is logged */
+
+static void lock_log(enum qed_log_level level, const char *msg, void *opaque)
+{
+    (void)level;
+    (void)opaque;
+    if (!strstr(msg, "waiting up to"))
+        return;
+    waits_logged++;
+    if (release_on_wait && holder) {
+        qed_close(holder); /* opened without an engine: nothing to run */
+        holder = NULL;
+    }
+}
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Hold a read-only lock on a fresh image (it refuses a writer), then open
+ * it read-write with @wait_ms.  Returns qed_open's result; *@secs its time. */
+static int open_while_held(unsigned wait_ms, bool release, double *secs, qed_image **img)
+{
+    struct qed_create_opts c = {.size = 1 * MiB};
+    struct qed_open_opts ho = {.read_only = true};
+    struct qed_open_opts o = {.lock_wait_ms = wait_ms};
+    double t0;
+    int r;
+
+    cr_assert_eq(qed_create(tp("base/locked.qed"), &c, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(qed_open(NULL, tp("base/locked.qed"), &ho, &holder, err, sizeof(err)), 0,
+                 "%s", err);
+    waits_logged = 0;
+    release_on_wait = release;
+    qed_set_log(lock_log, NULL, QED_LOG_WARN);
+    t0 = mono();
+    r = qed_open(aio, tp("base/locked.qed"), &o, img, err, sizeof(err));
+    *secs = mono() - t0;
+    qed_set_log(NULL, NULL, QED_LOG_WARN);
+    if (holder)
+        qed_close(holder), holder = NULL;
+    return r;
+}
+
+Test(confine, lock_wait_zero_fails_at_once)
+{
+    qed_image *img = NULL;
+    double secs;
+    int r = open_while_held(0, false, &secs, &img);
+    cr_assert_eq(r, -EBUSY, "%d %s", r, err);
+    cr_assert_not_null(strstr(err, "lock"), "%s", err);
+    cr_assert_eq(waits_logged, 0);
+    cr_assert_lt(secs, 1.0, "took %.2f s", secs);
+}
+
+Test(confine, lock_wait_gets_the_lock_once_released)
+{
+    qed_image *img = NULL;
+    double secs;
+    int r = open_while_held(10000, true, &secs, &img);
+    cr_assert_eq(r, 0, "%d %s", r, err);
+    cr_assert_eq(waits_logged, 1, "the wait must be logged once");
+    cr_assert_lt(secs, 5.0, "took %.2f s after the holder let go", secs);
+    cr_assert_eq(qed_close(img), 0);
+}
+
+Test(confine, lock_wait_fails_after_the_bound)
+{
+    qed_image *img = NULL;
+    double secs;
+    int r = open_while_held(700, false, &secs, &img);
+    cr_assert_eq(r, -EBUSY, "%d %s", r, err);
+    cr_assert_not_null(strstr(err, "locked.qed"), "%s", err);
+    cr_assert_eq(waits_logged, 1, "the wait must be logged once, not per poll");
+    cr_assert_geq(secs, 0.7, "gave up after %.2f s, before the bound", secs);
+    cr_assert_lt(secs, 5.0, "took %.2f s", secs);
 }
