@@ -89,6 +89,11 @@ static void usage(FILE *f)
           "Options:\n"
           "  -U, --force-share   open without taking the image lock (read-only\n"
           "                      commands only; the image may be in use)\n"
+          "  --backing-dir=DIR   (info, check, map, resize) allow backing files\n"
+          "                      only under DIR, symlinks and \"..\" resolved,\n"
+          "                      along the whole chain\n"
+          "  --no-backing        (info, check, map, resize) refuse an image that\n"
+          "                      has a backing file\n"
           "  -h, --help          show this help\n"
           "  -V, --version       show the version\n"
           "\n"
@@ -169,6 +174,31 @@ static char *backing_display_path(const char *image, const char *backing)
 
 /* ---- Opening ----------------------------------------------------------- */
 
+/*
+ * Backing-file confinement (--backing-dir=DIR, --no-backing), taken by every
+ * command that opens an image (info, check, map, resize) and applied to the
+ * whole backing chain by the library.  Default: backing names are followed
+ * as QEMU follows them.
+ */
+enum { OPT_BACKING_DIR = 0x100, OPT_NO_BACKING };
+#define CONFINE_LONGOPTS                                                                          \
+    { "backing-dir", required_argument, NULL, OPT_BACKING_DIR },                                  \
+        { "no-backing", no_argument, NULL, OPT_NO_BACKING }
+static const char *opt_backing_dir;
+static bool opt_no_backing;
+
+/* Take a confinement option @c (with @arg); false when @c is not one. */
+static bool confine_option(int c, const char *arg)
+{
+    if (c == OPT_BACKING_DIR)
+        opt_backing_dir = arg;
+    else if (c == OPT_NO_BACKING)
+        opt_no_backing = true;
+    else
+        return false;
+    return true;
+}
+
 struct tool_image {
     qed_aio *aio;
     qed_image *img;
@@ -184,7 +214,9 @@ static int tool_open(struct tool_image *t, const char *path, bool read_only, boo
                      bool repair)
 {
     struct qed_open_opts opts = { .read_only = read_only, .no_lock = no_lock,
-                                  .repair_corrupt = repair };
+                                  .repair_corrupt = repair,
+                                  .backing_dir = opt_backing_dir,
+                                  .no_backing = opt_no_backing };
     struct ev_loop *loop = ev_default_loop(0);
     char err[1024] = "";
     int r;
@@ -372,7 +404,8 @@ static int probe_backing(const char *path, enum qed_backing_fmt *fmt, uint64_t *
     unsigned char magic[4] = { 0 };
     struct stat st;
     ssize_t got;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must be refused, not waited on for ever. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 
     if (fd < 0) {
         errmsg("cannot open backing file '%s': %s", path, strerror(errno));
@@ -380,6 +413,14 @@ static int probe_backing(const char *path, enum qed_backing_fmt *fmt, uint64_t *
     }
     if (fstat(fd, &st) < 0) {
         errmsg("cannot stat backing file '%s': %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        errmsg("backing file '%s' is %s: only a regular file or a block device can back an "
+               "image", path, S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISSOCK(st.st_mode) ? "a socket"
+               : S_ISCHR(st.st_mode) ? "a character device" : S_ISDIR(st.st_mode) ? "a directory"
+               : "not a regular file");
         close(fd);
         return -1;
     }
@@ -571,6 +612,7 @@ static int parse_view_args(int argc, char **argv, const char *cmd, bool *json, b
         { "output", required_argument, NULL, 'o' },
         { "force-share", no_argument, NULL, 'U' },
         { "help", no_argument, NULL, 'h' },
+        CONFINE_LONGOPTS,
         { NULL, 0, NULL, 0 },
     };
     int c;
@@ -597,6 +639,8 @@ static int parse_view_args(int argc, char **argv, const char *cmd, bool *json, b
             usage(stdout);
             return 0;
         default:
+            if (confine_option(c, optarg))
+                break;
             return 1;
         }
     }
@@ -753,6 +797,7 @@ static int cmd_check(int argc, char **argv)
         { "repair", no_argument, NULL, 'r' },
         { "force-share", no_argument, NULL, 'U' },
         { "help", no_argument, NULL, 'h' },
+        CONFINE_LONGOPTS,
         { NULL, 0, NULL, 0 },
     };
     struct qed_check_result before, after, final;
@@ -773,6 +818,8 @@ static int cmd_check(int argc, char **argv)
             usage(stdout);
             return 0;
         default:
+            if (confine_option(c, optarg))
+                break;
             return 1;
         }
     }
@@ -981,6 +1028,7 @@ static int cmd_resize(int argc, char **argv)
 {
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
+        CONFINE_LONGOPTS,
         { NULL, 0, NULL, 0 },
     };
     struct tool_image t;
@@ -997,6 +1045,8 @@ static int cmd_resize(int argc, char **argv)
             usage(stdout);
             return 0;
         default:
+            if (confine_option(c, optarg))
+                break;
             return 1;
         }
     }

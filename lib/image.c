@@ -78,17 +78,18 @@ int qed_image_write_header_sync(struct qed_image *img)
 
 /* ---- Create ---- */
 
-/* Is the backing file @path (of image @owner) a QED image? */
-static int probe_is_qed(const char *owner, const char *path, bool *is_qed, char *err,
-                        size_t errlen)
+/* Is the backing file @path (of image @owner) a QED image?  Opened as every
+ * backing file is: never blocking, confined to @confine_dir when given. */
+static int probe_is_qed(const char *owner, const char *path, const char *confine_dir,
+                        bool *is_qed, char *err, size_t errlen)
 {
     uint8_t magic[4] = {0};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    int r;
+    struct stat st;
+    int fd, r;
 
-    if (fd < 0)
-        return qed_errf(err, errlen, -errno, "%s: cannot open backing file %s: %s", owner, path,
-                        strerror(errno));
+    r = qed_file_open(path, O_RDONLY, owner, confine_dir, &fd, &st, err, errlen);
+    if (r < 0)
+        return r;
     r = pread_full(fd, magic, sizeof(magic), 0);
     close(fd);
     if (r < 0)
@@ -162,7 +163,7 @@ int qed_create(const char *path, const struct qed_create_opts *opts, char *err, 
             char resolved[PATH_MAX];
             if (resolve_backing(path, opts->backing_file, resolved, sizeof(resolved)) < 0)
                 return qed_errf(err, errlen, -ENAMETOOLONG, "%s: backing path too long", path);
-            r = probe_is_qed(path, resolved, &is_qed, err, errlen);
+            r = probe_is_qed(path, resolved, NULL, &is_qed, err, errlen);
             if (r < 0)
                 return r;
         }
@@ -208,7 +209,8 @@ fail:
 
 /* ---- Open ---- */
 
-static int open_backing(struct qed_image *img, qed_aio *aio, int depth, char *err, size_t errlen)
+static int open_backing(struct qed_image *img, qed_aio *aio, const struct qed_open_opts *opts,
+                        int depth, char *err, size_t errlen)
 {
     const struct qed_header *h = &img->h;
     bool is_qed;
@@ -227,6 +229,10 @@ static int open_backing(struct qed_image *img, qed_aio *aio, int depth, char *er
     if (strlen(img->backing_name) != h->backing_filename_size)
         return qed_errf(err, errlen, -EINVAL, "%s: QED backing file name contains a NUL byte",
                         img->path);
+    if (opts->no_backing)
+        return qed_errf(err, errlen, -EPERM,
+                        "%s: has the backing file %s, and images with a backing file are "
+                        "refused (no-backing)", img->path, img->backing_name);
     if (resolve_backing(img->path, img->backing_name, img->backing_path,
                         sizeof(img->backing_path)) < 0)
         return qed_errf(err, errlen, -ENAMETOOLONG, "%s: backing file path is too long",
@@ -238,13 +244,17 @@ static int open_backing(struct qed_image *img, qed_aio *aio, int depth, char *er
     if (h->features & QED_F_BACKING_FORMAT_NO_PROBE) {
         is_qed = false;
     } else {
-        r = probe_is_qed(img->path, img->backing_path, &is_qed, err, errlen);
+        r = probe_is_qed(img->path, img->backing_path, opts->backing_dir, &is_qed, err, errlen);
         if (r < 0)
             return r;
     }
 
     if (is_qed) {
-        struct qed_open_opts o = {.read_only = true};
+        /* The whole chain is confined as the image is. */
+        struct qed_open_opts o = {.read_only = true,
+                                  .backing_dir = opts->backing_dir,
+                                  .no_backing = opts->no_backing,
+                                  .lock_wait_ms = opts->lock_wait_ms};
         r = qed_open_depth(aio, img->backing_path, &o, depth + 1, &img->backing, err, errlen);
         if (r < 0)
             return r;
@@ -252,15 +262,13 @@ static int open_backing(struct qed_image *img, qed_aio *aio, int depth, char *er
         img->backing_size = img->backing->h.image_size;
     } else {
         struct stat st;
-        img->backing_fd = open(img->backing_path, O_RDONLY | O_CLOEXEC);
-        if (img->backing_fd < 0)
-            return qed_errf(err, errlen, -errno, "%s: cannot open backing file %s: %s", img->path,
-                            img->backing_path, strerror(errno));
-        if (fstat(img->backing_fd, &st) < 0)
-            return qed_errf(err, errlen, -errno, "%s: cannot stat backing file %s: %s",
-                            img->path, img->backing_path, strerror(errno));
+        r = qed_file_open(img->backing_path, O_RDONLY, img->path, opts->backing_dir,
+                          &img->backing_fd, &st, err, errlen);
+        if (r < 0)
+            return r;
         img->backing_io_flags = qed_fd_in_memory(img->backing_fd) ? QED_IO_F_MEMORY : 0;
-        r = qed_lock_image(img->backing_fd, false, true, img->backing_path, err, errlen);
+        r = qed_lock_image_wait(img->backing_fd, false, true, opts->lock_wait_ms,
+                                img->backing_path, err, errlen);
         if (r < 0)
             return r;
         img->backing_kind = BACKING_RAW;
@@ -379,22 +387,15 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
         goto fail;
     }
 
-    img->fd = open(path, (opts->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-    if (img->fd < 0) {
-        r = qed_errf(err, errlen, -errno, "%s: cannot open: %s", path, strerror(errno));
+    /* A backing image (depth > 0) is confined like every backing file. */
+    r = qed_file_open(path, opts->read_only ? O_RDONLY : O_RDWR, NULL,
+                      depth > 0 ? opts->backing_dir : NULL, &img->fd, &st, err, errlen);
+    if (r < 0)
         goto fail;
-    }
-    if (fstat(img->fd, &st) < 0) {
-        r = qed_errf(err, errlen, -errno, "%s: cannot stat: %s", path, strerror(errno));
-        goto fail;
-    }
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        r = qed_errf(err, errlen, -EINVAL, "%s: not a regular file", path);
-        goto fail;
-    }
     img->fd_io_flags = qed_fd_in_memory(img->fd) ? QED_IO_F_MEMORY : 0;
     if (!opts->no_lock) {
-        r = qed_lock_image(img->fd, !opts->read_only, depth > 0, path, err, errlen);
+        r = qed_lock_image_wait(img->fd, !opts->read_only, depth > 0, opts->lock_wait_ms, path,
+                                err, errlen);
         if (r < 0)
             goto fail;
     }
@@ -433,7 +434,7 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
     qed_l2_cache_init(&img->cache, opts->l2_cache_tables,
                       opts->l2_cache_tables ? 0 : QED_DEFAULT_L2_CACHE_BYTES, img->g.table_bytes);
 
-    r = open_backing(img, aio, depth, err, errlen);
+    r = open_backing(img, aio, opts, depth, err, errlen);
     if (r < 0)
         goto fail;
 

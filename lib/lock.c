@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qed-internal.h"
@@ -106,4 +107,60 @@ int qed_lock_image(int fd, bool write, bool backing, const char *name, char *err
 
 fail_errno:
     return qed_errf(err, errlen, r, "%s: cannot lock the image: %s", name, strerror(-r));
+}
+
+/* Drop every lock byte we hold on @fd (QEMU's bytes 100..299). */
+static void unlock_all(int fd)
+{
+    struct flock fl = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = LOCK_PERM_BASE,
+                       .l_len = LOCK_SHARED_BASE + 100 - LOCK_PERM_BASE};
+    (void)fcntl(fd, F_OFD_SETLK, &fl);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+#define LOCK_POLL_S 0.05 /* between two tries while waiting for a lock */
+
+int qed_lock_image_wait(int fd, bool write, bool backing, unsigned wait_ms, const char *name,
+                        char *err, size_t errlen)
+{
+    double start, deadline, left;
+    int r = qed_lock_image(fd, write, backing, name, err, errlen);
+
+    if (r != -EBUSY || wait_ms == 0)
+        return r;
+    /* Why wait at all: a server killed with SIGKILL keeps its locks until the
+     * kernel has finished its in-flight io_uring requests, which hold the
+     * file (and the open file description that owns the locks) a little
+     * after the process is gone.  A supervisor's immediate restart must not
+     * fail for that. */
+    qed_log(QED_LOG_WARN, "waiting up to %g s for the lock on %s (%s)", wait_ms / 1000.0, name,
+            err ? err : "in use");
+    start = now_s();
+    deadline = start + wait_ms / 1000.0;
+    for (;;) {
+        /* Why release our own bytes between tries: holding them while we wait
+         * would make another waiter (or QEMU) see us and fail in turn. */
+        unlock_all(fd);
+        left = deadline - now_s();
+        if (left <= 0)
+            return r;
+        {
+            double d = left < LOCK_POLL_S ? left : LOCK_POLL_S;
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(d * 1e9)};
+            while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+        }
+        r = qed_lock_image(fd, write, backing, name, err, errlen);
+        if (r != -EBUSY) {
+            if (r == 0)
+                qed_log(QED_LOG_INFO, "got the lock on %s after %.1f s", name, now_s() - start);
+            return r;
+        }
+    }
 }

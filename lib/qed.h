@@ -129,6 +129,16 @@ struct qed_open_opts {
     unsigned clean_delay_ms;    /* idle time before NEED_CHECK is cleared; 0 = 5000 */
     bool repair_corrupt;        /* read-write: zero invalid table entries of an image marked
                                    clean, as `qed-img check -r` does (see qed_open) */
+    /* Backing-file confinement, applied along the whole chain.  The default
+     * (NULL, false) follows backing names as QEMU does: relative to the
+     * image's directory, absolute paths, ".." and symlinks included.  Every
+     * file is refused unless it is a regular file or a block device, and no
+     * open blocks (a FIFO is refused, not waited on). */
+    const char *backing_dir;    /* allow backing files only under this directory,
+                                   symlinks and ".." resolved; NULL = anywhere */
+    bool no_backing;            /* refuse an image that has a backing file */
+    unsigned lock_wait_ms;      /* a lock held by another process: poll this long
+                                   (logged once) before -EBUSY; 0 = fail at once */
 };
 
 /**

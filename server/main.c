@@ -72,9 +72,13 @@ static struct {
     const char *log_file;
     bool tls_given;
     struct tls_config tls;
+    const char *backing_dir;    /* --backing-dir: confine backing files */
+    bool no_backing;            /* --no-backing: refuse images with one */
+    unsigned lock_wait;         /* --lock-wait: seconds to wait for a held image lock */
 } opt = {
     .aio_kind = QED_AIO_AUTO,
     .log_target = -1,
+    .lock_wait = 5,
 };
 
 static int listen_fds[MAX_LISTEN];
@@ -142,6 +146,12 @@ static void usage(FILE *f)
             "      --max-connections=N    default 100; extra clients are refused politely\n"
             "      --handshake-timeout=S  default 10; clients slower to negotiate (TLS\n"
             "                             included) are dropped\n"
+            "      --lock-wait=SECONDS    an image locked by another process: wait this long\n"
+            "                             for the lock before failing (default 5; 0: at once)\n"
+            "Backing files (default: followed anywhere, as QEMU does; see SECURITY in qednbd(8)):\n"
+            "      --backing-dir=DIR      allow backing files only under DIR, symlinks and\n"
+            "                             \"..\" resolved, along the whole chain\n"
+            "      --no-backing           refuse images that have a backing file\n"
             "TLS:\n"
             "      --tls=off|on|require   off: no TLS (default without credentials); on: TLS\n"
             "                             optional; require: TLS before anything else (the\n"
@@ -233,6 +243,7 @@ enum {
     OPT_LOG, OPT_LOG_FILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY,
     OPT_TLS_PRIORITY,
     OPT_REPAIR,
+    OPT_BACKING_DIR = 400, OPT_NO_BACKING, OPT_LOCK_WAIT, /* own range: fewer merge clashes */
 };
 
 static void parse_args(int argc, char **argv)
@@ -261,6 +272,9 @@ static void parse_args(int argc, char **argv)
         { "l2-cache", required_argument, NULL, OPT_L2_CACHE },
         { "max-connections", required_argument, NULL, OPT_MAX_CONNS },
         { "handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT },
+        { "backing-dir", required_argument, NULL, OPT_BACKING_DIR },
+        { "no-backing", no_argument, NULL, OPT_NO_BACKING },
+        { "lock-wait", required_argument, NULL, OPT_LOCK_WAIT },
         { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
@@ -374,6 +388,21 @@ static void parse_args(int argc, char **argv)
         case OPT_HS_TIMEOUT:
             srv.hs_timeout = (double)parse_num(optarg, "--handshake-timeout", 1, 86400);
             break;
+        case OPT_BACKING_DIR: {
+            struct stat st;
+            if (stat(optarg, &st) < 0)
+                die("--backing-dir %s: %s", optarg, strerror(errno));
+            if (!S_ISDIR(st.st_mode))
+                die("--backing-dir %s: not a directory", optarg);
+            opt.backing_dir = optarg;
+            break;
+        }
+        case OPT_NO_BACKING:
+            opt.no_backing = true;
+            break;
+        case OPT_LOCK_WAIT:
+            opt.lock_wait = (unsigned)parse_num(optarg, "--lock-wait", 0, 3600);
+            break;
         case 'v':
             srv.verbose++;
             break;
@@ -456,6 +485,9 @@ static void open_images(void)
             .no_lock = opt.force_share,
             .l2_cache_tables = opt.l2_cache,
             .repair_corrupt = opt.repair,
+            .backing_dir = opt.backing_dir,
+            .no_backing = opt.no_backing,
+            .lock_wait_ms = opt.lock_wait * 1000u,
         };
         struct qed_info info;
         char err[512] = "";

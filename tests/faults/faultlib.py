@@ -187,19 +187,17 @@ class Server:
         self.proc = None
 
     def start(self, timeout=20):
-        """Start and wait until it accepts connections.  A start that fails
-        because the image is still locked (see check_image) is retried."""
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                return self.start_once(timeout)
-            except Fail as e:
-                if "in use" not in str(e):
-                    raise
-                if time.monotonic() > deadline:
-                    raise Fail("%s\nprocesses that have %s open: %s" %
-                               (e, self.image, holders(self.image) or "none"))
-                time.sleep(0.1)
+        """Start and wait until it accepts connections.  No retry here: right
+        after a kill -9 the image may still be locked for a moment (see
+        check_image), and the server itself waits for the lock (--lock-wait,
+        5 s by default), as it must when a supervisor restarts it."""
+        try:
+            return self.start_once(timeout)
+        except Fail as e:
+            if "in use" not in str(e):
+                raise
+            raise Fail("%s\nprocesses that have %s open: %s" %
+                       (e, self.image, holders(self.image) or "none"))
 
     def start_once(self, timeout):
         if os.path.exists(self.sock):
