@@ -130,6 +130,8 @@ static void usage(FILE *f)
             "      --aio=uring|threads    file I/O backend (default: uring, else threads)\n"
             "      --l2-cache=N           L2 tables cached per image\n"
             "      --max-connections=N    default 100; extra clients are refused politely\n"
+            "      --max-memory=SIZE      memory all connections may hold (default 1G,\n"
+            "                             at least 65M); past it clients wait\n"
             "      --handshake-timeout=S  default 10; clients slower to negotiate (TLS\n"
             "                             included) are dropped\n"
             "TLS:\n"
@@ -222,6 +224,7 @@ enum {
     OPT_AIO = 256, OPT_L2_CACHE, OPT_MAX_CONNS, OPT_HS_TIMEOUT, OPT_FORK, OPT_PIDFILE,
     OPT_LOG, OPT_LOG_FILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY,
     OPT_TLS_PRIORITY,
+    OPT_MAX_MEMORY,
 };
 
 static void parse_args(int argc, char **argv)
@@ -248,6 +251,7 @@ static void parse_args(int argc, char **argv)
         { "aio", required_argument, NULL, OPT_AIO },
         { "l2-cache", required_argument, NULL, OPT_L2_CACHE },
         { "max-connections", required_argument, NULL, OPT_MAX_CONNS },
+        { "max-memory", required_argument, NULL, OPT_MAX_MEMORY },
         { "handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT },
         { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
@@ -355,6 +359,13 @@ static void parse_args(int argc, char **argv)
             break;
         case OPT_MAX_CONNS:
             srv.max_conns = (unsigned)parse_num(optarg, "--max-connections", 1, 1u << 20);
+            break;
+        case OPT_MAX_MEMORY:
+            if (mem_parse_size(optarg, &srv.max_memory) < 0 ||
+                srv.max_memory < SRV_MAX_MEMORY_MIN)
+                die("invalid --max-memory '%s' (expected a size of at least %lluM, "
+                    "like 512M or 2G)", optarg,
+                    (unsigned long long)(SRV_MAX_MEMORY_MIN >> 20));
             break;
         case OPT_HS_TIMEOUT:
             srv.hs_timeout = (double)parse_num(optarg, "--handshake-timeout", 1, 86400);

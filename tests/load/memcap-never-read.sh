@@ -1,0 +1,245 @@
+#!/bin/bash
+# Resource accounting as an invariant (issue 11): clients that never read
+# their replies, several connections at once, one for each kind of request
+# that makes the server hold memory, and the server's resident memory must
+# stay under the bound README.md states ("Limits and memory"):
+#
+#   baseline + --max-memory + free lists (32 MiB data buffers + 1024
+#   request structs + 8 read-ahead buffers) + L2 cache (32 MiB per image)
+#   + 8 MiB for what is not charged (connection structs, the library's
+#   per-request state, malloc's overhead)
+#
+# with --max-memory=96M so the bound is tight (about 170 MiB over the
+# baseline).  Phases, each settling before the next (settled = no library
+# I/O in flight and no progress between three statistics snapshots, with the
+# clients' unread socket queues part of the snapshot; bounded by a deadline):
+#   1. every connection of these is fully read by the server although no
+#      reply is ever read, because each request frees its buffers once its
+#      reply is built: structured READs of 32 MiB and of 16 MiB over holes
+#      (each answered by one 32-byte hole chunk: the once-uncounted
+#      buffer), BLOCK_STATUS over thousands of extents, 4 MiB WRITEs, and
+#      error replies (READs over 32 MiB, READs past the end);
+#   2. structured and simple 32 MiB READs of data that the client never
+#      reads fill --max-memory: the server stops reading them (backpressure)
+#      and never refuses them;
+#   3. one more hole-READ client waits too (the global cap, not its own).
+# At every snapshot: peak RSS under the bound, and the server's own count
+# (mem_peak) never over --max-memory.  At the end: every client goes away
+# (EPIPE/ECONNRESET accepted), the count returns to 0, a fresh client is
+# served, SIGTERM exits 0.  Before the fix phase 1 alone took the server
+# past 2 GiB.
+. "$top_srcdir/tests/attacks/attack-common.sh"
+exec "$PY" - <<'PY'
+import fcntl, os, re, signal, socket, struct, subprocess, sys, termios, threading, time
+from attacklib import *
+
+MAX_MEMORY = 96 * MiB
+IMAGE_SIZE = 1 * GiB
+FREE_LISTS = 32 * MiB + 1024 * 512 + 8 * 64 * KiB
+L2_CACHE = 32 * MiB
+UNCHARGED = 8 * MiB
+BOUND = MAX_MEMORY + FREE_LISTS + L2_CACHE + UNCHARGED
+HOLES = 800 * MiB            # [768 MiB, 1 GiB) is never written
+EXTENTS = 256 * MiB          # 4 KiB of data every 128 KiB up to 768 MiB
+SETTLE_DEADLINE = 120.0
+SETUP_WRITES = 1 + 4096
+SIOCOUTQ = termios.TIOCOUTQ  # unsent (for AF_UNIX: unread by the peer) bytes
+SIOCINQ = termios.FIONREAD
+
+
+def qed_img():
+    return os.path.join(os.environ["top_builddir"], "contrib", "qed-img")
+
+
+class Stats:
+    """SIGUSR1, then the server line and the export line it logged."""
+
+    def __init__(self, server):
+        self.server = server
+        self.n = 0
+
+    def get(self):
+        self.n += 1
+        os.kill(self.server.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with open(self.server.logpath, "rb") as f:
+                text = f.read().decode(errors="replace")
+            srv = re.findall(r"stats: server (.*)", text)
+            exp = re.findall(r'stats: export name="" (.*)', text)
+            if len(srv) >= self.n and len(exp) >= self.n:
+                d = {}
+                for line in (srv[self.n - 1], exp[self.n - 1]):
+                    for k, v in re.findall(r"(\w+)=(\S+)", line):
+                        d.setdefault(k, v)
+                return {k: int(v) for k, v in d.items() if v.isdigit()}
+            time.sleep(0.01)
+        raise AssertionError("no statistics within 20 s of SIGUSR1")
+
+
+class Flooder:
+    """A client that negotiates, then sends @reqs (from a thread: the server
+    may stop reading it) and never reads a reply."""
+
+    def __init__(self, server, name, reqs, structured=True, contexts=()):
+        self.name = name
+        self.c = Client(server)
+        self.c.greet()
+        self.c.negotiate("", structured=structured, contexts=contexts)
+        self.c.s.settimeout(None)   # blocking: a send may wait for ever
+        self.reqs = reqs
+        self.done = False
+        self.error = None
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        try:
+            for cookie, (cmd, off, length, flags, payload) in enumerate(self.reqs, 1):
+                self.c.s.sendall(req_bytes(cmd, off, length, flags, cookie, b""))
+                if payload:
+                    self.c.s.sendall(payload)
+            self.done = True
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self.error = e      # the server closed: checked by the caller
+        except OSError as e:
+            if not self.closing:
+                self.error = e
+
+    closing = False
+
+    def queues(self):
+        """(bytes the server has not read yet, reply bytes waiting for us)."""
+        b = bytearray(4)
+        fcntl.ioctl(self.c.s.fileno(), SIOCOUTQ, b)
+        out = struct.unpack("i", bytes(b))[0]
+        fcntl.ioctl(self.c.s.fileno(), SIOCINQ, b)
+        return out, struct.unpack("i", bytes(b))[0]
+
+    def close(self):
+        self.closing = True
+        try:
+            self.c.s.shutdown(socket.SHUT_RDWR)  # wakes a blocked sendall
+        except OSError:
+            pass
+        self.t.join(30)
+        check(not self.t.is_alive(), "%s: the sending thread did not stop" % self.name)
+        self.c.close()
+
+
+def settle(server, stats, clients, what):
+    """Wait until the server makes no more progress; check the bound at
+    every snapshot.  Returns the last statistics."""
+    deadline = time.monotonic() + SETTLE_DEADLINE
+    last, same = None, 0
+    while True:
+        st = stats.get()
+        hwm = server.vmhwm_kb() * KiB - baseline
+        check(hwm <= BOUND, "%s: peak RSS %.1f MiB over the baseline, above the bound %.1f MiB "
+              "(stats: %s)" % (what, hwm / MiB, BOUND / MiB, st))
+        check(st.get("mem_peak", 0) <= MAX_MEMORY,
+              "%s: the server held %d bytes, over --max-memory" % (what, st.get("mem_peak", 0)))
+        for c in clients:
+            check(c.error is None, "%s: client %s: %r" % (what, c.name, c.error))
+        snap = (tuple(sorted((k, v) for k, v in st.items() if k != "uptime")), tuple(c.queues() for c in clients),
+                tuple(c.done for c in clients))
+        if st.get("io_in_flight", 0) == 0 and snap == last:
+            same += 1
+            if same >= 2:
+                log("  %s: settled; peak RSS +%.1f MiB (bound %.1f MiB), held %.1f MiB, "
+                    "peak held %.1f MiB, %d waiting, %d waits" %
+                    (what, hwm / MiB, BOUND / MiB, st["mem_held"] / MiB, st["mem_peak"] / MiB,
+                     st["mem_waiting"], st["mem_waits"]))
+                return st
+        else:
+            same = 0
+        last = snap
+        check(time.monotonic() < deadline, "%s: still changing after %g s" %
+              (what, SETTLE_DEADLINE))
+        time.sleep(0.05)
+
+
+def setup_data(server):
+    """32 MiB of data at 0, then 4 KiB every 128 KiB in [256, 768) MiB."""
+    c = Client(server)
+    c.greet()
+    c.negotiate("")
+    pattern = bytes(range(256)) * (32 * MiB // 256)
+    err, _ = c.simple_reply(c.request(CMD_WRITE, 0, len(pattern), payload=pattern))
+    check(err == 0, "setup write failed: %d" % err)
+    small = b"\xa5" * 4096
+    offs = list(range(EXTENTS, 768 * MiB, 128 * KiB))
+    check(len(offs) + 1 == SETUP_WRITES, "setup writes")
+    for i in range(0, len(offs), 32):
+        cookies = [c.request(CMD_WRITE, o, 4096, payload=small) for o in offs[i:i + 32]]
+        for ck in cookies:
+            check(c.simple_reply(ck)[0] == 0, "setup write failed")
+    c.disc()
+    c.wait_closed(10)
+    c.close()
+
+
+def test(server):
+    global baseline
+    img = os.path.join(server.tmp, "mem.qed")
+    subprocess.run([qed_img(), "create", img, str(IMAGE_SIZE)], check=True)
+    server.start([img, "--max-memory=%d" % MAX_MEMORY])
+    baseline = server.vmrss_kb() * KiB
+    stats = Stats(server)
+    setup_data(server)
+
+    n = 64
+    mb32 = 32 * MiB
+    phase1 = [
+        Flooder(server, "hole-read-32M", [(CMD_READ, HOLES, mb32, 0, b"")] * n),
+        Flooder(server, "hole-read-16M", [(CMD_READ, HOLES + mb32, 16 * MiB, 0, b"")] * n),
+        Flooder(server, "block-status", [(CMD_BLOCK_STATUS, EXTENTS, 512 * MiB, 0, b"")] * n,
+                contexts=("base:allocation",)),
+        Flooder(server, "write-4M", [(CMD_WRITE, 64 * MiB, 4 * MiB, 0, b"\x5a" * (4 * MiB))] * n),
+        Flooder(server, "errors", [(CMD_READ, 0, 64 * MiB, 0, b""),
+                                   (CMD_READ, IMAGE_SIZE - 4096, 8192, 0, b"")] * (n // 2)),
+    ]
+    st = settle(server, stats, phase1, "phase 1")
+    # Every request parsed (counted on arrival), nobody left waiting.
+    for c in phase1:
+        check(c.done and c.queues()[0] == 0, "%s: requests left unread (queues %r)" %
+              (c.name, c.queues()))
+    check(st["reads"] == 3 * n and st["block_status"] == n and st["errors"] == n and
+          st["writes"] == SETUP_WRITES + n and st["mem_waiting"] == 0,
+          "phase 1: not every request was served: %s" % st)
+    before = st["reads"]
+
+    phase2 = [
+        Flooder(server, "data-read-structured", [(CMD_READ, 0, mb32, 0, b"")] * n),
+        Flooder(server, "data-read-simple", [(CMD_READ, 0, mb32, 0, b"")] * n, structured=False),
+    ]
+    st = settle(server, stats, phase1 + phase2, "phase 2")
+    # Both wait: the structured client fills its own cap (two 32 MiB READs),
+    # the simple one finds the global cap full.
+    check(st["mem_waiting"] == 2 and st["reads"] - before < 2 * n,
+          "phase 2: 128 unread 32 MiB READs did not make both clients wait: %s" % st)
+
+    phase3 = [Flooder(server, "hole-read-late", [(CMD_READ, HOLES, mb32, 0, b"")] * 4)]
+    st = settle(server, stats, phase1 + phase2 + phase3, "phase 3")
+    check(st["mem_waiting"] == 3,
+          "phase 3: a new client was not held back by the global cap: %s" % st)
+
+    for c in phase1 + phase2 + phase3:
+        c.close()
+    deadline = time.monotonic() + 30
+    while True:
+        st = stats.get()
+        if st["mem_held"] == 0 and st["requests_held"] == 0 and st["mem_waiting"] == 0:
+            break
+        check(time.monotonic() < deadline,
+              "memory still charged 30 s after every client left: %s" % st)
+        time.sleep(0.05)
+    log("  all clients gone: mem_held=0; peak RSS +%.1f MiB over the baseline" %
+        ((server.vmhwm_kb() * KiB - baseline) / MiB))
+    check_alive(server)
+    server.stop()
+
+
+baseline = 0
+sys.exit(run(test, "memcap-never-read: clients that never read stay under the stated bound"))
+PY
