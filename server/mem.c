@@ -97,6 +97,9 @@ void conn_mem_release(struct conn *c, size_t n)
 bool conn_mem_fits(const struct conn *c, size_t cost)
 {
     bool conn_ok = c->inflight == 0 || c->mem_held + cost <= SRV_CONN_MAX_MEMORY;
+    /* L2 cache: once libqed reports its cache bytes, they go here, added to
+     * srv.mem_held (and in conn_mem_try), so that one --max-memory covers
+     * both; see the TODO at the top. */
     bool srv_ok = srv.nreqs == 0 || srv.mem_held + cost <= mem_cap();
 
     return conn_ok && srv_ok;

@@ -11,7 +11,7 @@
  *          zeroes=N cache=N block_status=N bytes_read=N bytes_written=N bytes_zeroed=N
  *          bytes_trimmed=N errors=N cluster_size=N clusters_appended=N file_clusters=N
  *
- * (the server line and an export line are one line each; it is folded here only for reading).  NAME
+ * (each line is one line; they are folded here only for reading).  NAME
  * escapes '"', '\\' and bytes outside printable ASCII as \xHH.
  *
  * clusters_appended is what the server can tell honestly about allocation:
