@@ -188,6 +188,7 @@ static ev_check turn_begin_w;   /* runs right after the poll: a new turn */
 static bool turn_ended;         /* on_turn_end ran, and the loop has not polled since */
 static bool turn_inited;
 static struct conn *flush_head, *resume_head;
+static bool mem_wake_pending;   /* memory was given back while connections wait */
 
 static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents);
 
@@ -268,6 +269,26 @@ static void resume_add(struct conn *c)
     c->resume_next = resume_head;
     resume_head = c;
     turn_arm();
+}
+
+void conn_mem_wake(void)
+{
+    if (mem_wake_pending)
+        return;
+    mem_wake_pending = true;
+    turn_arm();
+}
+
+/* Put every connection waiting for memory whose request now fits on the
+ * resume list (mem.c). */
+static void mem_wake_run(void)
+{
+    mem_wake_pending = false;
+    if (srv.mem_waiters == 0)
+        return;
+    for (struct conn *c = srv.conns; c; c = c->next)
+        if (c->mem_wait && conn_mem_fits(c, c->mem_wait_cost))
+            resume_add(c);
 }
 
 /* ---- Lifetime --------------------------------------------------------- */
@@ -884,11 +905,12 @@ void conn_queue_batched(struct conn *c, struct outmsg *m)
 }
 
 /*
- * on_turn_end - the end of a loop turn: first parse the read-ahead of the
- * resume list (a budget each), then write the batched replies.  Why in this
- * order: parsing may answer at once (a rejected request), and that reply
- * then leaves with the others.  Connections queued again while this runs
- * wait for the next turn.
+ * on_turn_end - the end of a loop turn: first put the connections waiting
+ * for memory that now fits on the resume list, then parse the read-ahead of
+ * the resume list (a budget each), then write the batched replies.  Why in
+ * this order: parsing may answer at once (a rejected request), and that
+ * reply then leaves with the others.  Connections queued again while this
+ * runs wait for the next turn.
  */
 static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents)
 {
@@ -896,6 +918,8 @@ static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents)
 
     (void)w;
     (void)revents;
+    if (mem_wake_pending)
+        mem_wake_run();     /* before the resume list, which then serves them */
     list = resume_head;
     resume_head = NULL;
     while ((c = list)) {
@@ -916,8 +940,9 @@ static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents)
             conn_kick(c);   /* written replies may end a drain or lift backpressure */
         conn_unref(c);
     }
-    /* Work left (read-ahead waiting): poll without blocking, and come back. */
-    if (!resume_head && !flush_head) {
+    /* Work left (read-ahead waiting, or memory given back while connections
+     * wait): poll without blocking, and come back. */
+    if (!resume_head && !flush_head && !mem_wake_pending) {
         ev_prepare_stop(loop, &turn_w);
         if (ev_is_active(&nowait_w))
             ev_idle_stop(loop, &nowait_w);
@@ -965,11 +990,6 @@ int conn_queue_copy(struct conn *c, const void *a, size_t alen, const void *b, s
     cm->m.release = copymsg_release;
     conn_queue(c, &cm->m);
     return 0;
-}
-
-void conn_mem_resume(struct conn *c)
-{
-    resume_add(c);
 }
 
 void conn_kick(struct conn *c)

@@ -210,7 +210,7 @@ bool conn_mem_fits(const struct conn *c, size_t cost);
 /**
  * conn_mem_admit - admit a request costing @cost on @c: charge it and
  * return true, or mark @c as waiting for memory and return false (the
- * caller stops reading; conn_mem_resume brings it back).
+ * caller stops reading; conn_mem_wake brings it back).
  */
 bool conn_mem_admit(struct conn *c, size_t cost);
 
@@ -220,8 +220,12 @@ bool conn_mem_try(struct conn *c, size_t n);
 /** conn_mem_unwait - @c no longer waits for memory (admitted, draining or closed). */
 void conn_mem_unwait(struct conn *c);
 
-/** conn_mem_resume - (conn.c) memory for @c's waiting request is free: run it this turn. */
-void conn_mem_resume(struct conn *c);
+/**
+ * conn_mem_wake - (conn.c) memory was given back while connections wait:
+ * at the end of this loop turn, resume every waiting connection whose
+ * request now fits.
+ */
+void conn_mem_wake(void);
 
 /* ---- tx.c, transmission phase ---- */
 

@@ -85,13 +85,13 @@ void conn_mem_release(struct conn *c, size_t n)
     assert(c->mem_held >= n && srv.mem_held >= n);
     c->mem_held -= n;
     srv.mem_held -= n;
-    if (n == 0 || srv.mem_waiters == 0)
-        return;
-    /* Someone waits: those that now fit go on (at the end of the loop turn,
-     * never from inside this call, which may come from anywhere). */
-    for (struct conn *w = conn_next(NULL); w; w = conn_next(w))
-        if (w->mem_wait && conn_mem_fits(w, w->mem_wait_cost))
-            conn_mem_resume(w);
+    /* Someone waits: those that now fit go on at the end of the loop turn.
+     * Why not here: this runs from anywhere (a reply written, a request
+     * freed, a connection closing), and a walk over the waiters on every
+     * release would cost O(connections) per reply under pressure; at the
+     * end of the turn it is one walk per turn. */
+    if (n && srv.mem_waiters)
+        conn_mem_wake();
 }
 
 bool conn_mem_fits(const struct conn *c, size_t cost)

@@ -22,7 +22,10 @@
 #   2. structured and simple 32 MiB READs of data that the client never
 #      reads fill --max-memory: the server stops reading them (backpressure)
 #      and never refuses them;
-#   3. one more hole-READ client waits too (the global cap, not its own).
+#   3. one more hole-READ client waits too (the global cap, not its own);
+#   4. the clients of 2 and 3 read their replies at last: every waiting
+#      request goes through as memory is given back, none is refused, and
+#      every byte is right.
 # At every snapshot: peak RSS under the bound, and the server's own count
 # (mem_peak) never over --max-memory.  At the end: every client goes away
 # (EPIPE/ECONNRESET accepted), the count returns to 0, a fresh client is
@@ -43,6 +46,7 @@ HOLES = 800 * MiB            # [768 MiB, 1 GiB) is never written
 EXTENTS = 256 * MiB          # 4 KiB of data every 128 KiB up to 768 MiB
 SETTLE_DEADLINE = 120.0
 SETUP_WRITES = 1 + 4096
+PATTERN = bytes(range(256)) * (32 * MiB // 256)     # at offset 0
 SIOCOUTQ = termios.TIOCOUTQ  # unsent (for AF_UNIX: unread by the peer) bytes
 SIOCINQ = termios.FIONREAD
 
@@ -159,13 +163,46 @@ def settle(server, stats, clients, what):
         time.sleep(0.05)
 
 
+def read_replies(f, count, offset, length, expect):
+    """Read the @count replies to the READs (of @length at @offset) of
+    flooder @f, in whatever order they come: each must succeed and hold
+    @expect."""
+    f.t.join(30)
+    check(f.done, "%s: its requests were not all sent" % f.name)
+    c = f.c
+    c.s.settimeout(IO_TIMEOUT)
+    bufs, done = {}, set()
+    while len(done) < count:
+        h = c.reply_header()
+        if h[0] == "simple":
+            _, err, cookie = h
+            check(err == 0, "%s: READ %d failed with error %d" % (f.name, cookie, err))
+            bufs[cookie] = c.recv_exact(length)
+            done.add(cookie)
+            continue
+        _, fl, typ, cookie, plen = h
+        check(cookie not in done, "%s: a chunk for READ %d after its end" % (f.name, cookie))
+        payload = c.recv_exact(plen) if plen else b""
+        buf = bufs.setdefault(cookie, bytearray(length))
+        if typ == RT_OFFSET_DATA:
+            o = struct.unpack(">Q", payload[:8])[0] - offset
+            buf[o:o + plen - 8] = payload[8:]
+        else:   # a hole: zeros, as the buffer already is
+            check(typ == RT_OFFSET_HOLE, "%s: chunk type %d for READ %d" % (f.name, typ, cookie))
+        if fl & REPLY_FLAG_DONE:
+            done.add(cookie)
+    check(sorted(done) == list(range(1, count + 1)), "%s: replies for %r" % (f.name, sorted(done)))
+    for cookie, data in bufs.items():
+        check(bytes(data) == expect, "%s: READ %d returned other data" % (f.name, cookie))
+    log("  %s: %d replies read back, every byte right" % (f.name, count))
+
+
 def setup_data(server):
     """32 MiB of data at 0, then 4 KiB every 128 KiB in [256, 768) MiB."""
     c = Client(server)
     c.greet()
     c.negotiate("")
-    pattern = bytes(range(256)) * (32 * MiB // 256)
-    err, _ = c.simple_reply(c.request(CMD_WRITE, 0, len(pattern), payload=pattern))
+    err, _ = c.simple_reply(c.request(CMD_WRITE, 0, len(PATTERN), payload=PATTERN))
     check(err == 0, "setup write failed: %d" % err)
     small = b"\xa5" * 4096
     offs = list(range(EXTENTS, 768 * MiB, 128 * KiB))
@@ -216,20 +253,29 @@ def test(server):
           "phase 1: not every request was served: %s" % st)
     before = st["reads"]
 
+    n2 = 8
     phase2 = [
-        Flooder(server, "data-read-structured", [(CMD_READ, 0, mb32, 0, b"")] * n),
-        Flooder(server, "data-read-simple", [(CMD_READ, 0, mb32, 0, b"")] * n, structured=False),
+        Flooder(server, "data-read-structured", [(CMD_READ, 0, mb32, 0, b"")] * n2),
+        Flooder(server, "data-read-simple", [(CMD_READ, 0, mb32, 0, b"")] * n2, structured=False),
     ]
     st = settle(server, stats, phase1 + phase2, "phase 2")
     # Both wait: the structured client fills its own cap (two 32 MiB READs),
     # the simple one finds the global cap full.
-    check(st["mem_waiting"] == 2 and st["reads"] - before < 2 * n,
+    check(st["mem_waiting"] == 2 and st["reads"] - before < 2 * n2,
           "phase 2: 128 unread 32 MiB READs did not make both clients wait: %s" % st)
 
     phase3 = [Flooder(server, "hole-read-late", [(CMD_READ, HOLES, mb32, 0, b"")] * 4)]
     st = settle(server, stats, phase1 + phase2 + phase3, "phase 3")
     check(st["mem_waiting"] == 3,
           "phase 3: a new client was not held back by the global cap: %s" % st)
+
+    # 4. The data clients read their replies at last: the memory they free
+    # lets every waiting request through, none refused, every byte right.
+    for c in phase2:
+        read_replies(c, n2, 0, mb32, PATTERN)
+    read_replies(phase3[0], 4, HOLES, mb32, bytes(mb32))
+    st = settle(server, stats, phase1 + phase2 + phase3, "phase 4")
+    check(st["mem_waiting"] == 0, "phase 4: still waiting after the replies were read: %s" % st)
 
     for c in phase1 + phase2 + phase3:
         c.close()
