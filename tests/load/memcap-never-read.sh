@@ -220,13 +220,6 @@ def test(server):
     global baseline
     img = os.path.join(server.tmp, "mem.qed")
     subprocess.run([qed_img(), "create", img, str(IMAGE_SIZE)], check=True)
-    # Sizes below one connection's cap, garbage and overflows are refused
-    # at start-up, with the option named.
-    for bad in ("1M", "65535K", "lots", "12X", "-5G", "99999999999999999999", "16777216T"):
-        p = subprocess.run([server.binary, "-u", server.sock, "--max-memory=" + bad, img],
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
-        check(p.returncode != 0 and b"--max-memory" in p.stderr,
-              "--max-memory=%s: status %d, %r" % (bad, p.returncode, p.stderr[-200:]))
     server.start([img, "--max-memory=%d" % MAX_MEMORY])
     baseline = server.vmrss_kb() * KiB
     stats = Stats(server)
@@ -291,6 +284,17 @@ def test(server):
         ((server.vmhwm_kb() * KiB - baseline) / MiB))
     check_alive(server)
     server.stop()
+
+    # Sizes below one connection's cap, garbage and overflows are refused
+    # at start-up, with the option named.
+    for bad in ("1M", "65535K", "lots", "12X", "-5G", "99999999999999999999", "16777216T"):
+        try:
+            p = subprocess.run([server.binary, "-u", server.sock, "--max-memory=" + bad, img],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("--max-memory=%s was accepted: the server started" % bad)
+        check(p.returncode != 0 and b"--max-memory" in p.stderr,
+              "--max-memory=%s: status %d, %r" % (bad, p.returncode, p.stderr[-200:]))
 
 
 baseline = 0
