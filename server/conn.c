@@ -550,6 +550,19 @@ static bool throttled(const struct conn *c)
     return c->inflight >= SRV_MAX_INFLIGHT;
 }
 
+/*
+ * Between two options, with earlier replies still queued because the socket
+ * is full?  Then the next option waits, as it would with a server that
+ * writes each reply before reading on: a client that sends options without
+ * reading their replies makes the server hold one option's replies at most
+ * (they are charged, but cannot wait for memory: mem.c).
+ */
+static bool hs_output_blocked(const struct conn *c)
+{
+    return c->state == CONN_HS_OPT_HEADER && c->in_got == 0 &&
+           (c->out_head || c->tls_out_len) && ev_is_active(&c->ww);
+}
+
 /* Start or stop the read watcher to match the state and the backpressure. */
 static void update_read_watcher(struct conn *c)
 {
@@ -558,6 +571,8 @@ static void update_read_watcher(struct conn *c)
     if (c->state == CONN_TLS_HANDSHAKE)
         return;         /* conn_tls_handshake picks the direction */
     if (want && c->state == CONN_TX_REQ_HEADER && (c->mem_wait || (c->in_got == 0 && throttled(c))))
+        want = false;
+    if (want && hs_output_blocked(c))
         want = false;
     if (want && c->tls_rd_wants_write)
         want = false;   /* the read waits for writable, not readable */
@@ -668,6 +683,8 @@ static void conn_step(struct conn *c)
         /* A complete header waiting for memory: the handler runs again (and
          * admits it) only once it fits. */
         if (st == CONN_TX_REQ_HEADER && c->mem_wait && !conn_mem_fits(c, c->mem_wait_cost))
+            break;
+        if (hs_output_blocked(c))
             break;
         if (conn_fill(c) <= 0)
             break;

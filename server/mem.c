@@ -45,7 +45,9 @@
  *
  * Worst case (README "Limits and memory"): srv.mem_held stays under
  * --max-memory plus the buffers that never wait: 16 KiB per TLS connection
- * and the replies of one option per negotiating connection.  What it does
+ * and the replies of one option per negotiating connection (a negotiating
+ * client whose socket is full gets no further option read: conn.c,
+ * hs_output_blocked).  What it does
  * not hold is stated next to it there: free lists (tx.c, conn.c), the
  * option payload being read (at most 64 KiB per negotiating connection),
  * GnuTLS's own session state, struct conn, and the library's L2 table
