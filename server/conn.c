@@ -26,9 +26,13 @@
  * from a small free list and are held only while they hold bytes, so idle
  * connections cost none.
  *
- * Backpressure.  While a connection has SRV_MAX_INFLIGHT requests in flight,
- * or SRV_MAX_QUEUED_BYTES of replies and request buffers, its read watcher
- * is stopped at the next request boundary; it restarts as replies drain.
+ * Backpressure.  While a connection has SRV_MAX_INFLIGHT requests in flight
+ * its read watcher is stopped at the next request boundary; it restarts as
+ * replies drain.  Memory is the other limit: a request whose header has
+ * been read waits there until its cost fits under the connection's and the
+ * server's caps (mem.c, which states the rules and why they cannot
+ * deadlock); the read watcher stays stopped meanwhile, and the connection
+ * is resumed through the resume list when memory is given back.
  *
  * Fairness.  One read event parses at most SRV_READ_BUDGET requests, then
  * returns to the loop, which is level-triggered and will come back.  Bytes
@@ -139,11 +143,18 @@ static bool reads_ahead(const struct conn *c)
 static uint8_t *ibuf_pool[IBUF_POOL_MAX];
 static unsigned ibuf_pool_n;
 
-static uint8_t *ibuf_get(void)
+/* A read-ahead buffer for @c, charged to it; NULL when it does not fit
+ * under the memory caps (then @c reads without one) or malloc fails. */
+static uint8_t *ibuf_get(struct conn *c)
 {
-    if (ibuf_pool_n)
-        return ibuf_pool[--ibuf_pool_n];
-    return malloc(SRV_INPUT_BUFFER);
+    uint8_t *p;
+
+    if (!conn_mem_try(c, SRV_INPUT_BUFFER))
+        return NULL;
+    p = ibuf_pool_n ? ibuf_pool[--ibuf_pool_n] : malloc(SRV_INPUT_BUFFER);
+    if (!p)
+        conn_mem_release(c, SRV_INPUT_BUFFER);
+    return p;
 }
 
 /* Give back @c's read-ahead buffer if it holds nothing (or @force). */
@@ -157,6 +168,7 @@ static void ibuf_release(struct conn *c, bool force)
         free(c->ibuf);
     c->ibuf = NULL;
     c->ipos = c->ilen = 0;
+    conn_mem_release(c, SRV_INPUT_BUFFER);
 }
 
 /* ---- End of the loop turn ----------------------------------------------- */
@@ -176,6 +188,7 @@ static ev_check turn_begin_w;   /* runs right after the poll: a new turn */
 static bool turn_ended;         /* on_turn_end ran, and the loop has not polled since */
 static bool turn_inited;
 static struct conn *flush_head, *resume_head;
+static bool mem_wake_pending;   /* memory was given back while connections wait */
 
 static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents);
 
@@ -258,6 +271,26 @@ static void resume_add(struct conn *c)
     turn_arm();
 }
 
+void conn_mem_wake(void)
+{
+    if (mem_wake_pending)
+        return;
+    mem_wake_pending = true;
+    turn_arm();
+}
+
+/* Put every connection waiting for memory whose request now fits on the
+ * resume list (mem.c). */
+static void mem_wake_run(void)
+{
+    mem_wake_pending = false;
+    if (srv.mem_waiters == 0)
+        return;
+    for (struct conn *c = srv.conns; c; c = c->next)
+        if (c->mem_wait && conn_mem_fits(c, c->mem_wait_cost))
+            resume_add(c);
+}
+
 /* ---- Lifetime --------------------------------------------------------- */
 
 void conn_ref(struct conn *c)
@@ -289,7 +322,6 @@ static void drop_output(struct conn *c)
     c->out_head = c->out_tail = NULL;
     while (m) {
         struct outmsg *next = m->next;
-        c->queued_bytes -= m->left;
         m->release(m);
         m = next;
     }
@@ -301,6 +333,7 @@ void conn_close(struct conn *c, const char *why)
         return;
     conn_log(c, SRV_LOG_INFO, "closing: %s", why);
     conn_set_state(c, CONN_DEAD);
+    conn_mem_unwait(c);
     ev_io_stop(srv.loop, &c->rw);
     ev_io_stop(srv.loop, &c->ww);
     ev_timer_stop(srv.loop, &c->hs_timer);
@@ -310,8 +343,11 @@ void conn_close(struct conn *c, const char *why)
     tls_session_free(c->tls);
     c->tls = NULL;
     c->tls_active = false;
-    free(c->tls_out);
-    c->tls_out = NULL;
+    if (c->tls_out) {
+        free(c->tls_out);
+        c->tls_out = NULL;
+        conn_mem_release(c, CONN_TLS_RECORD);
+    }
     c->tls_out_len = 0;
     close(c->rfd);
     if (c->wfd != c->rfd)
@@ -350,6 +386,7 @@ void conn_drain(struct conn *c, const char *why)
         return;
     conn_log(c, SRV_LOG_INFO, "draining: %s", why);
     conn_set_state(c, CONN_DRAINING);
+    conn_mem_unwait(c);     /* a request still waiting for memory was never admitted */
     update_read_watcher(c);     /* stops reading (unless a TLS write needs a read) */
     ev_timer_stop(srv.loop, &c->hs_timer);
     maybe_finish_drain(c);
@@ -369,8 +406,10 @@ void conn_shutdown(struct conn *c)
         return;
     }
     /* Between requests: stop now.  Inside one: finish reading it first, so
-     * the request is served and answered rather than cut in half. */
-    if (c->state == CONN_TX_REQ_HEADER && c->in_got == 0)
+     * the request is served and answered rather than cut in half.  A header
+     * waiting for memory was not admitted: waiting for other clients to
+     * read could hold the shutdown for ever, so it is dropped. */
+    if (c->state == CONN_TX_REQ_HEADER && (c->in_got == 0 || c->mem_wait))
         conn_drain(c, "server shutting down");
     else
         c->stop_reading = true;
@@ -448,7 +487,7 @@ static int conn_fill(struct conn *c)
         }
         if (c->in_drained)
             return 0;       /* empty a moment ago: let the loop say when it is not */
-        if (reads_ahead(c) && (c->ibuf || (c->ibuf = ibuf_get()))) {
+        if (reads_ahead(c) && (c->ibuf || (c->ibuf = ibuf_get(c)))) {
             /* One readv: what the state needs, straight into its buffer, and
              * whatever follows into the read-ahead buffer. */
             struct iovec iov[2];
@@ -504,10 +543,24 @@ static int conn_fill(struct conn *c)
     }
 }
 
-/* Too much in flight or queued to take another request? */
+/* Too many requests in flight to take another one?  (Memory is checked
+ * once the header says what the request costs: conn_mem_admit.) */
 static bool throttled(const struct conn *c)
 {
-    return c->inflight >= SRV_MAX_INFLIGHT || c->queued_bytes >= SRV_MAX_QUEUED_BYTES;
+    return c->inflight >= SRV_MAX_INFLIGHT;
+}
+
+/*
+ * Between two options, with earlier replies still queued because the socket
+ * is full?  Then the next option waits, as it would with a server that
+ * writes each reply before reading on: a client that sends options without
+ * reading their replies makes the server hold one option's replies at most
+ * (they are charged, but cannot wait for memory: mem.c).
+ */
+static bool hs_output_blocked(const struct conn *c)
+{
+    return c->state == CONN_HS_OPT_HEADER && c->in_got == 0 &&
+           (c->out_head || c->tls_out_len) && ev_is_active(&c->ww);
 }
 
 /* Start or stop the read watcher to match the state and the backpressure. */
@@ -517,7 +570,9 @@ static void update_read_watcher(struct conn *c)
 
     if (c->state == CONN_TLS_HANDSHAKE)
         return;         /* conn_tls_handshake picks the direction */
-    if (want && c->state == CONN_TX_REQ_HEADER && c->in_got == 0 && throttled(c))
+    if (want && c->state == CONN_TX_REQ_HEADER && (c->mem_wait || (c->in_got == 0 && throttled(c))))
+        want = false;
+    if (want && hs_output_blocked(c))
         want = false;
     if (want && c->tls_rd_wants_write)
         want = false;   /* the read waits for writable, not readable */
@@ -618,13 +673,19 @@ static void conn_step(struct conn *c)
                 break;
             }
             if (throttled(c)) {
-                conn_log(c, SRV_LOG_DEBUG, "throttled: %u in flight, %zu bytes queued",
-                         c->inflight, c->queued_bytes);
+                conn_log(c, SRV_LOG_DEBUG, "throttled: %u in flight, %zu bytes held",
+                         c->inflight, c->mem_held);
                 break;
             }
             if (budget-- == 0)
                 break;      /* fairness: let other connections run */
         }
+        /* A complete header waiting for memory: the handler runs again (and
+         * admits it) only once it fits. */
+        if (st == CONN_TX_REQ_HEADER && c->mem_wait && !conn_mem_fits(c, c->mem_wait_cost))
+            break;
+        if (hs_output_blocked(c))
+            break;
         if (conn_fill(c) <= 0)
             break;
         switch (st) {
@@ -685,7 +746,6 @@ static void consume_output(struct conn *c, size_t done)
             v->iov_base = (uint8_t *)v->iov_base + take;
             v->iov_len -= take;
             m->left -= take;
-            c->queued_bytes -= take;
             done -= take;
             if (v->iov_len)
                 break;
@@ -837,7 +897,6 @@ static void queue_append(struct conn *c, struct outmsg *m)
     m->left = 0;
     for (int i = 0; i < m->niov; i++)
         m->left += m->iov[i].iov_len;
-    c->queued_bytes += m->left;
     if (c->out_tail)
         c->out_tail->next = m;
     else
@@ -863,11 +922,12 @@ void conn_queue_batched(struct conn *c, struct outmsg *m)
 }
 
 /*
- * on_turn_end - the end of a loop turn: first parse the read-ahead of the
- * resume list (a budget each), then write the batched replies.  Why in this
- * order: parsing may answer at once (a rejected request), and that reply
- * then leaves with the others.  Connections queued again while this runs
- * wait for the next turn.
+ * on_turn_end - the end of a loop turn: first put the connections waiting
+ * for memory that now fits on the resume list, then parse the read-ahead of
+ * the resume list (a budget each), then write the batched replies.  Why in
+ * this order: parsing may answer at once (a rejected request), and that
+ * reply then leaves with the others.  Connections queued again while this
+ * runs wait for the next turn.
  */
 static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents)
 {
@@ -875,6 +935,8 @@ static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents)
 
     (void)w;
     (void)revents;
+    if (mem_wake_pending)
+        mem_wake_run();     /* before the resume list, which then serves them */
     list = resume_head;
     resume_head = NULL;
     while ((c = list)) {
@@ -895,8 +957,9 @@ static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents)
             conn_kick(c);   /* written replies may end a drain or lift backpressure */
         conn_unref(c);
     }
-    /* Work left (read-ahead waiting): poll without blocking, and come back. */
-    if (!resume_head && !flush_head) {
+    /* Work left (read-ahead waiting, or memory given back while connections
+     * wait): poll without blocking, and come back. */
+    if (!resume_head && !flush_head && !mem_wake_pending) {
         ev_prepare_stop(loop, &turn_w);
         if (ev_is_active(&nowait_w))
             ev_idle_stop(loop, &nowait_w);
@@ -908,13 +971,18 @@ static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents)
 
 struct copymsg {
     struct outmsg m;
+    struct conn *c;             /* charged with the message */
+    size_t charged;
     struct iovec iov;
     uint8_t data[];
 };
 
 static void copymsg_release(struct outmsg *m)
 {
-    free(m);
+    struct copymsg *cm = (struct copymsg *)m;   /* m is the first member */
+
+    conn_mem_release(cm->c, cm->charged);
+    free(cm);
 }
 
 int conn_queue_copy(struct conn *c, const void *a, size_t alen, const void *b, size_t blen)
@@ -923,6 +991,11 @@ int conn_queue_copy(struct conn *c, const void *a, size_t alen, const void *b, s
 
     if (!cm)
         return -ENOMEM;
+    /* Why charged although handshake replies never wait for memory: they
+     * are held until the client reads them, so they count (mem.c). */
+    cm->c = c;
+    cm->charged = sizeof(*cm) + alen + blen;
+    conn_mem_charge(c, cm->charged);
     if (alen)
         memcpy(cm->data, a, alen);
     if (blen)

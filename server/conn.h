@@ -98,7 +98,9 @@ struct conn {
     struct req *cur;              /* request whose payload is being read */
     bool stop_reading;            /* shutdown: go DRAINING at the next request boundary */
     unsigned inflight;            /* requests read and not yet answered */
-    size_t queued_bytes;          /* reply bytes queued + request buffers held */
+    size_t mem_held;              /* bytes charged to this connection (mem.c) */
+    bool mem_wait;                /* a request header waits for memory (mem.c) */
+    size_t mem_wait_cost;         /* what that request will cost */
 
     struct outmsg *out_head, *out_tail;
 
@@ -190,6 +192,40 @@ void conn_unref(struct conn *c);
  * reading if the backpressure has lifted.
  */
 void conn_kick(struct conn *c);
+
+/* ---- mem.c, memory accounting (see there for the rules) ---- */
+
+/** conn_mem_charge - @c now holds @n more bytes (allocated or taken from a free list). */
+void conn_mem_charge(struct conn *c, size_t n);
+
+/**
+ * conn_mem_release - @c gave back @n bytes (freed or returned to a free
+ * list); connections waiting for memory that now fits are resumed.
+ */
+void conn_mem_release(struct conn *c, size_t n);
+
+/** conn_mem_fits - would a request costing @cost be admitted on @c now? */
+bool conn_mem_fits(const struct conn *c, size_t cost);
+
+/**
+ * conn_mem_admit - admit a request costing @cost on @c: charge it and
+ * return true, or mark @c as waiting for memory and return false (the
+ * caller stops reading; conn_mem_wake brings it back).
+ */
+bool conn_mem_admit(struct conn *c, size_t cost);
+
+/** conn_mem_try - charge @n bytes if they fit under both caps; false if not (never waits). */
+bool conn_mem_try(struct conn *c, size_t n);
+
+/** conn_mem_unwait - @c no longer waits for memory (admitted, draining or closed). */
+void conn_mem_unwait(struct conn *c);
+
+/**
+ * conn_mem_wake - (conn.c) memory was given back while connections wait:
+ * at the end of this loop turn, resume every waiting connection whose
+ * request now fits.
+ */
+void conn_mem_wake(void);
 
 /* ---- tx.c, transmission phase ---- */
 

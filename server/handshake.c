@@ -385,11 +385,13 @@ static void opt_starttls(struct conn *c)
         reply_err(c, NBD_REP_ERR_PLATFORM, "out of memory for TLS");
         return;
     }
+    conn_mem_charge(c, CONN_TLS_RECORD);    /* released where it is freed (conn_close) */
     r = tls_session_new(c->rfd, c->wfd, &c->tls, err, sizeof(err));
     if (r < 0) {
         conn_log(c, SRV_LOG_ERROR, "cannot start TLS: %s", err);
         free(c->tls_out);
         c->tls_out = NULL;
+        conn_mem_release(c, CONN_TLS_RECORD);
         reply_err(c, NBD_REP_ERR_PLATFORM, "the server could not set up TLS");
         return;
     }

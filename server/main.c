@@ -144,6 +144,8 @@ static void usage(FILE *f)
             "      --l2-cache=N           L2 tables cached per image (default: 64 and at\n"
             "                             most 32 MiB of them, at least one table)\n"
             "      --max-connections=N    default 100; extra clients are refused politely\n"
+            "      --max-memory=SIZE      memory all connections may hold (default 1G,\n"
+            "                             at least 65M); past it clients wait\n"
             "      --handshake-timeout=S  default 10; clients slower to negotiate (TLS\n"
             "                             included) are dropped\n"
             "      --lock-wait=SECONDS    an image locked by another process: wait this long\n"
@@ -242,7 +244,7 @@ enum {
     OPT_AIO = 256, OPT_L2_CACHE, OPT_MAX_CONNS, OPT_HS_TIMEOUT, OPT_FORK, OPT_PIDFILE,
     OPT_LOG, OPT_LOG_FILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY,
     OPT_TLS_PRIORITY,
-    OPT_REPAIR,
+    OPT_REPAIR, OPT_MAX_MEMORY,
     OPT_BACKING_DIR = 400, OPT_NO_BACKING, OPT_LOCK_WAIT, /* own range: fewer merge clashes */
 };
 
@@ -271,6 +273,7 @@ static void parse_args(int argc, char **argv)
         { "aio", required_argument, NULL, OPT_AIO },
         { "l2-cache", required_argument, NULL, OPT_L2_CACHE },
         { "max-connections", required_argument, NULL, OPT_MAX_CONNS },
+        { "max-memory", required_argument, NULL, OPT_MAX_MEMORY },
         { "handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT },
         { "backing-dir", required_argument, NULL, OPT_BACKING_DIR },
         { "no-backing", no_argument, NULL, OPT_NO_BACKING },
@@ -384,6 +387,13 @@ static void parse_args(int argc, char **argv)
             break;
         case OPT_MAX_CONNS:
             srv.max_conns = (unsigned)parse_num(optarg, "--max-connections", 1, 1u << 20);
+            break;
+        case OPT_MAX_MEMORY:
+            if (mem_parse_size(optarg, &srv.max_memory) < 0 ||
+                srv.max_memory < SRV_MAX_MEMORY_MIN)
+                die("invalid --max-memory '%s' (expected a size of at least %lluM, "
+                    "like 512M or 2G)", optarg,
+                    (unsigned long long)(SRV_MAX_MEMORY_MIN >> 20));
             break;
         case OPT_HS_TIMEOUT:
             srv.hs_timeout = (double)parse_num(optarg, "--handshake-timeout", 1, 86400);

@@ -20,7 +20,12 @@ struct conn;
 #define SRV_MAX_PAYLOAD (32u * 1024 * 1024)      /* largest READ/WRITE payload */
 #define SRV_MAX_PREFERRED (64u * 1024)           /* cap of the preferred block size */
 #define SRV_MAX_INFLIGHT 64u                     /* requests per connection, then stop reading */
-#define SRV_MAX_QUEUED_BYTES (64u * 1024 * 1024) /* reply + buffer bytes, then stop reading */
+/* Memory a connection may hold (mem.c): 64 MiB of request and reply data,
+ * so two requests of the maximum size, plus 1 MiB for their bookkeeping
+ * (request structs, chunk headers, extent lists, read-ahead). */
+#define SRV_CONN_MAX_MEMORY ((64u + 1u) * 1024 * 1024)
+#define SRV_MAX_MEMORY_DEFAULT ((uint64_t)1 << 30)   /* --max-memory: all connections */
+#define SRV_MAX_MEMORY_MIN ((uint64_t)SRV_CONN_MAX_MEMORY) /* its smallest value */
 #define SRV_READ_BUDGET 16u                      /* requests parsed per read event (fairness) */
 #define SRV_INPUT_BUFFER (64u * 1024)            /* read-ahead buffer per connection */
 
@@ -99,6 +104,14 @@ struct server {
     uint64_t conns_refused;  /* clients turned away over --max-connections */
     uint64_t tls_ok;         /* TLS handshakes completed */
     uint64_t tls_failed;     /* TLS handshakes that failed */
+
+    /* Memory held for connections (mem.c). */
+    uint64_t max_memory;     /* --max-memory; 0 = SRV_MAX_MEMORY_DEFAULT */
+    uint64_t mem_held;       /* bytes charged to connections now */
+    uint64_t mem_peak;       /* the most mem_held has been */
+    uint64_t mem_waits;      /* times a connection stopped reading to wait for memory */
+    unsigned mem_waiters;    /* connections waiting for memory now */
+    unsigned nreqs;          /* requests alive (admitted, not yet freed) on every connection */
 };
 
 extern struct server srv;
@@ -168,6 +181,15 @@ struct export *srv_find_export(const char *name, size_t len);
  * been closed, so that main can end the loop (stdio mode, shutdown).
  */
 void srv_conn_gone(void);
+
+/* ---- Memory (mem.c) ---- */
+
+/**
+ * mem_parse_size - parse "123", "64K", "1G" ... (suffixes are powers of
+ * 1024, case-insensitive) into *@out.  Returns 0, or -EINVAL for garbage,
+ * -ERANGE when it does not fit in 64 bits.
+ */
+int mem_parse_size(const char *s, uint64_t *out);
 
 /* ---- Connections (conn.c) ---- */
 

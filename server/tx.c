@@ -16,6 +16,12 @@
  * lists (req_get, buf_get), so the steady state calls no malloc.  Replies are
  * queued with conn_queue_batched: every reply completed in one loop turn
  * leaves in one writev, header and data together.
+ *
+ * Memory.  A request is admitted only when its worst-case cost (req_cost)
+ * fits under the connection's and the server's caps (mem.c); it is charged
+ * then, and given back piece by piece: when its reply is built, whatever
+ * the reply does not point into is freed at once (queue_reply), and the
+ * rest when the reply has been written (req_free).
  */
 #include "config.h"
 
@@ -33,6 +39,8 @@
 #define READ_MAX_CHUNKS 128u
 /* Extents asked for one BLOCK_STATUS without REQ_ONE. */
 #define BS_MAX_EXTENTS 4096u
+/* The most the chunk headers and iovecs of a split READ reply take (r->meta). */
+#define READ_META_MAX (READ_MAX_CHUNKS * 32 + 2 * READ_MAX_CHUNKS * sizeof(struct iovec))
 
 struct req {
     struct outmsg out;          /* the reply, once built */
@@ -42,14 +50,16 @@ struct req {
     uint32_t len;
     uint16_t type;
     uint16_t flags;
-    uint8_t *buf;               /* READ data or WRITE payload (buf_get) */
-    size_t buf_bytes;           /* counted in c->queued_bytes */
+    uint8_t *buf;               /* READ data or WRITE payload (buf_get), r->len bytes */
+    size_t charge;              /* bytes charged to c for this request (mem.c) */
     struct qed_extent *ext;     /* block status results (ext_inline or heap) */
     struct qed_extent ext_inline[4]; /* BLOCK_STATUS with REQ_ONE: no allocation */
+    size_t ext_max;             /* entries of a heap ext */
     size_t next;
     uint32_t err;               /* NBD error of a rejected request */
     const char *errmsg;
     uint8_t *meta;              /* reply headers (and their iovecs) beyond hdr */
+    size_t meta_bytes;          /* its size */
     struct iovec iov[2];
     struct req *pool_next;      /* in the free list */
     /* Not cleared when a request is reused: written before every use. */
@@ -181,13 +191,72 @@ static struct req *req_get(void)
     return r;
 }
 
+/*
+ * What a request costs, known from its header (@err: it was rejected): the
+ * most it will hold at once, charged when it is admitted (conn_mem_admit).
+ * The request struct itself (it holds small replies, errors included), the
+ * data buffer, and for BLOCK_STATUS the extent array plus the reply built
+ * from it; for a structured READ, the chunk headers of a split reply.
+ */
+static size_t req_cost(const struct conn *c, uint16_t type, uint16_t flags, uint32_t len,
+                       uint32_t err)
+{
+    size_t n = sizeof(struct req);
+
+    if (err)
+        return n;
+    switch (type) {
+    case NBD_CMD_READ:
+        n += len;
+        if (len && c->structured && !(flags & NBD_CMD_FLAG_DF))
+            n += READ_META_MAX;
+        break;
+    case NBD_CMD_WRITE:
+        n += len;
+        break;
+    case NBD_CMD_BLOCK_STATUS:
+        if (!(flags & NBD_CMD_FLAG_REQ_ONE))
+            n += BS_MAX_EXTENTS * sizeof(struct qed_extent) + 2 * (24 + 8 * BS_MAX_EXTENTS);
+        else
+            n += 2 * (24 + 8);
+        break;
+    default:
+        break;
+    }
+    return n;
+}
+
+/* What @r holds now: its struct and whatever it still has allocated. */
+static size_t req_holds(const struct req *r)
+{
+    size_t n = sizeof(*r) + r->meta_bytes;
+
+    if (r->buf)
+        n += r->len;
+    if (r->ext && r->ext != r->ext_inline)
+        n += r->ext_max * sizeof(*r->ext);
+    return n;
+}
+
+/* Give back the part of @r's charge it no longer holds (its reply is built:
+ * nothing it frees from now on until req_free). */
+static void req_settle(struct req *r)
+{
+    size_t now = req_holds(r);
+
+    assert(now <= r->charge);
+    conn_mem_release(r->c, r->charge - now);
+    r->charge = now;
+}
+
 static void req_free(struct req *r)
 {
     struct conn *c = r->c;
+    size_t charge = r->charge;
 
-    assert(c->inflight > 0);
+    assert(c->inflight > 0 && srv.nreqs > 0);
     c->inflight--;
-    c->queued_bytes -= r->buf_bytes;
+    srv.nreqs--;
     if (r->buf)
         buf_put(r->buf, r->len);
     if (r->ext != r->ext_inline)
@@ -200,6 +269,9 @@ static void req_free(struct req *r)
     } else {
         free(r);
     }
+    /* Why last: the memory is back (in malloc or a free list) before the
+     * connections waiting for it are told. */
+    conn_mem_release(c, charge);
 }
 
 static void req_release(struct outmsg *m)
@@ -207,7 +279,8 @@ static void req_release(struct outmsg *m)
     req_free((struct req *)m);  /* out is the first member */
 }
 
-/* The data buffer of @r: r->len bytes (n is r->len or 0). */
+/* The data buffer of @r: r->len bytes (n is r->len or 0); its admission
+ * charged it already. */
 static int req_alloc_buf(struct req *r, size_t n)
 {
     if (n == 0)
@@ -216,8 +289,6 @@ static int req_alloc_buf(struct req *r, size_t n)
     r->buf = buf_get(n);
     if (!r->buf)
         return -ENOMEM;
-    r->buf_bytes = n;
-    r->c->queued_bytes += n;
     return 0;
 }
 
@@ -231,14 +302,39 @@ void tx_abort_current(struct conn *c)
 
 /* ---- Replies ------------------------------------------------------------- */
 
+/* Does the reply in @iov point into @r's data buffer? */
+static bool reply_uses_buf(const struct req *r, const struct iovec *iov, int niov)
+{
+    uintptr_t lo = (uintptr_t)r->buf, hi = lo + r->len;
+
+    for (int i = 0; i < niov; i++) {
+        uintptr_t p = (uintptr_t)iov[i].iov_base;
+        if (r->buf && iov[i].iov_len && p >= lo && p < hi)
+            return true;
+    }
+    return false;
+}
+
 static void queue_reply(struct req *r, struct iovec *iov, int niov)
 {
-    /* From now on the data buffer is accounted as reply bytes still to be
-     * written (conn_queue counts them), not as a request buffer: counting it
-     * twice would halve the backpressure limit.  (Holes sent as OFFSET_HOLE
-     * leave part of the buffer uncounted until the reply is written.) */
-    r->c->queued_bytes -= r->buf_bytes;
-    r->buf_bytes = 0;
+    /*
+     * Free now what the reply does not need, and give back the rest of the
+     * charge taken at admission: a reply may wait long in the queue of a
+     * client that does not read.  Why the buffer: a WRITE's payload, and a
+     * READ answered with holes only or with an error, leave nothing of it
+     * on the wire; holding its megabytes until a 32-byte reply is written
+     * is how the cap was once bypassed.  Why the extents: the reply is a
+     * copy.  A buffer the reply points into stays, charged, until req_free.
+     */
+    if (r->buf && !reply_uses_buf(r, iov, niov)) {
+        buf_put(r->buf, r->len);
+        r->buf = NULL;
+    }
+    if (r->ext && r->ext != r->ext_inline) {
+        free(r->ext);
+        r->ext = NULL;
+    }
+    req_settle(r);
     r->out.iov = iov;
     r->out.niov = niov;
     r->out.release = req_release;
@@ -405,8 +501,10 @@ static void reply_read_structured(struct req *r)
     uint8_t *meta = r->hdr;
     struct iovec *iov = r->iov;
     if (nruns > 1) {
-        r->meta = malloc(nruns * 32 + 2 * nruns * sizeof(struct iovec));
+        r->meta_bytes = nruns * 32 + 2 * nruns * sizeof(struct iovec);
+        r->meta = malloc(r->meta_bytes);
         if (!r->meta) {
+            r->meta_bytes = 0;
             /* No memory for the split: one data chunk, zeros included. */
             reply_read_one_data(r);
             return;
@@ -511,6 +609,7 @@ static void reply_block_status(struct req *r)
         return;
     }
     r->meta = meta;
+    r->meta_bytes = 2 * per;
     if (c->meta_base)
         used += put_bs_chunk(r, meta + used, CTX_ID_BASE_ALLOCATION, base_flags, !c->meta_depth);
     if (c->meta_depth)
@@ -618,6 +717,7 @@ static int submit(struct req *r)
             r->ext = calloc(max, sizeof(*r->ext));
             if (!r->ext)
                 return -ENOMEM;
+            r->ext_max = max;
         }
         ret = qed_block_status(img, r->offset, r->len, r->ext, max, &r->next, lib_done, r);
         break;
@@ -648,16 +748,19 @@ static void submit_or_fail(struct req *r)
 /* ---- Request parsing ------------------------------------------------------ */
 
 /*
- * tx_check - the edge check of a request.  Returns 0, or an NBD error with
- * *msg set.  Order: command, flags, permission, range, size.
+ * tx_check - the edge check of the request header @h (wire order).  Returns
+ * 0, or an NBD error with *msg set.  Order: command, flags, permission, range, size.
  */
-static uint32_t tx_check(const struct conn *c, const struct req *r, const char **msg)
+static uint32_t tx_check(const struct conn *c, const struct nbd_request *h, const char **msg)
 {
+    uint16_t type = be16toh(h->type), flags = be16toh(h->flags);
+    uint64_t offset = be64toh(h->offset);
+    uint32_t len = be32toh(h->len);
     const struct export *e = c->exp;
     uint16_t allowed = NBD_CMD_FLAG_FUA;   /* FUA is valid on every command */
     bool writes = false;
 
-    switch (r->type) {
+    switch (type) {
     case NBD_CMD_READ:
         if (c->structured)
             allowed |= NBD_CMD_FLAG_DF;
@@ -680,7 +783,7 @@ static uint32_t tx_check(const struct conn *c, const struct req *r, const char *
         *msg = "unknown command";
         return NBD_EINVAL;
     }
-    if (r->flags & ~allowed) {
+    if (flags & ~allowed) {
         *msg = "flag not valid for this command";
         return NBD_EINVAL;
     }
@@ -688,28 +791,28 @@ static uint32_t tx_check(const struct conn *c, const struct req *r, const char *
         *msg = "export is read-only";
         return NBD_EPERM;
     }
-    if (r->type == NBD_CMD_FLUSH) {
-        if (r->offset || r->len) {
+    if (type == NBD_CMD_FLUSH) {
+        if (offset || len) {
             *msg = "FLUSH offset and length must be zero";
             return NBD_EINVAL;
         }
         return 0;
     }
-    if (r->offset > e->size || r->len > e->size - r->offset) {
+    if (offset > e->size || len > e->size - offset) {
         *msg = "request beyond the end of the export";
-        return writes && r->type != NBD_CMD_TRIM ? NBD_ENOSPC : NBD_EINVAL;
+        return writes && type != NBD_CMD_TRIM ? NBD_ENOSPC : NBD_EINVAL;
     }
-    if (r->type == NBD_CMD_READ && r->len > SRV_MAX_PAYLOAD) {
+    if (type == NBD_CMD_READ && len > SRV_MAX_PAYLOAD) {
         /* Larger than one chunk may carry: refused up front, as the spec allows. */
         *msg = "read larger than the 32 MiB maximum payload";
         return c->structured ? NBD_EOVERFLOW : NBD_EINVAL;
     }
-    if (r->type == NBD_CMD_BLOCK_STATUS) {
+    if (type == NBD_CMD_BLOCK_STATUS) {
         if (!c->structured || !(c->meta_base || c->meta_depth)) {
             *msg = "no metadata context was negotiated";
             return NBD_EINVAL;
         }
-        if (r->len == 0) {
+        if (len == 0) {
             *msg = "block status of length 0";
             return NBD_EINVAL;
         }
@@ -735,11 +838,17 @@ static void count_request(struct export *e, uint16_t type)
     }
 }
 
+/*
+ * tx_req_header_done - a request header is in c->hdr.  It runs again for
+ * the same header when the request had to wait for memory (c->mem_wait
+ * set by conn_mem_admit): the first run logs and counts it.
+ */
 void tx_req_header_done(struct conn *c)
 {
     struct nbd_request h;
     struct req *r;
     const char *msg = NULL;
+    bool again = c->mem_wait;
 
     memcpy(&h, c->hdr, sizeof(h));
     if (be32toh(h.magic) != NBD_REQUEST_MAGIC) {
@@ -748,7 +857,7 @@ void tx_req_header_done(struct conn *c)
     }
     uint16_t type = be16toh(h.type);
     uint32_t len = be32toh(h.len);
-    if (srv.verbose >= SRV_LOG_DEBUG)
+    if (srv.verbose >= SRV_LOG_DEBUG && !again)
         conn_log(c, SRV_LOG_DEBUG, "request %s cookie=0x%llx offset=%llu len=%u flags=0x%x",
                  cmd_name(type), (unsigned long long)be64toh(h.cookie),
                  (unsigned long long)be64toh(h.offset), len, be16toh(h.flags));
@@ -758,7 +867,8 @@ void tx_req_header_done(struct conn *c)
         conn_drain(c, "client sent DISC");
         return;
     }
-    count_request(c->exp, type);
+    if (!again)
+        count_request(c->exp, type);
     if (type == NBD_CMD_WRITE && len > SRV_MAX_PAYLOAD) {
         c->exp->st.errors++;
         /* We will not buffer it, and cannot skip it in step cheaply: the
@@ -768,11 +878,22 @@ void tx_req_header_done(struct conn *c)
         return;
     }
 
+    uint32_t err = tx_check(c, &h, &msg);
+    size_t cost = req_cost(c, type, be16toh(h.flags), len, err);
+
+    /* Why before anything is allocated: a request that does not fit waits
+     * here, its header read and its payload (if any) still unread, and the
+     * connection reads nothing more until it fits (conn_step). */
+    if (!conn_mem_admit(c, cost))
+        return;
     r = req_get();
     if (!r) {
+        conn_mem_release(c, cost);
         conn_close(c, "out of memory for a request");
         return;
     }
+    r->charge = cost;
+    srv.nreqs++;
     r->c = c;
     r->cookie = be64toh(h.cookie);
     r->offset = be64toh(h.offset);
@@ -780,8 +901,6 @@ void tx_req_header_done(struct conn *c)
     r->type = type;
     r->flags = be16toh(h.flags);
     c->inflight++;
-
-    uint32_t err = tx_check(c, r, &msg);
 
     if (type == NBD_CMD_WRITE) {
         c->cur = r;

@@ -32,7 +32,9 @@
  *     abort() after FUZZ_MAX_TURNS loop turns;
  *   - once it has ended: no connection left in srv.conns, srv.nconns and
  *     srv.nrefused back to 0, no request in flight in the connection or in
- *     the library, and its byte accounting (queued_bytes) back to 0.
+ *     the library, and its memory accounting back to 0: the connection's
+ *     (mem_held) and the server's (srv.mem_held, srv.nreqs, nobody waiting
+ *     for memory; server/mem.c).
  *
  * Environment: QEDNBD_FUZZ_VERBOSE=N sets the server's verbosity (-v...) and
  * shows library log messages; QEDNBD_FUZZ_STATS=FILE appends, at exit, one
@@ -399,12 +401,15 @@ static void run_one(const uint8_t *data, size_t size, bool *tx_out, size_t *out_
         fatal("connection accounting not back to zero: conns=%p nconns=%u nrefused=%u",
               (void *)srv.conns, srv.nconns, srv.nrefused);
     if (c) {
-        if (c->inflight || c->queued_bytes || c->cur || c->out_head)
-            fatal("closed connection still holds work: inflight=%u queued_bytes=%zu "
-                  "cur=%p out_head=%p", c->inflight, c->queued_bytes, (void *)c->cur,
+        if (c->inflight || c->mem_held || c->cur || c->out_head)
+            fatal("closed connection still holds work: inflight=%u mem_held=%zu "
+                  "cur=%p out_head=%p", c->inflight, c->mem_held, (void *)c->cur,
                   (void *)c->out_head);
         conn_unref(c);
     }
+    if (srv.mem_held || srv.nreqs || srv.mem_waiters)
+        fatal("memory accounting not back to zero: mem_held=%llu nreqs=%u mem_waiters=%u",
+              (unsigned long long)srv.mem_held, srv.nreqs, srv.mem_waiters);
     for (size_t i = 0; i < NEXPORTS; i++)
         if (qed_inflight(exports[i].img))
             fatal("export %s: %u library requests still in flight", exports[i].name,
