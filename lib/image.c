@@ -769,6 +769,19 @@ uint64_t qed_l2_cache_bytes(const qed_image *img)
     return n;
 }
 
+uint64_t qed_table_memory_max(const qed_image *img)
+{
+    uint64_t n = 0;
+
+    /* Fixed per image: both come from the geometry and the cache options.
+     * It cannot wrap: a table is at most 16 x 64 MiB = 1 GiB, an image adds
+     * at most two, and a chain is at most QED_MAX_BACKING_DEPTH deep. */
+    for (; img; img = img->backing)
+        if (img->l1)
+            n += img->g.table_bytes + img->cache.max_bytes;
+    return n;
+}
+
 int qed_check(qed_image *img, bool repair, struct qed_check_result *res)
 {
     if (repair && img->read_only)

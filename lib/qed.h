@@ -234,6 +234,15 @@ int qed_flush_error(const qed_image *img);
  */
 uint64_t qed_l2_cache_bytes(const qed_image *img);
 
+/**
+ * qed_table_memory_max - the most memory the tables of @img and of the QED
+ * images of its backing chain can hold while open: each image's L1 table
+ * (table_size * cluster_size bytes, held from open to close) plus the bound
+ * of its L2 cache (qed_info.l2_cache_max_bytes).  Fixed at open; a server
+ * reserves it out of its memory cap.  No I/O.
+ */
+uint64_t qed_table_memory_max(const qed_image *img);
+
 /* ---- Requests ---------------------------------------------------------- */
 
 /** Completion: @ret is 0 or a negative errno. */

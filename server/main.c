@@ -144,8 +144,9 @@ static void usage(FILE *f)
             "      --l2-cache=N           L2 tables cached per image (default: 64 and at\n"
             "                             most 32 MiB of them, at least one table)\n"
             "      --max-connections=N    default 100; extra clients are refused politely\n"
-            "      --max-memory=SIZE      memory all connections may hold (default 1G,\n"
-            "                             at least 65M); past it clients wait\n"
+            "      --max-memory=SIZE      memory the images' tables and all connections\n"
+            "                             may hold (default 1G for the connections plus\n"
+            "                             the tables; at least 65M); past it clients wait\n"
             "      --handshake-timeout=S  default 10; clients slower to negotiate (TLS\n"
             "                             included) are dropped\n"
             "      --lock-wait=SECONDS    an image locked by another process: wait this long\n"
@@ -486,6 +487,35 @@ static void parse_args(int argc, char **argv)
 
 /* ---- Images ---------------------------------------------------------------- */
 
+/*
+ * The images' tables share --max-memory with the clients: their most (each
+ * L1 table and the bound of each L2 cache) is fixed at open, so it is
+ * reserved here and the clients get the rest.  Why reserve rather than
+ * count what the caches hold now: a cache grows without asking the server,
+ * so only its bound makes the sum a bound.  A geometry whose tables leave
+ * less than one connection's cap for the clients is refused at start-up
+ * (64 MiB clusters with table size 16 need 2 GiB), with what it needs.
+ * Without --max-memory the default is 1 GiB for the clients plus the tables.
+ */
+static void reserve_table_memory(void)
+{
+    uint64_t cap;
+
+    /* Without --max-memory the clients keep the default for themselves and
+     * the tables come on top: serving many images needs no option. */
+    if (!srv.max_memory)
+        srv.max_memory = SRV_MAX_MEMORY_DEFAULT + srv.mem_tables;
+    cap = srv.max_memory;
+    if (srv.mem_tables > cap || cap - srv.mem_tables < SRV_CONN_MAX_MEMORY)
+        die("--max-memory=%lluM is too small for these images: their tables (L1 tables and "
+            "L2 caches) need %lluM, and clients need at least %lluM more.  Raise --max-memory "
+            "to at least %lluM%s", (unsigned long long)(cap >> 20),
+            (unsigned long long)((srv.mem_tables + (1u << 20) - 1) >> 20),
+            (unsigned long long)(SRV_CONN_MAX_MEMORY >> 20),
+            (unsigned long long)((srv.mem_tables + SRV_CONN_MAX_MEMORY + (1u << 20) - 1) >> 20),
+            opt.l2_cache ? " or lower --l2-cache" : "");
+}
+
 static void open_images(void)
 {
     for (size_t i = 0; i < srv.nexports; i++) {
@@ -528,7 +558,9 @@ static void open_images(void)
             e->pref_block = SRV_MAX_PREFERRED;
         if (e->pref_block < 512)
             e->pref_block = 512;
+        srv.mem_tables += qed_table_memory_max(e->img);
     }
+    reserve_table_memory();
 }
 
 static void close_images(int *status)

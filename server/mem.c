@@ -43,21 +43,19 @@
  * cap.  NBD clients read and write each connection independently (libnbd,
  * QEMU), as they must with any server that applies backpressure.
  *
- * Worst case (README "Limits and memory"): srv.mem_held stays under
- * --max-memory plus the buffers that never wait: 16 KiB per TLS connection
- * and the replies of one option per negotiating connection (a negotiating
- * client whose socket is full gets no further option read: conn.c,
- * hs_output_blocked).  What it does
- * not hold is stated next to it there: free lists (tx.c, conn.c), the
- * option payload being read (at most 64 KiB per negotiating connection),
- * GnuTLS's own session state, struct conn, and the library's L2 table
- * cache.
+ * Worst case (README "Limits and memory"): srv.mem_held + srv.mem_tables
+ * stays under --max-memory plus the buffers that never wait: 16 KiB per TLS
+ * connection and the replies of one option per negotiating connection (a
+ * negotiating client whose socket is full gets no further option read:
+ * conn.c, hs_output_blocked).  What it does not hold is stated next to it
+ * there: free lists (tx.c, conn.c), the option payload being read (at most
+ * 64 KiB per negotiating connection), GnuTLS's own session state and struct
+ * conn.
  *
- * TODO(L2 cache): the library's cache is not charged yet.  Once libqed
- * exposes the bytes its caches hold, add them to the global count in
- * conn_mem_fits() (srv.mem_held + cache bytes + cost <= max), so that the
- * cache and the connections share --max-memory; until then the README
- * states it as a separate term (32 MiB per image by default).
+ * The images' tables.  The L1 tables and the L2 caches of the library are
+ * bounded per image at open (qed_table_memory_max); main.c reserves that
+ * bound out of --max-memory (srv.mem_tables) and the connections share the
+ * rest, so --max-memory covers both.
  */
 #include "config.h"
 
@@ -71,7 +69,11 @@
  * fuzz target and the tests set no value). */
 static uint64_t mem_cap(void)
 {
-    return srv.max_memory ? srv.max_memory : SRV_MAX_MEMORY_DEFAULT;
+    uint64_t cap = srv.max_memory ? srv.max_memory : SRV_MAX_MEMORY_DEFAULT;
+
+    /* main.c (reserve_table_memory) refused to start unless the images'
+     * tables leave at least one connection's cap. */
+    return cap > srv.mem_tables ? cap - srv.mem_tables : 0;
 }
 
 void conn_mem_charge(struct conn *c, size_t n)
@@ -99,9 +101,6 @@ void conn_mem_release(struct conn *c, size_t n)
 bool conn_mem_fits(const struct conn *c, size_t cost)
 {
     bool conn_ok = c->inflight == 0 || c->mem_held + cost <= SRV_CONN_MAX_MEMORY;
-    /* L2 cache: once libqed reports its cache bytes, they go here, added to
-     * srv.mem_held (and in conn_mem_try), so that one --max-memory covers
-     * both; see the TODO at the top. */
     bool srv_ok = srv.nreqs == 0 || srv.mem_held + cost <= mem_cap();
 
     return conn_ok && srv_ok;

@@ -109,6 +109,8 @@ struct server {
     uint64_t max_memory;     /* --max-memory; 0 = SRV_MAX_MEMORY_DEFAULT */
     uint64_t mem_held;       /* bytes charged to connections now */
     uint64_t mem_peak;       /* the most mem_held has been */
+    uint64_t mem_tables;     /* reserved out of --max-memory for the images' tables
+                                (qed_table_memory_max, summed at open) */
     uint64_t mem_waits;      /* times a connection stopped reading to wait for memory */
     unsigned mem_waiters;    /* connections waiting for memory now */
     unsigned nreqs;          /* requests alive (admitted, not yet freed) on every connection */

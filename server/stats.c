@@ -6,7 +6,7 @@
  *
  *   stats: server uptime=SECONDS connections=N active=N refused=N tls_handshakes=N tls_failures=N
  *          mem_held=BYTES mem_peak=BYTES mem_waits=N mem_waiting=N requests_held=N
- *          io_in_flight=N
+ *          io_in_flight=N mem_tables=BYTES
  *   stats: export name="NAME" connections=N requests=N reads=N writes=N flushes=N trims=N
  *          zeroes=N cache=N block_status=N bytes_read=N bytes_written=N bytes_zeroed=N
  *          bytes_trimmed=N errors=N cluster_size=N clusters_appended=N file_clusters=N
@@ -62,12 +62,12 @@ void stats_print(void)
     srv_log(SRV_LOG_NOTICE,
             "stats: server uptime=%.0f connections=%llu active=%u refused=%llu "
             "tls_handshakes=%llu tls_failures=%llu mem_held=%llu mem_peak=%llu mem_waits=%llu "
-            "mem_waiting=%u requests_held=%u io_in_flight=%u",
+            "mem_waiting=%u requests_held=%u io_in_flight=%u mem_tables=%llu",
             ev_time() - srv.start_time, (unsigned long long)total_conns, srv.nconns,
             (unsigned long long)srv.conns_refused, (unsigned long long)srv.tls_ok,
             (unsigned long long)srv.tls_failed, (unsigned long long)srv.mem_held,
             (unsigned long long)srv.mem_peak, (unsigned long long)srv.mem_waits,
-            srv.mem_waiters, srv.nreqs, io);
+            srv.mem_waiters, srv.nreqs, io, (unsigned long long)srv.mem_tables);
     for (size_t i = 0; i < srv.nexports; i++) {
         const struct export *e = &srv.exports[i];
         const struct export_stats *s = &e->st;

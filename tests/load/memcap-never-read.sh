@@ -4,13 +4,14 @@
 # that makes the server hold memory, and the server's resident memory must
 # stay under the bound README.md states ("Limits and memory"):
 #
-#   baseline + --max-memory + free lists (32 MiB data buffers + 1024
-#   request structs + 8 read-ahead buffers) + L2 cache (32 MiB per image)
-#   + 8 MiB for what is not charged (connection structs, the library's
-#   per-request state, malloc's overhead)
+#   baseline + --max-memory (the clients' share and the image's tables:
+#   its L1 table and the bound of its L2 cache, 16.25 MiB here, reserved
+#   at start-up) + free lists (32 MiB data buffers + 1024 request structs
+#   + 8 read-ahead buffers) + 8 MiB for what is not charged (connection
+#   structs, the library's per-request state, malloc's overhead)
 #
-# with --max-memory=96M so the bound is tight (about 170 MiB over the
-# baseline).  Phases, each settling before the next (settled = no library
+# with --max-memory=112.75M (96.5 MiB for the clients) so the bound is tight
+# (about 170 MiB over the baseline).  Phases, each settling before the next (settled = no library
 # I/O in flight and no progress between three statistics snapshots, with the
 # clients' unread socket queues part of the snapshot; bounded by a deadline):
 #   1. every connection of these is fully read by the server although no
@@ -32,22 +33,25 @@
 # than two LISTs' replies (it held all 7.8 MiB before), and every reply
 # arrives once the client reads.
 # At every snapshot: peak RSS under the bound, and the server's own count
-# (mem_peak) never over --max-memory.  At the end: every client goes away
+# (mem_peak) plus the tables' reservation (mem_tables, checked against the
+# geometry) never over --max-memory.  At the end: every client goes away
 # (EPIPE/ECONNRESET accepted), the count returns to 0, a fresh client is
-# served, SIGTERM exits 0, and --max-memory refuses sizes below 65M and
-# garbage.  Before the fix the server was past the bound at phase 1's first
+# served, SIGTERM exits 0, and --max-memory refuses sizes below 65M,
+# garbage, and a size that leaves the clients less than 65 MiB after the
+# tables.  Before the fix the server was past the bound at phase 1's first
 # snapshot (+279 MiB, on its way to the 3 GiB its unread hole READs pin).
 . "$top_srcdir/tests/attacks/attack-common.sh"
 exec "$PY" - <<'PY'
 import fcntl, os, re, signal, socket, struct, subprocess, sys, termios, threading, time
 from attacklib import *
 
-MAX_MEMORY = 96 * MiB
 IMAGE_SIZE = 1 * GiB
+TABLE = 4 * 64 * KiB               # default geometry: table size 4 x 64 KiB clusters
+TABLES = TABLE + min(64 * TABLE, 32 * MiB)  # its L1 + the L2 cache bound (64 tables, 32 MiB)
+MAX_MEMORY = 96 * MiB + TABLES + 512 * KiB
 FREE_LISTS = 32 * MiB + 1024 * 512 + 8 * 64 * KiB
-L2_CACHE = 32 * MiB
 UNCHARGED = 8 * MiB
-BOUND = MAX_MEMORY + FREE_LISTS + L2_CACHE + UNCHARGED
+BOUND = MAX_MEMORY + FREE_LISTS + UNCHARGED
 HOLES = 800 * MiB            # [768 MiB, 1 GiB) is never written
 EXTENTS = 256 * MiB          # 4 KiB of data every 128 KiB up to 768 MiB
 SETTLE_DEADLINE = 120.0
@@ -153,8 +157,11 @@ def settle(server, stats, clients, what):
         hwm = server.vmhwm_kb() * KiB - baseline
         check(hwm <= BOUND, "%s: peak RSS %.1f MiB over the baseline, above the bound %.1f MiB "
               "(stats: %s)" % (what, hwm / MiB, BOUND / MiB, st))
-        check(st.get("mem_peak", 0) <= MAX_MEMORY,
-              "%s: the server held %d bytes, over --max-memory" % (what, st.get("mem_peak", 0)))
+        check(st.get("mem_tables") == TABLES,
+              "%s: mem_tables=%s, expected %d (L1 + L2 cache bound)" % (what, st.get("mem_tables"), TABLES))
+        check(st.get("mem_peak", 0) + TABLES <= MAX_MEMORY,
+              "%s: the server held %d bytes for clients beside %d for the tables, over --max-memory"
+              % (what, st.get("mem_peak", 0), TABLES))
         for c in clients:
             check(c.error is None, "%s: client %s: %r" % (what, c.name, c.error))
         snap = (tuple(sorted((k, v) for k, v in st.items() if k != "uptime")), tuple(c.queues() for c in clients),
@@ -315,7 +322,8 @@ def test(server):
 
     # Sizes below one connection's cap, garbage and overflows are refused
     # at start-up, with the option named.
-    for bad in ("1M", "65535K", "lots", "12X", "-5G", "99999999999999999999", "16777216T"):
+    for bad in ("1M", "65535K", "lots", "12X", "-5G", "99999999999999999999", "16777216T",
+                "81M"):  # 81M - 16.25M of tables < 65M for the clients
         try:
             p = subprocess.run([server.binary, "-u", server.sock, "--max-memory=" + bad, img],
                                stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
