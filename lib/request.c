@@ -1814,6 +1814,16 @@ static void step(struct qed_req *r)
             return;
 
         case RS_RESIZE_BEGIN:
+            if (img->flush_err) {
+                /* Why refuse before writing: the header in memory may lack a
+                 * NEED_CHECK that is on disk (RS_HDR_FLUSH_WAIT forgets it),
+                 * and the resize's own fdatasync would make that header
+                 * durable.  The resize would fail at its flush anyway. */
+                qed_log(QED_LOG_ERROR, "%s: not resizing: a flush of the image failed earlier",
+                        img->path);
+                req_finish(r, -EIO);
+                return;
+            }
             r->old_size = img->h.image_size;
             img->h.image_size = r->new_size;
             qed_header_encode(&img->h, img->hdr_raw);

@@ -451,3 +451,27 @@ Test(latch, waiting_flushes_share_one_fdatasync)
     cr_assert_eq(F.img->fsync_riders_total, 3);
     qed_aio_test_set_auto(F.aio, true);
 }
+
+/*
+ * The NEED_CHECK header reached the file but its fdatasync failed: the flag
+ * must stay on disk.  A resize rewrites the header; it must not write one
+ * without NEED_CHECK (its own fdatasync would then make "consistent" durable
+ * although the failed flush may have lost data), and it fails as every
+ * flushing request does after the latch.  Checked before close, which would
+ * write NEED_CHECK back and hide a crash-time window.
+ */
+Test(latch, resize_after_failed_need_check_flush_keeps_need_check)
+{
+    uint8_t b[CS];
+
+    make_image(false, 600000);
+    fill(b, sizeof(b), 8);
+    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
+    cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), -EIO);
+    cr_assert(disk_features() & QED_F_NEED_CHECK, "the header write itself succeeded");
+    cr_assert_eq(qed_sync_resize(F.img, 2 * IMG_SIZE), -EIO, "a resize after the latch");
+    cr_assert(disk_features() & QED_F_NEED_CHECK,
+              "a resize after a failed flush cleared NEED_CHECK on disk");
+    cr_assert_eq(qed_size(F.img), IMG_SIZE, "the failed resize changed the size");
+    expect_latched("resize after a failed NEED_CHECK flush");
+}
