@@ -1022,7 +1022,11 @@ static void l2_room_defer_fn(struct qed_defer *d)
     struct qed_l2_cache *c =
         (struct qed_l2_cache *)((char *)d - offsetof(struct qed_l2_cache, room_defer));
 
-    c->room_scheduled = false;
+    /* room_scheduled stays set while the waiters are stepped: a table they
+     * release meanwhile is seen by the loop's next make_room, and must not
+     * queue another call that would outlive the last waiter (and run on a
+     * closed image).  When the loop stops for lack of room, every table is
+     * referenced, and its release schedules the next call. */
     while (c->room_head && qed_l2_cache_make_room(c)) {
         struct qed_req *r = c->room_head;
         c->room_head = r->next;
@@ -1034,6 +1038,7 @@ static void l2_room_defer_fn(struct qed_defer *d)
         req_step(r);
         c->room_turn = NULL;
     }
+    c->room_scheduled = false;
 }
 
 void qed_req_l2_room(struct qed_image *img)
