@@ -14,7 +14,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +24,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
+#include "engine-fixture.h"
 #include "qed-aio-test.h"
 #include "qed-image.h"
 
@@ -34,42 +34,21 @@
 #define COVER (2 * MiB)
 #define MAX_TURNS 2000000
 
-static struct ev_loop *loop;
-static qed_aio *aio;
-static char dir[64], path[128], bpath[128];
-
-static void quiet_log(enum qed_log_level level, const char *msg, void *opaque)
-{
-    (void)level;
-    (void)msg;
-    (void)opaque;
-}
+static struct engine_fixture ef;
+static char path[128], bpath[128];
 
 static void setup(void)
 {
-    loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(loop);
-    cr_assert_eq(qed_aio_new(loop, QED_AIO_TEST, &aio), 0);
-    snprintf(dir, sizeof(dir), "/tmp/qed-l2room-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    snprintf(path, sizeof(path), "%s/top.qed", dir);
-    snprintf(bpath, sizeof(bpath), "%s/base.qed", dir);
-    qed_set_log(quiet_log, NULL, QED_LOG_ERROR);
-}
-
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
+    ef_setup(&ef, "l2room");
+    qed_aio_test_set_auto(ef.aio, false);
+    snprintf(path, sizeof(path), "%s/top.qed", ef.dir);
+    snprintf(bpath, sizeof(bpath), "%s/base.qed", ef.dir);
+    qed_set_log(ef_quiet_log, NULL, QED_LOG_ERROR);
 }
 
 static void teardown(void)
 {
-    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-    qed_aio_free(aio);
-    ev_loop_destroy(loop);
+    ef_teardown(&ef);
 }
 
 TestSuite(l2room, .init = setup, .fini = teardown, .timeout = 120);
@@ -103,19 +82,19 @@ static void make(const char *p, uint64_t size, const char *backing, unsigned nta
         co.backing_fmt = QED_BACKING_QED;
     }
     cr_assert_eq(qed_create(p, &co, err, sizeof(err)), 0, "create: %s", err);
-    qed_aio_test_set_auto(aio, true);
-    cr_assert_eq(qed_open(aio, p, NULL, &img, err, sizeof(err)), 0, "open: %s", err);
+    qed_aio_test_set_auto(ef.aio, true);
+    cr_assert_eq(qed_open(ef.aio, p, NULL, &img, err, sizeof(err)), 0, "open: %s", err);
     memset(buf, fill, sizeof(buf));
     for (unsigned i = 0; i < ntables; i++)
         cr_assert_eq(qed_sync_write(img, i * COVER, buf, CS, 0), 0);
     cr_assert_eq(qed_close(img), 0);
-    qed_aio_test_set_auto(aio, false);
+    qed_aio_test_set_auto(ef.aio, false);
 }
 
 static size_t find_pending(uint64_t off)
 {
-    for (size_t i = 0; i < qed_aio_test_pending(aio); i++)
-        if (qed_aio_test_peek(aio, i)->offset == off)
+    for (size_t i = 0; i < qed_aio_test_pending(ef.aio); i++)
+        if (qed_aio_test_peek(ef.aio, i)->offset == off)
             return i;
     cr_assert_fail("no pending I/O at %" PRIu64, off);
     return 0;
@@ -144,21 +123,21 @@ Test(l2room, no_wakeup_left_queued_when_all_waiters_are_served)
                             COVER + MiB + 1024};
 
     make(path, 8 * MiB, NULL, 3, 0x5a);
-    cr_assert_eq(qed_open(aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(ef.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     for (int i = 0; i < 5; i++)
         cr_assert_eq(qed_read(img, at[i], b[i], sizeof(b[i]), done_cb, &d[i]), 0);
-    cr_assert_eq(qed_aio_test_pending(aio), 2, "loads of tables 0 and 2 only");
+    cr_assert_eq(qed_aio_test_pending(ef.aio), 2, "loads of tables 0 and 2 only");
     cr_assert_geq(img->cache.room_waits, 3);
     /* Table 0 loads: X finishes and releases it; A is woken and loads 1. */
-    cr_assert_eq(qed_aio_test_complete(aio, find_pending(l1_entry(img, 0)), 0), 0);
-    ev_run(loop, EVRUN_NOWAIT);
+    cr_assert_eq(qed_aio_test_complete(ef.aio, find_pending(l1_entry(img, 0)), 0), 0);
+    ev_run(ef.loop, EVRUN_NOWAIT);
     cr_assert_eq(d[0].calls, 1);
     /* Table 1 loads (A finishes), then table 2 (Y finishes): both idle. */
-    cr_assert_eq(qed_aio_test_complete(aio, find_pending(l1_entry(img, 1)), 0), 0);
-    cr_assert_eq(qed_aio_test_complete(aio, find_pending(l1_entry(img, 2)), 0), 0);
+    cr_assert_eq(qed_aio_test_complete(ef.aio, find_pending(l1_entry(img, 1)), 0), 0);
+    cr_assert_eq(qed_aio_test_complete(ef.aio, find_pending(l1_entry(img, 2)), 0), 0);
     /* One wake-up serves B and C from the cached table 1. */
     for (int t = 0; t < 100 && !(d[3].calls && d[4].calls); t++)
-        ev_run(loop, EVRUN_NOWAIT);
+        ev_run(ef.loop, EVRUN_NOWAIT);
     for (int i = 0; i < 5; i++) {
         cr_assert_eq(d[i].calls, 1, "read %d never completed", i);
         cr_assert_eq(d[i].ret, 0, "read %d: %d", i, d[i].ret);
@@ -172,7 +151,7 @@ Test(l2room, no_wakeup_left_queued_when_all_waiters_are_served)
     cr_assert_eq(qed_close(img), 0);
     /* Run what the loop still has queued: nothing may touch the image. */
     for (int t = 0; t < 3; t++)
-        ev_run(loop, EVRUN_NOWAIT);
+        ev_run(ef.loop, EVRUN_NOWAIT);
 }
 
 /* ---- Random mix over a one-table cache and a one-table backing cache ---- */
@@ -258,10 +237,10 @@ static void drain(struct req *q, int n)
         if (all)
             return;
         cr_assert(t < MAX_TURNS, "requests never completed (a wait for room that never ends?)");
-        ev_run(loop, EVRUN_NOWAIT);
-        size_t p = qed_aio_test_pending(aio);
+        ev_run(ef.loop, EVRUN_NOWAIT);
+        size_t p = qed_aio_test_pending(ef.aio);
         if (p)
-            cr_assert_eq(qed_aio_test_complete(aio, rnd(p), 0), 0);
+            cr_assert_eq(qed_aio_test_complete(ef.aio, rnd(p), 0), 0);
     }
 }
 
@@ -331,9 +310,9 @@ static void settle(qed_image *img, struct req *q)
         /* Each byte now reads as zero or as before: learn which. */
         uint8_t *b = malloc(q->len);
         cr_assert_not_null(b);
-        qed_aio_test_set_auto(aio, true);
+        qed_aio_test_set_auto(ef.aio, true);
         cr_assert_eq(qed_sync_read(img, q->off, b, q->len), 0);
-        qed_aio_test_set_auto(aio, false);
+        qed_aio_test_set_auto(ef.aio, false);
         for (uint64_t j = 0; j < q->len; j++)
             cr_assert(b[j] == 0 || b[j] == model[q->off + j], "discarded byte %" PRIu64,
                       q->off + j);
@@ -358,7 +337,7 @@ Test(l2room, random_mix_over_one_table_caches_never_hangs)
         memset(model + i * COVER, i < 4 ? 0x3c : 0xb7, CS);
     if (getenv("QED_TEST_SEED")) /* another sequence: QED_TEST_SEED=n */
         rng = strtoull(getenv("QED_TEST_SEED"), NULL, 0) * 2654435761u + 1;
-    cr_assert_eq(qed_open(aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(ef.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     cr_assert_not_null(img->backing);
     /* The backing image's cache is idle after open: give it one table too. */
     cr_assert_eq(img->backing->cache.count, 0);
@@ -400,7 +379,7 @@ Test(l2room, random_mix_over_one_table_caches_never_hangs)
     if (!getenv("QED_TEST_SEED")) /* the default sequence makes the backing wait too */
         cr_assert_gt(img->backing->cache.room_waits, 0, "no backing request waited for room");
     /* Everything once more, sequentially, against the model. */
-    qed_aio_test_set_auto(aio, true);
+    qed_aio_test_set_auto(ef.aio, true);
     {
         uint8_t *all = malloc(SIZE);
         cr_assert_not_null(all);
