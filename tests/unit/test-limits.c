@@ -455,3 +455,69 @@ Test(limits, checked_helpers)
     cr_assert_not(qed_range_within(UINT64_MAX, 1, UINT64_MAX));
     cr_assert(qed_range_within(UINT64_MAX - 1, 1, UINT64_MAX));
 }
+
+/*
+ * An overlay at the cap over a QED backing image at the cap: reads, block
+ * status, copy-on-write of a partial write, write-zeroes (with and without
+ * NO_HOLE, and FAST_ZERO) and trim in the last cluster all reach the
+ * backing image's last cluster too, whose end is 2^63 - 512.
+ */
+Test(limits, chain_at_cap_last_cluster)
+{
+    char bpath[160];
+    struct qed_create_opts bo = {.size = QED_MAX_VIRTUAL_SIZE, .cluster_size = CS,
+                                 .table_size = TS};
+    qed_image *base, *img;
+    uint64_t size = QED_MAX_VIRTUAL_SIZE, last = (size - 1) & ~(CS - 1);
+    size_t len = (size_t)(size - last);
+    uint8_t *b = malloc(len), *r = malloc(len), *want = malloc(len);
+    struct qed_extent ext[16];
+    size_t n = 0;
+
+    cr_assert(b && r && want);
+    snprintf(bpath, sizeof(bpath), "%s/base.qed", F.ef.dir);
+    cr_assert_eq(qed_create(bpath, &bo, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(qed_open(F.ef.aio, bpath, NULL, &base, err, sizeof(err)), 0, "%s", err);
+    fill(b, len, 11);
+    cr_assert_eq(qed_sync_write(base, last, b, len, 0), 0);
+    cr_assert_eq(qed_close(base), 0);
+
+    struct qed_create_opts to = {.size = QED_MAX_VIRTUAL_SIZE, .cluster_size = CS,
+                                 .table_size = TS, .backing_file = bpath,
+                                 .backing_fmt = QED_BACKING_QED};
+    cr_assert_eq(qed_create(F.path, &to, err, sizeof(err)), 0, "%s", err);
+    img = open_rw();
+    cr_assert_eq(qed_sync_read(img, last, r, len), 0);
+    cr_assert(memcmp(r, b, len) == 0, "the backing's last cluster through the overlay");
+    cr_assert_eq(qed_sync_block_status(img, last, len, ext, 16, &n), 0);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ext[0].depth, 1);
+    cr_assert_eq(ext[0].length, len);
+
+    /* A partial write copies the rest of the cluster from the backing. */
+    memcpy(want, b, len);
+    fill(want + 4096, 512, 12);
+    cr_assert_eq(qed_sync_write(img, last + 4096, want + 4096, 512, QED_REQ_FUA), 0);
+    cr_assert_eq(qed_sync_read(img, last, r, len), 0);
+    cr_assert(memcmp(r, want, len) == 0, "copy-on-write of the last cluster");
+
+    /* FAST_ZERO of allocated data needs writes: refused, nothing changed. */
+    cr_assert_eq(qed_sync_write_zeroes(img, size - 512, 512, QED_REQ_FAST_ZERO), -ENOTSUP);
+    cr_assert_eq(qed_sync_write_zeroes(img, size - 1024, 1024, QED_REQ_NO_HOLE), 0);
+    memset(want + len - 1024, 0, 1024);
+    cr_assert_eq(qed_sync_discard(img, last, len), 0);
+    cr_assert_eq(qed_sync_read(img, last, r, len), 0);
+    for (size_t i = 0; i < len; i++)
+        cr_assert(r[i] == 0 || r[i] == want[i], "byte %zu after trim", i);
+    cr_assert_eq(qed_sync_write_zeroes(img, last, len, 0), 0);
+    cr_assert_eq(qed_sync_read(img, last, r, len), 0);
+    cr_assert(all_zero(r, len), "the last cluster after write-zeroes");
+
+    struct qed_check_result res;
+    cr_assert_eq(qed_check(img, false, &res), 0);
+    cr_assert_eq(res.corruptions, 0);
+    cr_assert_eq(qed_close(img), 0);
+    free(b);
+    free(r);
+    free(want);
+}
