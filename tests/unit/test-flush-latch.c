@@ -36,6 +36,23 @@
 #include "qed-aio-test.h"
 #include "qed-image.h"
 
+/* fdatasync() as the library calls it outside the I/O engine (qed_check's
+ * repair, close): linked with -Wl,--wrap=fdatasync (requests.am).  While
+ * fail_direct_fsync is set, the next call fails once with EIO. */
+int __real_fdatasync(int fd);
+int __wrap_fdatasync(int fd);
+static bool fail_direct_fsync;
+
+int __wrap_fdatasync(int fd)
+{
+    if (fail_direct_fsync) {
+        fail_direct_fsync = false;
+        errno = EIO;
+        return -1;
+    }
+    return __real_fdatasync(fd);
+}
+
 #define KiB 1024ull
 #define MiB (1024ull * 1024)
 #define CS (4 * KiB)
@@ -447,4 +464,27 @@ Test(latch, resize_after_failed_need_check_flush_keeps_need_check)
               "a resize after a failed flush cleared NEED_CHECK on disk");
     cr_assert_eq(qed_size(F.img), IMG_SIZE, "the failed resize changed the size");
     expect_latched("resize after a failed NEED_CHECK flush");
+}
+
+/*
+ * A repair of the open image (qed_check with repair, as `qed-img check -r`
+ * runs it) calls fdatasync itself; when that one takes the write-back error,
+ * the image must remember it like any other flush: the repair fails, later
+ * flushes fail, and NEED_CHECK stays.
+ */
+Test(latch, failed_repair_flush_is_latched)
+{
+    uint8_t b[CS];
+    struct qed_check_result res;
+
+    make_image(false, 600000);
+    fill(b, sizeof(b), 9);
+    cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), 0);
+    cr_assert(disk_features() & QED_F_NEED_CHECK);
+    fail_direct_fsync = true;
+    cr_assert_lt(qed_check(F.img, true, &res), 0, "a repair whose flush failed");
+    cr_assert_not(fail_direct_fsync, "the repair did not flush");
+    cr_assert_neq(qed_flush_error(F.img), 0, "the repair's failed flush is not latched");
+    cr_assert(disk_features() & QED_F_NEED_CHECK);
+    expect_latched("repair flush");
 }
