@@ -1012,9 +1012,11 @@ static void l2_load_done(struct qed_io *io)
 /*
  * The cache holds at most cache.max_bytes of tables (l2-cache.c, "Memory
  * bound").  A request that needs a table the cache does not hold waits here
- * until one is released; waiters are served in order.  A waiting request
- * holds no table, and every request that holds one gets to release it
- * without room or the allocating-write queue, so the wait always ends.
+ * until one is released; waiters are served in order, and while any waits,
+ * a request that would take a table, even a cached one, queues behind them
+ * (get_l2), so that tables in use drain.  A waiting request holds no table,
+ * and every request that holds one gets to release it without room or the
+ * allocating-write queue, so the wait always ends.
  */
 
 static void l2_room_defer_fn(struct qed_defer *d)
@@ -1054,17 +1056,11 @@ void qed_req_l2_room(struct qed_image *img)
     qed_aio_defer(img->aio, &c->room_defer);
 }
 
-/*
- * Is there room for one more table?  True: insert it now.  False: @r now
- * waits (RS_L2_ROOM_WAIT) and enters @resume once there is room.
- */
-static bool l2_room(struct qed_req *r, enum qed_req_state resume)
+/* Make @r wait for room (RS_L2_ROOM_WAIT), behind the earlier waiters. */
+static void l2_room_wait(struct qed_req *r, enum qed_req_state resume)
 {
     struct qed_l2_cache *c = &r->img->cache;
 
-    /* Earlier waiters first, except for the one being woken. */
-    if ((!c->room_head || c->room_turn == r) && qed_l2_cache_make_room(c))
-        return true;
     r->next = NULL;
     if (c->room_tail)
         c->room_tail->next = r;
@@ -1075,6 +1071,26 @@ static bool l2_room(struct qed_req *r, enum qed_req_state resume)
     r->pending++; /* stepped again only by l2_room_defer_fn */
     c->room_waits++;
     set_state(r, RS_L2_ROOM_WAIT);
+}
+
+/* Must @r queue behind waiters for room before it takes any table? */
+static bool l2_room_others_first(const struct qed_req *r)
+{
+    const struct qed_l2_cache *c = &r->img->cache;
+
+    return c->room_head && c->room_turn != r;
+}
+
+/*
+ * Is there room for one more table?  True: insert it now.  False: @r now
+ * waits (RS_L2_ROOM_WAIT) and enters @resume once there is room.
+ */
+static bool l2_room(struct qed_req *r, enum qed_req_state resume)
+{
+    /* Earlier waiters first, except for the one being woken. */
+    if (!l2_room_others_first(r) && qed_l2_cache_make_room(&r->img->cache))
+        return true;
+    l2_room_wait(r, resume);
     return false;
 }
 
@@ -1099,6 +1115,15 @@ static int get_l2(struct qed_req *r)
         qed_log(QED_LOG_ERROR, "%s: corrupt L1 entry %" PRIu64 ": L2 table offset 0x%" PRIx64,
                 img->path, l1i, off);
         return -EIO;
+    }
+    if (l2_room_others_first(r)) {
+        /* Why not take a cached table while others wait for room: a table
+         * that requests keep using back to back is never idle, so it could
+         * never be evicted, and the waiters would wait for as long as that
+         * goes on.  Queued here, the holders drain, and each request gets its
+         * turn in order.  A request that waits holds no table. */
+        l2_room_wait(r, RS_NEXT);
+        return 2;
     }
     e = qed_l2_cache_get(&img->cache, off);
     if (e) {
