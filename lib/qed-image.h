@@ -313,6 +313,13 @@ void qed_image_submit_fsync(struct qed_image *img, struct qed_io *io);
 int qed_meta_init(struct qed_image *img);
 /** Disable the invalid entries of an L2 table that was just read from disk. */
 int qed_meta_sanitize_l2(struct qed_image *img, uint64_t table_off, uint64_t *t);
+/**
+ * Was entry @index of the L2 table at @table_off disabled when the table was
+ * read?  True with *@value set to the entry as stored in the file (messages
+ * name it, not the in-memory mark).
+ */
+bool qed_meta_disabled_l2(const struct qed_image *img, uint64_t table_off, uint64_t index,
+                          uint64_t *value);
 /** Release what qed_meta_init allocated. */
 void qed_meta_free(struct qed_image *img);
 

@@ -953,10 +953,17 @@ static void run_lookup(struct qed_req *r)
             c += g->cluster_size;
         }
     } else {
+        uint64_t stored;
+        /* Name the value in the file: an entry disabled at open holds a
+         * mark in memory that is nowhere on disk (metadata.c). */
+        bool disabled = qed_meta_disabled_l2(img, r->l2->offset, idx, &stored) &&
+                        (stored | 1) == e0;
         qed_log(QED_LOG_ERROR,
                 "%s: corrupt L2 entry 0x%" PRIx64 " for guest offset %" PRIu64
-                " (table at %" PRIu64 ", index %" PRIu64 ")",
-                img->path, e0, pos, r->l2->offset, idx);
+                " (table at %" PRIu64 ", index %" PRIu64 ")%s",
+                img->path, disabled ? stored : e0, pos, r->l2->offset, idx,
+                disabled ? ": it points past the end of the file or at metadata; "
+                           "`qed-img check` lists such entries" : "");
     }
     r->kind = kind;
     r->run_len = min64(c, limit) - pos;
