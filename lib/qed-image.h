@@ -79,6 +79,8 @@ void qed_l2_cache_destroy(struct qed_l2_cache *c);
  * every table left is referenced (in use by a request or being loaded).
  */
 bool qed_l2_cache_make_room(struct qed_l2_cache *c);
+/** Is @offset in the cache (VALID or LOADING)?  No reference, no LRU change. */
+bool qed_l2_cache_holds(const struct qed_l2_cache *c, uint64_t offset);
 /** Find @offset; takes a reference on a hit (VALID or LOADING). */
 struct qed_l2 *qed_l2_cache_get(struct qed_l2_cache *c, uint64_t offset);
 /** Allocate an entry for @offset (table zeroed), insert it with one reference. */

@@ -1026,6 +1026,21 @@ static void l2_load_done(struct qed_io *io)
  * allocating-write queue, so the wait always ends.
  */
 
+/*
+ * May the first waiter @r go on?  When there is room for a table, or when
+ * it waits only for its turn (get_l2) and its table is in the cache: then it
+ * needs no room, and evicting that table to make some would only read it
+ * again.  Every waiter waits in RS_NEXT (get_l2, r->l1_index set) or in
+ * RS_ALLOC_CLUSTERS (a new table: always room).
+ */
+static bool l2_room_ready(struct qed_l2_cache *c, const struct qed_req *r)
+{
+    if (r->resume == RS_NEXT &&
+        qed_l2_cache_holds(c, le64toh(r->img->l1[r->l1_index])))
+        return true;
+    return qed_l2_cache_make_room(c);
+}
+
 static void l2_room_defer_fn(struct qed_defer *d)
 {
     struct qed_l2_cache *c =
@@ -1036,7 +1051,7 @@ static void l2_room_defer_fn(struct qed_defer *d)
      * queue another call that would outlive the last waiter (and run on a
      * closed image).  When the loop stops for lack of room, every table is
      * referenced, and its release schedules the next call. */
-    while (c->room_head && qed_l2_cache_make_room(c)) {
+    while (c->room_head && l2_room_ready(c, c->room_head)) {
         struct qed_req *r = c->room_head;
         c->room_head = r->next;
         if (!c->room_head)
