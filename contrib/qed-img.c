@@ -306,8 +306,11 @@ static int walk_extents(qed_image *img, extent_fn fn, void *opaque)
         int r = qed_sync_block_status(img, off, size - off, ext, MAP_CHUNK_EXTENTS, &n);
 
         if (r < 0) {
-            errmsg("block status of '%s' at offset %" PRIu64 " failed: %s", qed_path(img), off,
-                   strerror(-r));
+            /* EIO here is a damaged table entry (the library logged which):
+             * say which command tells more. */
+            errmsg("block status of '%s' at offset %" PRIu64 " failed: %s%s%s%s", qed_path(img),
+                   off, strerror(-r), r == -EIO ? "; `qed-img check " : "",
+                   r == -EIO ? qed_path(img) : "", r == -EIO ? "` lists the damage" : "");
             ret = -1;
             goto out;
         }
@@ -658,7 +661,7 @@ static int cmd_info(int argc, char **argv)
     struct qed_info info;
     struct stat st;
     uint64_t allocated = 0, disk = 0;
-    bool json = false, no_lock = false;
+    bool json = false, no_lock = false, known;
     const char *path;
     char *full = NULL;
     char a[32], b[32], d[32];
@@ -670,8 +673,9 @@ static int cmd_info(int argc, char **argv)
     if (tool_open(&t, path, true, no_lock, false) < 0)
         return 1;
     qed_get_info(t.img, &info);
-    if (walk_extents(t.img, sum_allocated, &allocated) < 0)
-        goto out;
+    /* A damaged image still shows its header: only the allocation is
+     * unknown (walk_extents said why), and the exit status says so. */
+    known = walk_extents(t.img, sum_allocated, &allocated) == 0;
     if (stat(path, &st) == 0)
         disk = (uint64_t)st.st_blocks * 512;
     if (info.backing_file[0]) {
@@ -703,7 +707,8 @@ static int cmd_info(int argc, char **argv)
                 printf(",\n");
             }
         }
-        printf("    \"allocated-size\": %" PRIu64 ",\n", allocated);
+        if (known)
+            printf("    \"allocated-size\": %" PRIu64 ",\n", allocated);
         printf("    \"dirty-flag\": %s\n}\n", info.dirty ? "true" : "false");
     } else {
         human_size(info.size, a, sizeof(a));
@@ -723,10 +728,13 @@ static int cmd_info(int argc, char **argv)
             if (info.backing_format)
                 printf("backing file format: %s\n", info.backing_format);
         }
-        printf("allocated: %s (%" PRIu64 " bytes)\n", b, allocated);
+        if (known)
+            printf("allocated: %s (%" PRIu64 " bytes)\n", b, allocated);
+        else
+            printf("allocated: unknown\n");
         printf("dirty flag: %s\n", info.dirty ? "yes" : "no");
     }
-    ret = 0;
+    ret = known ? 0 : 1;
 out:
     free(full);
     if (tool_close(&t) < 0)

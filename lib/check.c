@@ -200,8 +200,11 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
         }
         /* Why flush before clearing NEED_CHECK: the flag may only say
          * "consistent" once the repaired tables are on stable storage. */
+        /* Through the image's latch (image.c): on an open image this
+         * fdatasync may take a write-back error of earlier writes, which the
+         * kernel reports once; later flushes must not succeed. */
         if (fdatasync(img->fd) < 0) {
-            r = -errno;
+            r = qed_image_flush_result(img, -errno);
             res->check_errors++;
             goto out;
         }
@@ -209,7 +212,7 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
             img->h.features &= ~QED_F_NEED_CHECK;
         r = qed_image_write_header_sync(img);
         if (r == 0 && fdatasync(img->fd) < 0)
-            r = -errno;
+            r = qed_image_flush_result(img, -errno);
         if (r < 0) {
             res->check_errors++;
             goto out;

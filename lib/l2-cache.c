@@ -146,6 +146,14 @@ void qed_l2_cache_destroy(struct qed_l2_cache *c)
     c->count = 0;
 }
 
+bool qed_l2_cache_holds(const struct qed_l2_cache *c, uint64_t offset)
+{
+    for (const struct qed_l2 *e = c->hash[l2_bucket(offset)]; e; e = e->hnext)
+        if (e->offset == offset)
+            return true;
+    return false;
+}
+
 struct qed_l2 *qed_l2_cache_get(struct qed_l2_cache *c, uint64_t offset)
 {
     struct qed_l2 *e;

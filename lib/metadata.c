@@ -155,6 +155,17 @@ int qed_meta_sanitize_l2(struct qed_image *img, uint64_t table_off, uint64_t *t)
     return 0;
 }
 
+bool qed_meta_disabled_l2(const struct qed_image *img, uint64_t table_off, uint64_t index,
+                          uint64_t *value)
+{
+    for (size_t i = 0; i < img->nbogus; i++)
+        if (img->bogus[i].table == table_off && img->bogus[i].index == index) {
+            *value = img->bogus[i].value;
+            return true;
+        }
+    return false;
+}
+
 void qed_meta_free(struct qed_image *img)
 {
     free(img->meta_tables);

@@ -79,6 +79,8 @@ void qed_l2_cache_destroy(struct qed_l2_cache *c);
  * every table left is referenced (in use by a request or being loaded).
  */
 bool qed_l2_cache_make_room(struct qed_l2_cache *c);
+/** Is @offset in the cache (VALID or LOADING)?  No reference, no LRU change. */
+bool qed_l2_cache_holds(const struct qed_l2_cache *c, uint64_t offset);
 /** Find @offset; takes a reference on a hit (VALID or LOADING). */
 struct qed_l2 *qed_l2_cache_get(struct qed_l2_cache *c, uint64_t offset);
 /** Allocate an entry for @offset (table zeroed), insert it with one reference. */
@@ -313,6 +315,13 @@ void qed_image_submit_fsync(struct qed_image *img, struct qed_io *io);
 int qed_meta_init(struct qed_image *img);
 /** Disable the invalid entries of an L2 table that was just read from disk. */
 int qed_meta_sanitize_l2(struct qed_image *img, uint64_t table_off, uint64_t *t);
+/**
+ * Was entry @index of the L2 table at @table_off disabled when the table was
+ * read?  True with *@value set to the entry as stored in the file (messages
+ * name it, not the in-memory mark).
+ */
+bool qed_meta_disabled_l2(const struct qed_image *img, uint64_t table_off, uint64_t index,
+                          uint64_t *value);
 /** Release what qed_meta_init allocated. */
 void qed_meta_free(struct qed_image *img);
 

@@ -953,10 +953,17 @@ static void run_lookup(struct qed_req *r)
             c += g->cluster_size;
         }
     } else {
+        uint64_t stored;
+        /* Name the value in the file: an entry disabled at open holds a
+         * mark in memory that is nowhere on disk (metadata.c). */
+        bool disabled = qed_meta_disabled_l2(img, r->l2->offset, idx, &stored) &&
+                        (stored | 1) == e0;
         qed_log(QED_LOG_ERROR,
                 "%s: corrupt L2 entry 0x%" PRIx64 " for guest offset %" PRIu64
-                " (table at %" PRIu64 ", index %" PRIu64 ")",
-                img->path, e0, pos, r->l2->offset, idx);
+                " (table at %" PRIu64 ", index %" PRIu64 ")%s",
+                img->path, disabled ? stored : e0, pos, r->l2->offset, idx,
+                disabled ? ": it points past the end of the file or at metadata; "
+                           "`qed-img check` lists such entries" : "");
     }
     r->kind = kind;
     r->run_len = min64(c, limit) - pos;
@@ -1012,18 +1019,39 @@ static void l2_load_done(struct qed_io *io)
 /*
  * The cache holds at most cache.max_bytes of tables (l2-cache.c, "Memory
  * bound").  A request that needs a table the cache does not hold waits here
- * until one is released; waiters are served in order.  A waiting request
- * holds no table, and every request that holds one gets to release it
- * without room or the allocating-write queue, so the wait always ends.
+ * until one is released; waiters are served in order, and while any waits,
+ * a request that would take a table, even a cached one, queues behind them
+ * (get_l2), so that tables in use drain.  A waiting request holds no table,
+ * and every request that holds one gets to release it without room or the
+ * allocating-write queue, so the wait always ends.
  */
+
+/*
+ * May the first waiter @r go on?  When there is room for a table, or when
+ * it waits only for its turn (get_l2) and its table is in the cache: then it
+ * needs no room, and evicting that table to make some would only read it
+ * again.  Every waiter waits in RS_NEXT (get_l2, r->l1_index set) or in
+ * RS_ALLOC_CLUSTERS (a new table: always room).
+ */
+static bool l2_room_ready(struct qed_l2_cache *c, const struct qed_req *r)
+{
+    if (r->resume == RS_NEXT &&
+        qed_l2_cache_holds(c, le64toh(r->img->l1[r->l1_index])))
+        return true;
+    return qed_l2_cache_make_room(c);
+}
 
 static void l2_room_defer_fn(struct qed_defer *d)
 {
     struct qed_l2_cache *c =
         (struct qed_l2_cache *)((char *)d - offsetof(struct qed_l2_cache, room_defer));
 
-    c->room_scheduled = false;
-    while (c->room_head && qed_l2_cache_make_room(c)) {
+    /* room_scheduled stays set while the waiters are stepped: a table they
+     * release meanwhile is seen by the loop's next make_room, and must not
+     * queue another call that would outlive the last waiter (and run on a
+     * closed image).  When the loop stops for lack of room, every table is
+     * referenced, and its release schedules the next call. */
+    while (c->room_head && l2_room_ready(c, c->room_head)) {
         struct qed_req *r = c->room_head;
         c->room_head = r->next;
         if (!c->room_head)
@@ -1034,6 +1062,7 @@ static void l2_room_defer_fn(struct qed_defer *d)
         req_step(r);
         c->room_turn = NULL;
     }
+    c->room_scheduled = false;
 }
 
 void qed_req_l2_room(struct qed_image *img)
@@ -1049,17 +1078,11 @@ void qed_req_l2_room(struct qed_image *img)
     qed_aio_defer(img->aio, &c->room_defer);
 }
 
-/*
- * Is there room for one more table?  True: insert it now.  False: @r now
- * waits (RS_L2_ROOM_WAIT) and enters @resume once there is room.
- */
-static bool l2_room(struct qed_req *r, enum qed_req_state resume)
+/* Make @r wait for room (RS_L2_ROOM_WAIT), behind the earlier waiters. */
+static void l2_room_wait(struct qed_req *r, enum qed_req_state resume)
 {
     struct qed_l2_cache *c = &r->img->cache;
 
-    /* Earlier waiters first, except for the one being woken. */
-    if ((!c->room_head || c->room_turn == r) && qed_l2_cache_make_room(c))
-        return true;
     r->next = NULL;
     if (c->room_tail)
         c->room_tail->next = r;
@@ -1070,6 +1093,26 @@ static bool l2_room(struct qed_req *r, enum qed_req_state resume)
     r->pending++; /* stepped again only by l2_room_defer_fn */
     c->room_waits++;
     set_state(r, RS_L2_ROOM_WAIT);
+}
+
+/* Must @r queue behind waiters for room before it takes any table? */
+static bool l2_room_others_first(const struct qed_req *r)
+{
+    const struct qed_l2_cache *c = &r->img->cache;
+
+    return c->room_head && c->room_turn != r;
+}
+
+/*
+ * Is there room for one more table?  True: insert it now.  False: @r now
+ * waits (RS_L2_ROOM_WAIT) and enters @resume once there is room.
+ */
+static bool l2_room(struct qed_req *r, enum qed_req_state resume)
+{
+    /* Earlier waiters first, except for the one being woken. */
+    if (!l2_room_others_first(r) && qed_l2_cache_make_room(&r->img->cache))
+        return true;
+    l2_room_wait(r, resume);
     return false;
 }
 
@@ -1094,6 +1137,15 @@ static int get_l2(struct qed_req *r)
         qed_log(QED_LOG_ERROR, "%s: corrupt L1 entry %" PRIu64 ": L2 table offset 0x%" PRIx64,
                 img->path, l1i, off);
         return -EIO;
+    }
+    if (l2_room_others_first(r)) {
+        /* Why not take a cached table while others wait for room: a table
+         * that requests keep using back to back is never idle, so it could
+         * never be evicted, and the waiters would wait for as long as that
+         * goes on.  Queued here, the holders drain, and each request gets its
+         * turn in order.  A request that waits holds no table. */
+        l2_room_wait(r, RS_NEXT);
+        return 2;
     }
     e = qed_l2_cache_get(&img->cache, off);
     if (e) {
@@ -1814,6 +1866,16 @@ static void step(struct qed_req *r)
             return;
 
         case RS_RESIZE_BEGIN:
+            if (img->flush_err) {
+                /* Why refuse before writing: the header in memory may lack a
+                 * NEED_CHECK that is on disk (RS_HDR_FLUSH_WAIT forgets it),
+                 * and the resize's own fdatasync would make that header
+                 * durable.  The resize would fail at its flush anyway. */
+                qed_log(QED_LOG_ERROR, "%s: not resizing: a flush of the image failed earlier",
+                        img->path);
+                req_finish(r, -EIO);
+                return;
+            }
             r->old_size = img->h.image_size;
             img->h.image_size = r->new_size;
             qed_header_encode(&img->h, img->hdr_raw);

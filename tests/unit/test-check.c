@@ -1193,3 +1193,36 @@ Test(check, problems_are_logged_with_file_name)
     cr_assert(strstr(logbuf, "L2") != NULL, "log does not mention the L2 entry:\n%s", logbuf);
     cr_assert(strstr(logbuf, "L1") != NULL, "log does not mention the L1 entry:\n%s", logbuf);
 }
+
+/*
+ * The message of a read through an entry disabled at open names the value
+ * stored in the file and why it was disabled, not the in-memory mark (the
+ * value with its low bit set, which is nowhere on disk).
+ */
+Test(check, read_of_disabled_entry_logs_the_value_on_disk)
+{
+    struct qed_open_opts o = {.read_only = true};
+    uint8_t b[CS];
+    qed_image *img;
+    char want[64], mark[64];
+    uint64_t bad;
+
+    build3();
+    bad = fsize() + 2 * CS;
+    corrupt_l2_1(bad);
+    cr_assert_eq(qed_open(aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
+    logbuf[0] = '\0';
+    qed_set_log(log_cb, NULL, QED_LOG_WARN);
+    cr_assert_eq(qed_sync_read(img, 1 * CS, b, CS), -EIO);
+    cr_assert_eq(qed_sync_read(img, 1 * CS, b, CS), -EIO, "a second read, table cached");
+    qed_set_log(NULL, NULL, QED_LOG_WARN);
+    snprintf(want, sizeof(want), "0x%" PRIx64, bad);
+    snprintf(mark, sizeof(mark), "0x%" PRIx64, bad | 1);
+    cr_assert(strstr(logbuf, want), "the log does not name the stored value %s:\n%s", want,
+              logbuf);
+    cr_assert_null(strstr(logbuf, mark), "the log names the in-memory mark %s:\n%s", mark,
+                   logbuf);
+    cr_assert(strstr(logbuf, "guest offset 4096"), "the log does not name the offset:\n%s",
+              logbuf);
+    cr_assert_eq(qed_close(img), 0);
+}

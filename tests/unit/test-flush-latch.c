@@ -22,7 +22,6 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,8 +32,26 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
+#include "engine-fixture.h"
 #include "qed-aio-test.h"
 #include "qed-image.h"
+
+/* fdatasync() as the library calls it outside the I/O engine (qed_check's
+ * repair, close): linked with -Wl,--wrap=fdatasync (requests.am).  While
+ * fail_direct_fsync is set, the next call fails once with EIO. */
+int __real_fdatasync(int fd);
+int __wrap_fdatasync(int fd);
+static bool fail_direct_fsync;
+
+int __wrap_fdatasync(int fd)
+{
+    if (fail_direct_fsync) {
+        fail_direct_fsync = false;
+        errno = EIO;
+        return -1;
+    }
+    return __real_fdatasync(fd);
+}
 
 #define KiB 1024ull
 #define MiB (1024ull * 1024)
@@ -44,9 +61,7 @@
 #define FSYNC_MASK (1u << QED_IO_FSYNC)
 
 struct fixture {
-    struct ev_loop *loop;
-    qed_aio *aio;
-    char dir[64];
+    struct engine_fixture ef;
     char path[128];
     char backing[128];
     qed_image *img;
@@ -69,13 +84,6 @@ static void done_cb(void *opaque, int ret)
     d->ret = ret;
 }
 
-static void quiet_log(enum qed_log_level level, const char *msg, void *opaque)
-{
-    (void)level;
-    (void)msg;
-    (void)opaque;
-}
-
 static void observer(struct qed_io *io, int err, void *opaque)
 {
     (void)opaque;
@@ -88,39 +96,21 @@ static void observer(struct qed_io *io, int err, void *opaque)
 static void setup(void)
 {
     memset(&F, 0, sizeof(F));
-    F.loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(F.loop);
-    cr_assert_eq(qed_aio_new(F.loop, QED_AIO_TEST, &F.aio), 0);
-    qed_aio_test_set_auto(F.aio, true);
-    qed_aio_test_set_observer(F.aio, observer, NULL);
-    snprintf(F.dir, sizeof(F.dir), "/tmp/qed-test-latch-XXXXXX");
-    cr_assert_not_null(mkdtemp(F.dir));
-    snprintf(F.path, sizeof(F.path), "%s/a.qed", F.dir);
-    snprintf(F.backing, sizeof(F.backing), "%s/b.raw", F.dir);
-    qed_set_log(quiet_log, NULL, QED_LOG_ERROR);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    ef_setup(&F.ef, "latch");
+    qed_aio_test_set_observer(F.ef.aio, observer, NULL);
+    snprintf(F.path, sizeof(F.path), "%s/a.qed", F.ef.dir);
+    snprintf(F.backing, sizeof(F.backing), "%s/b.raw", F.ef.dir);
+    qed_set_log(ef_quiet_log, NULL, QED_LOG_ERROR);
 }
 
 static void teardown(void)
 {
     if (F.img) {
         /* A test that failed may leave I/O held: let close complete it. */
-        qed_aio_test_set_auto(F.aio, true);
+        qed_aio_test_set_auto(F.ef.aio, true);
         qed_close(F.img);
     }
-    if (F.dir[0])
-        nftw(F.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    if (F.aio)
-        qed_aio_free(F.aio);
-    if (F.loop)
-        ev_loop_destroy(F.loop);
+    ef_teardown(&F.ef);
 }
 
 TestSuite(latch, .init = setup, .fini = teardown, .timeout = 60);
@@ -132,7 +122,7 @@ static void open_image(unsigned clean_delay_ms)
     struct qed_open_opts oo = {.clean_delay_ms = clean_delay_ms};
     char err[256];
 
-    cr_assert_eq(qed_open(F.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(F.ef.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "open: %s", err);
 }
 
 /* A new image (with a raw backing file of pattern bytes when @backing). */
@@ -180,7 +170,7 @@ static void run_until(struct req_done *d, int n)
         if (all)
             return;
         cr_assert(t < MAX_TURNS, "requests never completed");
-        ev_run(F.loop, EVRUN_ONCE);
+        ev_run(F.ef.loop, EVRUN_ONCE);
     }
 }
 
@@ -242,7 +232,7 @@ Test(latch, failed_client_flush_fails_later_flushes)
     fill(b, sizeof(b), 1);
     cr_assert_eq(do_write(3 * CS, b, sizeof(b), 0), 0);
     cr_assert_eq(qed_flush_error(F.img), 0);
-    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(qed_sync_flush(F.img), -EIO);
     cr_assert_eq(F.failed_fsyncs, 1);
     /* The engine's next fdatasync would succeed, as Linux's does. */
@@ -257,7 +247,7 @@ Test(latch, failed_client_flush_fails_later_flushes)
 Test(latch, first_failure_keeps_its_errno)
 {
     make_image(false, 600000);
-    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -ENOSPC);
+    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -ENOSPC);
     cr_assert_eq(qed_sync_flush(F.img), -ENOSPC);
     cr_assert_eq(qed_flush_error(F.img), -ENOSPC);
     cr_assert_eq(qed_sync_flush(F.img), -EIO, "later flushes fail with EIO");
@@ -280,7 +270,7 @@ Test(latch, failed_fua_write_fails_a_later_flush)
     cr_assert_eq(qed_write(F.img, 0, b, sizeof(b), 0, done_cb, &d[0]), 0);
     run_until(&d[0], 1);
     cr_assert_eq(d[0].ret, 0);
-    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(qed_write(F.img, CS, a, sizeof(a), QED_REQ_FUA, done_cb, &d[1]), 0);
     run_until(&d[1], 1);
     cr_assert_eq(d[1].ret, -EIO, "the FUA write whose flush failed");
@@ -299,7 +289,7 @@ Test(latch, failed_group_commit_flush_fails_later_flushes)
     memset(b, 0x77, sizeof(b));
     cr_assert_eq(do_write(2 * MiB - CS, b, sizeof(b), 0), 0); /* the table exists */
     unsigned before = F.fsyncs;
-    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
     for (int i = 0; i < 4; i++)
         cr_assert_eq(qed_write(F.img, (10 + 2 * (uint64_t)i) * CS, b, sizeof(b), 0, done_cb,
                                &d[i]), 0);
@@ -327,11 +317,11 @@ Test(latch, failed_clean_timer_flush_keeps_need_check)
     cr_assert(disk_features() & QED_F_NEED_CHECK);
     /* The timer cannot fire before the loop runs again: the next flush is
      * the clean's. */
-    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
     /* The clean runs 1 ms after the last allocation: wait for its flush. */
     for (unsigned long t = 0; F.failed_fsyncs == 0 || F.img->clean_queued; t++) {
         cr_assert(t < MAX_TURNS, "the clean timer never flushed");
-        ev_run(F.loop, EVRUN_ONCE);
+        ev_run(F.ef.loop, EVRUN_ONCE);
     }
     cr_assert_neq(qed_flush_error(F.img), 0, "the clean's failed flush is latched");
     cr_assert(disk_features() & QED_F_NEED_CHECK, "NEED_CHECK cleared after a failed flush");
@@ -350,7 +340,7 @@ Test(latch, failed_need_check_flush_allows_no_allocation)
 
     make_image(false, 600000);
     fill(b, sizeof(b), 5);
-    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), -EIO);
     before = F.fsyncs;
     cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), -EIO,
@@ -367,7 +357,7 @@ Test(latch, failed_close_flush_keeps_need_check)
     make_image(false, 600000);
     fill(b, sizeof(b), 6);
     cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), 0);
-    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(qed_close(F.img), -EIO);
     F.img = NULL;
     cr_assert(disk_features() & QED_F_NEED_CHECK);
@@ -386,7 +376,7 @@ Test(latch, overlay_gets_need_check_at_close)
 {
     make_image(true, 600000);
     cr_assert_eq(disk_features() & QED_F_NEED_CHECK, 0);
-    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(qed_sync_flush(F.img), -EIO);
     expect_latched("overlay flush");
 }
@@ -394,15 +384,15 @@ Test(latch, overlay_gets_need_check_at_close)
 /* Complete the held I/Os newest first, as a thread pool or io_uring may. */
 static void complete_newest_first(void)
 {
-    for (unsigned long t = 0; qed_aio_test_pending(F.aio) > 0 || t == 0; t++) {
+    for (unsigned long t = 0; qed_aio_test_pending(F.ef.aio) > 0 || t == 0; t++) {
         cr_assert(t < MAX_TURNS, "I/O never drained");
-        ev_run(F.loop, EVRUN_NOWAIT);
-        if (qed_aio_test_pending(F.aio) > 0) {
-            cr_assert_leq(qed_aio_test_pending(F.aio), 1, "two fdatasyncs in flight at once");
-            qed_aio_test_complete(F.aio, qed_aio_test_pending(F.aio) - 1, 0);
+        ev_run(F.ef.loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(F.ef.aio) > 0) {
+            cr_assert_leq(qed_aio_test_pending(F.ef.aio), 1, "two fdatasyncs in flight at once");
+            qed_aio_test_complete(F.ef.aio, qed_aio_test_pending(F.ef.aio) - 1, 0);
         }
     }
-    ev_run(F.loop, EVRUN_NOWAIT);
+    ev_run(F.ef.loop, EVRUN_NOWAIT);
 }
 
 /*
@@ -416,15 +406,15 @@ Test(latch, concurrent_flushes_never_miss_the_failure)
     struct req_done d[2] = {{0}};
 
     make_image(false, 600000);
-    qed_aio_test_set_auto(F.aio, false);
-    qed_aio_test_fail_nth(F.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_set_auto(F.ef.aio, false);
+    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(qed_flush(F.img, done_cb, &d[0]), 0);
     cr_assert_eq(qed_flush(F.img, done_cb, &d[1]), 0);
     complete_newest_first();
     cr_assert_eq(d[0].calls + d[1].calls, 2);
     cr_assert_eq(d[0].ret, -EIO, "the flush whose fdatasync failed");
     cr_assert_eq(d[1].ret, -EIO, "the flush that ran beside it");
-    qed_aio_test_set_auto(F.aio, true);
+    qed_aio_test_set_auto(F.ef.aio, true);
     expect_latched("concurrent flushes");
 }
 
@@ -435,10 +425,10 @@ Test(latch, waiting_flushes_share_one_fdatasync)
     unsigned before;
 
     make_image(false, 600000);
-    qed_aio_test_set_auto(F.aio, false);
+    qed_aio_test_set_auto(F.ef.aio, false);
     before = F.fsyncs;
     cr_assert_eq(qed_flush(F.img, done_cb, &d[0]), 0);
-    ev_run(F.loop, EVRUN_NOWAIT);
+    ev_run(F.ef.loop, EVRUN_NOWAIT);
     for (int i = 1; i < 5; i++)
         cr_assert_eq(qed_flush(F.img, done_cb, &d[i]), 0);
     complete_newest_first();
@@ -449,5 +439,52 @@ Test(latch, waiting_flushes_share_one_fdatasync)
     cr_assert_eq(F.fsyncs - before, 2, "5 flushes, %u fdatasyncs", F.fsyncs - before);
     cr_assert_eq(F.img->fsyncs, 2);
     cr_assert_eq(F.img->fsync_riders_total, 3);
-    qed_aio_test_set_auto(F.aio, true);
+    qed_aio_test_set_auto(F.ef.aio, true);
+}
+
+/*
+ * The NEED_CHECK header reached the file but its fdatasync failed: the flag
+ * must stay on disk.  A resize rewrites the header; it must not write one
+ * without NEED_CHECK (its own fdatasync would then make "consistent" durable
+ * although the failed flush may have lost data), and it fails as every
+ * flushing request does after the latch.  Checked before close, which would
+ * write NEED_CHECK back and hide a crash-time window.
+ */
+Test(latch, resize_after_failed_need_check_flush_keeps_need_check)
+{
+    uint8_t b[CS];
+
+    make_image(false, 600000);
+    fill(b, sizeof(b), 8);
+    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
+    cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), -EIO);
+    cr_assert(disk_features() & QED_F_NEED_CHECK, "the header write itself succeeded");
+    cr_assert_eq(qed_sync_resize(F.img, 2 * IMG_SIZE), -EIO, "a resize after the latch");
+    cr_assert(disk_features() & QED_F_NEED_CHECK,
+              "a resize after a failed flush cleared NEED_CHECK on disk");
+    cr_assert_eq(qed_size(F.img), IMG_SIZE, "the failed resize changed the size");
+    expect_latched("resize after a failed NEED_CHECK flush");
+}
+
+/*
+ * A repair of the open image (qed_check with repair, as `qed-img check -r`
+ * runs it) calls fdatasync itself; when that one takes the write-back error,
+ * the image must remember it like any other flush: the repair fails, later
+ * flushes fail, and NEED_CHECK stays.
+ */
+Test(latch, failed_repair_flush_is_latched)
+{
+    uint8_t b[CS];
+    struct qed_check_result res;
+
+    make_image(false, 600000);
+    fill(b, sizeof(b), 9);
+    cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), 0);
+    cr_assert(disk_features() & QED_F_NEED_CHECK);
+    fail_direct_fsync = true;
+    cr_assert_lt(qed_check(F.img, true, &res), 0, "a repair whose flush failed");
+    cr_assert_not(fail_direct_fsync, "the repair did not flush");
+    cr_assert_neq(qed_flush_error(F.img), 0, "the repair's failed flush is not latched");
+    cr_assert(disk_features() & QED_F_NEED_CHECK);
+    expect_latched("repair flush");
 }

@@ -19,7 +19,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -32,6 +31,7 @@
 #include <ev.h>
 
 #include "checked.h"
+#include "engine-fixture.h"
 #include "qed-aio-test.h"
 #include "qed-image.h"
 
@@ -42,9 +42,7 @@
 #define MAX_TURNS 1000000
 
 static struct {
-    struct ev_loop *loop;
-    qed_aio *aio;
-    char dir[64];
+    struct engine_fixture ef;
     char path[128];
 } F;
 
@@ -53,31 +51,13 @@ static char err[1024];
 static void setup(void)
 {
     memset(&F, 0, sizeof(F));
-    F.loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(F.loop);
-    cr_assert_eq(qed_aio_new(F.loop, QED_AIO_TEST, &F.aio), 0);
-    qed_aio_test_set_auto(F.aio, true);
-    snprintf(F.dir, sizeof(F.dir), "/tmp/qed-test-limits-XXXXXX");
-    cr_assert_not_null(mkdtemp(F.dir), "mkdtemp: %s", strerror(errno));
-    snprintf(F.path, sizeof(F.path), "%s/a.qed", F.dir);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    ef_setup(&F.ef, "limits");
+    snprintf(F.path, sizeof(F.path), "%s/a.qed", F.ef.dir);
 }
 
 static void teardown(void)
 {
-    if (F.dir[0])
-        nftw(F.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    if (F.aio)
-        qed_aio_free(F.aio);
-    if (F.loop)
-        ev_loop_destroy(F.loop);
+    ef_teardown(&F.ef);
 }
 
 TestSuite(limits, .init = setup, .fini = teardown, .timeout = 120);
@@ -93,7 +73,7 @@ static int create_img(uint64_t size, uint32_t cs, uint32_t ts)
 static qed_image *open_rw(void)
 {
     qed_image *img = NULL;
-    int r = qed_open(F.aio, F.path, NULL, &img, err, sizeof(err));
+    int r = qed_open(F.ef.aio, F.path, NULL, &img, err, sizeof(err));
     cr_assert_eq(r, 0, "open %s: %s", F.path, err);
     return img;
 }
@@ -187,7 +167,7 @@ Test(limits, open_refuses_size_over_cap)
             struct qed_open_opts o = {.read_only = ro};
             qed_image *img = NULL;
             err[0] = '\0';
-            int r = qed_open(F.aio, F.path, &o, &img, err, sizeof(err));
+            int r = qed_open(F.ef.aio, F.path, &o, &img, err, sizeof(err));
             cr_assert_eq(r, -EINVAL, "size %" PRIu64 " opened (%s): %d", sizes[i],
                          ro ? "read-only" : "read-write", r);
             cr_assert_null(img);
@@ -296,8 +276,8 @@ static void done_cb(void *opaque, int ret)
 /* Does any held I/O read from or write to memory in [p, p + n)? */
 static bool io_touches(const uint8_t *p, size_t n)
 {
-    for (size_t i = 0; i < qed_aio_test_pending(F.aio); i++) {
-        struct qed_io *io = qed_aio_test_peek(F.aio, i);
+    for (size_t i = 0; i < qed_aio_test_pending(F.ef.aio); i++) {
+        struct qed_io *io = qed_aio_test_peek(F.ef.aio, i);
         for (int k = 0; k < io->iovcnt; k++) {
             const uint8_t *b = io->iov[k].iov_base;
             if (b < p + n && p < b + io->iov[k].iov_len)
@@ -323,7 +303,7 @@ Test(limits, two_allocating_writes_to_last_cluster_serialised)
 
     fill(a, len, 4);
     fill(b, len, 5);
-    qed_aio_test_set_auto(F.aio, false);
+    qed_aio_test_set_auto(F.ef.aio, false);
     struct done da = {0}, db = {0};
     cr_assert_eq(qed_write(img, last, a, len, 0, done_cb, &da), 0);
     cr_assert_eq(qed_write(img, last + 1 * MiB, b, len, 0, done_cb, &db), 0);
@@ -333,15 +313,15 @@ Test(limits, two_allocating_writes_to_last_cluster_serialised)
     cr_assert_not(io_touches(b, len), "the second write to the same cluster ran at once");
     for (unsigned t = 0; da.calls == 0 || db.calls == 0; t++) {
         cr_assert_lt(t, MAX_TURNS, "the writes never completed");
-        ev_run(F.loop, EVRUN_NOWAIT);
-        if (qed_aio_test_pending(F.aio))
-            cr_assert_eq(qed_aio_test_complete(F.aio, 0, 0), 0);
+        ev_run(F.ef.loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(F.ef.aio))
+            cr_assert_eq(qed_aio_test_complete(F.ef.aio, 0, 0), 0);
     }
     cr_assert_eq(da.calls, 1);
     cr_assert_eq(db.calls, 1);
     cr_assert_eq(da.ret, 0);
     cr_assert_eq(db.ret, 0);
-    qed_aio_test_set_auto(F.aio, true);
+    qed_aio_test_set_auto(F.ef.aio, true);
 
     cr_assert_eq(qed_sync_read(img, last, r, len), 0);
     cr_assert(memcmp(r, a, len) == 0, "the first write was lost");
@@ -389,7 +369,7 @@ static int submit_and_wait(qed_image *img, int type, uint64_t off, uint64_t len,
     if (rc < 0)
         return rc;
     while (d.calls == 0)
-        ev_run(F.loop, EVRUN_ONCE);
+        ev_run(F.ef.loop, EVRUN_ONCE);
     return d.ret;
 }
 
@@ -474,4 +454,70 @@ Test(limits, checked_helpers)
     cr_assert_not(qed_range_within(0ull - 512, 1024, UINT64_MAX));
     cr_assert_not(qed_range_within(UINT64_MAX, 1, UINT64_MAX));
     cr_assert(qed_range_within(UINT64_MAX - 1, 1, UINT64_MAX));
+}
+
+/*
+ * An overlay at the cap over a QED backing image at the cap: reads, block
+ * status, copy-on-write of a partial write, write-zeroes (with and without
+ * NO_HOLE, and FAST_ZERO) and trim in the last cluster all reach the
+ * backing image's last cluster too, whose end is 2^63 - 512.
+ */
+Test(limits, chain_at_cap_last_cluster)
+{
+    char bpath[160];
+    struct qed_create_opts bo = {.size = QED_MAX_VIRTUAL_SIZE, .cluster_size = CS,
+                                 .table_size = TS};
+    qed_image *base, *img;
+    uint64_t size = QED_MAX_VIRTUAL_SIZE, last = (size - 1) & ~(CS - 1);
+    size_t len = (size_t)(size - last);
+    uint8_t *b = malloc(len), *r = malloc(len), *want = malloc(len);
+    struct qed_extent ext[16];
+    size_t n = 0;
+
+    cr_assert(b && r && want);
+    snprintf(bpath, sizeof(bpath), "%s/base.qed", F.ef.dir);
+    cr_assert_eq(qed_create(bpath, &bo, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(qed_open(F.ef.aio, bpath, NULL, &base, err, sizeof(err)), 0, "%s", err);
+    fill(b, len, 11);
+    cr_assert_eq(qed_sync_write(base, last, b, len, 0), 0);
+    cr_assert_eq(qed_close(base), 0);
+
+    struct qed_create_opts to = {.size = QED_MAX_VIRTUAL_SIZE, .cluster_size = CS,
+                                 .table_size = TS, .backing_file = bpath,
+                                 .backing_fmt = QED_BACKING_QED};
+    cr_assert_eq(qed_create(F.path, &to, err, sizeof(err)), 0, "%s", err);
+    img = open_rw();
+    cr_assert_eq(qed_sync_read(img, last, r, len), 0);
+    cr_assert(memcmp(r, b, len) == 0, "the backing's last cluster through the overlay");
+    cr_assert_eq(qed_sync_block_status(img, last, len, ext, 16, &n), 0);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(ext[0].depth, 1);
+    cr_assert_eq(ext[0].length, len);
+
+    /* A partial write copies the rest of the cluster from the backing. */
+    memcpy(want, b, len);
+    fill(want + 4096, 512, 12);
+    cr_assert_eq(qed_sync_write(img, last + 4096, want + 4096, 512, QED_REQ_FUA), 0);
+    cr_assert_eq(qed_sync_read(img, last, r, len), 0);
+    cr_assert(memcmp(r, want, len) == 0, "copy-on-write of the last cluster");
+
+    /* FAST_ZERO of allocated data needs writes: refused, nothing changed. */
+    cr_assert_eq(qed_sync_write_zeroes(img, size - 512, 512, QED_REQ_FAST_ZERO), -ENOTSUP);
+    cr_assert_eq(qed_sync_write_zeroes(img, size - 1024, 1024, QED_REQ_NO_HOLE), 0);
+    memset(want + len - 1024, 0, 1024);
+    cr_assert_eq(qed_sync_discard(img, last, len), 0);
+    cr_assert_eq(qed_sync_read(img, last, r, len), 0);
+    for (size_t i = 0; i < len; i++)
+        cr_assert(r[i] == 0 || r[i] == want[i], "byte %zu after trim", i);
+    cr_assert_eq(qed_sync_write_zeroes(img, last, len, 0), 0);
+    cr_assert_eq(qed_sync_read(img, last, r, len), 0);
+    cr_assert(all_zero(r, len), "the last cluster after write-zeroes");
+
+    struct qed_check_result res;
+    cr_assert_eq(qed_check(img, false, &res), 0);
+    cr_assert_eq(res.corruptions, 0);
+    cr_assert_eq(qed_close(img), 0);
+    free(b);
+    free(r);
+    free(want);
 }
