@@ -23,6 +23,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "checked.h"
 
@@ -80,10 +81,37 @@ static void lru_push_front(struct qed_l2_cache *c, struct qed_l2 *e)
         c->lru = e;
 }
 
+/*
+ * Tables of 1 MiB and more are mapped, not malloc'ed.  Why: glibc raises
+ * its mmap threshold to the size of the last mapped chunk it freed (up to
+ * 32 MiB), so after one evicted 16 MiB table the next ones come from the
+ * heap, and freed heap memory is not given back: the process stayed 16 MiB
+ * over the cache bound (tests/prod/memcap-tables.sh).  A mapping is given
+ * back at once.  Smaller tables are loaded often and cost a syscall pair
+ * each if mapped, so they stay with malloc.
+ */
+#define L2_MMAP_MIN (1u << 20)
+
+static uint64_t *l2_table_alloc(uint64_t bytes)
+{
+    if (bytes < L2_MMAP_MIN)
+        return calloc(1, bytes);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p; /* anonymous mappings are zeroed */
+}
+
+static void l2_table_free(uint64_t *t, uint64_t bytes)
+{
+    if (bytes < L2_MMAP_MIN)
+        free(t);
+    else if (t)
+        munmap(t, bytes);
+}
+
 static void l2_free(struct qed_l2_cache *c, struct qed_l2 *e)
 {
     c->bytes -= c->table_bytes;
-    free(e->t);
+    l2_table_free(e->t, c->table_bytes);
     free(e);
 }
 
@@ -179,7 +207,7 @@ struct qed_l2 *qed_l2_cache_insert(struct qed_l2_cache *c, struct qed_image *img
 
     if (!e)
         return NULL;
-    e->t = calloc(1, img->g.table_bytes);
+    e->t = l2_table_alloc(img->g.table_bytes);
     if (!e->t) {
         free(e);
         return NULL;

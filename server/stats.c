@@ -10,7 +10,7 @@
  *   stats: export name="NAME" connections=N requests=N reads=N writes=N flushes=N trims=N
  *          zeroes=N cache=N block_status=N bytes_read=N bytes_written=N bytes_zeroed=N
  *          bytes_trimmed=N errors=N cluster_size=N clusters_appended=N file_clusters=N
- *          flush_failed=0|1
+ *          flush_failed=0|1 l2_cache=BYTES l2_cache_peak=BYTES
  *
  * (each line is one line; they are folded here only for reading).  NAME
  * escapes '"', '\\' and bytes outside printable ASCII as \xHH.
@@ -76,14 +76,13 @@ void stats_print(void)
         uint64_t appended = 0, file_clusters = 0;
         int flush_failed = 0;
 
+        memset(&info, 0, sizeof(info));
         if (e->img) {
             qed_get_info(e->img, &info);
             if (info.file_size > e->alloc_at_open)
                 appended = (info.file_size - e->alloc_at_open) / info.cluster_size;
             file_clusters = info.file_size / info.cluster_size;
             flush_failed = info.flush_error != 0;
-        } else {
-            info.cluster_size = 0;
         }
         escape_name(e->name, name, sizeof(name));
         srv_log(SRV_LOG_NOTICE,
@@ -91,7 +90,7 @@ void stats_print(void)
                 "writes=%llu flushes=%llu trims=%llu zeroes=%llu cache=%llu "
                 "block_status=%llu bytes_read=%llu bytes_written=%llu bytes_zeroed=%llu "
                 "bytes_trimmed=%llu errors=%llu cluster_size=%u clusters_appended=%llu "
-                "file_clusters=%llu flush_failed=%d",
+                "file_clusters=%llu flush_failed=%d l2_cache=%llu l2_cache_peak=%llu",
                 name, (unsigned long long)s->connections, (unsigned long long)s->requests,
                 (unsigned long long)s->reads, (unsigned long long)s->writes,
                 (unsigned long long)s->flushes, (unsigned long long)s->trims,
@@ -100,6 +99,8 @@ void stats_print(void)
                 (unsigned long long)s->bytes_written, (unsigned long long)s->bytes_zeroed,
                 (unsigned long long)s->bytes_trimmed, (unsigned long long)s->errors,
                 info.cluster_size, (unsigned long long)appended,
-                (unsigned long long)file_clusters, flush_failed);
+                (unsigned long long)file_clusters, flush_failed,
+                (unsigned long long)info.l2_cache_bytes,
+                (unsigned long long)info.l2_cache_peak_bytes);
     }
 }

@@ -10,8 +10,9 @@
  * each pointer, so a test can tell exactly which entries were released.
  *
  * The memory bound (issue 11, item 9) is measured independently of the
- * cache's own counter too: calloc() is wrapped as well, and the tables (the
- * only callocs of exactly one table's size) are summed while they live.
+ * cache's own counter too: calloc(), mmap() and munmap() are wrapped as
+ * well, and the tables (the only callocs or anonymous mappings of exactly
+ * one table's size) are summed while they live.
  */
 #include "config.h"
 
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -52,22 +54,65 @@ static size_t track_size;
 static void *tracked[TRACK_MAX];
 static uint64_t track_live, track_peak;
 
+static void track_add(void *p, size_t size);
+static void track_remove(void *p);
+
 void *__wrap_calloc(size_t n, size_t size)
 {
     void *p = __real_calloc(n, size);
 
-    if (p && track_size && n == 1 && size == track_size) {
-        for (int i = 0; i < TRACK_MAX; i++) {
-            if (!tracked[i]) {
-                tracked[i] = p;
-                track_live += size;
-                if (track_live > track_peak)
-                    track_peak = track_live;
-                break;
-            }
+    if (p && track_size && n == 1 && size == track_size)
+        track_add(p, size);
+    return p;
+}
+
+/* Tables of 1 MiB and more are mapped instead (l2-cache.c): the same
+ * tracking for anonymous mappings of exactly track_size bytes. */
+void *__real_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+void *__wrap_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+int __real_munmap(void *addr, size_t len);
+int __wrap_munmap(void *addr, size_t len);
+
+static void track_add(void *p, size_t size)
+{
+    for (int i = 0; i < TRACK_MAX; i++) {
+        if (!tracked[i]) {
+            tracked[i] = p;
+            track_live += size;
+            if (track_live > track_peak)
+                track_peak = track_live;
+            return;
         }
     }
+}
+
+static void track_remove(void *p)
+{
+    for (int i = 0; i < TRACK_MAX; i++) {
+        if (tracked[i] == p) {
+            tracked[i] = NULL;
+            track_live -= track_size;
+            return;
+        }
+    }
+}
+
+void *__wrap_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    void *p = __real_mmap(addr, len, prot, flags, fd, off);
+
+    if (p != MAP_FAILED && track_size && len == track_size && (flags & MAP_ANONYMOUS))
+        track_add(p, len);
     return p;
+}
+
+int __wrap_munmap(void *addr, size_t len)
+{
+    if (addr && nfreed < FREED_MAX)
+        freed[nfreed++] = addr; /* a mapped table's release, as free() for the others */
+    if (addr && track_size && len == track_size)
+        track_remove(addr);
+    return __real_munmap(addr, len);
 }
 
 static void track_start(size_t size)
@@ -81,15 +126,8 @@ void __wrap_free(void *p)
 {
     if (p && nfreed < FREED_MAX)
         freed[nfreed++] = p;
-    if (p && track_size) {
-        for (int i = 0; i < TRACK_MAX; i++) {
-            if (tracked[i] == p) {
-                tracked[i] = NULL;
-                track_live -= track_size;
-                break;
-            }
-        }
-    }
+    if (p && track_size)
+        track_remove(p);
     __real_free(p);
 }
 
