@@ -185,7 +185,8 @@ e2e_copy_with_libs() {
 # e2e_initramfs OUT SCRIPT MODULE... - write the guest's initramfs (an
 # uncompressed newc cpio archive) to OUT.  /init (tests/e2e/guest-init.sh)
 # loads the modules in dependency order and runs SCRIPT with the helpers of
-# tests/e2e/guest-lib.sh.
+# tests/e2e/guest-lib.sh.  The files of directory $E2E_GUEST_FILES, when
+# set, are added at the root.
 e2e_initramfs() {
     local out=$1 script=$2 root="$tmp/initramfs" f
     shift 2
@@ -203,6 +204,9 @@ e2e_initramfs() {
         cp "$E2E_KMODS/$f" "$root/lib/e2e-modules/" || fail "cp $f"
         basename "$f" >>"$root/modules.list"
     done
+    if [ -n "${E2E_GUEST_FILES:-}" ]; then
+        cp -a "$E2E_GUEST_FILES/." "$root/" || fail "cannot copy $E2E_GUEST_FILES"
+    fi
     cp "$E2E_DIR/guest-init.sh" "$root/init" && chmod 755 "$root/init" &&
         cp "$E2E_DIR/guest-lib.sh" "$root/guest-lib.sh" &&
         cp "$script" "$root/scenario" || fail "cannot copy the guest scripts"

@@ -6,7 +6,8 @@
 #   die MESSAGE         say "E2E-FAIL: MESSAGE" and fail
 #   wait_host TAG       say "E2E-WAIT TAG", block until the host answers "go TAG"
 #   net_up              eth0 at 10.0.2.15/24 (QEMU user networking)
-#   fs_workload DEV     the file-system workload of both scenarios, on DEV
+#   fs_churn            write, delete, fstrim, write more, on /mnt
+#   fs_workload DEV     mkfs.ext4 DEV, mount, fs_churn, unmount, e2fsck
 #   fs_verify DEV       mount DEV read-only, verify every recorded checksum
 
 MARKS=/dev/ttyS2
@@ -63,19 +64,11 @@ record() {
     done
 }
 
-# fs_workload DEV - mkfs.ext4, mount, write files with known checksums,
-# sync (the host measures the image: "written"), delete 16 MiB of them,
-# fstrim (the host measures again: "trimmed"), write more, unmount,
-# e2fsck -fn.
-fs_workload() {
-    local dev=$1 i
-    step "mkfs $dev"
-    # Inode tables and journal zeroed now (with WRITE_ZEROES), not by a
-    # background thread that would write while the host measures the image.
-    mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=0,lazy_journal_init=0 "$dev" ||
-        die "mkfs.ext4 $dev failed"
-    step "mount $dev"
-    mount -t ext4 "$dev" /mnt || die "mount $dev failed"
+# fs_churn - on the file system mounted at /mnt: write files with known
+# checksums, sync (the host measures the image: "written"), delete 16 MiB
+# of them, fstrim (the host measures again: "trimmed"), write more.
+fs_churn() {
+    local i
     mkdir -p /mnt/keep /mnt/gone/sub
     step "write"
     mkdata /mnt/keep/a 3
@@ -101,6 +94,19 @@ fs_workload() {
         head -c $((i * 1000)) /dev/urandom >/mnt/keep/many/f$i || die "write f$i"
     done
     record /mnt/keep/c /mnt/keep/many/f*
+}
+
+# fs_workload DEV - mkfs.ext4, mount, fs_churn, unmount, e2fsck -fn.
+fs_workload() {
+    local dev=$1
+    step "mkfs $dev"
+    # Inode tables and journal zeroed now (with WRITE_ZEROES), not by a
+    # background thread that would write while the host measures the image.
+    mkfs.ext4 -q -F -b 4096 -E lazy_itable_init=0,lazy_journal_init=0 "$dev" ||
+        die "mkfs.ext4 $dev failed"
+    step "mount $dev"
+    mount -t ext4 "$dev" /mnt || die "mount $dev failed"
+    fs_churn
     step "umount $dev"
     umount /mnt || die "umount $dev failed"
     step "e2fsck $dev"
