@@ -21,7 +21,8 @@ guest_main() {
     ( set -e; . /scenario ) || die "the scenario failed in step '$(cat /tmp/step 2>/dev/null)'"
 }
 
-if guest_main; then
+# A subshell: die's exit must not end PID 1 (the kernel would panic).
+if ( guest_main ); then
     say "E2E-PASS"
 else
     say "E2E-FAIL"

@@ -6,6 +6,7 @@
 #   die MESSAGE         say "E2E-FAIL: MESSAGE" and fail
 #   wait_host TAG       say "E2E-WAIT TAG", block until the host answers "go TAG"
 #   net_up              eth0 at 10.0.2.15/24 (QEMU user networking)
+#   attach DEV ARGS...  nbd-client ARGS... DEV, wait until DEV is usable
 #   fs_churn            write, delete, fstrim, write more, on /mnt
 #   fs_workload DEV     mkfs.ext4 DEV, mount, fs_churn, unmount, e2fsck
 #   fs_verify DEV       mount DEV read-only, verify every recorded checksum
@@ -42,6 +43,24 @@ net_up() {
     ip link set lo up &&
         ip link set eth0 up &&
         ip addr add 10.0.2.15/24 dev eth0 || die "cannot configure eth0"
+}
+
+# attach DEV NBD-CLIENT-ARGS... - nbd-client NBD-CLIENT-ARGS... DEV (the
+# export "disk" at 10.0.2.100:10809, 4 KiB blocks), then wait (30 s at most)
+# until DEV has its size and block size.  Why wait: in ioctl mode (-L)
+# nbd-client returns while its child has yet to start the device
+# (NBD_DO_IT), and a mount in that window reads a device of size 0 or with
+# the old block size ("getblk(): invalid block size").
+attach() {
+    local dev=$1 name=${1#/dev/} i=0
+    shift
+    nbd-client 10.0.2.100 10809 "$dev" -N disk -b 4096 "$@" || die "nbd-client $* $dev failed"
+    while [ "$(cat /sys/block/$name/size)" = 0 ] ||
+        [ "$(cat /sys/block/$name/queue/logical_block_size)" != 4096 ]; do
+        i=$((i + 1))
+        [ "$i" -le 300 ] || die "$dev did not get its size within 30 s of nbd-client $*"
+        usleep 100000
+    done
 }
 
 # mkdata FILE MIB [EXTRA] - FILE with MIB MiB (plus EXTRA bytes) of random data.
