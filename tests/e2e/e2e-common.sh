@@ -2,8 +2,9 @@
 # guest, Debian's packaged kernel booted by qemu-system-x86_64 under TCG (no
 # KVM needed), uses a qednbd export as a block device.
 #
-# Builds on tests/server/server-common.sh ($tmp, fail, skip, need, run,
-# start_server, stop_server, image_clean, cleanup of the servers) and adds:
+# Builds on tests/prod/prod-common.sh and tests/server/server-common.sh ($tmp,
+# fail, skip, need, run, prod_start, stop_server, make_certs, cleanup of the
+# servers) and adds:
 #   e2e_setup                  skip unless everything needed is here; fetch
 #                              the kernel (cached) and set E2E_KERNEL
 #   e2e_initramfs OUT SCRIPT MODULE...
@@ -31,10 +32,9 @@
 # sets it: they ran in make check already); QEDNBD_E2E_CACHE (default
 # $top_builddir/tests/e2e-cache) keeps the unpacked kernel between runs.
 
-. "$top_srcdir/tests/server/server-common.sh"
+. "$top_srcdir/tests/prod/prod-common.sh"
 
 E2E_DIR="$top_srcdir/tests/e2e"
-QEDIMG="$top_builddir/contrib/qed-img"
 E2E_QEMU_PID=
 E2E_TIMEOUT_PID=
 # Every module a test may ask e2e_initramfs for: the cache keeps these and
@@ -431,28 +431,6 @@ e2e_trim_check() {
     esac
 }
 
-# e2e_start_server IMAGE ARGS... - start qednbd -u SOCK -e disk=IMAGE ARGS...
-# in the background (SIGINT at its default disposition) and wait until it
-# accepts connections.  Sets SERVER_PID, SERVER_SOCK and SERVER_LOG; the
-# cleanup stops it.
-e2e_start_server() {
-    local img=$1 n=${#SERVER_PIDS[@]}
-    shift
-    SERVER_SOCK="$tmp/nbd$n.sock"
-    SERVER_LOG="$tmp/qednbd$n.log"
-    rm -f "$SERVER_SOCK"
-    echo "+ qednbd -u $SERVER_SOCK -e disk=$img $*" >"$SERVER_LOG"
-    "$PY" -c 'import os, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_DFL)
-os.execvp(sys.argv[1], sys.argv[1:])' "$QEDNBD" -u "$SERVER_SOCK" -e "disk=$img" "$@" \
-        </dev/null >>"$SERVER_LOG" 2>&1 &
-    SERVER_PID=$!
-    SERVER_PIDS+=("$SERVER_PID")
-    SERVER_LOGS+=("$SERVER_LOG")
-    wait_listen "$SERVER_PID" unix "$SERVER_SOCK" 2>"$tmp/wait.err" ||
-        fail "qednbd did not start: $(cat "$tmp/wait.err"); log: $(tail -n 5 "$SERVER_LOG")"
-}
-
 # e2e_finish VERIFIED - the host's checks after the guest powered off: the
 # guest reported VERIFIED "E2E-VERIFIED" lines, the server's statistics
 # have no error, qednbd exits 0 on SIGTERM, and e2e_host_verify $E2E_IMAGE.
@@ -469,11 +447,16 @@ e2e_finish() {
 # the caller created): serve it, boot the guest of guest-kernel-client.sh
 # with a restrict=on user network whose only way out is a guestfwd of
 # 10.0.2.100:10809 to the server's Unix socket (one socat per connection),
-# and check everything afterwards.
+# and check everything afterwards.  $E2E_NBD_CLIENT_ARGS, when set, is
+# added to every nbd-client command in the guest; the initramfs gets the
+# files of $tmp/guest-files (E2E_GUEST_FILES), where the caller may put more.
 e2e_kernel_client() {
     E2E_IMAGE=$1
     shift
-    e2e_start_server "$E2E_IMAGE" "$@"
+    prod_start "$tmp/nbd.sock" -e "disk=$E2E_IMAGE" "$@"
+    mkdir -p "$tmp/guest-files"
+    echo "${E2E_NBD_CLIENT_ARGS:-}" >"$tmp/guest-files/nbd-client.args"
+    E2E_GUEST_FILES="$tmp/guest-files"
     e2e_initramfs "$tmp/initrd" "$E2E_DIR/guest-kernel-client.sh" \
         crc32c_generic nbd ext4 virtio_pci virtio_net
     e2e_boot "$tmp/initrd" 300 \
@@ -486,14 +469,39 @@ e2e_kernel_client() {
 # e2e_hypervisor IMAGE GUEST-SCRIPT SERVER-ARGS... - scenario 2 on IMAGE:
 # serve it, and boot a guest whose virtio disk QEMU's own NBD client opens
 # on the server's Unix socket with discard=unmap; run GUEST-SCRIPT there.
+# E2E_QEMU_ARGS (an array) goes to QEMU's command line, E2E_BLOCK_OPTS
+# (",key=value...") to the -blockdev options.
+E2E_QEMU_ARGS=()
 e2e_hypervisor() {
     E2E_IMAGE=$1
     local script=$2
     shift 2
-    e2e_start_server "$E2E_IMAGE" "$@"
+    prod_start "$tmp/nbd.sock" -e "disk=$E2E_IMAGE" "$@"
     e2e_initramfs "$tmp/initrd" "$script" crc32c_generic ext4 virtio_pci virtio_blk
-    e2e_boot "$tmp/initrd" 300 \
-        -blockdev "driver=nbd,server.type=unix,server.path=$SERVER_SOCK,export=disk,node-name=n0,discard=unmap" \
+    e2e_boot "$tmp/initrd" 300 "${E2E_QEMU_ARGS[@]}" \
+        -blockdev "driver=nbd,server.type=unix,server.path=$SERVER_SOCK,export=disk,node-name=n0,discard=unmap${E2E_BLOCK_OPTS:-}" \
         -device virtio-blk-pci,drive=n0
     e2e_wait_guest e2e_trim_check
+}
+
+# e2e_tls_setup - X.509 credentials in $tmp/certs (make_certs: a CA, a
+# server certificate for "localhost", a client certificate); sets
+# E2E_TLS_SERVER_ARGS to qednbd's options that require TLS and a client
+# certificate.
+e2e_tls_setup() {
+    make_certs "$tmp/certs"
+    E2E_TLS_SERVER_ARGS=(--tls-certificates="$tmp/certs" --tls=require --tls-verify-peer)
+}
+
+# e2e_tls_stats - every connection to the export negotiated TLS, and no
+# handshake failed (the statistics e2e_finish asked for; the server's own
+# connection count also has the probe that waited for it to listen).
+e2e_tls_stats() {
+    local line conns hs fails
+    line=$(grep 'stats: server' "$SERVER_LOG" | tail -n 1)
+    conns=$(stat_field "$E2E_STATS" connections) && hs=$(stat_field "$line" tls_handshakes) &&
+        fails=$(stat_field "$line" tls_failures) || fail "no TLS counters in: $line"
+    [ "$conns" -gt 0 ] && [ "$hs" -eq "$conns" ] && [ "$fails" -eq 0 ] ||
+        fail "not every connection to the export used TLS: $line; $E2E_STATS"
+    note "TLS: $hs handshakes for $conns connections to the export"
 }

@@ -54,7 +54,9 @@ net_up() {
 attach() {
     local dev=$1 name=${1#/dev/} i=0
     shift
-    nbd-client 10.0.2.100 10809 "$dev" -N disk -b 4096 "$@" || die "nbd-client $* $dev failed"
+    # /nbd-client.args: more options from the host (TLS).
+    nbd-client 10.0.2.100 10809 "$dev" -N disk -b 4096 "$@" $(cat /nbd-client.args 2>/dev/null) ||
+        die "nbd-client $* $dev failed"
     while [ "$(cat /sys/block/$name/size)" = 0 ] ||
         [ "$(cat /sys/block/$name/queue/logical_block_size)" != 4096 ]; do
         i=$((i + 1))
