@@ -446,7 +446,9 @@ e2e_finish() {
 # e2e_kernel_client IMAGE SERVER-ARGS... - scenario 1 on IMAGE (a QED image
 # the caller created): serve it, boot the guest of guest-kernel-client.sh
 # with a restrict=on user network whose only way out is a guestfwd of
-# 10.0.2.100:10809 to the server's Unix socket (one socat per connection),
+# 10.0.2.100:10809 to the server's Unix socket (one socat per connection;
+# its messages go to $tmp/socat.log: QEMU gives the command the connection
+# as stderr too, where they would reach the guest's NBD client as data),
 # and check everything afterwards.  $E2E_NBD_CLIENT_ARGS, when set, is
 # added to every nbd-client command in the guest; the initramfs gets the
 # files of $tmp/guest-files (E2E_GUEST_FILES), where the caller may put more.
@@ -460,7 +462,7 @@ e2e_kernel_client() {
     e2e_initramfs "$tmp/initrd" "$E2E_DIR/guest-kernel-client.sh" \
         crc32c_generic nbd ext4 virtio_pci virtio_net
     e2e_boot "$tmp/initrd" 300 \
-        -netdev "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat - UNIX-CONNECT:$SERVER_SOCK" \
+        -netdev "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat -lf $tmp/socat.log - UNIX-CONNECT:$SERVER_SOCK" \
         -device virtio-net-pci,netdev=net0,romfile=
     e2e_wait_guest e2e_trim_check
     e2e_finish 2
