@@ -27,6 +27,10 @@ fault_step() {
 }
 
 e2e_setup
+# A cluster the killed server had appended to the file but not yet entered
+# in a table is leaked (harmless, as with QEMU): the checks accept leaks,
+# never a bad or double reference.
+E2E_LEAKS_OK=1
 E2E_IMAGE="$tmp/disk.qed"
 run 30 "$QEDIMG" create -c 64K "$E2E_IMAGE" 256M
 prod_start "$tmp/nbd.sock" -e "disk=$E2E_IMAGE"
