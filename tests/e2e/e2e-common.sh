@@ -494,6 +494,9 @@ e2e_kernel_client() {
         -device virtio-net-pci,netdev=net0,romfile=
     e2e_wait_guest e2e_trim_check
     e2e_finish 2
+    # 4 connections for -C 4, then one for -L and one for the last attach.
+    [ "$(stat_field "$E2E_STATS" connections)" -eq 6 ] ||
+        fail "the export saw $(stat_field "$E2E_STATS" connections) connections, expected 6 (-C 4, -L, one more)"
 }
 
 # e2e_hypervisor IMAGE GUEST-SCRIPT SERVER-ARGS... - scenario 2 on IMAGE:
