@@ -104,41 +104,10 @@ static void usage(FILE *f)
 
 /* ---- Parsing ----------------------------------------------------------- */
 
-/**
- * parse_size - parse "123", "64K", "10G" ... (suffixes are powers of 1024,
- * case-insensitive).  Returns 0, or -EINVAL for garbage, -ERANGE on overflow.
- */
-static int parse_size(const char *s, uint64_t *out)
-{
-    static const char suffixes[] = "KMGTPE";
-    uint64_t v = 0;
-    const char *p = s;
-    unsigned shift = 0;
-
-    if (*p < '0' || *p > '9')
-        return -EINVAL;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        unsigned d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return -ERANGE;
-        v = v * 10 + d;
-    }
-    if (*p) {
-        const char *sfx = strchr(suffixes, *p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
-        if (!sfx || p[1] != '\0')
-            return -EINVAL;
-        shift = 10u * (unsigned)(sfx - suffixes + 1);
-    }
-    if (shift && v > (UINT64_MAX >> shift))
-        return -ERANGE;
-    *out = v << shift;
-    return 0;
-}
-
 /* Parse a size option or argument, printing why it is bad.  Returns 0 or -1. */
 static int parse_size_arg(const char *what, const char *s, uint64_t *out)
 {
-    int r = parse_size(s, out);
+    int r = qed_parse_size(s, out);
 
     if (r == -ERANGE) {
         errmsg("%s '%s' is too large (the maximum is %" PRIu64 " bytes)", what, s, UINT64_MAX);
@@ -498,7 +467,7 @@ static int cmd_create(int argc, char **argv)
             }
             break;
         case 't':
-            if (parse_size(optarg, &v) < 0 || strpbrk(optarg, "kKmMgGtTpPeE")) {
+            if (qed_parse_size(optarg, &v) < 0 || strpbrk(optarg, "kKmMgGtTpPeE")) {
                 errmsg("invalid table size '%s': expected a number of clusters", optarg);
                 return 1;
             }

@@ -91,6 +91,13 @@ struct ev_loop *qed_aio_loop(const qed_aio *aio);
 /** qed_aio_free - free the engine.  No I/O may be in flight. */
 void qed_aio_free(qed_aio *aio);
 
+/**
+ * qed_parse_size - parse a size written by a person: "123", "64K", "10G"
+ * (suffixes K, M, G, T, P, E are powers of 1024, case-insensitive).
+ * Returns 0, -EINVAL for garbage, or -ERANGE when it does not fit 64 bits.
+ */
+int qed_parse_size(const char *s, uint64_t *out);
+
 /* ---- Create / open / close --------------------------------------------- */
 
 enum qed_backing_fmt {

@@ -390,7 +390,7 @@ static void parse_args(int argc, char **argv)
             srv.max_conns = (unsigned)parse_num(optarg, "--max-connections", 1, 1u << 20);
             break;
         case OPT_MAX_MEMORY:
-            if (mem_parse_size(optarg, &srv.max_memory) < 0 ||
+            if (qed_parse_size(optarg, &srv.max_memory) < 0 ||
                 srv.max_memory < SRV_MAX_MEMORY_MIN)
                 die("invalid --max-memory '%s' (expected a size of at least %lluM, "
                     "like 512M or 2G)", optarg,

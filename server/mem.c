@@ -60,8 +60,6 @@
 #include "config.h"
 
 #include <assert.h>
-#include <errno.h>
-#include <string.h>
 
 #include "conn.h"
 
@@ -140,31 +138,4 @@ void conn_mem_unwait(struct conn *c)
     c->mem_wait = false;
     assert(srv.mem_waiters > 0);
     srv.mem_waiters--;
-}
-
-int mem_parse_size(const char *s, uint64_t *out)
-{
-    static const char suffixes[] = "KMGTPE";
-    uint64_t v = 0;
-    const char *p = s;
-    unsigned shift = 0;
-
-    if (*p < '0' || *p > '9')
-        return -EINVAL;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        unsigned d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return -ERANGE;
-        v = v * 10 + d;
-    }
-    if (*p) {
-        const char *sfx = strchr(suffixes, *p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
-        if (!sfx || p[1] != '\0')
-            return -EINVAL;
-        shift = 10u * (unsigned)(sfx - suffixes + 1);
-    }
-    if (shift && v > (UINT64_MAX >> shift))
-        return -ERANGE;
-    *out = v << shift;
-    return 0;
 }

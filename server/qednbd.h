@@ -184,15 +184,6 @@ struct export *srv_find_export(const char *name, size_t len);
  */
 void srv_conn_gone(void);
 
-/* ---- Memory (mem.c) ---- */
-
-/**
- * mem_parse_size - parse "123", "64K", "1G" ... (suffixes are powers of
- * 1024, case-insensitive) into *@out.  Returns 0, or -EINVAL for garbage,
- * -ERANGE when it does not fit in 64 bits.
- */
-int mem_parse_size(const char *s, uint64_t *out);
-
 /* ---- Connections (conn.c) ---- */
 
 /**
