@@ -1,0 +1,110 @@
+#!/bin/bash
+# fuzz-lib-run.sh engine|image - the bounded run of a library fuzzer in
+# `make check` (issue 11); fuzz-engine-run.sh and fuzz-image-run.sh call it.
+#
+# 1. Replays every seed of tests/fuzz/corpus-NAME/ once: each must pass (a
+#    seed that fails is a regression).
+# 2. Replays each input of tests/fuzz/known-NAME/ (reproducers of bugs found
+#    by the fuzzer and not fixed yet, see README.md) in a process of its own:
+#    one that still fails is reported as a known failure; one that passes
+#    is reported as fixed, to be moved into the corpus.  Neither fails the
+#    test.
+# 3. Fuzzes for FUZZ_LIB_SECONDS (default 30) from the seeds, with a per-input
+#    timeout of 60 s and LeakSanitizer on.  Any crash, sanitizer report
+#    (ASan, UBSan, unsigned-integer-overflow in lib/), leak, timeout or
+#    model mismatch fails the test; the input is kept in
+#    tests/logs/fuzz-artifacts/ and shown in hex.
+#
+# Skips (77) when the target was not built: no clang or no libFuzzer, or the
+# sanitizer build of `make check-sanitizers` (the fuzzers are always built
+# with the sanitizers: the plain build's run already is the sanitized run).
+#
+# A longer run: FUZZ_LIB_SECONDS=3600 make check, or see tests/fuzz/README.md.
+set -u
+: "${top_builddir:?top_builddir must be set (run through make check)}"
+: "${top_srcdir:?top_srcdir must be set (run through make check)}"
+name=${1:?usage: fuzz-lib-run.sh engine|image}
+
+bin=$top_builddir/tests/fuzz/fuzz-$name
+seeds=$top_srcdir/tests/fuzz/corpus-$name
+known=$top_srcdir/tests/fuzz/known-$name
+seconds=${FUZZ_LIB_SECONDS:-30}
+logdir=$top_builddir/tests/logs
+
+if [ ! -x "$bin" ]; then
+    why=$(cat "$top_builddir/tests/fuzz/fuzz-lib.why" 2>/dev/null)
+    echo "SKIP: fuzz-$name is not built: ${why:-run make check in tests/ first}"
+    exit 77
+fi
+[ -d "$seeds" ] || { echo "FAIL: no seed corpus at $seeds"; exit 1; }
+
+base=${TMPDIR:-/tmp}
+tmp=$(mktemp -d "$base/qednbd-fuzz-$name.XXXXXX") || { echo "FAIL: mktemp"; exit 1; }
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/work" "$tmp/artifacts"
+# The target makes its own private directory under /dev/shm (or $TMPDIR).
+export TMPDIR=$tmp
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}
+export ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=64${ASAN_OPTIONS:+:$ASAN_OPTIONS}
+
+show_input() {
+    local a=$1
+    mkdir -p "$logdir/fuzz-artifacts"
+    cp "$a" "$logdir/fuzz-artifacts/"
+    echo "--- input kept as $logdir/fuzz-artifacts/$(basename "$a") ($(stat -c %s "$a") bytes):"
+    od -A d -t x1 "$a" | head -n 20
+    echo "--- replay: QEDNBD_FUZZ_VERBOSE=1 $bin $logdir/fuzz-artifacts/$(basename "$a")"
+}
+
+# ---- 1. The seeds pass ------------------------------------------------------
+mapfile -t files < <(find "$seeds" -type f | sort)
+nseeds=${#files[@]}
+[ "$nseeds" -ge 20 ] || { echo "FAIL: only $nseeds seeds in $seeds (expected at least 20)"; exit 1; }
+start=$(date +%s)
+"$bin" -timeout=60 "${files[@]}" >"$tmp/replay.log" 2>&1
+rc=$?
+if [ "$rc" -ne 0 ]; then
+    echo "FAIL: replaying the seed corpus failed (exit $rc):"
+    grep -E 'Running:|invariant|ERROR|runtime error|SUMMARY' "$tmp/replay.log" | tail -n 20
+    tail -n 40 "$tmp/replay.log"
+    exit 1
+fi
+ran=$(grep -c '^Executed ' "$tmp/replay.log")
+[ "$ran" -eq "$nseeds" ] || { echo "FAIL: $nseeds seeds but $ran ran"; exit 1; }
+echo "seed replay: $nseeds seeds passed in $(( $(date +%s) - start ))s"
+
+# ---- 2. Known failures --------------------------------------------------------
+if [ -d "$known" ]; then
+    for k in "$known"/*; do
+        [ -f "$k" ] || continue
+        case $k in *.txt|*.md) continue ;; esac
+        if "$bin" -timeout=60 "$k" >"$tmp/known.log" 2>&1; then
+            echo "NOTE: known failure $(basename "$k") passes now: move it to corpus-$name/ (see README.md)"
+        else
+            echo "known failure still fails (not counted): $(basename "$k"): $(grep -m1 -E 'invariant failed|runtime error|ERROR: AddressSanitizer' "$tmp/known.log")"
+        fi
+    done
+fi
+
+# ---- 3. Fuzz ---------------------------------------------------------------
+echo "fuzzing for ${seconds}s from $nseeds seeds"
+start=$(date +%s)
+"$bin" -max_total_time="$seconds" -timeout=60 -rss_limit_mb=3072 -max_len=4096 \
+    -error_exitcode=1 -timeout_exitcode=1 -print_final_stats=1 \
+    -artifact_prefix="$tmp/artifacts/" "$tmp/work" "$seeds" >"$tmp/fuzz.log" 2>&1
+rc=$?
+secs=$(( $(date +%s) - start ))
+grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::' "$tmp/fuzz.log"
+if [ "$rc" -ne 0 ] || grep -qE '^==[0-9]+==ERROR|runtime error:|^SUMMARY: |invariant failed' "$tmp/fuzz.log"; then
+    echo "FAIL: libFuzzer reported a problem after ${secs}s (exit $rc):"
+    grep -nE 'invariant failed|ERROR|runtime error|SUMMARY|Test unit written' "$tmp/fuzz.log" | head -20
+    tail -n 60 "$tmp/fuzz.log"
+    for a in "$tmp"/artifacts/*; do
+        [ -f "$a" ] && show_input "$a"
+    done
+    cp "$tmp/fuzz.log" "$logdir/fuzz-$name.libfuzzer.log" 2>/dev/null
+    exit 1
+fi
+grep -qE '^Done [0-9]+ runs' "$tmp/fuzz.log" || { echo "FAIL: libFuzzer did not finish its run"; tail -n 40 "$tmp/fuzz.log"; exit 1; }
+echo "PASS: $(grep -E '^Done [0-9]+ runs' "$tmp/fuzz.log"); $(ls "$tmp/work" | wc -l) new inputs found"
+exit 0
