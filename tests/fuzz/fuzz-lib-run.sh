@@ -90,6 +90,7 @@ fi
 echo "fuzzing for ${seconds}s from $nseeds seeds"
 start=$(date +%s)
 "$bin" -max_total_time="$seconds" -timeout=60 -rss_limit_mb=3072 -max_len=4096 \
+    -entropic_scale_per_exec_time=1 \
     -error_exitcode=1 -timeout_exitcode=1 -print_final_stats=1 \
     -artifact_prefix="$tmp/artifacts/" "$tmp/work" "$seeds" >"$tmp/fuzz.log" 2>&1
 rc=$?

@@ -134,7 +134,7 @@ def main():
             op(TRIM, ln(L_CLUSTERS, 1), off(A_CLUSTER, v=0, from_end=True)) + \
             op(ZERO, ln(L_CLUSTERS, 1), off(A_CLUSTER, v=1, from_end=True)) + rd(A_END_LEN)
     # Large clusters (1 in 8 inputs in fuzzing: g & 0xe0 == 0xe0).
-    for g, c in ((0xe0 + 9, 0x00), (0xe0 + 10, 0x00), (0xe0 + 14, 0x40)):
+    for g, c in ((0xe0 + 9, 0x00), (0xe0 + 10, 0x00), (0xe0 + 14, 0x60)):
         seeds[f'bigcluster-{g:02x}'] = geom(g, 0, 0, c, 0) + w(A_END_LEN, lk=L_SMALL, lv=100) + \
             w(A_CLUSTER, S_HALF, v=1) + crash(2, 5) + rd(A_END_LEN, lk=L_SMALL, lv=100)
     # Backing files: raw (probe and explicit) and QED, shorter than the image.
@@ -147,7 +147,7 @@ def main():
     r = random.Random(20261207)
     for i in range(12):
         g = r.randrange(256) & ~0x80 if i % 6 else 0xe0 | r.randrange(16)
-        data = geom(g, r.randrange(256), r.randrange(256), r.randrange(256) & ~0x40,
+        data = geom(g, r.randrange(256), r.randrange(256), r.randrange(256) & ~0x20,
                     r.getrandbits(64), r.randrange(1 << 21))
         data += b''.join(rnd_op(r) for _ in range(r.randrange(10, 40)))
         seeds[f'random-{i:02d}'] = data
