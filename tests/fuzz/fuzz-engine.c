@@ -69,7 +69,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define KiB UINT64_C(1024)
 #define MiB (KiB * 1024)
+/* The largest virtual size generated.  Build with
+ * -DSIZE_CAP='(UINT64_MAX & ~UINT64_C(511))' to try sizes past INT64_MAX,
+ * which the library must refuse (issue 11, item 1); the seeds of the
+ * largest sizes then reach the end of the 64-bit range at once. */
+#ifndef SIZE_CAP
 #define SIZE_CAP (UINT64_C(0x7fffffffffffffff) & ~UINT64_C(511)) /* 2^63 - 512 */
+#endif
 #define MAX_DATA (256 * KiB)     /* data bytes of one read or write */
 #define MAX_TABLE (1 * MiB)      /* largest table, but in one input in eight (see setup) */
 #define MAX_BACKING (2 * MiB)
@@ -978,7 +984,9 @@ static uint64_t geom_max(uint32_t cs, uint32_t ts)
         bits++;
     for (uint32_t x = cs; x > 1; x >>= 1)
         bits++;
-    return bits >= 63 ? SIZE_CAP : (uint64_t)1 << bits;
+    if (bits >= 64 || ((uint64_t)1 << bits) > SIZE_CAP)
+        return SIZE_CAP;
+    return (uint64_t)1 << bits;
 }
 
 /* The backing file: raw (any length) or QED; half of it holds data. */
@@ -1081,6 +1089,9 @@ static bool setup(struct fz_in *in)
     r = qed_create(fz_path(IMG), &co, err, sizeof(err));
     TRACE("create cs %u ts %u size %" PRIu64 " (max %" PRIu64 ") backing %s: %d\n", cs, ts,
           size, E.max, co.backing_file ? co.backing_file : "-", r);
+    /* Past INT64_MAX (only with -DSIZE_CAP=...), a refusal is right. */
+    if (r < 0 && size > (UINT64_C(0x7fffffffffffffff) & ~UINT64_C(511)))
+        return false;
     if (r < 0)
         fz_fail("qed_create of a valid geometry failed: %s", err);
     E.size = size;
