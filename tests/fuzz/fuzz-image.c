@@ -32,7 +32,10 @@
  * past the header, inside the file and overlaps neither the L1 table nor
  * another table; each data cluster such a table's entry points to, under
  * the same conditions; and anything at or past the start of B0's last,
- * partial cluster (new allocations extend the file from there).  Every byte of [0, len(B0)) outside those regions must
+ * partial cluster (new allocations extend the file from there).  And the
+ * closed image may not have more aliases (a table or data cluster that
+ * another table or cluster overlaps) than the opened one: no allocation
+ * may land on a cluster an entry already named, even one past the old end.  Every byte of [0, len(B0)) outside those regions must
  * be the same in B1, and B1 may grow past B0 by at most what the input's
  * operations could allocate.  The backing templates must be unchanged.
  * This catches a write through a corrupt entry that points at metadata or
@@ -405,6 +408,15 @@ static bool r_overlaps(uint64_t s, uint64_t e, size_t upto)
     return false;
 }
 
+/* True when a region of R starts at @at (a table already listed). */
+static bool r_is_table(uint64_t at)
+{
+    for (size_t i = 2; i < R.n; i++)
+        if (R.v[i].s == at)
+            return true;
+    return false;
+}
+
 static bool pow2(uint64_t x)
 {
     return x && !(x & (x - 1));
@@ -416,39 +428,52 @@ static bool sane_cluster(uint64_t off, uint64_t len, uint64_t cs, uint64_t hdr, 
     return off > 1 && !(off & (cs - 1)) && off >= hdr && off <= n && len <= n - off;
 }
 
-/* Fill R with the regions of @b (the image before the open) the library may write. */
-static void allowed_regions(const struct blob *b)
+/*
+ * Fill R with the regions of @b (the image before the open) the library may
+ * write.  Returns the number of aliases: tables and data clusters (aligned,
+ * past the header, inside the file) that another table or cluster of the
+ * image overlaps.
+ */
+static uint64_t allowed_regions(const struct blob *b)
 {
-    uint64_t cs, ts, hs, tb, l1, hdr, n = b->n;
+    uint64_t cs, ts, hs, tb, l1, hdr, n = b->n, aliases = 0;
     size_t meta;
 
     R.n = 0;
     r_add(0, 64);
     if (n < 64)
-        return;
+        return 0;
     cs = get32(b->p + 4);
     ts = get32(b->p + 8);
     hs = get32(b->p + 12);
     l1 = get64(b->p + 40);
     if (!pow2(cs) || cs < 4096 || cs > 64 * MiB || !pow2(ts) || ts > 16 || !hs || hs > 65536)
-        return;
+        return 0;
     tb = cs * ts;
     hdr = hs * cs;
     if (!sane_cluster(l1, tb, cs, hdr, n))
-        return;
+        return 0;
     r_add(l1, l1 + tb);
     /* L2 tables first (each must not overlap the header, L1 or another) ... */
     for (uint64_t i = 0; i < tb / 8; i++) {
         uint64_t e = get64(b->p + l1 + 8 * i);
-        if (sane_cluster(e, tb, cs, hdr, n) && !r_overlaps(e, e + tb, R.n))
+        if (!sane_cluster(e, tb, cs, hdr, n))
+            continue;
+        if (!r_overlaps(e, e + tb, R.n))
             r_add(e, e + tb);
+        else if (!r_is_table(e))
+            aliases++;   /* (two L1 entries naming one table are no alias) */
     }
     meta = R.n;
     /* ... then the data clusters their entries point to. */
     for (size_t t = 2; t < meta; t++) {
         for (uint64_t j = 0; j < tb / 8; j++) {
             uint64_t d = get64(b->p + R.v[t].s + 8 * j);
-            if (sane_cluster(d, cs, cs, hdr, n) && !r_overlaps(d, d + cs, meta))
+            if (!sane_cluster(d, cs, cs, hdr, n))
+                continue;
+            if (r_overlaps(d, d + cs, R.n))
+                aliases++;
+            else
                 r_add(d, d + cs);
         }
     }
@@ -456,6 +481,7 @@ static void allowed_regions(const struct blob *b)
      * or cluster lies wholly inside the file): allocation may start there. */
     if (n % cs)
         r_add(n / cs * cs, n);
+    return aliases;
 }
 
 static bool r_contains(uint64_t at)
@@ -470,6 +496,7 @@ static void check_confined(const struct blob *b0, uint64_t grow_bound)
 {
     struct blob b1 = slurp(IMG);
     struct blob r = slurp("b.raw"), q = slurp("b.qed");
+    uint64_t a0, a1;
 
     if (r.n != bk_raw.n || memcmp(r.p, bk_raw.p, r.n) || q.n != bk_qed.n ||
         memcmp(q.p, bk_qed.p, q.n))
@@ -477,7 +504,14 @@ static void check_confined(const struct blob *b0, uint64_t grow_bound)
     if (b1.n > b0->n + grow_bound)
         fz_fail("the image grew from %zu to %zu bytes, more than the operations could "
                 "allocate (%" PRIu64 ")", b0->n, b1.n, grow_bound);
-    allowed_regions(b0);
+    /* No allocation may alias a table or cluster the image already had
+     * (an entry that pointed past the end of the file, say): the closed
+     * image has no more aliases than the one opened. */
+    a1 = allowed_regions(&b1);
+    a0 = allowed_regions(b0);
+    if (a1 > a0)
+        fz_fail("the image had %" PRIu64 " aliased tables or clusters before and %" PRIu64
+                " after", a0, a1);
     for (size_t i = 0; i < b0->n; i++) {
         uint8_t now = i < b1.n ? b1.p[i] : 0;
         if (now != b0->p[i] && !r_contains(i))
