@@ -32,15 +32,16 @@
  * past the header, inside the file and overlaps neither the L1 table nor
  * another table; each data cluster such a table's entry points to, under
  * the same conditions; and anything at or past the start of B0's last,
- * partial cluster (new allocations extend the file from there).  And the
- * closed image may not have more aliases (a table or data cluster that
- * another table or cluster overlaps) than the opened one: no allocation
- * may land on a cluster an entry already named, even one past the old end.  Every byte of [0, len(B0)) outside those regions must
- * be the same in B1, and B1 may grow past B0 by at most what the input's
- * operations could allocate.  The backing templates must be unchanged.
- * This catches a write through a corrupt entry that points at metadata or
- * at a cluster nothing owns, whichever code path wrote it (requests, repair,
- * header updates), because it compares file contents, not I/O calls.
+ * partial cluster (new allocations extend the file from there).  Every
+ * byte of [0, len(B0)) outside those regions must be the same in B1, and
+ * B1 may grow past B0 by at most what the input's operations could
+ * allocate.  The backing templates must be unchanged.  This catches a
+ * write through a corrupt entry that points at metadata or at a cluster
+ * nothing owns, whichever code path wrote it (requests, repair, header
+ * updates), because it compares file contents, not I/O calls.  And B1 may
+ * not have more aliases (a table or data cluster that another table or
+ * cluster overlaps) than B0: no allocation may land on a cluster an entry
+ * already named, even one past the old end.
  */
 #include "config.h"
 
