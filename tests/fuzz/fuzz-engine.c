@@ -86,6 +86,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define TRACE(...) do { if (fz_verbose) fprintf(stderr, __VA_ARGS__); } while (0)
 
+/* Counters (QEDNBD_FUZZ_STATS) */
+enum { ST_INPUTS, ST_READS, ST_WRITES, ST_BSTATUS, ST_REOPENS, ST_CRASHES };
+
 /* ---- Data patterns ------------------------------------------------------- */
 
 static uint64_t mix64(uint64_t x)
@@ -471,8 +474,10 @@ static void do_read(uint64_t off, size_t len, const char *when)
     if (!ok && len && r == 0)
         fz_fail("read at %" PRIu64 " +%zu past the end (size %" PRIu64 ") succeeded", off, len,
                 E.size);
-    if (r == 0)
+    if (r == 0 && len) {
         m_check_read(off, buf, len, when);
+        fz_stats[ST_READS]++;
+    }
     free(buf);
 }
 
@@ -494,6 +499,7 @@ static void do_write(uint64_t off, size_t len, unsigned flags)
         fz_fail("write at %" PRIu64 " +%zu past the end (size %" PRIu64 ") succeeded", off, len,
                 E.size);
     if (r == 0 && len) {
+        fz_stats[ST_WRITES]++;
         m_set(off, off + len, MK_DATA, seed);
         if (!(flags & QED_REQ_FUA))
             dirty_add(off, off + len);
@@ -591,6 +597,7 @@ static void do_block_status(uint64_t off, uint64_t len, size_t max)
                     x->start, x->length, x->depth, x->present ? "" : " (not present)", bad);
         pos += x->length;
     }
+    fz_stats[ST_BSTATUS]++;
 }
 
 static void do_resize(uint64_t want)
@@ -719,6 +726,7 @@ static void do_reopen(void)
     struct qed_info info;
 
     TRACE("close and reopen\n");
+    fz_stats[ST_REOPENS]++;
     close_image();
     open_image("reopen after a clean close");
     qed_get_info(E.img, &info);
@@ -805,6 +813,7 @@ static void do_crash(struct fz_in *in)
     close_image();
     if (rename(fz_path(CRASH_TMP), fz_path(IMG)) < 0)
         fz_fail("rename: %s", strerror(errno));
+    fz_stats[ST_CRASHES]++;
     open_image("reopen after a crash");
 
     /* What was not durable may read as anything; the size is one taken since. */
@@ -1123,6 +1132,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     fz_verbose = v ? atoi(v) : 0;
     qed_set_log(fz_log_cb, NULL, fz_verbose >= 2 ? QED_LOG_DEBUG : QED_LOG_INFO);
     fz_make_dir("fuzz-engine");
+    fz_stat_names[ST_INPUTS] = "inputs";
+    fz_stat_names[ST_READS] = "reads_checked";
+    fz_stat_names[ST_WRITES] = "writes";
+    fz_stat_names[ST_BSTATUS] = "block_status_checked";
+    fz_stat_names[ST_REOPENS] = "reopens";
+    fz_stat_names[ST_CRASHES] = "crashes";
     E.loop = ev_loop_new(EVFLAG_AUTO);
     if (!E.loop || qed_aio_new(E.loop, QED_AIO_TEST, &E.aio) < 0) {
         fprintf(stderr, "fuzz-engine: cannot set up the loop and the test I/O engine\n");
@@ -1139,6 +1154,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     fz_log_pos = 0;
     fz_clean_dir();
+    fz_stats[ST_INPUTS]++;
     if (setup(&in)) {
         for (unsigned i = 0; i < MAX_OPS && in.n; i++)
             one_op(&in);

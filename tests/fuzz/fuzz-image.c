@@ -67,6 +67,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define TRACE(...) do { if (fz_verbose) fprintf(stderr, __VA_ARGS__); } while (0)
 
+/* Counters (QEDNBD_FUZZ_STATS) */
+enum { ST_INPUTS, ST_OPENS, ST_OPS_OK, ST_CORRUPT, ST_CHANGED };
+
 struct blob {
     uint8_t *p;
     size_t n;
@@ -513,6 +516,8 @@ static void check_confined(const struct blob *b0, uint64_t grow_bound)
     if (a1 > a0)
         fz_fail("the image had %" PRIu64 " aliased tables or clusters before and %" PRIu64
                 " after", a0, a1);
+    if (b1.n != b0->n || memcmp(b1.p, b0->p, b0->n))
+        fz_stats[ST_CHANGED]++;
     for (size_t i = 0; i < b0->n; i++) {
         uint8_t now = i < b1.n ? b1.p[i] : 0;
         if (now != b0->p[i] && !r_contains(i))
@@ -558,6 +563,8 @@ static void op_open(struct run *u, bool ro)
     TRACE("open %s = %d %s\n", ro ? "ro" : "rw", r, r < 0 ? err : "");
     if (r < 0)
         u->img = NULL;
+    else
+        fz_stats[ST_OPENS]++;
 }
 
 static void op_check(struct run *u, bool repair)
@@ -569,6 +576,8 @@ static void op_check(struct run *u, bool repair)
     r = qed_check(u->img, repair, &res);
     TRACE("check%s = %d: %" PRIu64 " corruptions, %" PRIu64 " fixed, %" PRIu64 " leaks\n",
           repair ? " -r" : "", r, res.corruptions, res.corruptions_fixed, res.leaks);
+    if (res.corruptions)
+        fz_stats[ST_CORRUPT]++;
     if (repair && r == 0 && !qed_is_read_only(u->img)) {
         /* After a repair, a second check must find nothing left to repair. */
         struct qed_check_result again;
@@ -636,6 +645,8 @@ static void one_op(struct fz_in *in, struct run *u, const struct tmpl *t)
         return;
     }
     TRACE("op %u at %" PRIu64 " +%" PRIu64 " = %d\n", op % 10, off, len, r);
+    if (r == 0)
+        fz_stats[ST_OPS_OK]++;
 }
 
 /* ---- Entry points ------------------------------------------------------------- */
@@ -649,6 +660,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     fz_verbose = v ? atoi(v) : 0;
     qed_set_log(fz_log_cb, NULL, fz_verbose >= 2 ? QED_LOG_DEBUG : QED_LOG_INFO);
     fz_make_dir("fuzz-image");
+    fz_stat_names[ST_INPUTS] = "inputs";
+    fz_stat_names[ST_OPENS] = "opens";
+    fz_stat_names[ST_OPS_OK] = "ops_ok";
+    fz_stat_names[ST_CORRUPT] = "corrupt_checks";
+    fz_stat_names[ST_CHANGED] = "images_changed";
     loop = ev_loop_new(EVFLAG_AUTO);
     if (!loop || qed_aio_new(loop, QED_AIO_TEST, &aio) < 0) {
         fprintf(stderr, "fuzz-image: cannot set up the loop and the test I/O engine\n");
@@ -670,6 +686,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!b.p)
         fz_fail("out of memory");
     fz_log_pos = 0;
+    fz_stats[ST_INPUTS]++;
     memcpy(b.p, t->b.p, b.n);
     for (unsigned i = 0; i < MAX_MUT && mutate(&in, t, &b); i++)
         ;

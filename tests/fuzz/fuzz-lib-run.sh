@@ -3,7 +3,10 @@
 # `make check` (issue 11); fuzz-engine-run.sh and fuzz-image-run.sh call it.
 #
 # 1. Replays every seed of tests/fuzz/corpus-NAME/ once: each must pass (a
-#    seed that fails is a regression).
+#    seed that fails is a regression), and together they must reach the
+#    library (reads checked against the model, crashes simulated, images
+#    opened, changed and found corrupt: counters the target writes to
+#    $QEDNBD_FUZZ_STATS).
 # 2. Replays each input of tests/fuzz/known-NAME/ (reproducers of bugs found
 #    by the fuzzer and not fixed yet, see README.md) in a process of its own:
 #    one that still fails is reported as a known failure; one that passes
@@ -61,7 +64,7 @@ mapfile -t files < <(find "$seeds" -type f | sort)
 nseeds=${#files[@]}
 [ "$nseeds" -ge 20 ] || { echo "FAIL: only $nseeds seeds in $seeds (expected at least 20)"; exit 1; }
 start=$(date +%s)
-"$bin" -timeout=60 "${files[@]}" >"$tmp/replay.log" 2>&1
+QEDNBD_FUZZ_STATS=$tmp/stats "$bin" -timeout=60 "${files[@]}" >"$tmp/replay.log" 2>&1
 rc=$?
 if [ "$rc" -ne 0 ]; then
     echo "FAIL: replaying the seed corpus failed (exit $rc):"
@@ -71,7 +74,21 @@ if [ "$rc" -ne 0 ]; then
 fi
 ran=$(grep -c '^Executed ' "$tmp/replay.log")
 [ "$ran" -eq "$nseeds" ] || { echo "FAIL: $nseeds seeds but $ran ran"; exit 1; }
-echo "seed replay: $nseeds seeds passed in $(( $(date +%s) - start ))s"
+echo "seed replay: $nseeds seeds passed in $(( $(date +%s) - start ))s: $(cat "$tmp/stats")"
+# The seeds must drive the library, not just pass: a harness that lost its
+# way (an input format change without new seeds) fails here.
+stat() { grep -oE "(^| )$1=[0-9]+" "$tmp/stats" | sed 's/.*=//'; }
+need() {
+    local v
+    v=$(stat "$1")
+    [ "${v:-0}" -ge "$2" ] || { echo "FAIL: the seeds gave $1=${v:-0}, expected at least $2"; exit 1; }
+}
+case $name in
+engine) need reads_checked "$nseeds"; need writes "$nseeds"; need crashes 20; need reopens 10
+        need block_status_checked 5 ;;
+image)  need opens $((nseeds / 2)); need ops_ok $((nseeds * 3)); need images_changed 10
+        need corrupt_checks 10 ;;
+esac
 
 # ---- 2. Known failures --------------------------------------------------------
 if [ -d "$known" ]; then
