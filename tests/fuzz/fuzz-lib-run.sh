@@ -41,11 +41,15 @@ if [ ! -x "$bin" ]; then
 fi
 [ -d "$seeds" ] || { echo "FAIL: no seed corpus at $seeds"; exit 1; }
 
+# Images on tmpfs cost no disk I/O (the target writes and reopens several
+# per input).
 base=${TMPDIR:-/tmp}
+[ -d /dev/shm ] && [ -w /dev/shm ] && base=/dev/shm
 tmp=$(mktemp -d "$base/qednbd-fuzz-$name.XXXXXX") || { echo "FAIL: mktemp"; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/work" "$tmp/artifacts"
-# The target makes its own private directory under /dev/shm (or $TMPDIR).
+# The target makes its private directory in $TMPDIR; a crash leaves it
+# behind, and the trap removes it with $tmp.
 export TMPDIR=$tmp
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}
 export ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=64${ASAN_OPTIONS:+:$ASAN_OPTIONS}

@@ -150,17 +150,19 @@ static void fz_rm_dir(void)
 }
 
 /*
- * Make a private directory for this process under /dev/shm (tmpfs: no disk
- * I/O, and the library's memory fast path is on) or $TMPDIR; every file the
+ * Make a private directory for this process under $TMPDIR, or /dev/shm
+ * (tmpfs: no disk I/O) when TMPDIR is not set, or /tmp; every file the
  * target makes or opens is in it (fz_path).  Removed at exit.  Why no chdir
  * into it: libFuzzer opens the corpus and input paths given on the command
  * line after LLVMFuzzerInitialize, relative to the caller's directory.
+ * A crash (abort) leaves the directory behind: fuzz-lib-run.sh points
+ * TMPDIR at a directory of its own, which it removes.
  */
 static void fz_make_dir(const char *what)
 {
     const char *base = getenv("TMPDIR");
 
-    if (access("/dev/shm", W_OK) == 0)
+    if ((!base || !*base) && access("/dev/shm", W_OK) == 0)
         base = "/dev/shm";
     if (!base || !*base)
         base = "/tmp";
