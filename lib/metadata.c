@@ -174,4 +174,7 @@ void qed_meta_free(struct qed_image *img)
     img->meta_tables = NULL;
     img->meta_scanned = NULL;
     img->bogus = NULL;
+    /* A repair frees and re-runs qed_meta_init on an open image: a count
+     * left behind would make the next bogus_add write through NULL. */
+    img->nbogus = img->bogus_cap = 0;
 }
