@@ -127,6 +127,7 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
     const struct qed_geom *g = &img->g;
     struct check c = {.img = img, .res = res, .repair = repair};
     uint64_t *t = NULL, *l1 = NULL;
+    uint8_t *tocheck = NULL;
     bool l1_dirty = false;
     int r = 0;
 
@@ -151,7 +152,18 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
     }
     mark_used(&c, 0, img->h.header_size);
     mark_used(&c, img->h.l1_table_offset, g->table_size);
-
+    /* Why two passes: every L2 table is marked used before any data entry
+     * is.  In one pass, a data entry of an earlier table that names a later
+     * table's cluster marked it first; the table was then taken for the
+     * duplicate and its own entries went unchecked, so an entry of it past
+     * the end of the file survived a repair and, once the file grew, named
+     * another cluster's data (found by tests/fuzz/fuzz-image). */
+    tocheck = calloc(1, g->table_entries / 8 + 1);
+    if (!tocheck) {
+        res->check_errors++;
+        r = -ENOMEM;
+        goto out;
+    }
     for (uint64_t i = 0; i < g->table_entries; i++) {
         uint64_t off = le64toh(l1[i]);
         if (off == 0)
@@ -175,7 +187,12 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
             res->corruptions++;
             continue;
         }
-        r = check_l2(&c, i, off, t);
+        tocheck[i / 8] |= (uint8_t)(1u << (i % 8)); /* a table to check in pass 2 */
+    }
+    for (uint64_t i = 0; i < g->table_entries; i++) {
+        if (!(tocheck[i / 8] & (1u << (i % 8))))
+            continue;
+        r = check_l2(&c, i, le64toh(l1[i]), t);
         if (r < 0)
             goto out;
     }
@@ -229,6 +246,7 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
     }
 
 out:
+    free(tocheck);
     free(c.used);
     free(t);
     free(l1);

@@ -1293,6 +1293,7 @@ static bool step_run(struct qed_req *r)
         return false;
     }
     if (r->l2 && r->type != REQ_READ && r->type != REQ_BSTATUS &&
+        r->l2->offset >= img->h.l1_table_offset &&
         r->l2->offset - img->h.l1_table_offset < img->g.table_bytes) {
         /* A corrupt L1 entry names the L1 table as an L2 table: reading
          * through it is harmless, but an update would overwrite L1. */

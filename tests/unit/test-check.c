@@ -1226,3 +1226,39 @@ Test(check, read_of_disabled_entry_logs_the_value_on_disk)
               logbuf);
     cr_assert_eq(qed_close(img), 0);
 }
+
+/* A data entry of table A names table B's cluster, and B has an entry past
+ * the end of the file.  B must still be checked: the check once marked B's
+ * cluster used through A's entry first, took B itself for the duplicate and
+ * never looked at its entries, so the past-EOF entry survived every repair
+ * and, once the file grew, named another cluster's data (tests/fuzz
+ * fuzz-image found it). */
+static void build_entry_naming_a_table(uint64_t *bad)
+{
+    static const uint64_t runs[][2] = {{0, 2}, {COVER / CS, 1}};
+    build(runs, 2);
+    uint64_t table_b = l1(1);
+    cr_assert_neq(table_b, 0);
+    wr64(l2_at(0, 1), table_b);             /* A's second entry names table B */
+    *bad = (fsize() & ~(uint64_t)(CS - 1)) + 8 * CS;
+    wr64(l2_at(1, 0), *bad);                /* B's first entry: past the end */
+}
+
+Test(check, table_named_by_a_data_entry_still_has_its_entries_checked)
+{
+    uint64_t bad;
+    build_entry_naming_a_table(&bad);
+    struct qed_check_result r = check_ro();
+    cr_assert_eq(r.repairable, 1, "B's past-EOF entry was not seen: repairable %" PRIu64,
+                 r.repairable);
+    cr_assert_eq(r.corruptions, 2, "A's entry (a cluster referenced twice) and B's entry");
+    expect_rw_refused("1 invalid table entry");
+}
+
+Test(check, table_named_by_a_data_entry_is_repaired)
+{
+    uint64_t bad;
+    build_entry_naming_a_table(&bad);
+    repair();
+    cr_assert_eq(l2(1, 0), 0, "B's past-EOF entry survived the repair");
+}
