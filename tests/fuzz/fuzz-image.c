@@ -553,14 +553,20 @@ struct run {
     uint64_t grow;        /* how much the operations could make the file grow */
 };
 
-static void op_open(struct run *u, bool ro)
+/* Open read-only or read-write; @repair: read-write, zero the invalid
+ * entries of an image marked clean (what `qed-img check -r` asks), which a
+ * plain read-write open refuses with -EUCLEAN (issue 11, item 7). */
+static void op_open(struct run *u, bool ro, bool repair)
 {
     char err[512];
     int r;
 
     u->oo.read_only = ro;
+    u->oo.repair_corrupt = !ro && repair;
     r = qed_open(aio, fz_path(IMG), &u->oo, &u->img, err, sizeof(err));
-    TRACE("open %s = %d %s\n", ro ? "ro" : "rw", r, r < 0 ? err : "");
+    TRACE("open %s = %d %s\n", ro ? "ro" : repair ? "rw repair" : "rw", r, r < 0 ? err : "");
+    if (r == -EUCLEAN && (ro || repair))
+        fz_fail("open %s refused the image as corrupt: %s", ro ? "read-only" : "with repair", err);
     if (r < 0)
         u->img = NULL;
     else
@@ -597,7 +603,7 @@ static void one_op(struct fz_in *in, struct run *u, const struct tmpl *t)
     int r = 0;
 
     if (!u->img) {
-        op_open(u, op & 1);
+        op_open(u, op & 1, op & 2);
         return;
     }
     off = pick_off(in, u->img, t);
@@ -695,7 +701,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     u.oo.l2_cache_tables = 2;
     u.oo.clean_delay_ms = 1;
-    op_open(&u, fz_u8(&in) & 1);
+    uint8_t how = fz_u8(&in);
+    op_open(&u, how & 1, how & 2);
     if (u.img)
         op_check(&u, false);
     for (; nops < MAX_OPS && in.n; nops++)

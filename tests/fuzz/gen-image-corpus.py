@@ -86,8 +86,11 @@ STD_OPS = (op(READ, 1, 0, 8191) + op(READ, 1, 5, 300) + op(WRITE, 1, 1, 5000) +
            op(CHECK | 0x10))
 
 
-def seed(tmpl, muts, rw=True, ops=STD_OPS):
-    return bytes([tmpl]) + b''.join(muts) + bytes([M_END, 0 if rw else 1]) + ops
+def seed(tmpl, muts, rw=True, ops=STD_OPS, repair=False):
+    """repair: the first open is read-write with qed_open_opts.repair_corrupt
+    (a clean image with invalid entries is refused read-write without it)."""
+    how = (0 if rw else 1) | (2 if repair else 0)
+    return bytes([tmpl]) + b''.join(muts) + bytes([M_END, how]) + ops
 
 
 # Reproducers of bugs not fixed yet: none.  (The l1-to-l1 and l2-aliases
@@ -112,6 +115,7 @@ def main():
                                          l2(0, 3, 'up'), l2(0, 4, 'cs_p512')])
         s[f't{t}-l2-huge'] = seed(t, [l2(0, 0, 'p63'), l2(0, 1, 'max_m_cs'), l2(0, 2, 'max'),
                                       l2(0, 5, 'far')])
+        s[f't{t}-l1-past-eof-repair'] = seed(t, [l1(0, 'up_p_cs')], repair=True)
         s[f't{t}-dirty-bad-entries'] = seed(t, [feat(NEED_CHECK_BIT), l2(0, 1, 'up_p_cs'), l1(3, 'far')])
     s['hdr-size-huge'] = seed(0, [hdr('size', 'max512')])
     s['hdr-size-cap'] = seed(1, [hdr('size', 'cap')])
