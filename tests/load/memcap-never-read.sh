@@ -378,7 +378,11 @@ def test_handshake(server):
 
 def test_all(server):
     test_handshake(server)
-    test(Server(server.tmp))
+    second = Server(server.tmp)
+    try:
+        test(second)
+    finally:
+        second.kill()   # run() kills only the first server when a check fails
 
 
 baseline = 0
