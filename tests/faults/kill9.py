@@ -446,7 +446,12 @@ class Killer:
         block behind the server's back (with qemu-io, while it is down) and
         expect the next verification to name that block."""
         sh = self.shadow
-        cands = [b for b, v in sh.acked.items() if v > 0 and v not in sh.zero_versions]
+        # Only a block none of whose possible versions reads as zeros: a
+        # block acknowledged but not yet flushed may still hold version 0
+        # (never written) or a write-zeroes, and then zeros are a right
+        # answer, not damage the verification should name.
+        cands = [b for b, v in sh.acked.items() if v > 0 and v not in sh.zero_versions and
+                 all(x > 0 and x not in sh.zero_versions for x in sh.allowed(b, 0))]
         if not cands:
             raise Fail("self-check: no acknowledged data block to damage")
         b = self.rng.choice(cands)
