@@ -102,7 +102,7 @@
 
 #include <ev.h>
 
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed-image.h" /* group commit counters */
 #include "qed.h"
 

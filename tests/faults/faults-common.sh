@@ -31,7 +31,7 @@ MOUNTED=
 export FAULTS_PIDFILE="$tmp/server.pids"
 export PYTHONDONTWRITEBYTECODE=1
 # The shim holds and delays file I/O calls; with TMPDIR on tmpfs qednbd would
-# run them on its loop thread (lib/aio.c, memory files), and a held call would
+# run them on its loop thread (lib/io/aio.c, memory files), and a held call would
 # stop the whole server.  These tests are about the I/O path through the
 # backend, so keep every call there -- except when memfs-images.sh runs one
 # of the tests that hold nothing (kill9.sh, fulldisk.sh) to cover that path.

@@ -61,7 +61,7 @@
 
 #include "fuzz-model.h"
 #include "fuzz-util.h"
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed-image.h"
 #include "qed.h"
 

@@ -52,7 +52,7 @@
 #include <ev.h>
 
 #include "fuzz-util.h"
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);

@@ -31,10 +31,11 @@ UIO := -fsanitize=unsigned-integer-overflow -fno-sanitize-recover=unsigned-integ
 	-fsanitize-ignorelist=$(FUZZDIR)/uio-ignore.txt
 CFLAGS_FUZZ := -std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link $(SAN) \
 	-Wall -Wno-unused-parameter -MMD -MP
-CPPFLAGS_FUZZ := -I$(top_builddir) -I$(top_srcdir)/lib -I$(FUZZDIR) $(DEP_CFLAGS)
+CPPFLAGS_FUZZ := -I$(top_builddir) -I$(top_srcdir)/lib/include -I$(top_srcdir)/lib/format -I$(top_srcdir)/lib/io -I$(top_srcdir)/lib/engine -I$(FUZZDIR) $(DEP_CFLAGS)
 
-LIB_SRCS := $(sort $(wildcard $(top_srcdir)/lib/*.c))
-LIB_OBJS := $(patsubst $(top_srcdir)/lib/%.c,$(OBJDIR)/lib-%.o,$(LIB_SRCS))
+LIB_SRCS := $(sort $(wildcard $(top_srcdir)/lib/*/*.c))
+# Objects keep the folder: $(OBJDIR)/lib/engine/check.o
+LIB_OBJS := $(patsubst $(top_srcdir)/lib/%.c,$(OBJDIR)/lib/%.o,$(LIB_SRCS))
 TARGETS := $(OUTDIR)/fuzz-engine $(OUTDIR)/fuzz-image
 
 all: $(TARGETS)
@@ -47,11 +48,12 @@ $(OUTDIR)/fuzz-%: $(LIB_OBJS) $(OBJDIR)/fuzz-%.o
 # walks the whole L1 table (up to 8 Mi entries) and each table it finds, and
 # libFuzzer's hook on each comparison there took most of the engine target's
 # time.  Their branches stay instrumented.
-NOCMP_FILES := check metadata
-$(foreach f,$(NOCMP_FILES),$(OBJDIR)/lib-$(f).o): NOCMP := -fno-sanitize-coverage=trace-cmp
+NOCMP_FILES := engine/check engine/metadata
+$(foreach f,$(NOCMP_FILES),$(OBJDIR)/lib/$(f).o): NOCMP := -fno-sanitize-coverage=trace-cmp
 
-$(OBJDIR)/lib-%.o: $(top_srcdir)/lib/%.c $(FUZZDIR)/uio-ignore.txt $(FUZZDIR)/fuzz-lib.mk | $(OBJDIR)
+$(OBJDIR)/lib/%.o: $(top_srcdir)/lib/%.c $(FUZZDIR)/uio-ignore.txt $(FUZZDIR)/fuzz-lib.mk | $(OBJDIR)
 	@echo "  CLANG    $@"
+	@mkdir -p $(@D)
 	@$(CLANG) $(CPPFLAGS_FUZZ) $(CFLAGS_FUZZ) $(UIO) $(NOCMP) -c -o $@ $<
 
 $(OBJDIR)/fuzz-%.o: $(FUZZDIR)/fuzz-%.c | $(OBJDIR)

@@ -56,7 +56,7 @@
 #include <ev.h>
 
 #include "qed.h"
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "conn.h"
 
 #define FUZZ_IMAGE_SIZE (4u * 1024 * 1024)

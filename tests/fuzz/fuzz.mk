@@ -27,30 +27,34 @@ DEP_CFLAGS ?=
 SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 CFLAGS_FUZZ := -std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link $(SAN) \
 	-Wall -Wno-unused-parameter -MMD -MP
-CPPFLAGS_FUZZ := -I$(top_builddir) -I$(top_srcdir)/lib -I$(top_srcdir)/server $(DEP_CFLAGS)
+CPPFLAGS_FUZZ := -I$(top_builddir) -I$(top_srcdir)/lib/include -I$(top_srcdir)/lib/format -I$(top_srcdir)/lib/io -I$(top_srcdir)/lib/engine -I$(top_srcdir)/server $(addprefix -I,$(wildcard $(top_srcdir)/server/*/)) $(DEP_CFLAGS)
 
-LIB_SRCS := $(sort $(wildcard $(top_srcdir)/lib/*.c))
-SRV_SRCS := $(filter-out %/main.c,$(sort $(wildcard $(top_srcdir)/server/*.c)))
-LIB_OBJS := $(patsubst $(top_srcdir)/lib/%.c,$(OBJDIR)/lib-%.o,$(LIB_SRCS))
-SRV_OBJS := $(patsubst $(top_srcdir)/server/%.c,$(OBJDIR)/srv-%.o,$(SRV_SRCS))
-OBJS := $(LIB_OBJS) $(SRV_OBJS) $(OBJDIR)/srv-main.o $(OBJDIR)/fuzz-nbd.o
+LIB_SRCS := $(sort $(wildcard $(top_srcdir)/lib/*/*.c))
+SRV_SRCS := $(filter-out %/server/main.c,$(sort $(wildcard $(top_srcdir)/server/*.c $(top_srcdir)/server/*/*.c)))
+# Objects keep the folder: $(OBJDIR)/lib/engine/check.o, $(OBJDIR)/srv/net/conn.o
+LIB_OBJS := $(patsubst $(top_srcdir)/lib/%.c,$(OBJDIR)/lib/%.o,$(LIB_SRCS))
+SRV_OBJS := $(patsubst $(top_srcdir)/server/%.c,$(OBJDIR)/srv/%.o,$(SRV_SRCS))
+OBJS := $(LIB_OBJS) $(SRV_OBJS) $(OBJDIR)/srv/main.o $(OBJDIR)/fuzz-nbd.o
 
 $(OUT): $(OBJS)
 	@echo "  CLANG-LD $@"
 	@$(CLANG) -fsanitize=fuzzer $(SAN) -o $@ $(OBJS) $(LIBS)
 
-$(OBJDIR)/lib-%.o: $(top_srcdir)/lib/%.c | $(OBJDIR)
+$(OBJDIR)/lib/%.o: $(top_srcdir)/lib/%.c | $(OBJDIR)
 	@echo "  CLANG    $@"
+	@mkdir -p $(@D)
 	@$(CLANG) $(CPPFLAGS_FUZZ) $(CFLAGS_FUZZ) -c -o $@ $<
 
-$(OBJDIR)/srv-%.o: $(top_srcdir)/server/%.c | $(OBJDIR)
+$(OBJDIR)/srv/%.o: $(top_srcdir)/server/%.c | $(OBJDIR)
 	@echo "  CLANG    $@"
+	@mkdir -p $(@D)
 	@$(CLANG) $(CPPFLAGS_FUZZ) $(CFLAGS_FUZZ) -c -o $@ $<
 
 # main.c provides srv, srv_find_export and srv_conn_gone; its main() is
 # renamed out of libFuzzer's way (the harness never calls it).
-$(OBJDIR)/srv-main.o: $(top_srcdir)/server/main.c | $(OBJDIR)
+$(OBJDIR)/srv/main.o: $(top_srcdir)/server/main.c | $(OBJDIR)
 	@echo "  CLANG    $@"
+	@mkdir -p $(@D)
 	@$(CLANG) $(CPPFLAGS_FUZZ) $(CFLAGS_FUZZ) -Dmain=qednbd_main -Wno-missing-prototypes \
 		-c -o $@ $<
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Images on tmpfs.  There qednbd runs file I/O of up to 128 KiB on its loop
-# thread instead of handing it to io_uring (lib/aio.c, "I/O on memory
+# thread instead of handing it to io_uring (lib/io/aio.c, "I/O on memory
 # files"), a path the other tests, with images in /tmp, do not take.  This
 # runs the server tests that check data end to end again with TMPDIR on
 # /dev/shm: qemu-io patterns, fio with verification over two connections and

@@ -1,6 +1,6 @@
 /*
  * engine-fixture.h - what the engine tests that drive lib/ directly share:
- * a private event loop with the test I/O backend (qed-aio-test.h), a private
+ * a private event loop with the test I/O backend (qed-io-test.h), a private
  * temporary directory removed with everything in it, and a log callback that
  * drops the messages a test provokes on purpose.  Header-only: each test
  * program includes it once.
@@ -18,7 +18,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed.h"
 
 struct engine_fixture {

@@ -1,6 +1,6 @@
 /*
  * test-aio.c - unit tests of the I/O engine backends (io_uring, thread pool,
- * test backend) through the qed-aio.h interface.
+ * test backend) through the qed-io.h interface.
  *
  * Every test builds its own libev loop and engine, works on a temp file under
  * /tmp, and drives the loop with ev_run(loop, EVRUN_ONCE) until the expected
@@ -32,8 +32,8 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
-#include "qed-aio.h"
-#include "qed-aio-test.h"
+#include "qed-io.h"
+#include "qed-io-test.h"
 
 #define MAX_LOOP_TURNS 200000
 #define WATCHDOG_SECONDS 30.0
@@ -224,7 +224,7 @@ static void pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
 
 static const char *expected_name(enum qed_aio_backend kind)
 {
-    switch (kind) {
+    switch ((int)kind) { /* QED_AIO_TEST is outside the public enum */
     case QED_AIO_URING:
         return "io_uring";
     case QED_AIO_THREADS:

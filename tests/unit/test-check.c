@@ -35,7 +35,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
-#include "qed-internal.h"
+#include "qed-image.h"
 
 #define CS 4096u
 #define TS 2u
@@ -296,7 +296,7 @@ static struct qed_check_result check_ro(void)
 /*
  * Check and repair the way `qed-img check -r` does: look read-only first,
  * then open read-write asking for repair and run qed_check with repair.
- * That open already repairs invalid entries itself (lib/image.c), so the
+ * That open already repairs invalid entries itself (lib/engine/image.c), so the
  * repair may happen there or in qed_check: the result counts the
  * corruptions seen before, and as fixed every one that is gone afterwards
  * (or that qed_check reports fixing).
@@ -514,7 +514,7 @@ Test(check, l2_entry_inside_header_repaired)
 /*
  * Regression test: when the table had to be loaded first, the lookup that
  * finds the corrupt entry runs outside the submit call, so finishing the
- * request frees it at once; step() in lib/request.c used to read r->state
+ * request frees it at once; step() in lib/engine/request.c used to read r->state
  * from the freed request afterwards (a hang without ASan).  The short
  * timeout turns such a hang into a quick failure.
  */
@@ -1091,7 +1091,7 @@ Test(check, fragmented_counted_per_l2_table_like_qemu)
     if (have_qemu())
         cr_assert_eq(qemu_count("fragmented-clusters"), 1, "QEMU's own count changed");
     cr_assert_eq(r.fragmented_clusters, 1,
-                 "lib/check.c counts %" PRIu64 " fragmented clusters, qemu-img check counts 1: "
+                 "lib/engine/check.c counts %" PRIu64 " fragmented clusters, qemu-img check counts 1: "
                  "the previous-cluster tracker must restart at each L2 table",
                  r.fragmented_clusters);
 }

@@ -1,5 +1,5 @@
 /*
- * test-flush-latch.c - a failed flush is not forgotten (lib/image.c,
+ * test-flush-latch.c - a failed flush is not forgotten (lib/engine/image.c,
  * qed_image_flush_result).
  *
  * Linux reports a lost write-back once, to whichever fdatasync comes next.
@@ -33,7 +33,7 @@
 #include <ev.h>
 
 #include "engine-fixture.h"
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed-image.h"
 
 /* fdatasync() as the library calls it outside the I/O engine (qed_check's

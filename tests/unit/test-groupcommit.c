@@ -1,5 +1,5 @@
 /*
- * test-groupcommit.c - group commit of allocating writes (lib/request.c).
+ * test-groupcommit.c - group commit of allocating writes (lib/engine/request.c).
  *
  * Images with 4 KiB clusters and table size 1: one L2 table (4 KiB, 512
  * entries) maps 2 MiB.  A warm-up write creates the tables the test needs,
@@ -38,7 +38,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed-image.h"
 
 #define KiB 1024ull

@@ -18,7 +18,7 @@
 
 #include <criterion/criterion.h>
 
-#include "qed-internal.h"
+#include "qed-image.h"
 
 #define NAME "t.qed"
 #define KiB 1024ull

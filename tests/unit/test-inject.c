@@ -43,7 +43,7 @@
 #include <criterion/logging.h>
 #include <ev.h>
 
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed-image.h"
 
 #define KiB 1024ull

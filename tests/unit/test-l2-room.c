@@ -1,6 +1,6 @@
 /*
  * test-l2-room.c - requests waiting for room in a bounded L2 cache
- * (lib/request.c RS_L2_ROOM_WAIT, lib/l2-cache.c "Memory bound").
+ * (lib/engine/request.c RS_L2_ROOM_WAIT, lib/engine/l2-cache.c "Memory bound").
  *
  * With a cache of one or two tables, requests that need other tables wait
  * until one is released.  These tests check that:
@@ -25,7 +25,7 @@
 #include <ev.h>
 
 #include "engine-fixture.h"
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed-image.h"
 
 #define KiB 1024ull

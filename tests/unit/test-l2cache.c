@@ -33,7 +33,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed-image.h"
 
 /* ---- free() tracking ---- */

@@ -32,7 +32,7 @@
 
 #include "checked.h"
 #include "engine-fixture.h"
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed-image.h"
 
 #define KiB 1024ull

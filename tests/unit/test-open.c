@@ -29,7 +29,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
-#include "qed-internal.h"
+#include "qed-image.h"
 
 #define KiB 1024ull
 #define MiB (1024ull * 1024)
@@ -381,7 +381,7 @@ Test(open, create_size_near_uint64_max_refused)
 
 /*
  * Every too-large size names the maximum, including one so large that
- * rounding it up to 512 would overflow (lib/image.c, qed_create).
+ * rounding it up to 512 would overflow (lib/engine/image.c, qed_create).
  */
 Test(open, create_size_near_uint64_max_names_maximum)
 {

@@ -1,10 +1,10 @@
 /*
- * test-requests.c - unit tests of the request state machines (lib/request.c):
+ * test-requests.c - unit tests of the request state machines (lib/engine/request.c):
  * read, write, write zeroes, discard, flush, FUA, block status, resize,
  * argument checks, callback delivery rules, completion order, overlapping
  * allocating writes, reads racing allocations, and NEED_CHECK handling.
  *
- * Every test gets its own libev loop, a test I/O engine (qed-aio-test.h) and
+ * Every test gets its own libev loop, a test I/O engine (qed-io-test.h) and
  * a scratch directory.  Tests where the order of I/O completions matters put
  * the engine in manual mode and complete the held I/Os themselves (oldest
  * first, newest first, or in a seeded random order); the others use auto
@@ -34,7 +34,7 @@
 #include <criterion/logging.h>
 #include <ev.h>
 
-#include "qed-aio-test.h"
+#include "qed-io-test.h"
 #include "qed-image.h"
 
 #define KiB 1024ull

@@ -1,18 +1,25 @@
 /*
- * qed-aio-test.h - control of the test I/O backend (QED_AIO_TEST).
+ * qed-io-test.h - the test I/O backend (QED_AIO_TEST) and its controls.
+ * For tests, fuzzers and the crash simulator; not part of the public API.
  *
  * The test backend holds every submitted I/O until the test completes it, so
  * a test chooses the completion order, and can fail any chosen I/O.  In auto
  * mode it completes everything on the next loop turn, in submission order,
  * still applying the failure rules.
  */
-#ifndef QED_AIO_TEST_H
-#define QED_AIO_TEST_H
+#ifndef QED_IO_TEST_H
+#define QED_IO_TEST_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "qed-aio.h"
+#include "qed-io.h"
+
+/*
+ * The backend kind to pass to qed_aio_new() for the test backend.  It is not
+ * in the public enum qed_aio_backend: users of qed.h cannot ask for it.
+ */
+#define QED_AIO_TEST ((enum qed_aio_backend)100)
 
 /** Number of I/Os held and not yet completed. */
 size_t qed_aio_test_pending(qed_aio *aio);
@@ -48,4 +55,4 @@ void qed_aio_test_set_observer(qed_aio *aio, void (*fn)(struct qed_io *io, int e
 /** Counts of I/Os performed so far, by op. */
 uint64_t qed_aio_test_count(qed_aio *aio, enum qed_io_op op);
 
-#endif /* QED_AIO_TEST_H */
+#endif /* QED_IO_TEST_H */

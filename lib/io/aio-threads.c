@@ -18,8 +18,8 @@
 #include <unistd.h>
 #include <sys/eventfd.h>
 
-#include "qed-aio.h"
-#include "qed-internal.h"
+#include "qed-io.h"
+#include "qed-log.h"
 
 #define THREADS_POOL_SIZE 4
 

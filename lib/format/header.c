@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "checked.h"
-#include "qed-internal.h"
+#include "qed-format.h"
 
 static uint32_t get32(const uint8_t *p)
 {

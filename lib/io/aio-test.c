@@ -1,6 +1,6 @@
 /*
  * aio-test.c - the test I/O backend (QED_AIO_TEST), controlled through
- * qed-aio-test.h.
+ * qed-io-test.h.
  *
  * Every submitted I/O is held, in submission order, until the test completes
  * it with qed_aio_test_complete(), in any order, either for real (performed
@@ -19,8 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "qed-aio-test.h"
-#include "qed-internal.h"
+#include "qed-io-test.h"
+#include "qed-log.h"
 
 struct test_held {
     struct qed_io *io;

@@ -1,30 +1,68 @@
 /*
- * qed-internal.h - structures and helpers shared by the modules of libqed.
- * Not installed; tests include it to reach the pure functions.
+ * qed-format.h - the QED on-disk format: constants, the header, table
+ * entries, geometry and address arithmetic.  Pure code: libc only, no I/O.
+ * Used by the engine and by tests; never by server/ or contrib/ (they see
+ * lib/include/qed.h).
  */
-#ifndef QED_INTERNAL_H
-#define QED_INTERNAL_H
+#ifndef QED_FORMAT_H
+#define QED_FORMAT_H
 
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "qed.h"
+/* ---- Format constants ------------------------------------------------- */
+/*
+ * lib/include/qed.h repeats the constants its users need, token for token:
+ * the engine includes both headers, so a difference is a "macro redefined"
+ * error there (-Werror), never two silent values.
+ */
+#define QED_MAGIC_BYTES "QED"            /* followed by a NUL: 'Q' 'E' 'D' '\0' */
+#define QED_MAGIC 0x00444551u            /* the magic as a little-endian u32 */
 
-/* ---- Logging (log.c) ---- */
+#define QED_F_BACKING_FILE 0x1ull
+#define QED_F_NEED_CHECK 0x2ull
+#define QED_F_BACKING_FORMAT_NO_PROBE 0x4ull
+#define QED_F_KNOWN (QED_F_BACKING_FILE | QED_F_NEED_CHECK | QED_F_BACKING_FORMAT_NO_PROBE)
 
-/** qed_log - deliver a message to the configured log sink. */
-void qed_log(enum qed_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define QED_MIN_CLUSTER_SIZE (4u * 1024)
+#define QED_MAX_CLUSTER_SIZE (64u * 1024 * 1024)
+#define QED_DEFAULT_CLUSTER_SIZE (64u * 1024)
+#define QED_MIN_TABLE_SIZE 1u
+#define QED_MAX_TABLE_SIZE 16u
+#define QED_DEFAULT_TABLE_SIZE 4u
 
-/** True when DEBUG messages are delivered: lets hot paths skip formatting. */
-extern bool qed_log_debug;
+/* The largest virtual size of any image: 2^63 - 512 (see qed.h). */
+#define QED_MAX_VIRTUAL_SIZE ((uint64_t)INT64_MAX & ~(uint64_t)511)
+
+/* ---- Table entries ------------------------------------------------------ */
+/*
+ * An L1 or L2 entry is a little-endian u64 file offset, with three meanings
+ * that are not offsets:
+ *  - QED_ENTRY_UNALLOCATED (0): nothing here; read through to the backing file.
+ *  - QED_ENTRY_ZERO (1, L2 only): the cluster reads as zeros (QEMU's "zero
+ *    cluster"); no data cluster is allocated.
+ *  - an offset with QED_ENTRY_DISABLED set (odd, and not 1): an entry found
+ *    invalid at open, disabled in memory only (engine/metadata.c); no valid
+ *    offset is odd, since data clusters and tables are cluster-aligned.
+ */
+#define QED_ENTRY_UNALLOCATED 0ull
+#define QED_ENTRY_ZERO 1ull
+#define QED_ENTRY_DISABLED 1ull
+
+/** qed_entry_is_offset - true when @e names a cluster (neither 0, 1 nor disabled). */
+static inline bool qed_entry_is_offset(uint64_t e)
+{
+    return e > QED_ENTRY_ZERO && !(e & QED_ENTRY_DISABLED);
+}
+
+/* ---- Messages (message.c) ---------------------------------------------- */
 
 /** qed_errf - format an error message into @err (may be NULL) and return @ret. */
 int qed_errf(char *err, size_t errlen, int ret, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* ---- On-disk header (header.c) ---- */
+/* ---- On-disk header (header.c) ---------------------------------------- */
 
 #define QED_HEADER_BYTES 64
 
@@ -126,40 +164,4 @@ bool qed_check_cluster_offset(const struct qed_geom *g, uint64_t off, uint64_t f
 /** qed_check_table_offset - is the whole table at @off inside [header, file_size)? */
 bool qed_check_table_offset(const struct qed_geom *g, uint64_t off, uint64_t file_size);
 
-/* ---- Locking (lock.c) ---- */
-
-/**
- * qed_lock_image - take the image lock on @fd (QEMU-compatible OFD byte-range
- * locks): a read-write open takes the write permission and shares none of
- * write/resize; a read-only open takes consistent-read and refuses to share
- * write.  Returns 0, or -EBUSY with a message naming @name.
- */
-int qed_lock_image(int fd, bool write, bool backing, const char *name, char *err, size_t errlen);
-
-/**
- * qed_lock_image_wait - qed_lock_image, but while another process holds a
- * conflicting lock, poll for it for up to @wait_ms milliseconds (logging once
- * that it waits) before failing with the same -EBUSY and message.  @wait_ms 0
- * fails at once.  Blocks the caller: for the open path only.
- */
-int qed_lock_image_wait(int fd, bool write, bool backing, unsigned wait_ms, const char *name,
-                        char *err, size_t errlen);
-
-/* ---- Opening files (file-open.c) ---- */
-
-struct stat;
-
-/**
- * qed_file_open - open @path for I/O with open(2) @flags without ever
- * blocking: refuse anything but a regular file or a block device (a FIFO, a
- * socket, a character device, a directory) before opening it for I/O, and,
- * when @confine_dir is not NULL, anything whose resolved path (symlinks and
- * ".." followed by the kernel) is not under the resolved @confine_dir.
- * @owner is the image naming @path as its backing file, or NULL when @path is
- * an image itself; messages name both.  On success *@out is the fd (blocking
- * mode, close-on-exec) and *@st its fstat.  Returns 0 or a negative errno.
- */
-int qed_file_open(const char *path, int flags, const char *owner, const char *confine_dir,
-                  int *out, struct stat *st, char *err, size_t errlen);
-
-#endif /* QED_INTERNAL_H */
+#endif /* QED_FORMAT_H */

@@ -10,8 +10,10 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#include "qed-aio.h"
-#include "qed-internal.h"
+#include "qed-format.h"
+#include "qed-io.h"
+#include "qed-log.h"
+#include "qed.h"
 
 struct qed_req;
 struct qed_gc_batch;
@@ -336,5 +338,41 @@ int qed_req_submit_clean(struct qed_image *img, qed_done_fn cb, void *opaque);
 
 /* check.c */
 int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result *res);
+
+/* ---- Locking (lock.c) ---- */
+
+/**
+ * qed_lock_image - take the image lock on @fd (QEMU-compatible OFD byte-range
+ * locks): a read-write open takes the write permission and shares none of
+ * write/resize; a read-only open takes consistent-read and refuses to share
+ * write.  Returns 0, or -EBUSY with a message naming @name.
+ */
+int qed_lock_image(int fd, bool write, bool backing, const char *name, char *err, size_t errlen);
+
+/**
+ * qed_lock_image_wait - qed_lock_image, but while another process holds a
+ * conflicting lock, poll for it for up to @wait_ms milliseconds (logging once
+ * that it waits) before failing with the same -EBUSY and message.  @wait_ms 0
+ * fails at once.  Blocks the caller: for the open path only.
+ */
+int qed_lock_image_wait(int fd, bool write, bool backing, unsigned wait_ms, const char *name,
+                        char *err, size_t errlen);
+
+/* ---- Opening files (file-open.c) ---- */
+
+struct stat;
+
+/**
+ * qed_file_open - open @path for I/O with open(2) @flags without ever
+ * blocking: refuse anything but a regular file or a block device (a FIFO, a
+ * socket, a character device, a directory) before opening it for I/O, and,
+ * when @confine_dir is not NULL, anything whose resolved path (symlinks and
+ * ".." followed by the kernel) is not under the resolved @confine_dir.
+ * @owner is the image naming @path as its backing file, or NULL when @path is
+ * an image itself; messages name both.  On success *@out is the fd (blocking
+ * mode, close-on-exec) and *@st its fstat.  Returns 0 or a negative errno.
+ */
+int qed_file_open(const char *path, int flags, const char *owner, const char *confine_dir,
+                  int *out, struct stat *st, char *err, size_t errlen);
 
 #endif /* QED_IMAGE_H */

@@ -33,7 +33,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "qed-internal.h"
+#include "qed-image.h"
 
 /* What kind of file @mode is, for a refusal message. */
 static const char *file_kind(mode_t mode)

@@ -6,7 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-#include "qed-internal.h"
+#include "qed-log.h"
 
 static void (*log_fn)(enum qed_log_level, const char *, void *);
 static void *log_opaque;
@@ -36,16 +36,4 @@ void qed_log(enum qed_log_level level, const char *fmt, ...)
         log_fn(level, buf, log_opaque);
     else
         fprintf(stderr, "libqed: %s\n", buf);
-}
-
-int qed_errf(char *err, size_t errlen, int ret, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err && errlen) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return ret;
 }

@@ -37,8 +37,8 @@
 
 #include <liburing.h>
 
-#include "qed-aio.h"
-#include "qed-internal.h"
+#include "qed-io.h"
+#include "qed-log.h"
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024

@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "qed-internal.h"
+#include "qed-image.h"
 
 enum {
     PERM_CONSISTENT_READ = 0,

@@ -20,8 +20,8 @@
 #include <unistd.h>
 #include <sys/uio.h>
 
-#include "qed-aio.h"
-#include "qed-internal.h"
+#include "qed-io.h"
+#include "qed-log.h"
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024

@@ -70,7 +70,6 @@ enum qed_aio_backend {
     QED_AIO_AUTO = 0,  /* io_uring, or the thread pool if io_uring cannot be set up */
     QED_AIO_URING,     /* io_uring only; fail if unavailable */
     QED_AIO_THREADS,   /* thread pool doing preadv/pwritev */
-    QED_AIO_TEST,      /* test engine: I/O waits until the test completes it (qed-aio-test.h) */
 };
 
 /**

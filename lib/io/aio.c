@@ -10,8 +10,9 @@
 #include <sys/vfs.h>
 #include <linux/magic.h>
 
-#include "qed-aio.h"
-#include "qed-internal.h"
+#include "qed-io.h"
+#include "qed-io-test.h"
+#include "qed-log.h"
 
 /* Drain the deferred calls queued before this turn; later ones wait a turn. */
 static void aio_defer_cb(struct ev_loop *loop, ev_idle *w, int revents)
@@ -153,7 +154,8 @@ int qed_aio_new(struct ev_loop *loop, enum qed_aio_backend kind, qed_aio **out)
      * other (for comparisons). */
     aio->memory_inline = !(getenv("QED_AIO_MEMORY") && strcmp(getenv("QED_AIO_MEMORY"), "0") == 0);
 
-    switch (kind) {
+    /* int: QED_AIO_TEST (qed-io-test.h) is outside the public enum. */
+    switch ((int)kind) {
     case QED_AIO_AUTO:
         r = qed_aio_uring_init(aio);
         if (r < 0) {
