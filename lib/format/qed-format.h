@@ -13,9 +13,9 @@
 
 /* ---- Format constants ------------------------------------------------- */
 /*
- * lib/include/qed.h repeats the constants its users need, token for token:
- * the engine includes both headers, so a difference is a "macro redefined"
- * error there (-Werror), never two silent values.
+ * lib/include/qed.h repeats the geometry limits its users need, token for
+ * token: the engine includes both headers, so a difference is a "macro
+ * redefined" error there, never two silent values.
  */
 #define QED_MAGIC_BYTES "QED"            /* followed by a NUL: 'Q' 'E' 'D' '\0' */
 #define QED_MAGIC 0x00444551u            /* the magic as a little-endian u32 */
@@ -25,11 +25,12 @@
 #define QED_F_BACKING_FORMAT_NO_PROBE 0x4ull
 #define QED_F_KNOWN (QED_F_BACKING_FILE | QED_F_NEED_CHECK | QED_F_BACKING_FORMAT_NO_PROBE)
 
+/* Geometry limits (repeated in qed.h; see above) */
 #define QED_MIN_CLUSTER_SIZE (4u * 1024)
-#define QED_MAX_CLUSTER_SIZE (64u * 1024 * 1024)
-#define QED_DEFAULT_CLUSTER_SIZE (64u * 1024)
 #define QED_MIN_TABLE_SIZE 1u
+#define QED_MAX_CLUSTER_SIZE (64u * 1024 * 1024)
 #define QED_MAX_TABLE_SIZE 16u
+#define QED_DEFAULT_CLUSTER_SIZE (64u * 1024)
 #define QED_DEFAULT_TABLE_SIZE 4u
 
 /* The largest virtual size of any image: 2^63 - 512 (see qed.h). */

@@ -38,14 +38,13 @@ typedef struct qed_image qed_image;
 
 /* ---- Format constants ------------------------------------------------- */
 
+/*
+ * The geometry limits users need (qed-img validates its options with them).
+ * lib/format/qed-format.h holds the whole format (magic, feature bits, the
+ * same limits); the engine includes both, so a difference between the two
+ * copies is a "macro redefined" error, never two silent values.
+ */
 #define QED_MAGIC_BYTES "QED"            /* followed by a NUL: 'Q' 'E' 'D' '\0' */
-#define QED_MAGIC 0x00444551u            /* the magic as a little-endian u32 */
-
-#define QED_F_BACKING_FILE 0x1ull
-#define QED_F_NEED_CHECK 0x2ull
-#define QED_F_BACKING_FORMAT_NO_PROBE 0x4ull
-#define QED_F_KNOWN (QED_F_BACKING_FILE | QED_F_NEED_CHECK | QED_F_BACKING_FORMAT_NO_PROBE)
-
 #define QED_MIN_CLUSTER_SIZE (4u * 1024)
 #define QED_MAX_CLUSTER_SIZE (64u * 1024 * 1024)
 #define QED_DEFAULT_CLUSTER_SIZE (64u * 1024)
