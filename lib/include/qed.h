@@ -42,9 +42,9 @@ typedef struct qed_image qed_image;
  * The geometry limits users need (qed-img validates its options with them).
  * lib/format/qed-format.h holds the whole format (magic, feature bits, the
  * same limits); the engine includes both, so a difference between the two
- * copies is a "macro redefined" error, never two silent values.
+ * copies is a "macro redefined" error, never two silent values.  Users probe
+ * a file's format with qed_probe_format(), not with the magic.
  */
-#define QED_MAGIC_BYTES "QED"            /* followed by a NUL: 'Q' 'E' 'D' '\0' */
 #define QED_MIN_CLUSTER_SIZE (4u * 1024)
 #define QED_MAX_CLUSTER_SIZE (64u * 1024 * 1024)
 #define QED_DEFAULT_CLUSTER_SIZE (64u * 1024)
