@@ -89,6 +89,25 @@ static void info_print_human(const struct info_view *v)
     printf("dirty flag: %s\n", info->dirty ? "yes" : "no");
 }
 
+/*
+ * Say what a set dirty flag means (issue 13).  NEED_CHECK is set on disk
+ * while a writer (qednbd, QEMU) has the image open and has written since it
+ * was last idle, and stays set after a crash.  With -U the image may be in
+ * use, and then the flag is normal, not damage: say so instead of alarming
+ * a user who followed the README.  Without -U our shared lock was granted,
+ * so no locking writer has it open: it was not closed cleanly.
+ */
+static void info_explain_dirty(const char *path, bool no_lock)
+{
+    if (no_lock)
+        errmsg("%s: dirty flag (NEED_CHECK) set: the image is open read-write elsewhere (normal "
+               "while a server writes it) or was not closed cleanly; run `" PROG " check %s` "
+               "when no one uses it", path, path);
+    else
+        errmsg("%s: dirty flag (NEED_CHECK) set: the image was not closed cleanly; `" PROG
+               " check -r %s` repairs it (so does opening it read-write)", path, path);
+}
+
 int cmd_info(int argc, char **argv)
 {
     struct info_view v = { .allocated = 0 };
@@ -112,6 +131,8 @@ int cmd_info(int argc, char **argv)
         info_print_json(&v);
     } else {
         info_print_human(&v);
+        if (v.info.dirty)
+            info_explain_dirty(v.path, no_lock);
     }
     ret = v.known ? 0 : 1;
     /* v.info's strings belong to the image: printed above, before the close. */

@@ -91,7 +91,12 @@ int tool_close(struct tool_image *t);
 int parse_view_args(int argc, char **argv, const char *cmd, bool *json, bool *no_lock,
                     const char **path);
 
-/** view_open - open @path read-only for a view (info, map).  Returns 0 or -1, as tool_open. */
+/**
+ * view_open - open @path read-only for a view.  The library's notice that a
+ * read-only open leaves NEED_CHECK alone is not printed: info shows the
+ * dirty flag and says what it means (info_explain_dirty), and for map it is
+ * noise.  Returns 0 or -1, as tool_open.
+ */
 int view_open(struct tool_image *t, const char *path, bool no_lock);
 
 typedef int (*extent_fn)(const struct qed_extent *e, void *opaque);

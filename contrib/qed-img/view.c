@@ -60,9 +60,36 @@ int parse_view_args(int argc, char **argv, const char *cmd, bool *json, bool *no
     return -1;
 }
 
+/* The image view_open is opening: its own NEED_CHECK notice is dropped. */
+static const char *view_path;
+
+/*
+ * The library's messages during a view's open.  A read-only open of an image
+ * with NEED_CHECK set logs "PATH: image needs a check (opened read-only, not
+ * repairing)"; for the image itself that is dropped (see view_open), for a
+ * backing file, whose flag no view shows, it is kept.  Everything else (each
+ * invalid table entry, ...) goes to stderr as always.
+ */
+static void view_log(enum qed_log_level level, const char *msg, void *opaque)
+{
+    static const char notice[] = ": image needs a check (";
+    size_t n = strlen(view_path);
+
+    if (level == QED_LOG_WARN && strncmp(msg, view_path, n) == 0 &&
+        strncmp(msg + n, notice, sizeof(notice) - 1) == 0)
+        return;
+    log_to_stderr(level, msg, opaque);
+}
+
 int view_open(struct tool_image *t, const char *path, bool no_lock)
 {
-    return tool_open(t, path, true, no_lock, false);
+    int r;
+
+    view_path = path;
+    qed_set_log(view_log, NULL, QED_LOG_WARN);
+    r = tool_open(t, path, true, no_lock, false);
+    qed_set_log(log_to_stderr, NULL, QED_LOG_WARN);
+    return r;
 }
 
 /* ---- Extent walking ---------------------------------------------------- */
