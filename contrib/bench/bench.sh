@@ -86,7 +86,7 @@ server CPU time per I/O and server peak RSS.
   --raw FILE           also write every single run as TSV to FILE
   --quick              smoke run: 64 MiB images, 1 s per run, 1 repetition
                        (explicit --size/--runtime/--reps still win)
-  --builddir DIR       take DIR/server/qednbd and DIR/contrib/qed-img
+  --builddir DIR       take DIR/server/qednbd and DIR/contrib/qed-img/qed-img
   --qednbd PATH        the qednbd binary (default: \$QEDNBD, the build tree
                        around this script, or qednbd on PATH)
   --qed-img PATH       qed-img used to create QED images (default: next to
@@ -220,7 +220,7 @@ want_server qemu-nbd && need_prog qemu-nbd "apt-get install qemu-utils"
 
 if [ -n "$BUILDDIR" ]; then
     [ -n "$QEDNBD" ] || QEDNBD=$BUILDDIR/server/qednbd
-    [ -n "$QED_IMG" ] || QED_IMG=$BUILDDIR/contrib/qed-img
+    [ -n "$QED_IMG" ] || QED_IMG=$BUILDDIR/contrib/qed-img/qed-img
 fi
 if want_server qednbd && [ -z "$QEDNBD" ]; then
     # An in-tree build keeps the binary two levels up from contrib/bench/.
@@ -234,8 +234,8 @@ if want_server qednbd && [ -z "$QEDNBD" ]; then
 fi
 want_server qednbd && { [ -x "$QEDNBD" ] || die "$QEDNBD is not an executable"; }
 if [ -z "$QED_IMG" ]; then
-    if [ -n "$QEDNBD" ] && [ -x "$(dirname "$QEDNBD")/../contrib/qed-img" ]; then
-        QED_IMG=$(dirname "$QEDNBD")/../contrib/qed-img
+    if [ -n "$QEDNBD" ] && [ -x "$(dirname "$QEDNBD")/../contrib/qed-img/qed-img" ]; then
+        QED_IMG=$(dirname "$QEDNBD")/../contrib/qed-img/qed-img
     elif command -v qed-img >/dev/null 2>&1; then
         QED_IMG=$(command -v qed-img)
     fi

@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 QEDNBD=$BUILDDIR/server/qednbd
-QEDIMG=$BUILDDIR/contrib/qed-img
+QEDIMG=$BUILDDIR/contrib/qed-img/qed-img
 [ -x "$QEDNBD" ] && [ -x "$QEDIMG" ] || { echo "loop-busy.sh: no qednbd/qed-img in $BUILDDIR (use --builddir)" >&2; exit 2; }
 command -v fio >/dev/null || { echo "loop-busy.sh: fio is not installed" >&2; exit 2; }
 

@@ -43,7 +43,7 @@ Usage: $PROG [OPTIONS]
   --outdir DIR           where profiles go (default: a new directory in /tmp)
   --dir DIR              where the image and socket go (default /dev/shm
                          when it exists, as for bench.sh)
-  --builddir DIR         take DIR/server/qednbd and DIR/contrib/qed-img
+  --builddir DIR         take DIR/server/qednbd and DIR/contrib/qed-img/qed-img
   --qednbd PATH          qednbd binary
   --qednbd-args ARGS     extra qednbd arguments (e.g. --aio=threads)
   --top N                functions shown per workload (default $TOP)
@@ -60,7 +60,7 @@ while [ $# -gt 0 ]; do
         --workloads) WORKLOADS=$2; shift 2 ;;
         --outdir) OUTDIR=$2; shift 2 ;;
         --dir) DIR=$2; shift 2 ;;
-        --builddir) QEDNBD=$2/server/qednbd; QED_IMG=$2/contrib/qed-img; shift 2 ;;
+        --builddir) QEDNBD=$2/server/qednbd; QED_IMG=$2/contrib/qed-img/qed-img; shift 2 ;;
         --qednbd) QEDNBD=$2; shift 2 ;;
         --qednbd-args) EXTRA=$2; shift 2 ;;
         --top) TOP=$2; shift 2 ;;
@@ -78,7 +78,7 @@ esac
 command -v fio >/dev/null || die "fio is not installed"
 [ -n "$QEDNBD" ] || QEDNBD=$SCRIPT_DIR/../../server/qednbd
 [ -x "$QEDNBD" ] || die "qednbd not found ($QEDNBD): pass --builddir or --qednbd"
-[ -n "$QED_IMG" ] || QED_IMG=$(dirname "$QEDNBD")/../contrib/qed-img
+[ -n "$QED_IMG" ] || QED_IMG=$(dirname "$QEDNBD")/../contrib/qed-img/qed-img
 SIZE_B=$(numfmt --from=iec "$SIZE") || die "bad --size"
 [[ "$IOS" =~ ^[0-9]+$ ]] && [ "$IOS" -gt 0 ] || die "bad --ios"
 [ -n "$OUTDIR" ] || OUTDIR=$(mktemp -d /tmp/qednbd-profile.XXXXXX)

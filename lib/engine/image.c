@@ -728,8 +728,8 @@ void qed_get_info(const qed_image *img, struct qed_info *info)
     info->read_only = img->read_only;
     info->dirty = (img->h.features & QED_F_NEED_CHECK) != 0;
     info->flush_error = img->flush_err;
-    snprintf(info->backing_file, sizeof(info->backing_file), "%s", img->backing_name);
-    snprintf(info->backing_path, sizeof(info->backing_path), "%s", img->backing_path);
+    info->backing_file = img->backing_name;
+    info->backing_path = img->backing_path;
     info->backing_format = img->backing_kind == BACKING_RAW   ? "raw"
                            : img->backing_kind == BACKING_QED ? "qed"
                                                               : NULL;

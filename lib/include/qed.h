@@ -42,9 +42,9 @@ typedef struct qed_image qed_image;
  * The geometry limits users need (qed-img validates its options with them).
  * lib/format/qed-format.h holds the whole format (magic, feature bits, the
  * same limits); the engine includes both, so a difference between the two
- * copies is a "macro redefined" error, never two silent values.
+ * copies is a "macro redefined" error, never two silent values.  Users probe
+ * a file's format with qed_probe_format(), not with the magic.
  */
-#define QED_MAGIC_BYTES "QED"            /* followed by a NUL: 'Q' 'E' 'D' '\0' */
 #define QED_MIN_CLUSTER_SIZE (4u * 1024)
 #define QED_MAX_CLUSTER_SIZE (64u * 1024 * 1024)
 #define QED_DEFAULT_CLUSTER_SIZE (64u * 1024)
@@ -194,12 +194,16 @@ struct qed_info {
     bool read_only;
     bool dirty;                  /* NEED_CHECK set on disk */
     int flush_error;             /* qed_flush_error(): 0, or the first failed flush */
-    char backing_file[4096];     /* "" when none; as stored in the header */
-    char backing_path[4096];     /* resolved path actually opened */
+    /* The strings below belong to the image: valid until qed_close. */
+    const char *backing_file;    /* "" when none; as stored in the header */
+    const char *backing_path;    /* "" when none; resolved path actually opened */
     const char *backing_format;  /* "raw", "qed" or NULL */
 };
 
-/** qed_get_info - fill @info from the open image (no I/O). */
+/**
+ * qed_get_info - fill @info from the open image (no I/O).  Its strings point
+ * into the image and stay valid until qed_close(@img).
+ */
 void qed_get_info(const qed_image *img, struct qed_info *info);
 
 /** qed_size - the virtual size in bytes. */
@@ -247,6 +251,41 @@ uint64_t qed_l2_cache_bytes(const qed_image *img);
  * reserves it out of its memory cap.  No I/O.
  */
 uint64_t qed_table_memory_max(const qed_image *img);
+
+/* ---- Backing chains ---------------------------------------------------- */
+
+/**
+ * qed_backing_path - the path under which the backing file named
+ * @backing_name in the image at @image_path is opened, the way qed_open and
+ * QEMU open it: @backing_name itself when it is absolute or @image_path has
+ * no directory part, otherwise @backing_name relative to @image_path's
+ * directory.  This is also the name `qemu-img info` and `map` print for it.
+ * No I/O.  *@out receives a malloc'd string (NULL on failure).
+ * Returns 0, -EINVAL for an empty @backing_name, or -ENOMEM.
+ */
+int qed_backing_path(const char *image_path, const char *backing_name, char **out);
+
+/**
+ * qed_probe_format - look at the file @path as qed_create and qed_open look
+ * at a backing file (blocking, but never waiting on a FIFO: only a regular
+ * file or a block device is accepted).  *@fmt QED_BACKING_PROBE becomes
+ * QED_BACKING_QED when the file starts with the QED magic, QED_BACKING_RAW
+ * otherwise; any other *@fmt is kept (the file is still opened and checked).
+ * @size (may be NULL) receives the virtual size in that format: a QED
+ * image's size from its header, a raw regular file's length; a raw block
+ * device's size is not taken (-ENOTSUP).
+ * Returns 0 or a negative errno with a message naming @path in @err.
+ */
+int qed_probe_format(const char *path, enum qed_backing_fmt *fmt, uint64_t *size, char *err,
+                     size_t errlen);
+
+/**
+ * qed_chain_path - the path of the file at @depth of @img's backing chain,
+ * as opened: 0 is @img itself (qed_path), 1 its backing file, and so on
+ * (the depths of struct qed_extent).  NULL when the chain is shorter.
+ * Valid until qed_close(@img).  No I/O.
+ */
+const char *qed_chain_path(const qed_image *img, unsigned depth);
 
 /* ---- Requests ---------------------------------------------------------- */
 

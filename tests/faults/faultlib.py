@@ -52,7 +52,7 @@ def qednbd_path():
 
 
 def qedimg_path():
-    p = os.path.join(builddir(), "contrib", "qed-img")
+    p = os.path.join(builddir(), "contrib", "qed-img", "qed-img")
     if not os.access(p, os.X_OK):
         raise Fail("%s is not built" % p)
     return p

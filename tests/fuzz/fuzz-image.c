@@ -52,6 +52,7 @@
 #include <ev.h>
 
 #include "fuzz-util.h"
+#include "qed-format.h"
 #include "qed-io-test.h"
 #include "qed.h"
 

@@ -42,7 +42,7 @@ skip() { echo "SKIP: $*"; exit 77; }
 : "${top_builddir:?top_builddir must be set (run through make check)}"
 : "${top_srcdir:?top_srcdir must be set (run through make check)}"
 PROBE="$top_builddir/tests/images/qed-image-probe"
-QED_IMG="$top_builddir/contrib/qed-img"
+QED_IMG="$top_builddir/contrib/qed-img/qed-img"
 GEN="$top_srcdir/tests/images/make-corpus.py"
 [ -x "$PROBE" ] || fail "$PROBE is not built"
 [ -x "$QED_IMG" ] || fail "$QED_IMG is not built"

@@ -100,7 +100,7 @@ stop_server TERM
 # corruption; it may report leaked clusters: qemu-img 7.2 reports one
 # "leaked" cluster per 16 MiB of a 4 KiB-cluster QED image, even on an image
 # written by qemu-io alone, so its leak count is not ours to judge.
-run 60 "$top_builddir/contrib/qed-img" check load.qed
+run 60 "$top_builddir/contrib/qed-img/qed-img" check load.qed
 rc=0
 qemu-img check -f qed --output=json load.qed >check.json 2>check.err || rc=$?
 [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || { cat check.json check.err; fail "qemu-img check exited $rc"; }

@@ -62,7 +62,7 @@ SIOCINQ = termios.FIONREAD
 
 
 def qed_img():
-    return os.path.join(os.environ["top_builddir"], "contrib", "qed-img")
+    return os.path.join(os.environ["top_builddir"], "contrib", "qed-img", "qed-img")
 
 
 class Stats:

@@ -15,7 +15,7 @@
 
 . "$top_srcdir/tests/server/server-common.sh"
 
-QEDIMG="$top_builddir/contrib/qed-img"
+QEDIMG="$top_builddir/contrib/qed-img/qed-img"
 [ -x "$QEDNBD" ] || fail "$QEDNBD is not built"
 [ -x "$QEDIMG" ] || fail "$QEDIMG is not built"
 

@@ -18,7 +18,7 @@
 need qemu-img qemu-io
 [ "$SERVER_KIND" = qednbd ] || skip "the refusal is qednbd's behaviour (QEDNBD_TEST_SERVER=$SERVER_KIND)"
 need_server_kind qednbd
-QED_IMG="$top_builddir/contrib/qed-img"
+QED_IMG="$top_builddir/contrib/qed-img/qed-img"
 [ -x "$QED_IMG" ] || fail "$QED_IMG is not built"
 
 K=65536

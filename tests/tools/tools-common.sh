@@ -8,7 +8,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 skip() { echo "SKIP: $*"; exit 77; }
 
 : "${top_builddir:?top_builddir must be set (run through make check)}"
-QED_IMG="$top_builddir/contrib/qed-img"
+QED_IMG="$top_builddir/contrib/qed-img/qed-img"
 [ -x "$QED_IMG" ] || fail "$QED_IMG is not built"
 
 # need PROG... - skip the test when a program is missing.
