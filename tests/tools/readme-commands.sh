@@ -93,7 +93,7 @@ note "running the README's blocks (script: $tmp/script.sh)"
 rc=0
 (
     cd "$work" &&
-    export PATH="$top_builddir/server:$top_builddir/contrib:$PATH" __docs_readme="$readme" &&
+    export PATH="$top_builddir/server:$top_builddir/contrib/qed-img:$PATH" __docs_readme="$readme" &&
     systemctl() { echo "(docs-test: not run here: systemctl $*)"; } &&
     export -f systemctl &&
     timeout -k 5 120 bash "$tmp/script.sh"
