@@ -230,14 +230,39 @@ bool qed_req_l2_room_take(struct qed_req *r, enum qed_req_state resume)
     return false;
 }
 
+/* Insert the table at @off, LOADING, with @r its first waiter, and read it.  0 or -ENOMEM. */
+static int l2_load_start(struct qed_req *r, uint64_t off)
+{
+    struct qed_image *img = r->img;
+    struct qed_l2 *e = qed_l2_cache_insert(&img->cache, img, off, L2_LOADING);
+
+    if (!e)
+        return -ENOMEM;
+    r->l2 = e;
+    r->next = NULL;
+    e->waiters = r;
+    r->pending++;
+    e->iov.iov_base = e->t;
+    e->iov.iov_len = img->g.table_bytes;
+    memset(&e->io, 0, sizeof(e->io));
+    e->io.op = QED_IO_READ;
+    e->io.fd = img->fd;
+    e->io.flags = img->fd_io_flags;
+    e->io.iov = &e->iov;
+    e->io.iovcnt = 1;
+    e->io.offset = off;
+    e->io.done = l2_load_done;
+    e->io.opaque = e;
+    qed_aio_submit(img->aio, &e->io);
+    return 0;
+}
+
 /*
  * Get the L2 table covering cur_pos into r->l2 (NULL when the L1 entry is
  * empty).  Returns 1 when it is ready, 0 when the request now waits for a
  * load, 2 when it waits for room in the cache (state set), -EIO for a corrupt
  * L1 entry, -ENOMEM.
  */
-static int l2_load_start(struct qed_req *r, uint64_t off);
-
 static int get_l2(struct qed_req *r)
 {
     struct qed_image *img = r->img;
@@ -277,33 +302,6 @@ static int get_l2(struct qed_req *r)
     if (!qed_req_l2_room_take(r, RS_NEXT))
         return 2;
     return l2_load_start(r, off);
-}
-
-/* Insert the table at @off, LOADING, with @r its first waiter, and read it.  0 or -ENOMEM. */
-static int l2_load_start(struct qed_req *r, uint64_t off)
-{
-    struct qed_image *img = r->img;
-    struct qed_l2 *e = qed_l2_cache_insert(&img->cache, img, off, L2_LOADING);
-
-    if (!e)
-        return -ENOMEM;
-    r->l2 = e;
-    r->next = NULL;
-    e->waiters = r;
-    r->pending++;
-    e->iov.iov_base = e->t;
-    e->iov.iov_len = img->g.table_bytes;
-    memset(&e->io, 0, sizeof(e->io));
-    e->io.op = QED_IO_READ;
-    e->io.fd = img->fd;
-    e->io.flags = img->fd_io_flags;
-    e->io.iov = &e->iov;
-    e->io.iovcnt = 1;
-    e->io.offset = off;
-    e->io.done = l2_load_done;
-    e->io.opaque = e;
-    qed_aio_submit(img->aio, &e->io);
-    return 0;
 }
 
 /* ---- The states ---- */

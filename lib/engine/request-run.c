@@ -267,8 +267,7 @@ static enum qed_rs_next run_bstatus(struct qed_req *r)
 
 /* ---- The states ---- */
 
-/* A corrupt L1 entry that names the L1 table as an L2 table, for a request
- * that may update it? */
+/* Is the run's L2 table the L1 table, for a request that may update it? */
 static bool run_would_write_l1(const struct qed_req *r)
 {
     const struct qed_image *img = r->img;
@@ -284,7 +283,8 @@ enum qed_rs_next qed_rs_run(struct qed_req *r)
     if (r->kind == RUN_BAD)
         return qed_rs_finish(r, -EIO);
     if (run_would_write_l1(r)) {
-        /* Reading through it is harmless, but an update would overwrite L1. */
+        /* A corrupt L1 entry names the L1 table as an L2 table: reading
+         * through it is harmless, but an update would overwrite L1. */
         qed_log(QED_LOG_ERROR, "%s: L1 entry %" PRIu64 " points at the L1 table; refusing to "
                 "write through it", r->img->path, r->l1_index);
         return qed_rs_finish(r, -EIO);

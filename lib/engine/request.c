@@ -19,8 +19,8 @@
  * zeroes, resize, clean) go through the per-image queue.  An admitted
  * request keeps its place until it finishes; allocating writes to disjoint
  * clusters are admitted side by side, everything else alone (see
- * alloc-queue.c).  Writes to allocated clusters, reads,
- * discards and flushes do not queue and run concurrently with everything.
+ * alloc-queue.c).  Writes to allocated clusters, reads, discards and
+ * flushes do not queue and run concurrently with everything.
  *
  * Ordering rules for an allocation, in the order they happen:
  *  1. No backing file: NEED_CHECK is written and flushed before the first
