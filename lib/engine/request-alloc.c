@@ -32,10 +32,7 @@ enum qed_rs_next qed_rs_alloc_begin(struct qed_req *r)
         assert(r->exclusive);
         img->h.features |= QED_F_NEED_CHECK;
         img->dirty_set_by_us = true;
-        qed_header_encode(&img->h, img->hdr_raw);
-        qed_req_set_state(r, RS_HDR_WAIT);
-        qed_req_submit_rw(r, 0, QED_IO_WRITE, img->hdr_raw, QED_HEADER_BYTES, 0);
-        return QED_RS_STOP;
+        return qed_rs_wait_header_write(r, RS_HDR_WAIT);
     }
     return qed_rs_go(r, RS_ALLOC_CLUSTERS);
 }
@@ -46,9 +43,7 @@ enum qed_rs_next qed_rs_hdr_wait(struct qed_req *r)
         r->img->h.features &= ~QED_F_NEED_CHECK;
     if (qed_rs_failed(r))
         return QED_RS_STOP;
-    qed_req_set_state(r, RS_HDR_FLUSH_WAIT);
-    qed_req_submit_fsync(r);
-    return QED_RS_STOP;
+    return qed_rs_wait_fsync(r, RS_HDR_FLUSH_WAIT);
 }
 
 enum qed_rs_next qed_rs_hdr_flush_wait(struct qed_req *r)
@@ -199,9 +194,7 @@ enum qed_rs_next qed_rs_alloc_write_wait(struct qed_req *r)
         /* Rule 3: data stable before the L2 entry points at it.  An
          * update of an existing table is group committed instead, and
          * its batch flushes once for all its members (gc_plan). */
-        qed_req_set_state(r, RS_ALLOC_FLUSH_WAIT);
-        qed_req_submit_fsync(r);
-        return QED_RS_STOP;
+        return qed_rs_wait_fsync(r, RS_ALLOC_FLUSH_WAIT);
     }
     return qed_rs_go(r, RS_L2_UPDATE);
 }
@@ -273,9 +266,7 @@ enum qed_rs_next qed_rs_l2_write_wait(struct qed_req *r)
     if (new_l2_failed(r))
         return QED_RS_STOP;
     /* Rule 4: the new table stable before L1 points at it. */
-    qed_req_set_state(r, RS_L2_FLUSH_WAIT);
-    qed_req_submit_fsync(r);
-    return QED_RS_STOP;
+    return qed_rs_wait_fsync(r, RS_L2_FLUSH_WAIT);
 }
 
 enum qed_rs_next qed_rs_l2_flush_wait(struct qed_req *r)

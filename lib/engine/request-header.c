@@ -35,10 +35,7 @@ enum qed_rs_next qed_rs_resize_begin(struct qed_req *r)
     }
     r->old_size = img->h.image_size;
     img->h.image_size = r->new_size;
-    qed_header_encode(&img->h, img->hdr_raw);
-    qed_req_set_state(r, RS_RESIZE_HDR_WAIT);
-    qed_req_submit_rw(r, 0, QED_IO_WRITE, img->hdr_raw, QED_HEADER_BYTES, 0);
-    return QED_RS_STOP;
+    return qed_rs_wait_header_write(r, RS_RESIZE_HDR_WAIT);
 }
 
 enum qed_rs_next qed_rs_resize_hdr_wait(struct qed_req *r)
@@ -47,9 +44,7 @@ enum qed_rs_next qed_rs_resize_hdr_wait(struct qed_req *r)
         r->img->h.image_size = r->old_size;
     if (qed_rs_failed(r))
         return QED_RS_STOP;
-    qed_req_set_state(r, RS_FLUSH_WAIT);
-    qed_req_submit_fsync(r);
-    return QED_RS_STOP;
+    return qed_rs_wait_fsync(r, RS_FLUSH_WAIT);
 }
 
 /* ---- Clean: clear NEED_CHECK ---- */
@@ -64,9 +59,7 @@ enum qed_rs_next qed_rs_clean_begin(struct qed_req *r)
         return qed_rs_finish(r, 0);
     /* Why flush first: NEED_CHECK may be cleared only when every
      * metadata update made under it is on stable storage. */
-    qed_req_set_state(r, RS_CLEAN_FLUSH_WAIT);
-    qed_req_submit_fsync(r);
-    return QED_RS_STOP;
+    return qed_rs_wait_fsync(r, RS_CLEAN_FLUSH_WAIT);
 }
 
 enum qed_rs_next qed_rs_clean_flush_wait(struct qed_req *r)
@@ -76,10 +69,7 @@ enum qed_rs_next qed_rs_clean_flush_wait(struct qed_req *r)
     if (qed_rs_failed(r))
         return QED_RS_STOP;
     img->h.features &= ~QED_F_NEED_CHECK;
-    qed_header_encode(&img->h, img->hdr_raw);
-    qed_req_set_state(r, RS_CLEAN_HDR_WAIT);
-    qed_req_submit_rw(r, 0, QED_IO_WRITE, img->hdr_raw, QED_HEADER_BYTES, 0);
-    return QED_RS_STOP;
+    return qed_rs_wait_header_write(r, RS_CLEAN_HDR_WAIT);
 }
 
 enum qed_rs_next qed_rs_clean_hdr_wait(struct qed_req *r)

@@ -87,14 +87,21 @@ static inline bool qed_rs_failed(struct qed_req *r)
 
 /* ---- I/O for a request (request-io.c) ---- */
 
+/** Enter wait state @s and flush the image file; the driver stops until it completes. */
+enum qed_rs_next qed_rs_wait_fsync(struct qed_req *r, enum qed_req_state s);
+/**
+ * Encode the in-memory header, enter wait state @s and write the header;
+ * the driver stops until it completes.  Exclusive requests only: they own
+ * img->hdr_raw.
+ */
+enum qed_rs_next qed_rs_wait_header_write(struct qed_req *r, enum qed_req_state s);
+
 /** Submit one I/O in slot @slot of @r; its completion resumes @r. */
 void qed_req_submit_io(struct qed_req *r, int slot, enum qed_io_op op, int fd, struct iovec *iov,
                        int iovcnt, uint64_t offset, uint64_t length);
 /** Read or write @len bytes at @buf from or to @host in the image file. */
 void qed_req_submit_rw(struct qed_req *r, int slot, enum qed_io_op op, void *buf, uint64_t len,
                        uint64_t host);
-/** Flush the image file (one fdatasync at a time, through the flush latch). */
-void qed_req_submit_fsync(struct qed_req *r);
 /** Completion of a request on a backing image: resumes @opaque. */
 void qed_req_sub_done(void *opaque, int ret);
 /** Append zero-buffer pieces covering @len bytes to r->iov from index @n. */

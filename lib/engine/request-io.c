@@ -82,7 +82,8 @@ void qed_req_submit_rw(struct qed_req *r, int slot, enum qed_io_op op, void *buf
     qed_req_submit_io(r, slot, op, r->img->fd, &r->iov2[slot], 1, host, len);
 }
 
-void qed_req_submit_fsync(struct qed_req *r)
+/* Flush the image file (one fdatasync at a time, through the flush latch). */
+static void req_submit_fsync(struct qed_req *r)
 {
     qed_req_submit_io(r, 0, QED_IO_FSYNC, r->img->fd, NULL, 0, 0, 0);
 }
@@ -138,3 +139,20 @@ void qed_req_backing_read(struct qed_req *r, int slot, uint64_t pos, uint8_t *ds
     }
 }
 
+
+enum qed_rs_next qed_rs_wait_fsync(struct qed_req *r, enum qed_req_state s)
+{
+    qed_req_set_state(r, s);
+    req_submit_fsync(r);
+    return QED_RS_STOP;
+}
+
+enum qed_rs_next qed_rs_wait_header_write(struct qed_req *r, enum qed_req_state s)
+{
+    struct qed_image *img = r->img;
+
+    qed_header_encode(&img->h, img->hdr_raw);
+    qed_req_set_state(r, s);
+    qed_req_submit_rw(r, 0, QED_IO_WRITE, img->hdr_raw, QED_HEADER_BYTES, 0);
+    return QED_RS_STOP;
+}

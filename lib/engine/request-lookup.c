@@ -18,6 +18,24 @@
 
 /* ---- Mapping lookup ---- */
 
+/* Log the corrupt entry @e0 at index @idx of the run's table. */
+static void run_report_bad(const struct qed_req *r, uint64_t idx, uint64_t e0)
+{
+    const struct qed_image *img = r->img;
+    uint64_t stored;
+    /* Name the value in the file: an entry disabled at open holds a
+     * mark in memory that is nowhere on disk (metadata.c). */
+    bool disabled = qed_meta_disabled_l2(img, r->l2->offset, idx, &stored) &&
+                    (stored | QED_ENTRY_DISABLED) == e0;
+
+    qed_log(QED_LOG_ERROR,
+            "%s: corrupt L2 entry 0x%" PRIx64 " for guest offset %" PRIu64
+            " (table at %" PRIu64 ", index %" PRIu64 ")%s",
+            img->path, disabled ? stored : e0, r->cur_pos, r->l2->offset, idx,
+            disabled ? ": it points past the end of the file or at metadata; "
+                       "`qed-img check` lists such entries" : "");
+}
+
 /* Limited to the request end and to the L2 table that covers cur_pos. */
 void qed_req_run_lookup(struct qed_req *r)
 {
@@ -72,17 +90,7 @@ void qed_req_run_lookup(struct qed_req *r)
             c += g->cluster_size;
         }
     } else {
-        uint64_t stored;
-        /* Name the value in the file: an entry disabled at open holds a
-         * mark in memory that is nowhere on disk (metadata.c). */
-        bool disabled = qed_meta_disabled_l2(img, r->l2->offset, idx, &stored) &&
-                        (stored | QED_ENTRY_DISABLED) == e0;
-        qed_log(QED_LOG_ERROR,
-                "%s: corrupt L2 entry 0x%" PRIx64 " for guest offset %" PRIu64
-                " (table at %" PRIu64 ", index %" PRIu64 ")%s",
-                img->path, disabled ? stored : e0, pos, r->l2->offset, idx,
-                disabled ? ": it points past the end of the file or at metadata; "
-                           "`qed-img check` lists such entries" : "");
+        run_report_bad(r, idx, e0);
     }
     r->kind = kind;
     r->run_len = qed_min64(c, limit) - pos;
@@ -318,9 +326,7 @@ static enum qed_rs_next next_at_end(struct qed_req *r)
     if ((r->flags & QED_REQ_FUA) && r->type != REQ_READ && r->type != REQ_BSTATUS) {
         /* FUA: the data and the metadata that maps it must be
          * stable before we report success. */
-        qed_req_set_state(r, RS_FLUSH_WAIT);
-        qed_req_submit_fsync(r);
-        return QED_RS_STOP;
+        return qed_rs_wait_fsync(r, RS_FLUSH_WAIT);
     }
     return qed_rs_finish(r, 0);
 }

@@ -191,9 +191,7 @@ enum qed_rs_next qed_rs_start(struct qed_req *r)
 {
     switch (r->type) {
     case REQ_FLUSH:
-        qed_req_set_state(r, RS_FLUSH_WAIT);
-        qed_req_submit_fsync(r);
-        return QED_RS_STOP;
+        return qed_rs_wait_fsync(r, RS_FLUSH_WAIT);
     case REQ_WZERO:
         return start_wzero(r);
     case REQ_RESIZE:
