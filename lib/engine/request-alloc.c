@@ -336,4 +336,3 @@ bool qed_req_alloc_can_be_sparse(struct qed_req *r)
     }
     return r->alloc_host >= img->fresh_from;
 }
-
