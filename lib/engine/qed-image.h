@@ -53,7 +53,7 @@ struct qed_l2_cache {
                                   still referenced (freed at the last unref) */
     uint64_t max_bytes;        /* bound on bytes, a multiple of table_bytes, >= one table */
     uint64_t peak_bytes;       /* highest bytes seen */
-    /* Requests waiting for room (request.c): the engine inserts a table only
+    /* Requests waiting for room (request-lookup.c): the engine inserts a table only
      * when qed_l2_cache_make_room() says it fits, so bytes <= max_bytes. */
     struct qed_req *room_head, *room_tail;
     struct qed_req *room_turn; /* the waiter being woken; it goes before the others */
@@ -97,7 +97,7 @@ void qed_l2_cache_unref(struct qed_l2_cache *c, struct qed_l2 *e);
 
 enum qed_backing_kind { BACKING_NONE, BACKING_RAW, BACKING_QED };
 
-/* ---- Requests (request.c) ---- */
+/* ---- Requests (request*.c, alloc-queue.c, group-commit.c) ---- */
 
 enum qed_req_type {
     REQ_READ,
@@ -111,40 +111,14 @@ enum qed_req_type {
 };
 
 /*
- * Request states.  A state named *_WAIT waits for the I/O(s) it names; the
- * step function is entered again when the last of them completes.  The other
- * states are actions that run at once.
+ * Request states, declared once in request-states.h (with what each waits
+ * for); the names and handlers come from the same list (request.c).
  */
 enum qed_req_state {
-    RS_START,            /* action: first step after submission */
-    RS_QUEUE_WAIT,       /* waits to reach the head of the allocating-write queue */
-    RS_NEXT,             /* action: start the next run at cur_pos, or finish */
-    RS_L2_LOAD_WAIT,     /* waits for the L2 table covering cur_pos to load */
-    RS_L2_ROOM_WAIT,     /* waits for room in the L2 cache, then goes to resume */
-    RS_RUN,              /* action: handle the run at cur_pos given its L2 table */
-    RS_DATA_WAIT,        /* waits for a data read, in-place write, backing read or punch */
-    RS_ALLOC_BEGIN,      /* action: set NEED_CHECK if this is the first allocation */
-    RS_HDR_WAIT,         /* waits for the header write that sets NEED_CHECK */
-    RS_HDR_FLUSH_WAIT,   /* waits for the flush that makes NEED_CHECK durable */
-    RS_ALLOC_CLUSTERS,   /* action: take clusters (and an L2 table) from the end of file */
-    RS_COW_WAIT,         /* waits for the backing reads that fill a partial cluster */
-    RS_ALLOC_WRITE,      /* action: write head + data + tail into the new clusters */
-    RS_ALLOC_WRITE_WAIT, /* waits for that data write */
-    RS_ALLOC_FLUSH_WAIT, /* waits for the data flush before the L2 update (backing file) */
-    RS_L2_UPDATE,        /* action: set the L2 entries and write them */
-    RS_GC_WAIT,          /* waits for its group commit batch (L2 entries of an existing table) */
-    RS_L2_WRITE_WAIT,    /* waits for the write of a whole new L2 table */
-    RS_L2_FLUSH_WAIT,    /* waits for the flush of a new L2 table before the L1 update */
-    RS_L1_WRITE_WAIT,    /* waits for the L1 entry write */
-    RS_ALLOC_DONE,       /* action: the run is allocated and mapped; move on */
-    RS_BS_BACKING_WAIT,  /* waits for block status of the backing image */
-    RS_FLUSH_WAIT,       /* waits for the final fdatasync (FLUSH, FUA, RESIZE) */
-    RS_RESIZE_BEGIN,     /* action: write the header with the new size */
-    RS_RESIZE_HDR_WAIT,  /* waits for that header write */
-    RS_CLEAN_BEGIN,      /* action: flush before clearing NEED_CHECK */
-    RS_CLEAN_FLUSH_WAIT, /* waits for that flush */
-    RS_CLEAN_HDR_WAIT,   /* waits for the header write that clears NEED_CHECK */
-    RS_DONE,             /* finished; the callback is delivered or deferred */
+#define QED_REQ_STATE(id, name, handler) id,
+#include "request-states.h"
+#undef QED_REQ_STATE
+    QED_REQ_NSTATES      /* not a state: how many there are */
 };
 
 /* What the mapping says about the run at cur_pos. */
@@ -182,7 +156,7 @@ struct qed_req {
     uint64_t alloc_first, alloc_n; /* L2 index and count of entries being set */
     uint64_t *ents;            /* new L2 entries being written (existing table) */
     uint64_t l1_ent;           /* new L1 entry being written */
-    bool zero_entries;         /* write-zeroes: set entries to 1, no data */
+    bool zero_entries;         /* write-zeroes: set entries to QED_ENTRY_ZERO, no data */
     bool scanning;             /* FAST_ZERO: first pass only looks */
     uint64_t head_len, tail_len; /* bytes copied into the first/last new cluster */
     bool cow_zero;             /* head/tail are zeros: no copy, point at the zero buffer */
@@ -234,13 +208,13 @@ struct qed_image {
     struct qed_l2_cache cache;
 
     /* Allocating-write queue: the head holds it until it finishes. */
-    struct qed_req *active;    /* admitted requests (see request.c) */
+    struct qed_req *active;    /* admitted requests (see alloc-queue.c) */
     unsigned nactive;
     bool active_exclusive;     /* one of them runs alone */
     struct qed_req *queue_head, *queue_tail;
     bool kicking, kick_again;
 
-    /* Group commit of L2 entry updates (see request.c) */
+    /* Group commit of L2 entry updates (see group-commit.c) */
     struct qed_req *gc_head, *gc_tail; /* runs waiting for the next batch */
     struct qed_gc_batch *gc_cur;       /* the batch whose metadata is in flight */
     bool gc_scheduled;                 /* gc_defer is queued */
@@ -327,14 +301,27 @@ bool qed_meta_disabled_l2(const struct qed_image *img, uint64_t table_off, uint6
 /** Release what qed_meta_init allocated. */
 void qed_meta_free(struct qed_image *img);
 
-/* request.c */
+/* request-lookup.c */
 /**
  * Called by the L2 cache when a table became evictable or was freed while
  * requests wait for room: wakes them on the next loop turn.
  */
 void qed_req_l2_room(struct qed_image *img);
+/* request.c */
 /** Submit an internal CLEAN request (NEED_CHECK clearing) through the queue. */
 int qed_req_submit_clean(struct qed_image *img, qed_done_fn cb, void *opaque);
+/**
+ * The name debug logs give request state @s, or NULL when @s is not a state
+ * (tests walk the list with it).
+ */
+const char *qed_req_state_name(unsigned s);
+/** Does request state @s have a handler in the driver's table? */
+bool qed_req_state_has_handler(unsigned s);
+/* group-commit.c */
+/** The name of group commit state @s, or NULL when @s is not a state. */
+const char *qed_gc_state_name(unsigned s);
+/** Does group commit state @s have a handler in the batch driver's table? */
+bool qed_gc_state_has_handler(unsigned s);
 
 /* check.c */
 int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result *res);
