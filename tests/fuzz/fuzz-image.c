@@ -54,7 +54,6 @@
 #include "fuzz-util.h"
 #include "qed-format.h"
 #include "qed-io-test.h"
-#include "qed-format.h"
 #include "qed.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
