@@ -1,5 +1,5 @@
 /*
- * qed-aio.h - internal interface between the QED core and its file I/O
+ * qed-io.h - internal interface between the QED core and its file I/O
  * backends (io_uring, thread pool, test).
  *
  * The core fills a struct qed_io and calls qed_aio_submit().  The backend runs
@@ -136,6 +136,16 @@ int qed_aio_test_init(qed_aio *aio);
  * test backend.
  */
 void qed_io_run_sync(struct qed_io *io);
+
+/**
+ * qed_pread_full - read @len bytes at @off from @fd, blocking, retrying short
+ * reads and EINTR; what lies past the end of the file reads as zeros.  For
+ * the set-up paths (open, create, check, close), never on the loop's hot
+ * path.  Returns 0 or a negative errno.
+ */
+int qed_pread_full(int fd, void *buf, size_t len, uint64_t off);
+/** qed_pwrite_full - write all of @buf at @off, as qed_pread_full reads; -EIO if no progress. */
+int qed_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
 /* iovec bookkeeping for retried short transfers (io-sync.c), shared by the backends */
 
