@@ -105,12 +105,7 @@ static void fsync_leader_done(struct qed_io *io)
 
 void qed_image_submit_fsync(struct qed_image *img, struct qed_io *io)
 {
-    io->next = NULL;
-    if (img->fsync_wait_tail)
-        img->fsync_wait_tail->next = io;
-    else
-        img->fsync_wait = io;
-    img->fsync_wait_tail = io;
+    qed_io_list_push(&img->fsync_wait, &img->fsync_wait_tail, io);
     if (!img->fsync_busy)
         fsync_start(img);
 }

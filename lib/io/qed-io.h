@@ -86,6 +86,43 @@ struct qed_aio {
     bool *freed;             /* set by qed_aio_free while deferred calls run */
 };
 
+/** qed_io_list_push - append @io to the singly linked list @head .. @tail. */
+static inline void qed_io_list_push(struct qed_io **head, struct qed_io **tail, struct qed_io *io)
+{
+    io->next = NULL;
+    if (*tail)
+        (*tail)->next = io;
+    else
+        *head = io;
+    *tail = io;
+}
+
+/*
+ * The completion eventfd of the io_uring and thread-pool backends (aio.c):
+ * whoever finishes I/O off the loop signals it, and an ev_io watcher on the
+ * loop reaps the completions.  The watcher is unref'd while nothing is in
+ * flight, so that an idle engine does not keep ev_run() from returning.
+ */
+struct qed_aio_wake {
+    int fd;                  /* the eventfd; -1 when not open */
+    ev_io w;                 /* its watcher on the loop; data is the engine */
+    bool refd;               /* w keeps the loop alive: I/O is in flight */
+};
+
+/** qed_aio_wake_open - create the eventfd.  Returns 0 or a negative errno (logged). */
+int qed_aio_wake_open(struct qed_aio_wake *k);
+/** qed_aio_wake_start - watch the eventfd with @cb (w.data = @aio), unref'd. */
+void qed_aio_wake_start(qed_aio *aio, struct qed_aio_wake *k,
+                        void (*cb)(struct ev_loop *loop, ev_io *w, int revents));
+/** qed_aio_wake_ref - I/O goes in flight: the watcher keeps the loop alive. */
+void qed_aio_wake_ref(qed_aio *aio, struct qed_aio_wake *k);
+/** qed_aio_wake_unref - nothing is in flight any more. */
+void qed_aio_wake_unref(qed_aio *aio, struct qed_aio_wake *k);
+/** qed_aio_wake_read - reset the eventfd (in the watcher's callback); @what names it in a warning. */
+void qed_aio_wake_read(struct qed_aio_wake *k, const char *what);
+/** qed_aio_wake_close - stop the watcher and close the eventfd (either may be absent). */
+void qed_aio_wake_close(qed_aio *aio, struct qed_aio_wake *k);
+
 /** qed_aio_submit - count @io as in flight, compute its length, and pass it to the backend. */
 void qed_aio_submit(qed_aio *aio, struct qed_io *io);
 
@@ -124,10 +161,12 @@ bool qed_aio_run_memory(qed_aio *aio, struct qed_io *io);
  */
 bool qed_fd_in_memory(int fd);
 
-/* Backend constructors: set aio->ops and aio->priv, return 0 or -errno. */
+/* Backend constructors (aio-uring.c, aio-threads.c, aio-test.c): set aio->ops and aio->priv, return 0 or -errno. */
 int qed_aio_uring_init(qed_aio *aio);
 int qed_aio_threads_init(qed_aio *aio);
 int qed_aio_test_init(qed_aio *aio);
+
+/* ---- Blocking I/O (io-sync.c) ---- */
 
 /**
  * qed_io_run_sync - perform @io synchronously on the calling thread with
@@ -147,7 +186,7 @@ int qed_pread_full(int fd, void *buf, size_t len, uint64_t off);
 /** qed_pwrite_full - write all of @buf at @off, as qed_pread_full reads; -EIO if no progress. */
 int qed_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
-/* iovec bookkeeping for retried short transfers (io-sync.c), shared by the backends */
+/* iovec bookkeeping for retried short transfers, shared by the backends */
 
 /** qed_iov_first - index of the first non-empty iovec in @iov[0..@cnt). */
 int qed_iov_first(const struct iovec *iov, int cnt);
