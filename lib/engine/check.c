@@ -43,6 +43,22 @@ static bool mark_used(struct check *c, uint64_t off, uint64_t n)
     return fresh;
 }
 
+/* Read (or, after a repair, write) the L2 table at @table_off into @t; an
+ * error is logged and counted. */
+static int l2_io(struct check *c, uint64_t *t, uint64_t table_off, bool write)
+{
+    struct qed_image *img = c->img;
+    int r = write ? qed_pwrite_full(img->fd, t, img->g.table_bytes, table_off)
+                  : qed_pread_full(img->fd, t, img->g.table_bytes, table_off);
+
+    if (r < 0) {
+        qed_log(QED_LOG_ERROR, "%s: cannot %s L2 table at %" PRIu64 ": %s", img->path,
+                write ? "repair" : "read", table_off, strerror(-r));
+        c->res->check_errors++;
+    }
+    return r;
+}
+
 /* Check one L2 table; returns 0 or -errno for an I/O error. */
 static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t *t)
 {
@@ -54,13 +70,9 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
     /* Fragmentation is judged within one table, as QEMU does: the first data
      * cluster of each table starts afresh. */
     c->last_data = 0;
-    r = qed_pread_full(img->fd, t, g->table_bytes, table_off);
-    if (r < 0) {
-        qed_log(QED_LOG_ERROR, "%s: cannot read L2 table at %" PRIu64 ": %s", img->path,
-                table_off, strerror(-r));
-        c->res->check_errors++;
+    r = l2_io(c, t, table_off, false);
+    if (r < 0)
         return r;
-    }
     for (uint64_t j = 0; j < g->table_entries; j++) {
         uint64_t e = le64toh(t[j]);
         if (e == QED_ENTRY_UNALLOCATED || e == QED_ENTRY_ZERO)
@@ -89,15 +101,8 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
             c->res->corruptions++;
         }
     }
-    if (dirty) {
-        r = qed_pwrite_full(img->fd, t, g->table_bytes, table_off);
-        if (r < 0) {
-            qed_log(QED_LOG_ERROR, "%s: cannot repair L2 table at %" PRIu64 ": %s", img->path,
-                    table_off, strerror(-r));
-            c->res->check_errors++;
-            return r;
-        }
-    }
+    if (dirty)
+        return l2_io(c, t, table_off, true);
     return 0;
 }
 
