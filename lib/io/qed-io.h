@@ -7,8 +7,8 @@
  * callback, which runs io->done exactly once.  done never runs from inside
  * qed_aio_submit().
  */
-#ifndef QED_AIO_H
-#define QED_AIO_H
+#ifndef QED_IO_H
+#define QED_IO_H
 
 #include <stdint.h>
 #include <sys/types.h>
@@ -16,6 +16,8 @@
 #include <ev.h>
 
 #include "qed.h"
+
+/* ---- One I/O, the engine and its backends ---- */
 
 enum qed_io_op {
     QED_IO_READ,   /* preadv; a read past EOF is zero-filled, res = full length */
@@ -86,6 +88,8 @@ struct qed_aio {
     bool *freed;             /* set by qed_aio_free while deferred calls run */
 };
 
+/* ---- The engine, deferred calls, memory files (aio.c) ---- */
+
 /** qed_io_list_push - append @io to the singly linked list @head .. @tail. */
 static inline void qed_io_list_push(struct qed_io **head, struct qed_io **tail, struct qed_io *io)
 {
@@ -118,7 +122,7 @@ void qed_aio_wake_start(qed_aio *aio, struct qed_aio_wake *k,
 void qed_aio_wake_ref(qed_aio *aio, struct qed_aio_wake *k);
 /** qed_aio_wake_unref - nothing is in flight any more. */
 void qed_aio_wake_unref(qed_aio *aio, struct qed_aio_wake *k);
-/** qed_aio_wake_read - reset the eventfd (in the watcher's callback); @what names it in a warning. */
+/** qed_aio_wake_read - reset the eventfd (in the watcher's callback); @what names it. */
 void qed_aio_wake_read(struct qed_aio_wake *k, const char *what);
 /** qed_aio_wake_close - stop the watcher and close the eventfd (either may be absent). */
 void qed_aio_wake_close(qed_aio *aio, struct qed_aio_wake *k);
@@ -161,7 +165,9 @@ bool qed_aio_run_memory(qed_aio *aio, struct qed_io *io);
  */
 bool qed_fd_in_memory(int fd);
 
-/* Backend constructors (aio-uring.c, aio-threads.c, aio-test.c): set aio->ops and aio->priv, return 0 or -errno. */
+/* ---- Backends (aio-uring.c, aio-threads.c, aio-test.c) ---- */
+
+/* Constructors: set aio->ops and aio->priv, return 0 or -errno. */
 int qed_aio_uring_init(qed_aio *aio);
 int qed_aio_threads_init(qed_aio *aio);
 int qed_aio_test_init(qed_aio *aio);
@@ -195,4 +201,4 @@ void qed_iov_consume(struct iovec *iov, int cnt, size_t n);
 /** qed_iov_zero_rest - zero-fill what remains of a read vector and mark it done. */
 void qed_iov_zero_rest(struct iovec *iov, int cnt);
 
-#endif /* QED_AIO_H */
+#endif /* QED_IO_H */
