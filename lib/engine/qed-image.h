@@ -2,28 +2,34 @@
  * qed-image.h - the open image, its L2 cache and its request state machines.
  * Internal to libqed (lib/engine).
  *
- * Which file provides what, and who calls whom (-> = calls):
- *   image-open.c    qed_open: file, header, L1, backing chain, the check a
- *                   read-write open runs  -> backing-file.c, check.c,
- *                   metadata.c, need-check.c (timer set-up), image-close.c
- *                   (freeing on failure)
+ * Which file provides what, and whom it calls in the engine (->):
+ *   image-open.c    qed_open: file, lock, header, L1, backing chain, and the
+ *                   check a read-write open runs -> backing-file.c, check.c,
+ *                   image.c, metadata.c, l2-cache.c, need-check.c (timer
+ *                   set-up), image-close.c (freeing after a failure)
  *   image-create.c  qed_create -> backing-file.c (resolve, probe)
  *   backing-file.c  backing name, probe, open -> image-open.c (a QED backing
- *                   image is opened as an image: the one recursion)
- *   image-close.c   qed_close -> need-check.c (final flush and flag)
- *   need-check.c    NEED_CHECK life -> request.c (the CLEAN request, on the
- *                   timer), sync.c (close's final flush)
- *   flush-latch.c   fdatasync latch and one-at-a-time queue -> io only
- *   check.c         check and repair -> flush-latch.c, image.c (header
- *                   write), metadata.c, l2-cache.c; never open internals
- *   image.c         header write, information getters
- *   request.c       the request machines -> need-check.c (arm/stop the
- *                   timer), flush-latch.c, metadata.c, l2-cache.c
+ *                   file is opened as an image, one level deeper)
+ *   image-close.c   qed_close, qed_image_free -> need-check.c, l2-cache.c,
+ *                   metadata.c
+ *   need-check.c    the NEED_CHECK flag's life -> request.c (the CLEAN
+ *                   request the timer submits), sync.c (close's final
+ *                   flush), flush-latch.c, image.c
+ *   flush-latch.c   the fdatasync latch and queue -> need-check.c (a failed
+ *                   flush stops the clean timer)
+ *   check.c         check and repair, qed_check -> flush-latch.c, image.c,
+ *                   metadata.c, l2-cache.c; never open internals
+ *   image.c         the synchronous header write, the information getters
+ *   request.c       the request machines -> need-check.c, flush-latch.c,
+ *                   metadata.c, l2-cache.c
  *   sync.c          blocking wrappers -> the public request calls (request.c)
- *   metadata.c, l2-cache.c, lock.c, file-open.c: leaves (format and io only;
- *   l2-cache.c wakes room waiters through qed_req_l2_room, request.c)
- * The one cycle left is need-check.c <-> request.c: the timer submits a CLEAN
- * request, and requests arm the timer when allocating writes go idle.
+ *   l2-cache.c      -> request.c (qed_req_l2_room wakes requests waiting for
+ *                   room); metadata.c, lock.c, file-open.c, size.c: leaves
+ * Cycles left, each on purpose: need-check.c <-> request.c (the
+ * timer submits a CLEAN request; requests arm the timer when allocating
+ * writes go idle), need-check.c <-> flush-latch.c, l2-cache.c <-> request.c,
+ * and image-open.c <-> backing-file.c (the chain).  Everything may use
+ * format/ and io/, which call nothing here.
  */
 #ifndef QED_IMAGE_H
 #define QED_IMAGE_H
