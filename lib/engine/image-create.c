@@ -73,13 +73,9 @@ static int create_header(const char *path, const struct qed_create_opts *opts,
                             ? ", 2^63 - 512: the most NBD clients can address"
                             : "");
 
-    memset(h, 0, sizeof(*h));
-    h->magic = QED_MAGIC;
-    h->cluster_size = cs;
-    h->table_size = ts;
-    h->header_size = 1;
-    h->l1_table_offset = cs;
-    h->image_size = size;
+    /* One header cluster, the L1 table right after it. */
+    *h = (struct qed_header){.magic = QED_MAGIC, .cluster_size = cs, .table_size = ts,
+                             .header_size = 1, .l1_table_offset = cs, .image_size = size};
     if (opts->backing_file && opts->backing_file[0])
         return create_backing(path, opts, h, err, errlen);
     return 0;
