@@ -41,7 +41,7 @@ static bool needs_exclusive(const struct qed_req *r)
 
     if (r->type != REQ_WRITE)
         return true;
-    if (img->backing_kind == BACKING_NONE && !(img->h.features & QED_F_NEED_CHECK))
+    if (qed_image_must_mark_dirty(img))
         return true;
     for (uint64_t i = qed_l1_index(&img->g, r->lock_lo);
          i <= qed_l1_index(&img->g, r->lock_hi - 1) && i < img->g.table_entries; i++)
@@ -133,8 +133,7 @@ bool qed_queue_enter(struct qed_req *r, enum qed_req_state resume)
     uint64_t from = r->type == REQ_WRITE ? r->cur_pos : r->off;
 
     /* Allocation activity postpones the clean: NEED_CHECK stays set while busy. */
-    if (img->aio && ev_is_active(&img->clean_timer))
-        ev_timer_stop(img->aio->loop, &img->clean_timer);
+    qed_image_stop_clean(img);
     r->lock_lo = qed_start_of_cluster(g, from);
     if (qed_align_up_overflows(r->end, g->cluster_size, &r->lock_hi)) {
         /* Cannot happen below QED_MAX_VIRTUAL_SIZE; if it did, an end that

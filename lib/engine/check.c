@@ -24,31 +24,10 @@ struct check {
     bool repair;
     uint64_t nclusters;
     uint8_t *used;      /* bitmap of referenced host clusters */
+    uint8_t *tocheck;   /* bitmap of L1 indexes whose table pass 2 checks */
+    bool l1_dirty;      /* a repair changed the L1 table */
     uint64_t last_data; /* previous data cluster, for fragmentation */
 };
-
-static int rw_full(int fd, void *buf, size_t len, uint64_t off, bool write)
-{
-    uint8_t *p = buf;
-    while (len) {
-        ssize_t n = write ? pwrite(fd, p, len, (off_t)off) : pread(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0) {
-            if (write)
-                return -EIO;
-            memset(p, 0, len);
-            return 0;
-        }
-        p += n;
-        off += (uint64_t)n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
 
 /* Mark @n clusters from host offset @off as used; false if any already was. */
 static bool mark_used(struct check *c, uint64_t off, uint64_t n)
@@ -64,6 +43,22 @@ static bool mark_used(struct check *c, uint64_t off, uint64_t n)
     return fresh;
 }
 
+/* Read (or, after a repair, write) the L2 table at @table_off into @t; an
+ * error is logged and counted. */
+static int l2_io(struct check *c, uint64_t *t, uint64_t table_off, bool write)
+{
+    struct qed_image *img = c->img;
+    int r = write ? qed_pwrite_full(img->fd, t, img->g.table_bytes, table_off)
+                  : qed_pread_full(img->fd, t, img->g.table_bytes, table_off);
+
+    if (r < 0) {
+        qed_log(QED_LOG_ERROR, "%s: cannot %s L2 table at %" PRIu64 ": %s", img->path,
+                write ? "repair" : "read", table_off, strerror(-r));
+        c->res->check_errors++;
+    }
+    return r;
+}
+
 /* Check one L2 table; returns 0 or -errno for an I/O error. */
 static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t *t)
 {
@@ -75,16 +70,12 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
     /* Fragmentation is judged within one table, as QEMU does: the first data
      * cluster of each table starts afresh. */
     c->last_data = 0;
-    r = rw_full(img->fd, t, g->table_bytes, table_off, false);
-    if (r < 0) {
-        qed_log(QED_LOG_ERROR, "%s: cannot read L2 table at %" PRIu64 ": %s", img->path,
-                table_off, strerror(-r));
-        c->res->check_errors++;
+    r = l2_io(c, t, table_off, false);
+    if (r < 0)
         return r;
-    }
     for (uint64_t j = 0; j < g->table_entries; j++) {
         uint64_t e = le64toh(t[j]);
-        if (e == 0 || e == 1)
+        if (e == QED_ENTRY_UNALLOCATED || e == QED_ENTRY_ZERO)
             continue;
         if (!qed_check_cluster_offset(g, e, img->file_size)) {
             qed_log(QED_LOG_WARN,
@@ -94,7 +85,7 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
             c->res->corruptions++;
             c->res->repairable++;
             if (c->repair) {
-                t[j] = 0;
+                t[j] = htole64(QED_ENTRY_UNALLOCATED);
                 dirty = true;
                 c->res->corruptions_fixed++;
             }
@@ -110,14 +101,99 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
             c->res->corruptions++;
         }
     }
-    if (dirty) {
-        r = rw_full(img->fd, t, g->table_bytes, table_off, true);
+    if (dirty)
+        return l2_io(c, t, table_off, true);
+    return 0;
+}
+
+/* Pass 1 over the L1 table @l1 (as on disk): judge each entry, mark each
+ * valid table used, and set its bit in c->tocheck for pass 2. */
+static void check_l1(struct check *c, uint64_t *l1)
+{
+    struct qed_image *img = c->img;
+    const struct qed_geom *g = &img->g;
+
+    for (uint64_t i = 0; i < g->table_entries; i++) {
+        uint64_t off = le64toh(l1[i]);
+        if (off == QED_ENTRY_UNALLOCATED)
+            continue;
+        if (!qed_check_table_offset(g, off, img->file_size)) {
+            qed_log(QED_LOG_WARN, "%s: ERROR invalid L1 entry %" PRIu64 ": 0x%" PRIx64,
+                    img->path, i, off);
+            c->res->corruptions++;
+            c->res->repairable++;
+            if (c->repair) {
+                l1[i] = htole64(QED_ENTRY_UNALLOCATED);
+                img->l1[i] = htole64(QED_ENTRY_UNALLOCATED);
+                c->l1_dirty = true;
+                c->res->corruptions_fixed++;
+            }
+            continue;
+        }
+        if (!mark_used(c, off, g->table_size)) {
+            qed_log(QED_LOG_WARN, "%s: ERROR L2 table at 0x%" PRIx64 " is referenced twice",
+                    img->path, off);
+            c->res->corruptions++;
+            continue;
+        }
+        c->tocheck[i / 8] |= (uint8_t)(1u << (i % 8)); /* a table to check in pass 2 */
+    }
+}
+
+/* Count the clusters nothing references, and find the end of the last used one. */
+static void count_leaks(struct check *c)
+{
+    c->res->image_end_offset = 0;
+    for (uint64_t i = 0; i < c->nclusters; i++) {
+        if (!(c->used[i / 8] & (1u << (i % 8))))
+            c->res->leaks++;
+        else
+            c->res->image_end_offset = (i + 1) << c->img->g.cluster_bits;
+    }
+}
+
+/* After a repair: write the repaired L1 table, flush, write the header
+ * (NEED_CHECK cleared when no corruption remains) and forget what the
+ * image cached of the tables before the repair. */
+static int repair_finish(struct check *c, const uint64_t *l1)
+{
+    struct qed_image *img = c->img;
+    struct qed_check_result *res = c->res;
+    int r;
+
+    if (c->l1_dirty) {
+        r = qed_pwrite_full(img->fd, l1, img->g.table_bytes, img->h.l1_table_offset);
         if (r < 0) {
-            qed_log(QED_LOG_ERROR, "%s: cannot repair L2 table at %" PRIu64 ": %s", img->path,
-                    table_off, strerror(-r));
-            c->res->check_errors++;
+            res->check_errors++;
+            qed_log(QED_LOG_ERROR, "%s: cannot repair the L1 table: %s", img->path,
+                    strerror(-r));
             return r;
         }
+    }
+    /* Why flush before clearing NEED_CHECK: the flag may only say
+     * "consistent" once the repaired tables are on stable storage. */
+    /* Through the image's latch (flush-latch.c): on an open image this
+     * fdatasync may take a write-back error of earlier writes, which the
+     * kernel reports once; later flushes must not succeed. */
+    if (fdatasync(img->fd) < 0) {
+        res->check_errors++;
+        return qed_image_flush_result(img, -errno);
+    }
+    if (res->corruptions == res->corruptions_fixed)
+        img->h.features &= ~QED_F_NEED_CHECK;
+    r = qed_image_write_header_sync(img);
+    if (r == 0 && fdatasync(img->fd) < 0)
+        r = qed_image_flush_result(img, -errno);
+    if (r < 0) {
+        res->check_errors++;
+        return r;
+    }
+    /* Cached tables may predate the repair, and so may the record of
+     * invalid entries (qed_meta_* runs again on the repaired tables). */
+    qed_l2_cache_destroy(&img->cache);
+    if (img->meta_tables) {
+        qed_meta_free(img);
+        return qed_meta_init(img);
     }
     return 0;
 }
@@ -127,8 +203,6 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
     const struct qed_geom *g = &img->g;
     struct check c = {.img = img, .res = res, .repair = repair};
     uint64_t *t = NULL, *l1 = NULL;
-    uint8_t *tocheck = NULL;
-    bool l1_dirty = false;
     int r = 0;
 
     memset(res, 0, sizeof(*res));
@@ -144,7 +218,7 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
     }
     /* The L1 table as on disk: the in-memory copy has invalid entries
      * disabled (metadata.c), and the check must judge the real values. */
-    r = rw_full(img->fd, l1, g->table_bytes, img->h.l1_table_offset, false);
+    r = qed_pread_full(img->fd, l1, g->table_bytes, img->h.l1_table_offset);
     if (r < 0) {
         res->check_errors++;
         qed_log(QED_LOG_ERROR, "%s: cannot read the L1 table: %s", img->path, strerror(-r));
@@ -158,97 +232,44 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
      * duplicate and its own entries went unchecked, so an entry of it past
      * the end of the file survived a repair and, once the file grew, named
      * another cluster's data (found by tests/fuzz/fuzz-image). */
-    tocheck = calloc(1, g->table_entries / 8 + 1);
-    if (!tocheck) {
+    c.tocheck = calloc(1, g->table_entries / 8 + 1);
+    if (!c.tocheck) {
         res->check_errors++;
         r = -ENOMEM;
         goto out;
     }
+    check_l1(&c, l1);
     for (uint64_t i = 0; i < g->table_entries; i++) {
-        uint64_t off = le64toh(l1[i]);
-        if (off == 0)
-            continue;
-        if (!qed_check_table_offset(g, off, img->file_size)) {
-            qed_log(QED_LOG_WARN, "%s: ERROR invalid L1 entry %" PRIu64 ": 0x%" PRIx64,
-                    img->path, i, off);
-            res->corruptions++;
-            res->repairable++;
-            if (repair) {
-                l1[i] = 0;
-                img->l1[i] = 0;
-                l1_dirty = true;
-                res->corruptions_fixed++;
-            }
-            continue;
-        }
-        if (!mark_used(&c, off, g->table_size)) {
-            qed_log(QED_LOG_WARN, "%s: ERROR L2 table at 0x%" PRIx64 " is referenced twice",
-                    img->path, off);
-            res->corruptions++;
-            continue;
-        }
-        tocheck[i / 8] |= (uint8_t)(1u << (i % 8)); /* a table to check in pass 2 */
-    }
-    for (uint64_t i = 0; i < g->table_entries; i++) {
-        if (!(tocheck[i / 8] & (1u << (i % 8))))
+        if (!(c.tocheck[i / 8] & (1u << (i % 8))))
             continue;
         r = check_l2(&c, i, le64toh(l1[i]), t);
         if (r < 0)
             goto out;
     }
-
-    res->image_end_offset = 0;
-    for (uint64_t i = 0; i < c.nclusters; i++) {
-        if (!(c.used[i / 8] & (1u << (i % 8))))
-            res->leaks++;
-        else
-            res->image_end_offset = (i + 1) << g->cluster_bits;
-    }
-
-    if (repair) {
-        if (l1_dirty) {
-            r = rw_full(img->fd, l1, g->table_bytes, img->h.l1_table_offset, true);
-            if (r < 0) {
-                res->check_errors++;
-                qed_log(QED_LOG_ERROR, "%s: cannot repair the L1 table: %s", img->path,
-                        strerror(-r));
-                goto out;
-            }
-        }
-        /* Why flush before clearing NEED_CHECK: the flag may only say
-         * "consistent" once the repaired tables are on stable storage. */
-        /* Through the image's latch (image.c): on an open image this
-         * fdatasync may take a write-back error of earlier writes, which the
-         * kernel reports once; later flushes must not succeed. */
-        if (fdatasync(img->fd) < 0) {
-            r = qed_image_flush_result(img, -errno);
-            res->check_errors++;
-            goto out;
-        }
-        if (res->corruptions == res->corruptions_fixed)
-            img->h.features &= ~QED_F_NEED_CHECK;
-        r = qed_image_write_header_sync(img);
-        if (r == 0 && fdatasync(img->fd) < 0)
-            r = qed_image_flush_result(img, -errno);
-        if (r < 0) {
-            res->check_errors++;
-            goto out;
-        }
-        /* Cached tables may predate the repair, and so may the record of
-         * invalid entries (qed_meta_* runs again on the repaired tables). */
-        qed_l2_cache_destroy(&img->cache);
-        if (img->meta_tables) {
-            qed_meta_free(img);
-            r = qed_meta_init(img);
-            if (r < 0)
-                goto out;
-        }
-    }
+    count_leaks(&c);
+    if (repair)
+        r = repair_finish(&c, l1);
 
 out:
-    free(tocheck);
+    free(c.tocheck);
     free(c.used);
     free(t);
     free(l1);
     return r;
+}
+
+int qed_check(qed_image *img, bool repair, struct qed_check_result *res)
+{
+    if (repair && img->read_only)
+        return -EROFS;
+    if (repair && img->flush_err) {
+        /* The page cache may hold what the disk lost: a repair would judge
+         * the wrong tables, and must not clear NEED_CHECK.  Reopen first. */
+        qed_log(QED_LOG_ERROR, "%s: not repairing: a flush failed while the image was open "
+                "(close and reopen it to check it)", img->path);
+        return -EIO;
+    }
+    if (img->inflight)
+        return -EBUSY;
+    return qed_check_image(img, repair, res);
 }

@@ -62,7 +62,7 @@
  *    the cache first: allowed for a write that reported failure, as after a
  *    failed L1 update.)  When a step every member depends on fails (the
  *    extension, or the flush), no entry is written and every member fails;
- *    a failed flush also sets the image's flush latch (image.c).
+ *    a failed flush also sets the image's flush latch (flush-latch.c).
  * A member is acknowledged only after its batch's L2 write completed (and
  * after its own FUA flush, which follows as before).
  *
@@ -257,7 +257,7 @@ static void gc_submit(struct qed_gc_batch *b, struct qed_io *io, enum qed_io_op 
     io->opaque = b;
     b->pending++;
     if (op == QED_IO_FSYNC)
-        qed_image_submit_fsync(b->img, io); /* one fdatasync at a time (image.c) */
+        qed_image_submit_fsync(b->img, io); /* one fdatasync at a time (flush-latch.c) */
     else
         qed_aio_submit(b->img->aio, io);
 }

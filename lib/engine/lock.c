@@ -48,7 +48,35 @@ static int byte_is_held(int fd, off_t byte)
     return fl.l_type != F_UNLCK;
 }
 
-int qed_lock_image(int fd, bool write, bool backing, const char *name, char *err, size_t errlen)
+/*
+ * Does another process conflict with our use of permission @b (@shared
+ * false: someone refuses to share it) or with our refusal to share it
+ * (@shared true: someone uses it)?  0 if not, -EBUSY with a message naming
+ * @name if so, or the error of the test with its message.
+ */
+static int conflict(int fd, int b, bool shared, const char *name, char *err, size_t errlen)
+{
+    int r = byte_is_held(fd, (shared ? LOCK_PERM_BASE : LOCK_SHARED_BASE) + b);
+
+    if (r < 0)
+        return qed_errf(err, errlen, r, "%s: cannot lock the image: %s", name, strerror(-r));
+    if (!r)
+        return 0;
+    return qed_errf(err, errlen, -EBUSY,
+                    "%s: failed to get %s\"%s\" lock: another process (qednbd or QEMU) is "
+                    "using the image%s",
+                    name, shared ? "shared " : "", perm_name[b],
+                    shared ? "" : " and does not share it");
+}
+
+/*
+ * Take the image lock on @fd at once: a read-write open takes the write
+ * permission and shares none of write/resize; a read-only open takes
+ * consistent-read and refuses to share write.  Returns 0, or -EBUSY with a
+ * message naming @name.
+ */
+static int lock_image(int fd, bool write, bool backing, const char *name, char *err,
+                      size_t errlen)
 {
     unsigned perms, unshared;
     int r;
@@ -82,25 +110,17 @@ int qed_lock_image(int fd, bool write, bool backing, const char *name, char *err
     }
     /* Now look for conflicts with everyone else's locks. */
     for (int b = 0; b < PERM_COUNT; b++) {
+        /* Using permission b conflicts with anyone who does not share it;
+         * not sharing it conflicts with anyone who uses it. */
         if (perms & (1u << b)) {
-            r = byte_is_held(fd, LOCK_SHARED_BASE + b);
-            if (r < 0)
-                goto fail_errno;
+            r = conflict(fd, b, false, name, err, errlen);
             if (r)
-                return qed_errf(err, errlen, -EBUSY,
-                                "%s: failed to get \"%s\" lock: another process (qednbd or "
-                                "QEMU) is using the image and does not share it",
-                                name, perm_name[b]);
+                return r;
         }
         if (unshared & (1u << b)) {
-            r = byte_is_held(fd, LOCK_PERM_BASE + b);
-            if (r < 0)
-                goto fail_errno;
+            r = conflict(fd, b, true, name, err, errlen);
             if (r)
-                return qed_errf(err, errlen, -EBUSY,
-                                "%s: failed to get shared \"%s\" lock: another process "
-                                "(qednbd or QEMU) is using the image",
-                                name, perm_name[b]);
+                return r;
         }
     }
     return 0;
@@ -130,7 +150,7 @@ int qed_lock_image_wait(int fd, bool write, bool backing, unsigned wait_ms, cons
                         char *err, size_t errlen)
 {
     double start, deadline, left;
-    int r = qed_lock_image(fd, write, backing, name, err, errlen);
+    int r = lock_image(fd, write, backing, name, err, errlen);
 
     if (r != -EBUSY || wait_ms == 0)
         return r;
@@ -156,7 +176,7 @@ int qed_lock_image_wait(int fd, bool write, bool backing, unsigned wait_ms, cons
             while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
                 ;
         }
-        r = qed_lock_image(fd, write, backing, name, err, errlen);
+        r = lock_image(fd, write, backing, name, err, errlen);
         if (r != -EBUSY) {
             if (r == 0)
                 qed_log(QED_LOG_INFO, "got the lock on %s after %.1f s", name, now_s() - start);

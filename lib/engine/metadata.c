@@ -84,12 +84,12 @@ int qed_meta_init(struct qed_image *img)
         return -ENOMEM;
     for (uint64_t i = 0; i < g->table_entries; i++) {
         uint64_t off = le64toh(img->l1[i]);
-        if (off == 0)
+        if (off == QED_ENTRY_UNALLOCATED)
             continue;
         if (!qed_check_table_offset(g, off, img->open_end)) {
             qed_log(QED_LOG_WARN, "%s: L1 entry %" PRIu64 " (0x%" PRIx64 ") is invalid", img->path,
                     i, off);
-            img->l1[i] = htole64(off | 1);
+            img->l1[i] = htole64(off | QED_ENTRY_DISABLED);
             continue;
         }
         img->meta_tables[n++] = off;
@@ -134,12 +134,13 @@ int qed_meta_sanitize_l2(struct qed_image *img, uint64_t table_off, uint64_t *t)
         for (size_t i = 0; i < img->nbogus; i++)
             if (img->bogus[i].table == table_off &&
                 le64toh(t[img->bogus[i].index]) == img->bogus[i].value)
-                t[img->bogus[i].index] = htole64(img->bogus[i].value | 1);
+                t[img->bogus[i].index] = htole64(img->bogus[i].value | QED_ENTRY_DISABLED);
         return 0;
     }
     for (uint64_t j = 0; j < g->table_entries; j++) {
         uint64_t e = le64toh(t[j]);
-        if (e <= 1 || (e & (g->cluster_size - 1)))
+        if (e == QED_ENTRY_UNALLOCATED || e == QED_ENTRY_ZERO ||
+            (e & (g->cluster_size - 1)))
             continue; /* unallocated, zero, or already invalid for good */
         if (e >= img->open_end || is_metadata(img, e)) {
             qed_log(QED_LOG_WARN,
@@ -148,7 +149,7 @@ int qed_meta_sanitize_l2(struct qed_image *img, uint64_t table_off, uint64_t *t)
                     e >= img->open_end ? "past the end of the file" : "at metadata");
             if (bogus_add(img, table_off, j, e) < 0)
                 return -ENOMEM;
-            t[j] = htole64(e | 1);
+            t[j] = htole64(e | QED_ENTRY_DISABLED);
         }
     }
     img->meta_scanned[k] = 1;

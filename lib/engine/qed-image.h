@@ -1,6 +1,35 @@
 /*
  * qed-image.h - the open image, its L2 cache and its request state machines.
- * Internal to libqed.
+ * Internal to libqed (lib/engine).
+ *
+ * Which file provides what, and whom it calls in the engine (->):
+ *   image-open.c    qed_open: file, lock, header, L1, backing chain, and the
+ *                   check a read-write open runs -> backing-file.c, check.c,
+ *                   image.c, metadata.c, l2-cache.c, need-check.c (timer
+ *                   set-up), image-close.c (freeing after a failure)
+ *   image-create.c  qed_create -> backing-file.c (resolve, probe)
+ *   backing-file.c  backing name, probe, open -> image-open.c (a QED backing
+ *                   file is opened as an image, one level deeper)
+ *   image-close.c   qed_close, qed_image_free -> need-check.c, l2-cache.c,
+ *                   metadata.c
+ *   need-check.c    the NEED_CHECK flag's life -> request.c (the CLEAN
+ *                   request the timer submits), sync.c (close's final
+ *                   flush), flush-latch.c, image.c
+ *   flush-latch.c   the fdatasync latch and queue -> need-check.c (a failed
+ *                   flush stops the clean timer)
+ *   check.c         check and repair, qed_check -> flush-latch.c, image.c,
+ *                   metadata.c, l2-cache.c; never open internals
+ *   image.c         the synchronous header write, the information getters
+ *   request.c       the request machines -> need-check.c, flush-latch.c,
+ *                   metadata.c, l2-cache.c
+ *   sync.c          blocking wrappers -> the public request calls (request.c)
+ *   l2-cache.c      -> request.c (qed_req_l2_room wakes requests waiting for
+ *                   room); metadata.c, lock.c, file-open.c, size.c: leaves
+ * Cycles left, each on purpose: need-check.c <-> request.c (the
+ * timer submits a CLEAN request; requests arm the timer when allocating
+ * writes go idle), need-check.c <-> flush-latch.c, l2-cache.c <-> request.c,
+ * and image-open.c <-> backing-file.c (the chain).  Everything may use
+ * format/ and io/, which call nothing here.
  */
 #ifndef QED_IMAGE_H
 #define QED_IMAGE_H
@@ -93,7 +122,7 @@ void qed_l2_cache_forget(struct qed_l2_cache *c, struct qed_l2 *e);
 /** Drop a reference; evicts least-recently-used unreferenced entries over capacity. */
 void qed_l2_cache_unref(struct qed_l2_cache *c, struct qed_l2 *e);
 
-/* ---- Backing file ---- */
+/* ---- Backing file kinds (backing-file.c) ---- */
 
 enum qed_backing_kind { BACKING_NONE, BACKING_RAW, BACKING_QED };
 
@@ -259,16 +288,66 @@ struct qed_image {
     uint8_t hdr_raw[QED_HEADER_BYTES];
 };
 
-/* image.c */
+/* ---- Open, create, close (image-open.c, image-create.c, image-close.c) ---- */
+
+/** Deepest backing chain an open follows (backing-file.c). */
+#define QED_MAX_BACKING_DEPTH 16
+
 /** qed_open at backing-chain depth @depth (0 = the image asked for). */
 int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *opts, int depth,
                    qed_image **out, char *err, size_t errlen);
-/** Write the in-memory header to disk (synchronously; open/close only). */
+/** Free @img and its backing chain, closing their files; no flush, no header write. */
+void qed_image_free(struct qed_image *img);
+
+/* ---- Backing file (backing-file.c) ---- */
+
+/** Resolve a backing name relative to the directory of @image_path, as QEMU does. */
+int qed_backing_resolve(const char *image_path, const char *name, char *out, size_t outlen);
+/**
+ * Is the backing file @path (of image @owner) a QED image?  Opened as every
+ * backing file is: never blocking, confined to @confine_dir when given.
+ */
+int qed_backing_probe(const char *owner, const char *path, const char *confine_dir, bool *is_qed,
+                      char *err, size_t errlen);
+/**
+ * Open the backing file @img's header names, if any: a QED image read-only
+ * at @depth + 1, or a raw file, locked and confined as the options say.
+ */
+int qed_backing_open(struct qed_image *img, qed_aio *aio, const struct qed_open_opts *opts,
+                     int depth, char *err, size_t errlen);
+
+/* ---- Header write and information (image.c) ---- */
+
+/** Write the in-memory header to disk (synchronously; open/close/check only). */
 int qed_image_write_header_sync(struct qed_image *img);
-/** Encode the header into a 512-byte-aligned buffer for an async write. */
-void qed_image_encode_header(const struct qed_image *img, uint8_t out[QED_HEADER_BYTES]);
+
+/* ---- The NEED_CHECK flag (need-check.c) ---- */
+
+/** Must an allocation first set NEED_CHECK (no backing file, flag not set)? */
+bool qed_image_must_mark_dirty(const struct qed_image *img);
+/** Set NEED_CHECK in memory (ours to clear) and encode the header into img->hdr_raw. */
+void qed_image_mark_dirty(struct qed_image *img);
+/** The header write or flush that set NEED_CHECK failed: forget the flag. */
+void qed_image_unmark_dirty(struct qed_image *img);
+/** May a CLEAN request clear NEED_CHECK (set by us, image writable)? */
+bool qed_image_may_clean(const struct qed_image *img);
+/** Clear NEED_CHECK in memory (after the flush) and encode the header into img->hdr_raw. */
+void qed_image_mark_clean(struct qed_image *img);
+/** Set up the clean timer of an image opened with an engine. */
+void qed_image_init_clean(struct qed_image *img);
 /** Arm the timer that clears NEED_CHECK once allocating writes have been idle. */
 void qed_image_arm_clean(struct qed_image *img);
+/** Stop the clean timer (allocation activity, a failed flush, close). */
+void qed_image_stop_clean(struct qed_image *img);
+/**
+ * On close of a writable image: the final flush, then NEED_CHECK cleared if
+ * we set it, or written back to disk after a failed flush.  Returns 0 or a
+ * negative errno (-EIO after a failed flush).
+ */
+int qed_image_close_clean(struct qed_image *img);
+
+/* ---- Flushes (flush-latch.c) ---- */
+
 /**
  * The result an fdatasync of img->fd (@res: 0 or a negative errno) gives its
  * caller.  A failure is latched, and logged once; from then on every flush
@@ -282,7 +361,8 @@ int qed_image_flush_result(struct qed_image *img, int res);
  */
 void qed_image_submit_fsync(struct qed_image *img, struct qed_io *io);
 
-/* metadata.c */
+
+/* ---- Invalid entries found at open (metadata.c) ---- */
 /**
  * Record which metadata the image holds at open and disable L1 entries that
  * are invalid then (they point past the end, into the header or at the L1
@@ -301,6 +381,7 @@ bool qed_meta_disabled_l2(const struct qed_image *img, uint64_t table_off, uint6
 /** Release what qed_meta_init allocated. */
 void qed_meta_free(struct qed_image *img);
 
+/* ---- Request entry points for the other engine files ---- */
 /* request-lookup.c */
 /**
  * Called by the L2 cache when a table became evictable or was freed while
@@ -323,24 +404,25 @@ const char *qed_gc_state_name(unsigned s);
 /** Does group commit state @s have a handler in the batch driver's table? */
 bool qed_gc_state_has_handler(unsigned s);
 
-/* check.c */
+/* ---- Check and repair (check.c) ---- */
+
+/**
+ * qed_check_image - check the tables of @img (blocking, nothing in flight),
+ * and with @repair zero invalid entries, flush, and clear NEED_CHECK when no
+ * corruption remains.  qed_check is the public entry, with its refusals.
+ */
 int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result *res);
 
 /* ---- Locking (lock.c) ---- */
 
 /**
- * qed_lock_image - take the image lock on @fd (QEMU-compatible OFD byte-range
- * locks): a read-write open takes the write permission and shares none of
- * write/resize; a read-only open takes consistent-read and refuses to share
- * write.  Returns 0, or -EBUSY with a message naming @name.
- */
-int qed_lock_image(int fd, bool write, bool backing, const char *name, char *err, size_t errlen);
-
-/**
- * qed_lock_image_wait - qed_lock_image, but while another process holds a
- * conflicting lock, poll for it for up to @wait_ms milliseconds (logging once
- * that it waits) before failing with the same -EBUSY and message.  @wait_ms 0
- * fails at once.  Blocks the caller: for the open path only.
+ * qed_lock_image_wait - take the image lock on @fd (QEMU-compatible OFD
+ * byte-range locks): a read-write open takes the write permission and shares
+ * none of write/resize; a read-only open takes consistent-read and refuses
+ * to share write.  While another process holds a conflicting lock, poll for
+ * it for up to @wait_ms milliseconds (logging once that it waits) before
+ * failing with -EBUSY and a message naming @name.  @wait_ms 0 fails at once.
+ * Blocks the caller: for the open path only.
  */
 int qed_lock_image_wait(int fd, bool write, bool backing, unsigned wait_ms, const char *name,
                         char *err, size_t errlen);

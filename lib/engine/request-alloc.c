@@ -26,12 +26,10 @@ enum qed_rs_next qed_rs_alloc_begin(struct qed_req *r)
 {
     struct qed_image *img = r->img;
 
-    if (!r->zero_entries && img->backing_kind == BACKING_NONE &&
-        !(img->h.features & QED_F_NEED_CHECK)) {
+    if (!r->zero_entries && qed_image_must_mark_dirty(img)) {
         /* Rule 1: NEED_CHECK durable before the first allocation. */
         assert(r->exclusive);
-        img->h.features |= QED_F_NEED_CHECK;
-        img->dirty_set_by_us = true;
+        qed_image_mark_dirty(img);
         return qed_rs_wait_header_write(r, RS_HDR_WAIT);
     }
     return qed_rs_go(r, RS_ALLOC_CLUSTERS);
@@ -40,7 +38,7 @@ enum qed_rs_next qed_rs_alloc_begin(struct qed_req *r)
 enum qed_rs_next qed_rs_hdr_wait(struct qed_req *r)
 {
     if (r->err)
-        r->img->h.features &= ~QED_F_NEED_CHECK;
+        qed_image_unmark_dirty(r->img); /* not known to be on disk (need-check.c) */
     if (qed_rs_failed(r))
         return QED_RS_STOP;
     return qed_rs_wait_fsync(r, RS_HDR_FLUSH_WAIT);
@@ -48,15 +46,8 @@ enum qed_rs_next qed_rs_hdr_wait(struct qed_req *r)
 
 enum qed_rs_next qed_rs_hdr_flush_wait(struct qed_req *r)
 {
-    if (r->err) {
-        /* The flag is not known to be on disk: a failed fdatasync may
-         * have dropped the header page for good.  Forget it, so that
-         * the next allocation writes and flushes it again (and fails
-         * while the flush latch is set) instead of allocating without
-         * a durable NEED_CHECK.  If it did reach the disk, it stays
-         * there: close never clears it on a failed image. */
-        r->img->h.features &= ~QED_F_NEED_CHECK;
-    }
+    if (r->err)
+        qed_image_unmark_dirty(r->img); /* not known to be on disk (need-check.c) */
     if (qed_rs_failed(r))
         return QED_RS_STOP;
     return qed_rs_go(r, RS_ALLOC_CLUSTERS);

@@ -53,9 +53,8 @@ enum qed_rs_next qed_rs_clean_begin(struct qed_req *r)
 {
     struct qed_image *img = r->img;
 
-    /* Only a flag we set ourselves: one left by a crash or by unrepaired
-     * corruption must stay until a check clears it. */
-    if (!(img->h.features & QED_F_NEED_CHECK) || img->read_only || !img->dirty_set_by_us)
+    /* Only a flag we set ourselves (need-check.c says why). */
+    if (!qed_image_may_clean(img))
         return qed_rs_finish(r, 0);
     /* Why flush first: NEED_CHECK may be cleared only when every
      * metadata update made under it is on stable storage. */
@@ -68,7 +67,7 @@ enum qed_rs_next qed_rs_clean_flush_wait(struct qed_req *r)
 
     if (qed_rs_failed(r))
         return QED_RS_STOP;
-    img->h.features &= ~QED_F_NEED_CHECK;
+    qed_image_mark_clean(img);
     return qed_rs_wait_header_write(r, RS_CLEAN_HDR_WAIT);
 }
 

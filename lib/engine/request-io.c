@@ -24,7 +24,7 @@ static void req_io_done(struct qed_io *io)
 
     if (io->op == QED_IO_FSYNC) {
         /* Every flush answers through the image's latch: after one failed,
-         * none may report success (image.c, qed_image_flush_result). */
+         * none may report success (flush-latch.c, qed_image_flush_result). */
         int res = qed_image_flush_result(r->img, (int)io->res);
         if (res < 0 && io->res >= 0 && !r->err)
             r->err = res; /* latched: logged once, when it failed */
@@ -69,7 +69,7 @@ void qed_req_submit_io(struct qed_req *r, int slot, enum qed_io_op op, int fd, s
     io->opaque = r;
     r->pending++;
     if (op == QED_IO_FSYNC)
-        qed_image_submit_fsync(r->img, io); /* one fdatasync at a time (image.c) */
+        qed_image_submit_fsync(r->img, io); /* one fdatasync at a time (flush-latch.c) */
     else
         qed_aio_submit(r->img->aio, io);
 }

@@ -21,8 +21,8 @@
  *  - header fields (cluster size, table size, header size, image size, L1
  *    offset, backing name offset and length): qed_geom_init() and
  *    qed_header_validate() (header.c) at open; qed_max_image_size() caps the
- *    size at QED_MAX_VIRTUAL_SIZE; qed_create() (image.c) and qed_resize()
- *    (request.c) apply the same maximum to new sizes.
+ *    size at QED_MAX_VIRTUAL_SIZE; qed_create() (image-create.c) and
+ *    qed_resize() (request.c) apply the same maximum to new sizes.
  *  - L1 entries (L2 table offsets): qed_check_table_offset() (header.c), used
  *    by qed_meta_init() (metadata.c) at open, get_l2() (request.c) before every
  *    load, and qed_check_image() (check.c).
@@ -32,14 +32,15 @@
  *    table is first loaded, entries past the end of the file at open or
  *    pointing at metadata.
  *  - the backing file name length: qed_header_validate() (within the header
- *    clusters, shorter than PATH_MAX) before open_backing() (image.c) reads it.
+ *    clusters, shorter than PATH_MAX) before qed_backing_open()
+ *    (backing-file.c) reads it.
  *
  * From the client (an NBD request, or any caller of the qed_* API):
  *  - offset and length of read, write, write-zeroes, discard, block status:
  *    the server's tx_check() (server/tx.c) first, then check_range()
  *    (request.c), which refuses off + len past the image size or past 2^64
  *    before a request exists;
- *  - a new size: qed_resize() (request.c), qed_create() (image.c).
+ *  - a new size: qed_resize() (request.c), qed_create() (image-create.c).
  *  Within a request, run_lookup() (cluster and table ends), queue_enter()
  *  (the cluster range a request locks) and the discard range in step_run()
  *  compute ends through these helpers, so a wrap fails the request or keeps a

@@ -205,7 +205,8 @@ int qed_header_validate(const struct qed_header *h, uint64_t file_size, const ch
                             g->header_bytes);
         if (h->backing_filename_size >= PATH_MAX)
             return qed_errf(err, errlen, -EINVAL,
-                            "%s: QED backing file name is %" PRIu32 " bytes, at least PATH_MAX (%d)",
+                            "%s: QED backing file name is %" PRIu32
+                            " bytes, at least PATH_MAX (%d)",
                             name, h->backing_filename_size, PATH_MAX);
     }
     return 0;

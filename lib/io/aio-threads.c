@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/eventfd.h>
 
 #include "qed-io.h"
 #include "qed-log.h"
@@ -36,22 +35,10 @@ struct threads_priv {
     int nthreads;                     /* threads actually started */
     bool locks_ok;
 
-    int efd;
-    ev_io efd_watcher;
-    bool refd;                        /* efd_watcher keeps the loop alive */
+    struct qed_aio_wake wake;         /* workers signal finished jobs on it */
     unsigned njobs;                   /* submitted to the pool, not yet completed */
     bool *freed;                      /* set by destroy while a callback runs */
 };
-
-static void threads_list_push(struct qed_io **head, struct qed_io **tail, struct qed_io *io)
-{
-    io->next = NULL;
-    if (*tail)
-        (*tail)->next = io;
-    else
-        *head = io;
-    *tail = io;
-}
 
 static void *threads_worker(void *arg)
 {
@@ -79,7 +66,7 @@ static void *threads_worker(void *arg)
 
         pthread_mutex_lock(&p->done_lock);
         was_empty = p->done_head == NULL;
-        threads_list_push(&p->done_head, &p->done_tail, io);
+        qed_io_list_push(&p->done_head, &p->done_tail, io);
         pthread_mutex_unlock(&p->done_lock);
 
         /* Why only on empty -> non-empty: the loop side reads the eventfd
@@ -88,7 +75,7 @@ static void *threads_worker(void *arg)
         if (was_empty) {
             uint64_t one = 1;
 
-            while (write(p->efd, &one, sizeof(one)) < 0 && errno == EINTR)
+            while (write(p->wake.fd, &one, sizeof(one)) < 0 && errno == EINTR)
                 ;
         }
     }
@@ -100,14 +87,12 @@ static void threads_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
     qed_aio *aio = w->data;
     struct threads_priv *p = aio->priv;
     struct qed_io *io;
-    uint64_t v;
     bool freed = false;
 
     (void)loop;
     (void)revents;
     /* Read the eventfd first, then take the list (see threads_worker). */
-    if (read(p->efd, &v, sizeof(v)) < 0 && errno != EAGAIN && errno != EINTR)
-        qed_log(QED_LOG_WARN, "read(thread pool eventfd): %s", strerror(errno));
+    qed_aio_wake_read(&p->wake, "thread pool");
 
     pthread_mutex_lock(&p->done_lock);
     io = p->done_head;
@@ -128,10 +113,8 @@ static void threads_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
     }
     p->freed = NULL;
     /* The pool's own count, not aio->inflight: see uring_efd_cb. */
-    if (p->njobs == 0 && p->refd) {
-        ev_unref(aio->loop);
-        p->refd = false;
-    }
+    if (p->njobs == 0)
+        qed_aio_wake_unref(aio, &p->wake);
 }
 
 static void threads_submit(qed_aio *aio, struct qed_io *io)
@@ -142,12 +125,9 @@ static void threads_submit(qed_aio *aio, struct qed_io *io)
         return;
     p->njobs++;
     /* While I/O is in flight the eventfd watcher must keep ev_run() alive. */
-    if (!p->refd) {
-        ev_ref(aio->loop);
-        p->refd = true;
-    }
+    qed_aio_wake_ref(aio, &p->wake);
     pthread_mutex_lock(&p->lock);
-    threads_list_push(&p->job_head, &p->job_tail, io);
+    qed_io_list_push(&p->job_head, &p->job_tail, io);
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->lock);
 }
@@ -164,14 +144,7 @@ static void threads_free_priv(qed_aio *aio, struct threads_priv *p)
     for (int i = 0; i < p->nthreads; i++)
         pthread_join(p->threads[i], NULL);
 
-    if (ev_is_active(&p->efd_watcher)) {
-        /* A watcher that was unref'd must be ref'd again before it stops. */
-        if (!p->refd)
-            ev_ref(aio->loop);
-        ev_io_stop(aio->loop, &p->efd_watcher);
-    }
-    if (p->efd >= 0)
-        close(p->efd);
+    qed_aio_wake_close(aio, &p->wake);
     if (p->locks_ok) {
         pthread_cond_destroy(&p->cond);
         pthread_mutex_destroy(&p->lock);
@@ -209,7 +182,7 @@ int qed_aio_threads_init(qed_aio *aio)
 
     if (!p)
         return -ENOMEM;
-    p->efd = -1;
+    p->wake.fd = -1;
     aio->priv = p;
 
     /* Default attributes: these calls cannot fail on Linux. */
@@ -218,12 +191,9 @@ int qed_aio_threads_init(qed_aio *aio)
     pthread_cond_init(&p->cond, NULL);
     p->locks_ok = true;
 
-    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (p->efd < 0) {
-        r = -errno;
-        qed_log(QED_LOG_WARN, "eventfd: %s", strerror(-r));
+    r = qed_aio_wake_open(&p->wake);
+    if (r < 0)
         goto fail;
-    }
 
     /* Why block signals around pthread_create: the workers inherit the
      * mask, so signals are delivered to the loop thread, where the
@@ -242,11 +212,8 @@ int qed_aio_threads_init(qed_aio *aio)
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
-    ev_io_init(&p->efd_watcher, threads_efd_cb, p->efd, EV_READ);
-    p->efd_watcher.data = aio;
-    ev_io_start(aio->loop, &p->efd_watcher);
-    /* Why unref: an idle engine must not keep ev_run() from returning. */
-    ev_unref(aio->loop);
+    /* Unref'd while idle; its priority matters: see qed_aio_wake_start. */
+    qed_aio_wake_start(aio, &p->wake, threads_efd_cb);
 
     aio->ops = &threads_ops;
     return 0;

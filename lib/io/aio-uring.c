@@ -32,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/eventfd.h>
 #include <sys/uio.h>
 
 #include <liburing.h>
@@ -49,12 +48,10 @@
 struct uring_priv {
     struct io_uring ring;
     bool ring_ok;            /* ring initialised (for cleanup) */
-    int efd;                 /* eventfd the kernel signals on each CQE */
-    ev_io efd_watcher;
+    struct qed_aio_wake wake; /* eventfd the kernel signals on each CQE */
     ev_prepare prepare;      /* flushes filled SQEs before the loop blocks */
     ev_check check;          /* closes the "after our prepare" window */
     ev_timer retry;          /* retries a failed io_uring_submit */
-    bool refd;               /* efd_watcher keeps the loop alive */
     bool window_open;        /* our prepare ran and the loop has not polled yet */
     unsigned in_ring;        /* ops with an SQE filled and no CQE reaped yet */
     unsigned cap;            /* bound on in_ring: the CQ size */
@@ -153,12 +150,7 @@ static bool uring_try_enqueue(qed_aio *aio, struct qed_io *io)
 
 static void uring_backlog_push(struct uring_priv *p, struct qed_io *io)
 {
-    io->next = NULL;
-    if (p->backlog_tail)
-        p->backlog_tail->next = io;
-    else
-        p->backlog_head = io;
-    p->backlog_tail = io;
+    qed_io_list_push(&p->backlog_head, &p->backlog_tail, io);
 }
 
 /* Move backlog entries into the ring while there is room. */
@@ -196,10 +188,7 @@ static void uring_ref(qed_aio *aio)
 {
     struct uring_priv *p = aio->priv;
 
-    if (!p->refd) {
-        ev_ref(aio->loop);
-        p->refd = true;
-    }
+    qed_aio_wake_ref(aio, &p->wake);
 }
 
 /*
@@ -338,7 +327,6 @@ static void uring_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
     qed_aio *aio = w->data;
     struct uring_priv *p = aio->priv;
-    uint64_t v;
     unsigned n;
     bool freed = false;
 
@@ -346,8 +334,7 @@ static void uring_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
     (void)revents;
     /* Why read the eventfd before looking at the CQ: a CQE posted after the
      * read signals it again, so nothing can be missed. */
-    if (read(p->efd, &v, sizeof(v)) < 0 && errno != EAGAIN && errno != EINTR)
-        qed_log(QED_LOG_WARN, "read(io_uring eventfd): %s", strerror(errno));
+    qed_aio_wake_read(&p->wake, "io_uring");
 
     /* Reap only what is there now; CQEs posted while done callbacks run
      * re-signal the eventfd and are handled on the next turn. */
@@ -376,10 +363,8 @@ static void uring_efd_cb(struct ev_loop *loop, ev_io *w, int revents)
     /* Why the ring's own count and not aio->inflight: I/O completed on the
      * loop thread (qed_aio_complete_later) is kept alive by its deferred
      * call, and must not keep this watcher referenced after it is done. */
-    if (p->in_ring == 0 && !p->backlog_head && p->refd) {
-        ev_unref(aio->loop);
-        p->refd = false;
-    }
+    if (p->in_ring == 0 && !p->backlog_head)
+        qed_aio_wake_unref(aio, &p->wake);
     /* Why not submit here: the prepare watcher submits everything queued by
      * these callbacks in one call before the loop blocks. */
 }
@@ -420,12 +405,6 @@ static void uring_retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void uring_free_priv(qed_aio *aio, struct uring_priv *p)
 {
-    if (ev_is_active(&p->efd_watcher)) {
-        /* A watcher that was unref'd must be ref'd again before it stops. */
-        if (!p->refd)
-            ev_ref(aio->loop);
-        ev_io_stop(aio->loop, &p->efd_watcher);
-    }
     if (ev_is_active(&p->prepare)) {
         ev_ref(aio->loop);
         ev_prepare_stop(aio->loop, &p->prepare);
@@ -438,8 +417,8 @@ static void uring_free_priv(qed_aio *aio, struct uring_priv *p)
         ev_timer_stop(aio->loop, &p->retry);
     if (p->ring_ok)
         io_uring_queue_exit(&p->ring);
-    if (p->efd >= 0)
-        close(p->efd);
+    /* After the ring is gone: the eventfd is registered with it. */
+    qed_aio_wake_close(aio, &p->wake);
     free(p);
 }
 
@@ -500,7 +479,7 @@ int qed_aio_uring_init(qed_aio *aio)
 
     if (!p)
         return -ENOMEM;
-    p->efd = -1;
+    p->wake.fd = -1;
     /* QED_AIO_NOWAIT=0 turns the inline attempt off (for comparisons). */
     p->nowait_read = p->nowait_write = !(getenv("QED_AIO_NOWAIT") &&
                                          strcmp(getenv("QED_AIO_NOWAIT"), "0") == 0);
@@ -518,20 +497,15 @@ int qed_aio_uring_init(qed_aio *aio)
         goto fail;
     p->cap = p->ring.cq.ring_entries;
 
-    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (p->efd < 0) {
-        r = -errno;
-        qed_log(QED_LOG_WARN, "eventfd: %s", strerror(-r));
+    r = qed_aio_wake_open(&p->wake);
+    if (r < 0)
         goto fail;
-    }
-    r = io_uring_register_eventfd(&p->ring, p->efd);
+    r = io_uring_register_eventfd(&p->ring, p->wake.fd);
     if (r < 0) {
         qed_log(QED_LOG_WARN, "io_uring_register_eventfd: %s", strerror(-r));
         goto fail;
     }
 
-    ev_io_init(&p->efd_watcher, uring_efd_cb, p->efd, EV_READ);
-    p->efd_watcher.data = aio;
     ev_prepare_init(&p->prepare, uring_prepare_cb);
     p->prepare.data = aio;
     /* Lowest priority: run after other prepare watchers, which may submit. */
@@ -544,9 +518,9 @@ int qed_aio_uring_init(qed_aio *aio)
     p->retry.data = aio;
 
     /* Why unref: an idle engine must not keep ev_run() from returning.  The
-     * eventfd watcher is ref'd again while I/O is in flight. */
-    ev_io_start(aio->loop, &p->efd_watcher);
-    ev_unref(aio->loop);
+     * eventfd watcher is ref'd again while I/O is in flight.  Its priority
+     * matters too: see qed_aio_wake_start. */
+    qed_aio_wake_start(aio, &p->wake, uring_efd_cb);
     ev_prepare_start(aio->loop, &p->prepare);
     ev_unref(aio->loop);
     ev_check_start(aio->loop, &p->check);

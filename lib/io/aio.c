@@ -1,13 +1,17 @@
 /*
  * aio.c - the backend-independent part of the I/O engine: construction with
- * fallback, in-flight accounting, and deferred calls.
+ * fallback, in-flight accounting, deferred calls, and the completion eventfd
+ * the io_uring and thread-pool backends share (with the watcher priority
+ * the deferred calls depend on).
  */
 #include "config.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 #include <linux/magic.h>
 
 #include "qed-io.h"
@@ -103,12 +107,7 @@ static void aio_ready_defer_fn(struct qed_defer *d)
 
 void qed_aio_complete_later(qed_aio *aio, struct qed_io *io)
 {
-    io->next = NULL;
-    if (aio->ready_tail)
-        aio->ready_tail->next = io;
-    else
-        aio->ready_head = io;
-    aio->ready_tail = io;
+    qed_io_list_push(&aio->ready_head, &aio->ready_tail, io);
     if (!aio->ready_scheduled) {
         aio->ready_scheduled = true;
         qed_aio_defer(aio, &aio->ready_defer);
@@ -228,4 +227,82 @@ void qed_aio_complete(qed_aio *aio, struct qed_io *io)
 {
     aio->inflight--;
     io->done(io);
+}
+
+/* ---- The completion eventfd (io_uring and thread-pool backends) ---- */
+
+int qed_aio_wake_open(struct qed_aio_wake *k)
+{
+    k->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (k->fd < 0) {
+        int r = -errno;
+        qed_log(QED_LOG_WARN, "eventfd: %s", strerror(-r));
+        return r;
+    }
+    return 0;
+}
+
+void qed_aio_wake_start(qed_aio *aio, struct qed_aio_wake *k,
+                        void (*cb)(struct ev_loop *loop, ev_io *w, int revents))
+{
+    ev_io_init(&k->w, cb, k->fd, EV_READ);
+    k->w.data = aio;
+    /*
+     * Why the default priority (0), set here so that it is seen: the
+     * deferred calls' idle watcher has EV_MAXPRI (qed_aio_new), and libev
+     * queues an idle watcher only in a turn where no watcher of its
+     * priority or higher is pending.  Below EV_MAXPRI, this watcher never
+     * holds the deferred calls back, even when the eventfd is readable on
+     * every turn of a busy engine: memory-file completions, completions
+     * made on the loop thread and request callbacks deferred out of a
+     * submit keep running each turn.  And as pending watchers run highest
+     * priority first, in a turn where both are pending the deferred calls
+     * run before the completions reaped here.  At EV_MAXPRI the deferred
+     * calls would wait for as long as the eventfd stays busy.  An
+     * application's EV_MINPRI idle watcher (server/conn.c's nowait_w) waits
+     * while completions are pending, which is what it asks for.
+     */
+    ev_set_priority(&k->w, 0);
+    ev_io_start(aio->loop, &k->w);
+    /* Why unref: an idle engine must not keep ev_run() from returning;
+     * qed_aio_wake_ref counts it again while I/O is in flight. */
+    ev_unref(aio->loop);
+    k->refd = false;
+}
+
+void qed_aio_wake_ref(qed_aio *aio, struct qed_aio_wake *k)
+{
+    if (!k->refd) {
+        ev_ref(aio->loop);
+        k->refd = true;
+    }
+}
+
+void qed_aio_wake_unref(qed_aio *aio, struct qed_aio_wake *k)
+{
+    if (k->refd) {
+        ev_unref(aio->loop);
+        k->refd = false;
+    }
+}
+
+void qed_aio_wake_read(struct qed_aio_wake *k, const char *what)
+{
+    uint64_t v;
+
+    if (read(k->fd, &v, sizeof(v)) < 0 && errno != EAGAIN && errno != EINTR)
+        qed_log(QED_LOG_WARN, "read(%s eventfd): %s", what, strerror(errno));
+}
+
+void qed_aio_wake_close(qed_aio *aio, struct qed_aio_wake *k)
+{
+    if (ev_is_active(&k->w)) {
+        /* A watcher that was unref'd must be ref'd again before it stops. */
+        if (!k->refd)
+            ev_ref(aio->loop);
+        ev_io_stop(aio->loop, &k->w);
+    }
+    if (k->fd >= 0)
+        close(k->fd);
+    k->fd = -1;
 }

@@ -10,6 +10,9 @@
  * consumed in place: fully transferred entries get length 0 and the partly
  * transferred one is trimmed.  io->iov and io->iovcnt themselves are never
  * changed, so the submitter can still free its array.
+ *
+ * Also the blocking whole-buffer pread/pwrite of the engine's set-up paths
+ * (open, create, check, close), through the same loop.
  */
 #include "config.h"
 
@@ -142,6 +145,27 @@ static int64_t sync_punch(struct qed_io *io)
         return -err;
     }
     return (int64_t)io->length;
+}
+
+/* One blocking transfer of @len bytes at @off through sync_rw's loop. */
+static int rw_full(int fd, enum qed_io_op op, void *buf, size_t len, uint64_t off)
+{
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    struct qed_io io = {.op = op, .fd = fd, .iov = &iov, .iovcnt = 1, .offset = off,
+                        .length = len};
+    int64_t r = sync_rw(&io);
+
+    return r < 0 ? (int)r : 0;
+}
+
+int qed_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    return rw_full(fd, QED_IO_READ, buf, len, off);
+}
+
+int qed_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+    return rw_full(fd, QED_IO_WRITE, (void *)buf, len, off);
 }
 
 void qed_io_run_sync(struct qed_io *io)

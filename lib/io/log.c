@@ -8,6 +8,13 @@
 
 #include "qed-log.h"
 
+/* qed_log drops a message whose level is above the one asked for (`>`), and
+ * qed_log_debug compares with `>=`: both need the levels in order of
+ * verbosity. */
+_Static_assert(QED_LOG_ERROR < QED_LOG_WARN && QED_LOG_WARN < QED_LOG_INFO &&
+                   QED_LOG_INFO < QED_LOG_DEBUG,
+               "enum qed_log_level must be ordered ERROR < WARN < INFO < DEBUG");
+
 static void (*log_fn)(enum qed_log_level, const char *, void *);
 static void *log_opaque;
 static enum qed_log_level log_max = QED_LOG_WARN;

@@ -1,5 +1,5 @@
 /*
- * qed-aio.h - internal interface between the QED core and its file I/O
+ * qed-io.h - internal interface between the QED core and its file I/O
  * backends (io_uring, thread pool, test).
  *
  * The core fills a struct qed_io and calls qed_aio_submit().  The backend runs
@@ -7,8 +7,8 @@
  * callback, which runs io->done exactly once.  done never runs from inside
  * qed_aio_submit().
  */
-#ifndef QED_AIO_H
-#define QED_AIO_H
+#ifndef QED_IO_H
+#define QED_IO_H
 
 #include <stdint.h>
 #include <sys/types.h>
@@ -16,6 +16,8 @@
 #include <ev.h>
 
 #include "qed.h"
+
+/* ---- One I/O, the engine and its backends ---- */
 
 enum qed_io_op {
     QED_IO_READ,   /* preadv; a read past EOF is zero-filled, res = full length */
@@ -86,6 +88,45 @@ struct qed_aio {
     bool *freed;             /* set by qed_aio_free while deferred calls run */
 };
 
+/* ---- The engine, deferred calls, memory files (aio.c) ---- */
+
+/** qed_io_list_push - append @io to the singly linked list @head .. @tail. */
+static inline void qed_io_list_push(struct qed_io **head, struct qed_io **tail, struct qed_io *io)
+{
+    io->next = NULL;
+    if (*tail)
+        (*tail)->next = io;
+    else
+        *head = io;
+    *tail = io;
+}
+
+/*
+ * The completion eventfd of the io_uring and thread-pool backends (aio.c):
+ * whoever finishes I/O off the loop signals it, and an ev_io watcher on the
+ * loop reaps the completions.  The watcher is unref'd while nothing is in
+ * flight, so that an idle engine does not keep ev_run() from returning.
+ */
+struct qed_aio_wake {
+    int fd;                  /* the eventfd; -1 when not open */
+    ev_io w;                 /* its watcher on the loop; data is the engine */
+    bool refd;               /* w keeps the loop alive: I/O is in flight */
+};
+
+/** qed_aio_wake_open - create the eventfd.  Returns 0 or a negative errno (logged). */
+int qed_aio_wake_open(struct qed_aio_wake *k);
+/** qed_aio_wake_start - watch the eventfd with @cb (w.data = @aio), unref'd. */
+void qed_aio_wake_start(qed_aio *aio, struct qed_aio_wake *k,
+                        void (*cb)(struct ev_loop *loop, ev_io *w, int revents));
+/** qed_aio_wake_ref - I/O goes in flight: the watcher keeps the loop alive. */
+void qed_aio_wake_ref(qed_aio *aio, struct qed_aio_wake *k);
+/** qed_aio_wake_unref - nothing is in flight any more. */
+void qed_aio_wake_unref(qed_aio *aio, struct qed_aio_wake *k);
+/** qed_aio_wake_read - reset the eventfd (in the watcher's callback); @what names it. */
+void qed_aio_wake_read(struct qed_aio_wake *k, const char *what);
+/** qed_aio_wake_close - stop the watcher and close the eventfd (either may be absent). */
+void qed_aio_wake_close(qed_aio *aio, struct qed_aio_wake *k);
+
 /** qed_aio_submit - count @io as in flight, compute its length, and pass it to the backend. */
 void qed_aio_submit(qed_aio *aio, struct qed_io *io);
 
@@ -124,10 +165,14 @@ bool qed_aio_run_memory(qed_aio *aio, struct qed_io *io);
  */
 bool qed_fd_in_memory(int fd);
 
-/* Backend constructors: set aio->ops and aio->priv, return 0 or -errno. */
+/* ---- Backends (aio-uring.c, aio-threads.c, aio-test.c) ---- */
+
+/* Constructors: set aio->ops and aio->priv, return 0 or -errno. */
 int qed_aio_uring_init(qed_aio *aio);
 int qed_aio_threads_init(qed_aio *aio);
 int qed_aio_test_init(qed_aio *aio);
+
+/* ---- Blocking I/O (io-sync.c) ---- */
 
 /**
  * qed_io_run_sync - perform @io synchronously on the calling thread with
@@ -137,7 +182,17 @@ int qed_aio_test_init(qed_aio *aio);
  */
 void qed_io_run_sync(struct qed_io *io);
 
-/* iovec bookkeeping for retried short transfers (io-sync.c), shared by the backends */
+/**
+ * qed_pread_full - read @len bytes at @off from @fd, blocking, retrying short
+ * reads and EINTR; what lies past the end of the file reads as zeros.  For
+ * the set-up paths (open, create, check, close), never on the loop's hot
+ * path.  Returns 0 or a negative errno.
+ */
+int qed_pread_full(int fd, void *buf, size_t len, uint64_t off);
+/** qed_pwrite_full - write all of @buf at @off, as qed_pread_full reads; -EIO if no progress. */
+int qed_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
+
+/* iovec bookkeeping for retried short transfers, shared by the backends */
 
 /** qed_iov_first - index of the first non-empty iovec in @iov[0..@cnt). */
 int qed_iov_first(const struct iovec *iov, int cnt);
@@ -146,4 +201,4 @@ void qed_iov_consume(struct iovec *iov, int cnt, size_t n);
 /** qed_iov_zero_rest - zero-fill what remains of a read vector and mark it done. */
 void qed_iov_zero_rest(struct iovec *iov, int cnt);
 
-#endif /* QED_AIO_H */
+#endif /* QED_IO_H */

@@ -55,6 +55,7 @@
 #include "qed-format.h"
 #include "qed-io-test.h"
 #include "qed.h"
+#include "qed-format.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -1,0 +1,59 @@
+/*
+ * image-close.c - closing an open image (qed_close) and freeing what an
+ * open allocated.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qed-image.h"
+
+void qed_image_free(struct qed_image *img)
+{
+    if (!img)
+        return;
+    qed_image_stop_clean(img);
+    if (img->backing)
+        qed_image_free(img->backing);
+    if (img->backing_fd >= 0)
+        close(img->backing_fd);
+    if (img->fd >= 0)
+        close(img->fd);
+    qed_l2_cache_destroy(&img->cache);
+    while (img->free_reqs) {
+        struct qed_req *r = img->free_reqs;
+        img->free_reqs = r->next;
+        free(r);
+    }
+    qed_meta_free(img);
+    free(img->l1);
+    free(img->path);
+    free(img);
+}
+
+int qed_close(qed_image *img)
+{
+    int r = 0;
+
+    if (!img)
+        return 0;
+    if (img->aio) {
+        struct ev_loop *loop = img->aio->loop;
+        /* Let every request finish: their callbacks may still use the image. */
+        while (img->inflight > 0 || img->clean_queued)
+            ev_run(loop, EVRUN_ONCE);
+        qed_image_stop_clean(img);
+        /* The final flush, then NEED_CHECK cleared or written back (need-check.c). */
+        if (!img->read_only)
+            r = qed_image_close_clean(img);
+    }
+    if (r < 0)
+        qed_log(QED_LOG_ERROR, "%s: closing failed: %s", img->path, strerror(-r));
+    if (img->backing)
+        qed_close(img->backing), img->backing = NULL;
+    qed_image_free(img);
+    return r;
+}
