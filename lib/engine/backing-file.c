@@ -1,57 +1,19 @@
 /*
- * backing-file.c - an image's backing file: resolving its name, probing its
- * format, and opening it (a QED image, read-only, or a raw file).
+ * backing-file.c - opening an image's backing file (a QED image, read-only,
+ * or a raw file); resolving its name and probing its format are in chain.c.
  */
 #include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "chain.h"
 #include "qed-image.h"
-
-/* Is the backing file @path (of image @owner) a QED image?  Opened as every
- * backing file is: never blocking, confined to @confine_dir when given. */
-int qed_backing_probe(const char *owner, const char *path, const char *confine_dir, bool *is_qed,
-                      char *err, size_t errlen)
-{
-    uint8_t magic[4] = {0};
-    struct stat st;
-    int fd, r;
-
-    r = qed_file_open(path, O_RDONLY, owner, confine_dir, &fd, &st, err, errlen);
-    if (r < 0)
-        return r;
-    r = qed_pread_full(fd, magic, sizeof(magic), 0);
-    close(fd);
-    if (r < 0)
-        return qed_errf(err, errlen, r, "%s: cannot read backing file %s: %s", owner, path,
-                        strerror(-r));
-    *is_qed = memcmp(magic, QED_MAGIC_BYTES, sizeof(magic)) == 0;
-    return 0;
-}
-
-/* Resolve a backing name relative to the directory of @image_path, as QEMU does. */
-int qed_backing_resolve(const char *image_path, const char *name, char *out, size_t outlen)
-{
-    char tmp[PATH_MAX];
-    const char *dir;
-    int n;
-
-    if (name[0] == '/' || !strchr(image_path, '/')) {
-        n = snprintf(out, outlen, "%s", name);
-    } else {
-        snprintf(tmp, sizeof(tmp), "%s", image_path);
-        dir = dirname(tmp);
-        n = snprintf(out, outlen, "%s/%s", dir, name);
-    }
-    return (n < 0 || (size_t)n >= outlen) ? -ENAMETOOLONG : 0;
-}
 
 int qed_backing_open(struct qed_image *img, qed_aio *aio, const struct qed_open_opts *opts,
                      int depth, char *err, size_t errlen)
@@ -77,7 +39,7 @@ int qed_backing_open(struct qed_image *img, qed_aio *aio, const struct qed_open_
         return qed_errf(err, errlen, -EPERM,
                         "%s: has the backing file %s, and images with a backing file are "
                         "refused (no-backing)", img->path, img->backing_name);
-    if (qed_backing_resolve(img->path, img->backing_name, img->backing_path,
+    if (qed_chain_resolve(img->path, img->backing_name, img->backing_path,
                         sizeof(img->backing_path)) < 0)
         return qed_errf(err, errlen, -ENAMETOOLONG, "%s: backing file path is too long",
                         img->path);
@@ -88,7 +50,7 @@ int qed_backing_open(struct qed_image *img, qed_aio *aio, const struct qed_open_
     if (h->features & QED_F_BACKING_FORMAT_NO_PROBE) {
         is_qed = false;
     } else {
-        r = qed_backing_probe(img->path, img->backing_path, opts->backing_dir, &is_qed, err,
+        r = qed_chain_probe(img->path, img->backing_path, opts->backing_dir, &is_qed, NULL, err,
                               errlen);
         if (r < 0)
             return r;

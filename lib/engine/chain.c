@@ -2,7 +2,8 @@
  * chain.c - backing chains: resolving backing names, probing a file's
  * format (QED magic or raw), and naming the files of an open image's chain.
  *
- * The open path (image.c) and the public helpers below share these, so that
+ * The open path (backing-file.c, image-create.c) and the public helpers
+ * below share these, so that
  * qed-img and the library can never disagree on which file a backing name
  * means or on what counts as a QED image.
  */

@@ -1,5 +1,5 @@
 /*
- * chain.h - backing-chain helpers shared by the open path (image.c) and the
+ * chain.h - backing-chain helpers shared by the open path (backing-file.c, image-create.c) and the
  * public chain API (chain.c): resolving a backing name and probing a file's
  * format.  Internal to lib/engine.
  */

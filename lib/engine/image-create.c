@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "checked.h"
+#include "chain.h"
 #include "qed-image.h"
 
 /* Set the backing-file fields of @h for opts->backing_file, probing its
@@ -36,9 +37,9 @@ static int create_backing(const char *path, const struct qed_create_opts *opts,
         break;
     default: {
         char resolved[PATH_MAX];
-        if (qed_backing_resolve(path, opts->backing_file, resolved, sizeof(resolved)) < 0)
+        if (qed_chain_resolve(path, opts->backing_file, resolved, sizeof(resolved)) < 0)
             return qed_errf(err, errlen, -ENAMETOOLONG, "%s: backing path too long", path);
-        r = qed_backing_probe(path, resolved, NULL, &is_qed, err, errlen);
+        r = qed_chain_probe(path, resolved, NULL, &is_qed, NULL, err, errlen);
         if (r < 0)
             return r;
     }

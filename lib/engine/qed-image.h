@@ -7,9 +7,11 @@
  *                   check a read-write open runs -> backing-file.c, check.c,
  *                   image.c, metadata.c, l2-cache.c, need-check.c (timer
  *                   set-up), image-close.c (freeing after a failure)
- *   image-create.c  qed_create -> backing-file.c (resolve, probe)
- *   backing-file.c  backing name, probe, open -> image-open.c (a QED backing
- *                   file is opened as an image, one level deeper)
+ *   image-create.c  qed_create -> chain.c (resolve, probe)
+ *   backing-file.c  opening the backing file -> chain.c (name, probe),
+ *                   image-open.c (a QED backing file is opened as an
+ *                   image, one level deeper)
+ *   chain.c         backing names and probing, and the public chain API
  *   image-close.c   qed_close, qed_image_free -> need-check.c, l2-cache.c,
  *                   metadata.c
  *   need-check.c    the NEED_CHECK flag's life -> request.c (the CLEAN
@@ -301,14 +303,7 @@ void qed_image_free(struct qed_image *img);
 
 /* ---- Backing file (backing-file.c) ---- */
 
-/** Resolve a backing name relative to the directory of @image_path, as QEMU does. */
-int qed_backing_resolve(const char *image_path, const char *name, char *out, size_t outlen);
-/**
- * Is the backing file @path (of image @owner) a QED image?  Opened as every
- * backing file is: never blocking, confined to @confine_dir when given.
- */
-int qed_backing_probe(const char *owner, const char *path, const char *confine_dir, bool *is_qed,
-                      char *err, size_t errlen);
+/* (Resolving the name and probing the format: chain.h.) */
 /**
  * Open the backing file @img's header names, if any: a QED image read-only
  * at @depth + 1, or a raw file, locked and confined as the options say.
