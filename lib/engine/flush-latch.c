@@ -110,6 +110,14 @@ void qed_image_submit_fsync(struct qed_image *img, struct qed_io *io)
         fsync_start(img);
 }
 
+void qed_image_submit_io(struct qed_image *img, struct qed_io *io)
+{
+    if (io->op == QED_IO_FSYNC)
+        qed_image_submit_fsync(img, io); /* one fdatasync at a time, through the latch */
+    else
+        qed_aio_submit(img->aio, io);
+}
+
 int qed_flush_error(const qed_image *img)
 {
     return img->flush_err;

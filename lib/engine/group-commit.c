@@ -241,25 +241,14 @@ static void gc_io_done(struct qed_io *io)
 static void gc_submit(struct qed_gc_batch *b, struct qed_io *io, enum qed_io_op op, void *buf,
                       uint64_t len, uint64_t offset, struct iovec *iov)
 {
-    memset(io, 0, sizeof(*io));
-    io->op = op;
-    io->fd = b->img->fd;
-    io->flags = b->img->fd_io_flags;
     if (buf) {
         iov->iov_base = buf;
         iov->iov_len = len;
-        io->iov = iov;
-        io->iovcnt = 1;
     }
-    io->offset = offset;
-    io->length = len;
-    io->done = gc_io_done;
-    io->opaque = b;
+    qed_io_set(io, op, b->img->fd, b->img->fd_io_flags, buf ? iov : NULL, buf ? 1 : 0, offset,
+               len, gc_io_done, b);
     b->pending++;
-    if (op == QED_IO_FSYNC)
-        qed_image_submit_fsync(b->img, io); /* one fdatasync at a time (flush-latch.c) */
-    else
-        qed_aio_submit(b->img->aio, io);
+    qed_image_submit_io(b->img, io); /* fdatasyncs one at a time (flush-latch.c) */
 }
 
 /* ---- Starting a batch ---- */

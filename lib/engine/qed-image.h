@@ -355,6 +355,11 @@ int qed_image_flush_result(struct qed_image *img, int res);
  * next fdatasync.  @io->done runs on the loop as for qed_aio_submit.
  */
 void qed_image_submit_fsync(struct qed_image *img, struct qed_io *io);
+/**
+ * Submit @io for @img: an FSYNC through qed_image_submit_fsync (the latch),
+ * anything else straight to the I/O engine.  Every engine I/O goes this way.
+ */
+void qed_image_submit_io(struct qed_image *img, struct qed_io *io);
 
 
 /* ---- Invalid entries found at open (metadata.c) ---- */

@@ -35,22 +35,23 @@ enum qed_rs_next qed_rs_alloc_begin(struct qed_req *r)
     return qed_rs_go(r, RS_ALLOC_CLUSTERS);
 }
 
-enum qed_rs_next qed_rs_hdr_wait(struct qed_req *r)
+/* The header write or its flush failed: the flag is not known to be on disk
+ * (need-check.c says why it is forgotten); the request fails. */
+static bool dirty_header_failed(struct qed_req *r)
 {
     if (r->err)
-        qed_image_unmark_dirty(r->img); /* not known to be on disk (need-check.c) */
-    if (qed_rs_failed(r))
-        return QED_RS_STOP;
-    return qed_rs_wait_fsync(r, RS_HDR_FLUSH_WAIT);
+        qed_image_unmark_dirty(r->img);
+    return qed_rs_failed(r);
+}
+
+enum qed_rs_next qed_rs_hdr_wait(struct qed_req *r)
+{
+    return dirty_header_failed(r) ? QED_RS_STOP : qed_rs_wait_fsync(r, RS_HDR_FLUSH_WAIT);
 }
 
 enum qed_rs_next qed_rs_hdr_flush_wait(struct qed_req *r)
 {
-    if (r->err)
-        qed_image_unmark_dirty(r->img); /* not known to be on disk (need-check.c) */
-    if (qed_rs_failed(r))
-        return QED_RS_STOP;
-    return qed_rs_go(r, RS_ALLOC_CLUSTERS);
+    return dirty_header_failed(r) ? QED_RS_STOP : qed_rs_go(r, RS_ALLOC_CLUSTERS);
 }
 
 /* ---- Taking clusters ---- */

@@ -56,22 +56,11 @@ void qed_req_submit_io(struct qed_req *r, int slot, enum qed_io_op op, int fd, s
                        int iovcnt, uint64_t offset, uint64_t length)
 {
     struct qed_io *io = &r->io[slot];
+    unsigned flags = fd == r->img->fd ? r->img->fd_io_flags : r->img->backing_io_flags;
 
-    memset(io, 0, sizeof(*io));
-    io->op = op;
-    io->fd = fd;
-    io->flags = fd == r->img->fd ? r->img->fd_io_flags : r->img->backing_io_flags;
-    io->iov = iov;
-    io->iovcnt = iovcnt;
-    io->offset = offset;
-    io->length = length;
-    io->done = req_io_done;
-    io->opaque = r;
+    qed_io_set(io, op, fd, flags, iov, iovcnt, offset, length, req_io_done, r);
     r->pending++;
-    if (op == QED_IO_FSYNC)
-        qed_image_submit_fsync(r->img, io); /* one fdatasync at a time (flush-latch.c) */
-    else
-        qed_aio_submit(r->img->aio, io);
+    qed_image_submit_io(r->img, io); /* fdatasyncs one at a time (flush-latch.c) */
 }
 
 void qed_req_submit_rw(struct qed_req *r, int slot, enum qed_io_op op, void *buf, uint64_t len,

@@ -127,6 +127,18 @@ void qed_aio_wake_read(struct qed_aio_wake *k, const char *what);
 /** qed_aio_wake_close - stop the watcher and close the eventfd (either may be absent). */
 void qed_aio_wake_close(qed_aio *aio, struct qed_aio_wake *k);
 
+/**
+ * qed_io_set - fill @io for one operation (every other field zeroed): the
+ * submitter's side of struct qed_io in one call.
+ */
+static inline void qed_io_set(struct qed_io *io, enum qed_io_op op, int fd, unsigned flags,
+                              struct iovec *iov, int iovcnt, uint64_t offset, uint64_t length,
+                              void (*done)(struct qed_io *io), void *opaque)
+{
+    *io = (struct qed_io){.op = op, .fd = fd, .flags = flags, .iov = iov, .iovcnt = iovcnt,
+                          .offset = offset, .length = length, .done = done, .opaque = opaque};
+}
+
 /** qed_aio_submit - count @io as in flight, compute its length, and pass it to the backend. */
 void qed_aio_submit(qed_aio *aio, struct qed_io *io);
 
