@@ -32,12 +32,12 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
-#include "engine-fixture.h"
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 
 /* fdatasync() as the library calls it outside the I/O engine (qed_check's
- * repair, close): linked with -Wl,--wrap=fdatasync (requests.am).  While
+ * repair, close): linked with -Wl,--wrap=fdatasync (engine.am).  While
  * fail_direct_fsync is set, the next call fails once with EIO. */
 int __real_fdatasync(int fd);
 int __wrap_fdatasync(int fd);

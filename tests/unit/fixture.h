@@ -1,12 +1,12 @@
 /*
- * engine-fixture.h - what the engine tests that drive lib/ directly share:
+ * fixture.h - what the engine tests that drive lib/ directly share:
  * a private event loop with the test I/O backend (qed-io-test.h), a private
  * temporary directory removed with everything in it, and a log callback that
  * drops the messages a test provokes on purpose.  Header-only: each test
  * program includes it once.
  */
-#ifndef QED_TEST_ENGINE_FIXTURE_H
-#define QED_TEST_ENGINE_FIXTURE_H
+#ifndef QED_TEST_FIXTURE_H
+#define QED_TEST_FIXTURE_H
 
 #include <errno.h>
 #include <ftw.h>
@@ -68,4 +68,4 @@ static inline void ef_teardown(struct engine_fixture *f)
     memset(f, 0, sizeof(*f));
 }
 
-#endif /* QED_TEST_ENGINE_FIXTURE_H */
+#endif /* QED_TEST_FIXTURE_H */

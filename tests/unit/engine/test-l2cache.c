@@ -6,7 +6,7 @@
  *
  * The direct tests use a minimal struct qed_image (only g.table_bytes is
  * read by the cache).  Frees done by the library are observed by wrapping
- * free() at link time (-Wl,--wrap=free, see format.am): __wrap_free records
+ * free() at link time (-Wl,--wrap=free, see engine.am): __wrap_free records
  * each pointer, so a test can tell exactly which entries were released.
  *
  * The memory bound (issue 11, item 9) is measured independently of the

@@ -31,7 +31,7 @@
 #include <ev.h>
 
 #include "checked.h"
-#include "engine-fixture.h"
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 

@@ -24,7 +24,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
-#include "engine-fixture.h"
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 
