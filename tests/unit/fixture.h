@@ -228,6 +228,34 @@ static inline qed_image *tf_open(const struct test_fixture *f, const char *name,
     return img;
 }
 
+/* qed_check of image @name as it is on disk (read-only, lock-free open, no engine). */
+static inline struct qed_check_result tf_disk_check(const struct test_fixture *f,
+                                                    const char *name)
+{
+    struct qed_open_opts o = {.read_only = true, .no_lock = true};
+    struct qed_check_result res;
+    char err[512] = "";
+    qed_image *img = NULL;
+    int r = qed_open(NULL, tf_path(f, name), &o, &img, err, sizeof(err));
+
+    cr_assert_eq(r, 0, "check open %s: %s", name, err);
+    r = qed_check(img, false, &res);
+    cr_assert_eq(r, 0, "qed_check %s: %s", name, strerror(-r));
+    qed_close(img);
+    return res;
+}
+
+/* Close *@img if a test left it open (from a .fini): a test that failed may
+ * leave I/O held, so the test backend completes it on its own first. */
+static inline void tf_close_left_open(struct test_fixture *f, qed_image **img)
+{
+    if (*img) {
+        qed_aio_test_set_auto(f->aio, true);
+        qed_close(*img);
+        *img = NULL;
+    }
+}
+
 /* The byte at @pos of a tf_raw_pattern() file. */
 static inline uint8_t tf_raw_byte(uint64_t pos)
 {
@@ -329,6 +357,16 @@ static inline void tf_wait_idle(struct test_fixture *f, const struct tf_done *d,
     tf_wait(f, d, n);
     ev_run(f->loop, EVRUN_NOWAIT);
     cr_assert_eq(qed_aio_test_pending(f->aio), 0, "I/O left in flight");
+}
+
+/* Index of the I/O the test backend holds at file offset @off; fails the test if none. */
+static inline size_t tf_find_pending(struct test_fixture *f, uint64_t off)
+{
+    for (size_t i = 0; i < qed_aio_test_pending(f->aio); i++)
+        if (qed_aio_test_peek(f->aio, i)->offset == off)
+            return i;
+    cr_assert_fail("no pending I/O at %llu", (unsigned long long)off);
+    return 0;
 }
 
 /* The result of a request submitted with return code @rc: @rc when the

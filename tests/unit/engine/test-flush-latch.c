@@ -55,6 +55,8 @@ int __wrap_fdatasync(int fd)
 
 #define KiB 1024ull
 #define MiB (1024ull * 1024)
+#define IMG_PATH tf_path(&F.tf, "a.qed")     /* the image */
+#define BACKING_PATH tf_path(&F.tf, "b.raw") /* its raw backing file, when it has one */
 #define CS (4 * KiB)
 #define IMG_SIZE (8 * MiB)
 #define MAX_TURNS 1000000
@@ -62,8 +64,6 @@ int __wrap_fdatasync(int fd)
 
 struct fixture {
     struct test_fixture tf;
-    char path[128];
-    char backing[128];
     qed_image *img;
     unsigned fsyncs, failed_fsyncs;
 };
@@ -84,18 +84,12 @@ static void setup(void)
     memset(&F, 0, sizeof(F));
     tf_setup(&F.tf, "latch", QED_AIO_TEST);
     qed_aio_test_set_observer(F.tf.aio, observer, NULL);
-    snprintf(F.path, sizeof(F.path), "%s/a.qed", F.tf.dir);
-    snprintf(F.backing, sizeof(F.backing), "%s/b.raw", F.tf.dir);
     qed_set_log(tf_quiet_log, NULL, QED_LOG_ERROR);
 }
 
 static void teardown(void)
 {
-    if (F.img) {
-        /* A test that failed may leave I/O held: let close complete it. */
-        qed_aio_test_set_auto(F.tf.aio, true);
-        qed_close(F.img);
-    }
+    tf_close_left_open(&F.tf, &F.img);
     tf_teardown(&F.tf);
 }
 
@@ -108,21 +102,15 @@ static void open_image(unsigned clean_delay_ms)
     struct qed_open_opts oo = {.clean_delay_ms = clean_delay_ms};
     char err[256];
 
-    cr_assert_eq(qed_open(F.tf.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(F.tf.aio, IMG_PATH, &oo, &F.img, err, sizeof(err)), 0, "open: %s", err);
 }
 
 /* A new image (with a raw backing file of pattern bytes when @backing). */
 static void make_image(bool backing, unsigned clean_delay_ms)
 {
-    struct qed_create_opts co = {.size = IMG_SIZE, .cluster_size = CS, .table_size = 1};
-    char err[256];
-
-    if (backing) {
-        tf_raw_pattern(F.backing, IMG_SIZE);
-        co.backing_file = F.backing;
-        co.backing_fmt = QED_BACKING_RAW;
-    }
-    cr_assert_eq(qed_create(F.path, &co, err, sizeof(err)), 0, "create: %s", err);
+    if (backing)
+        tf_raw_pattern(BACKING_PATH, IMG_SIZE);
+    tf_create(&F.tf, "a.qed", IMG_SIZE, CS, 1, backing ? "b.raw" : NULL, QED_BACKING_RAW);
     open_image(clean_delay_ms);
 }
 
@@ -130,7 +118,7 @@ static uint64_t disk_features(void)
 {
     uint8_t h[64];
     uint64_t f;
-    int fd = open(F.path, O_RDONLY);
+    int fd = open(IMG_PATH, O_RDONLY);
 
     cr_assert(fd >= 0);
     cr_assert_eq(pread(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));

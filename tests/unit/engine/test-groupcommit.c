@@ -43,6 +43,8 @@
 
 #define KiB 1024ull
 #define MiB (1024ull * 1024)
+#define IMG_PATH tf_path(&F.tf, "a.qed")     /* the image */
+#define BACKING_PATH tf_path(&F.tf, "b.raw") /* its raw backing file, when it has one */
 #define CS (4 * KiB)
 #define REGION (2 * MiB) /* guest bytes one L2 table maps */
 #define IMG_SIZE (8 * MiB)
@@ -50,8 +52,6 @@
 
 struct fixture {
     struct test_fixture tf;
-    char path[128];
-    char backing[128];
     qed_image *img;
     /* observer counts */
     unsigned l2_writes, flushes, data_writes;
@@ -65,18 +65,12 @@ static void setup(void)
 {
     memset(&F, 0, sizeof(F));
     tf_setup(&F.tf, "gc", QED_AIO_TEST);
-    snprintf(F.path, sizeof(F.path), "%s/a.qed", F.tf.dir);
-    snprintf(F.backing, sizeof(F.backing), "%s/b.raw", F.tf.dir);
     qed_set_log(tf_quiet_log, NULL, QED_LOG_ERROR);
 }
 
 static void teardown(void)
 {
-    if (F.img) {
-        /* A test that failed may leave I/O held: let close complete it. */
-        qed_aio_test_set_auto(F.tf.aio, true);
-        qed_close(F.img);
-    }
+    tf_close_left_open(&F.tf, &F.img);
     tf_teardown(&F.tf);
 }
 
@@ -129,20 +123,16 @@ static void reset_counts(void)
 
 static void make_image(bool backing)
 {
-    struct qed_create_opts co = {.size = IMG_SIZE, .cluster_size = CS, .table_size = 1};
     /* A long clean delay: NEED_CHECK stays set, so writes into existing
      * tables run side by side instead of waiting for an exclusive header
      * update. */
     struct qed_open_opts oo = {.clean_delay_ms = 600000};
     char err[256];
 
-    if (backing) {
-        tf_raw_pattern(F.backing, IMG_SIZE);
-        co.backing_file = F.backing;
-        co.backing_fmt = QED_BACKING_RAW;
-    }
-    cr_assert_eq(qed_create(F.path, &co, err, sizeof(err)), 0, "create: %s", err);
-    cr_assert_eq(qed_open(F.tf.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "open: %s", err);
+    if (backing)
+        tf_raw_pattern(BACKING_PATH, IMG_SIZE);
+    tf_create(&F.tf, "a.qed", IMG_SIZE, CS, 1, backing ? "b.raw" : NULL, QED_BACKING_RAW);
+    cr_assert_eq(qed_open(F.tf.aio, IMG_PATH, &oo, &F.img, err, sizeof(err)), 0, "open: %s", err);
     qed_aio_test_set_observer(F.tf.aio, observer, NULL);
 }
 
@@ -158,7 +148,7 @@ static void reopen(void)
     int r = qed_close(F.img);
     F.img = NULL;
     cr_assert_eq(r, want, "close: %d, expected %d", r, want);
-    cr_assert_eq(qed_open(F.tf.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "reopen: %s", err);
+    cr_assert_eq(qed_open(F.tf.aio, IMG_PATH, &oo, &F.img, err, sizeof(err)), 0, "reopen: %s", err);
     qed_aio_test_set_observer(F.tf.aio, observer, NULL);
 }
 
@@ -575,14 +565,14 @@ Test(groupcommit, stale_tail_is_not_fresh)
     cr_assert_eq(qed_close(F.img), 0);
     F.img = NULL;
     memset(junk, 0xee, sizeof(junk));
-    f = fopen(F.path, "ab");
+    f = fopen(IMG_PATH, "ab");
     cr_assert_not_null(f);
     cr_assert_eq(fwrite(junk, 1, sizeof(junk), f), sizeof(junk));
     fclose(f);
     {
         struct qed_open_opts oo = {.clean_delay_ms = 600000};
         char err[256];
-        cr_assert_eq(qed_open(F.tf.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(qed_open(F.tf.aio, IMG_PATH, &oo, &F.img, err, sizeof(err)), 0, "%s", err);
         qed_aio_test_set_observer(F.tf.aio, observer, NULL);
     }
     reset_counts();
@@ -601,7 +591,7 @@ Test(groupcommit, stale_tail_is_not_fresh)
     qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
     cr_assert_eq(qed_close(F.img), 0);
     F.img = NULL;
-    cr_assert_eq(stat(F.path, &st), 0);
+    cr_assert_eq(stat(IMG_PATH, &st), 0);
     cr_assert_eq(st.st_size % CS, 0, "file size %lld is not whole clusters", (long long)st.st_size);
     free_all(w, NW);
 }

@@ -111,20 +111,6 @@ static int do_flush(qed_image *img)
     return tf_result(&F.tf, TF_SUBMIT(qed_flush(img, tf_done_cb, &d)), &d);
 }
 
-static struct qed_check_result disk_check(const char *name)
-{
-    struct qed_open_opts o = {.read_only = true, .no_lock = true};
-    struct qed_check_result res;
-    char err[512] = "";
-    qed_image *img = NULL;
-    int r = qed_open(NULL, tf_path(&F.tf, name), &o, &img, err, sizeof(err));
-    cr_assert_eq(r, 0, "check open %s: %s", name, err);
-    r = qed_check(img, false, &res);
-    cr_assert_eq(r, 0, "qed_check %s: %s", name, strerror(-r));
-    qed_close(img);
-    return res;
-}
-
 /* ---- I/O recording and classification ---- */
 
 enum step {
@@ -629,7 +615,7 @@ static void check_latched(struct ctx *c, const char *what)
     cr_assert_eq(qed_close(c->img), -EIO, "%s: close of a failed image did not fail", what);
     cr_assert(disk_features("a.qed") & QED_F_NEED_CHECK,
               "%s: NEED_CHECK is not set on disk after closing a failed image", what);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     cr_assert(res.corruptions == 0 && res.check_errors == 0,
               "%s: on-disk check after close: %" PRIu64 " corruptions", what, res.corruptions);
     c->img = tf_open(&F.tf, "a.qed", NULL);
@@ -689,7 +675,7 @@ static void fail_run(const struct workload *w, unsigned k, const char *stepname,
         check_latched(&c, what);
     } else if (reopen) {
         cr_assert_eq(qed_close(c.img), 0, "%s: close failed", what);
-        res = disk_check("a.qed");
+        res = tf_disk_check(&F.tf, "a.qed");
         cr_assert(res.corruptions == 0 && res.check_errors == 0,
                   "%s: on-disk check after close: %" PRIu64 " corruptions", what,
                   res.corruptions);
@@ -727,7 +713,7 @@ static void fail_run(const struct workload *w, unsigned k, const char *stepname,
     cr_assert(res.corruptions == 0 && res.check_errors == 0, "%s: live check after the retry: %"
               PRIu64 " corruptions", what, res.corruptions);
     cr_assert_eq(qed_close(c.img), 0);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     cr_assert(res.corruptions == 0 && res.check_errors == 0, "%s: final check: %" PRIu64
               " corruptions", what, res.corruptions);
     /* What the image says on disk is what was read while it was open. */
@@ -808,7 +794,7 @@ Test(inject, failed_table_load_fails_all_waiters)
     /* and a write into the table works */
     cr_assert_eq(do_write(img, 4 * 4096, buf, 4096, 0), 0);
     cr_assert_eq(qed_close(img), 0);
-    struct qed_check_result res = disk_check("a.qed");
+    struct qed_check_result res = tf_disk_check(&F.tf, "a.qed");
     cr_assert(res.corruptions == 0 && res.leaks == 0);
 }
 
@@ -896,7 +882,7 @@ static void racing_inplace_write(bool new_table)
         cr_assert(memcmp(got, b, sizeof(b)) == 0, "W2's data is lost after reopening");
     }
     cr_assert_eq(qed_close(img), 0);
-    struct qed_check_result res = disk_check("a.qed");
+    struct qed_check_result res = tf_disk_check(&F.tf, "a.qed");
     cr_assert_eq(res.corruptions, 0);
 }
 

@@ -78,15 +78,6 @@ static void make(const char *p, uint64_t size, const char *backing, unsigned nta
     qed_aio_test_set_auto(tf.aio, false);
 }
 
-static size_t find_pending(uint64_t off)
-{
-    for (size_t i = 0; i < qed_aio_test_pending(tf.aio); i++)
-        if (qed_aio_test_peek(tf.aio, i)->offset == off)
-            return i;
-    cr_assert_fail("no pending I/O at %" PRIu64, off);
-    return 0;
-}
-
 static uint64_t l1_entry(qed_image *img, unsigned i)
 {
     return le64toh(img->l1[i]);
@@ -116,12 +107,12 @@ Test(l2room, no_wakeup_left_queued_when_all_waiters_are_served)
     cr_assert_eq(qed_aio_test_pending(tf.aio), 2, "loads of tables 0 and 2 only");
     cr_assert_geq(img->cache.room_waits, 3);
     /* Table 0 loads: X finishes and releases it; A is woken and loads 1. */
-    cr_assert_eq(qed_aio_test_complete(tf.aio, find_pending(l1_entry(img, 0)), 0), 0);
+    cr_assert_eq(qed_aio_test_complete(tf.aio, tf_find_pending(&tf, l1_entry(img, 0)), 0), 0);
     ev_run(tf.loop, EVRUN_NOWAIT);
     cr_assert_eq(d[0].calls, 1);
     /* Table 1 loads (A finishes), then table 2 (Y finishes): both idle. */
-    cr_assert_eq(qed_aio_test_complete(tf.aio, find_pending(l1_entry(img, 1)), 0), 0);
-    cr_assert_eq(qed_aio_test_complete(tf.aio, find_pending(l1_entry(img, 2)), 0), 0);
+    cr_assert_eq(qed_aio_test_complete(tf.aio, tf_find_pending(&tf, l1_entry(img, 1)), 0), 0);
+    cr_assert_eq(qed_aio_test_complete(tf.aio, tf_find_pending(&tf, l1_entry(img, 2)), 0), 0);
     /* One wake-up serves B and C from the cached table 1. */
     for (int t = 0; t < 100 && !(d[3].calls && d[4].calls); t++)
         ev_run(tf.loop, EVRUN_NOWAIT);

@@ -357,8 +357,7 @@ static int submit_and_wait(qed_image *img, int type, uint64_t off, uint64_t len,
     }
     if (rc < 0)
         return rc;
-    while (d.calls == 0)
-        ev_run(F.tf.loop, EVRUN_ONCE);
+    tf_wait(&F.tf, &d, 1);
     return d.ret;
 }
 

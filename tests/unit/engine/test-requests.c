@@ -298,21 +298,6 @@ static void disk_l1(const char *name, uint64_t *l1, size_t n)
         l1[i] = le64toh(l1[i]);
 }
 
-/* qed_check of the image as it is on disk (read-only, lock-free open). */
-static struct qed_check_result disk_check(const char *name)
-{
-    struct qed_open_opts o = {.read_only = true, .no_lock = true};
-    struct qed_check_result res;
-    char err[512] = "";
-    qed_image *img = NULL;
-    int r = qed_open(NULL, tf_path(&F.tf, name), &o, &img, err, sizeof(err));
-    cr_assert_eq(r, 0, "check open %s: %s", name, err);
-    r = qed_check(img, false, &res);
-    cr_assert_eq(r, 0, "qed_check %s: %s", name, strerror(-r));
-    qed_close(img);
-    return res;
-}
-
 static void assert_clean(const struct qed_check_result *res, bool leaks_ok, const char *what)
 {
     cr_assert_eq(res->corruptions, 0, "%s: %" PRIu64 " corruptions", what, res->corruptions);
@@ -600,7 +585,7 @@ Test(write, partial_cluster_over_backing_keeps_the_rest)
     res = live_check(img);
     assert_clean(&res, false, "live");
     close_img(img);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     img = open_img("a.qed");
     expect_range(img, 0, model, size, "after reopen");
@@ -693,7 +678,7 @@ Test(write, new_l2_tables_and_l1_updates)
             cr_assert(l1[i] % 4096 == 0 && l1[i] >= fsize && l1[i] < file_size_of("a.qed"),
                       "L1[%d] = 0x%" PRIx64 " is not a valid table offset", i, l1[i]);
     }
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     cr_assert_eq(res.allocated_clusters, 3);
 
@@ -782,7 +767,7 @@ Test(write, single_64m_write_spanning_l2_tables)
     /* exactly three tables and the data clusters, nothing over-allocated */
     cr_assert_eq(file_size_of("a.qed"), fsize + 3 * 16 * 4096 + nclusters * 4096,
                  "file size %" PRIu64, file_size_of("a.qed"));
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     img = open_img("a.qed");
     cr_assert_eq(do_read(img, off, got, len), 0);
@@ -831,7 +816,7 @@ Test(write, image_size_not_a_whole_number_of_clusters)
             total += ext[i].length;
         cr_assert_eq(total, size, "block status covers %" PRIu64 " of %" PRIu64, total, size);
         close_img(img);
-        res = disk_check("a.qed");
+        res = tf_disk_check(&F.tf, "a.qed");
         assert_clean(&res, false, "odd-sized image");
         img = open_img("a.qed");
         expect_range(img, 0, model, size, "odd-sized image after reopen");
@@ -1122,7 +1107,7 @@ Test(discard, punches_whole_clusters_and_keeps_mapping)
     expect_range(img, 0, buf, len, "rewritten after discard");
     cr_assert_eq(file_size_of("a.qed"), fsize);
     close_img(img);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     free(buf);
     free(got);
@@ -1773,7 +1758,7 @@ static void run_reverse_batch(bool backing)
     res = live_check(img);
     assert_clean(&res, false, "live");
     close_img(img);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     img = open_img("a.qed");
     expect_range(img, 0, b.model, size, "after reopen");
@@ -1843,7 +1828,7 @@ static void overlap_round(unsigned seed, bool backing, bool table_exists)
     res = live_check(img);
     assert_clean(&res, false, "live");
     close_img(img);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     img = open_img("a.qed");
     expect_range(img, 0, b.model, size, "after reopen");
@@ -1887,7 +1872,7 @@ Test(order, identical_range_writes_pick_one_per_sector)
             cr_assert(memcmp(got + s, a + s, 512) == 0 || memcmp(got + s, c + s, 512) == 0,
                       "seed %u: sector %zu is neither write", base + round, s / 512);
         close_img(img);
-        struct qed_check_result res = disk_check("a.qed");
+        struct qed_check_result res = tf_disk_check(&F.tf, "a.qed");
         assert_clean(&res, false, "on disk");
         unlink(tf_path(&F.tf, "a.qed"));
     }
@@ -1995,7 +1980,7 @@ static void read_during_alloc(bool backing, bool table_exists, unsigned k, enum 
               backing, table_exists, k, order_name(o), seed);
     expect_range(img, 0, newc, size, "after the write");
     close_img(img);
-    struct qed_check_result res = disk_check("a.qed");
+    struct qed_check_result res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     unlink(tf_path(&F.tf, "a.qed"));
     unlink(tf_path(&F.tf, "b.raw"));
@@ -2163,6 +2148,6 @@ Test(needcheck, cleared_on_close)
     cr_assert(disk_features("a.qed") & QED_F_NEED_CHECK);
     close_img(img);
     cr_assert_eq(disk_features("a.qed") & QED_F_NEED_CHECK, 0, "NEED_CHECK left set on close");
-    struct qed_check_result res = disk_check("a.qed");
+    struct qed_check_result res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "after close");
 }
