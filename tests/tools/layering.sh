@@ -22,10 +22,11 @@
 # Then it shows that it can fail: a copy of the tree gets one bad include at
 # a time, and each must be caught by the rule meant to catch it.  And it
 # shows that the build itself refuses a wrong include: lib/format/header.c,
-# lib/io/aio.c and server/main.c are compiled with their part's own flags
-# (taken from the built Makefiles) plus one header of a part they may not
-# use, and the compiler must fail with "No such file"; without the injected
-# line the same command must succeed, so the failure is the include's.
+# a lib/io file, server/main.c and a contrib file are compiled with their
+# part's own flags (taken from the configured Makefiles) plus one header of
+# a part they may not use, and the compiler must fail with "No such file";
+# without the injected line the same command must succeed, so the failure
+# is the include's.
 #
 # Usage: top_srcdir=... top_builddir=... bash layering.sh
 #        bash layering.sh --check DIR   (only the rules, on the tree at DIR)
@@ -215,4 +216,6 @@ refuses lib libqed_io_a "$io_c" qed-format.h
 refuses lib libqed_io_a "$io_c" qed-image.h
 refuses server qednbd "$server_c" qed-image.h
 refuses server qednbd "$server_c" qed-format.h
+contrib_c=$(cd "$src" && find contrib -name '*.c' | sort | head -n 1)
+refuses contrib qed_img "$contrib_c" qed-io.h
 echo "layering: all rules hold and each can fail"

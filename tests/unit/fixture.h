@@ -61,6 +61,7 @@ static inline void tf_quiet_log(enum qed_log_level level, const char *msg, void 
 
 /* ---- the temporary directory ---- */
 
+/* nftw() callback of tf_rm_tree(): remove one entry (children first). */
 static inline int tf_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -150,6 +151,7 @@ static inline void tf_setup(struct test_fixture *f, const char *name, enum qed_a
     cr_assert_eq(r, 0, "qed_aio_new(%d): %s", (int)kind, strerror(-r));
 }
 
+/* The watchdog fired: note it and leave the loop, so the wait fails. */
 static inline void tf_watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct test_fixture *f = w->data;
@@ -334,6 +336,7 @@ static inline void tf_done_cb(void *opaque, int ret)
         rc_;                                                                                       \
     })
 
+/* Have all requests of @d[0..n) completed? */
 static inline bool tf_all_done(const struct tf_done *d, size_t n)
 {
     for (size_t i = 0; i < n; i++)

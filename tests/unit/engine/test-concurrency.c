@@ -382,7 +382,8 @@ static void run_test_opts(enum qed_aio_backend kind, int backing, const char *na
         qed_image *b = NULL;
         bool was_test = kind == QED_AIO_TEST;
         cr_assert_eq(qed_create(tf_path(&F.tf, "b.qed"), &bo, err, sizeof(err)), 0, "%s", err);
-        cr_assert_eq(qed_open(F.tf.aio, tf_path(&F.tf, "b.qed"), NULL, &b, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(qed_open(F.tf.aio, tf_path(&F.tf, "b.qed"), NULL, &b, err, sizeof(err)), 0,
+                     "%s", err);
         if (was_test)
             qed_aio_test_set_auto(F.tf.aio, true);
         for (uint64_t off = 0; off < IMG_SIZE; off += 3 * CS) {
@@ -416,7 +417,8 @@ static void run_test_opts(enum qed_aio_backend kind, int backing, const char *na
         /* The internal NEED_CHECK clean may be running: qed_check needs
          * the image idle, so let it finish. */
         for (unsigned t = 0; qed_inflight(img) > 0; t++) {
-            cr_assert(t < MAX_TURNS && !F.tf.timed_out, "seed %u: the image never went idle", R->seed);
+            cr_assert(t < MAX_TURNS && !F.tf.timed_out, "seed %u: the image never went idle",
+                      R->seed);
             if (F.kind == QED_AIO_TEST) {
                 ev_run(F.tf.loop, EVRUN_NOWAIT);
                 if (qed_aio_test_pending(F.tf.aio))
@@ -465,12 +467,14 @@ static void run_test_opts(enum qed_aio_backend kind, int backing, const char *na
     /* on disk: clean, and the same contents after reopening */
     {
         struct qed_open_opts ro = {.read_only = true, .no_lock = true};
-        cr_assert_eq(qed_open(NULL, tf_path(&F.tf, "a.qed"), &ro, &img, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(qed_open(NULL, tf_path(&F.tf, "a.qed"), &ro, &img, err, sizeof(err)), 0, "%s",
+                     err);
         cr_assert_eq(qed_check(img, false, &res), 0);
         check_clean(&res, base, "on-disk check");
         qed_close(img);
     }
-    cr_assert_eq(qed_open(F.tf.aio, tf_path(&F.tf, "a.qed"), NULL, &img, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(qed_open(F.tf.aio, tf_path(&F.tf, "a.qed"), NULL, &img, err, sizeof(err)), 0, "%s",
+                 err);
     read_all(img, got);
     cr_assert(memcmp(got, cur, IMG_SIZE) == 0, "seed %u: contents changed across reopen", base);
     cr_assert_eq(qed_close(img), 0);

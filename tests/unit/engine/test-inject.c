@@ -242,7 +242,8 @@ static void sub_write(struct ctx *c, uint64_t off, uint64_t len, unsigned flags,
     memcpy(c->newc + off, c->wbuf[i], len);
     c->roff[i] = off;
     c->rlen[i] = len;
-    cr_assert_eq(TF_SUBMIT(qed_write(c->img, off, c->wbuf[i], len, flags, tf_done_cb, &c->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write(c->img, off, c->wbuf[i], len, flags, tf_done_cb, &c->d[i])),
+                 0);
 }
 
 static void sub_wzero(struct ctx *c, uint64_t off, uint64_t len, unsigned flags)
@@ -356,7 +357,8 @@ static void sub_discard(struct ctx *c)
     memset(c->newc + 2 * c->w->cs, 0, 4 * c->w->cs);
     c->roff[i] = 2 * c->w->cs;
     c->rlen[i] = 4 * c->w->cs;
-    cr_assert_eq(TF_SUBMIT(qed_discard(c->img, c->roff[i], c->rlen[i], 0, tf_done_cb, &c->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_discard(c->img, c->roff[i], c->rlen[i], 0, tf_done_cb, &c->d[i])),
+                 0);
 }
 
 static void sub_flush(struct ctx *c)
@@ -781,7 +783,8 @@ Test(inject, failed_table_load_fails_all_waiters)
     F.errors_logged = 0;
     qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_READ, 0, -EIO);
     for (int i = 0; i < 4; i++)
-        cr_assert_eq(TF_SUBMIT(qed_read(img, (uint64_t)i * 4096, got[i], 4096, tf_done_cb, &d[i])), 0);
+        cr_assert_eq(TF_SUBMIT(qed_read(img, (uint64_t)i * 4096, got[i], 4096, tf_done_cb, &d[i])),
+                     0);
     tf_wait_idle(&F.tf, d, 4);
     for (int i = 0; i < 4; i++)
         cr_assert_eq(d[i].ret, -EIO, "waiter %d got %d", i, d[i].ret);

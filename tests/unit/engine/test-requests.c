@@ -142,7 +142,8 @@ static void drive(enum order o, struct tf_done *d, size_t n)
         }
     }
     ev_run(F.tf.loop, EVRUN_NOWAIT);
-    cr_assert_eq(qed_aio_test_pending(F.tf.aio), 0, "I/O left in flight after all requests completed");
+    cr_assert_eq(qed_aio_test_pending(F.tf.aio), 0,
+                 "I/O left in flight after all requests completed");
 }
 
 static void wait1(struct tf_done *d)
@@ -1489,7 +1490,8 @@ Test(args, out_of_range_rejected_at_submit)
     cr_assert_eq(TF_SUBMIT(qed_read(img, MiB + 512, buf, 0, tf_done_cb, &d)), -EINVAL);
     cr_assert_eq(TF_SUBMIT(qed_read(img, UINT64_MAX - 100, buf, 1024, tf_done_cb, &d)), -EINVAL);
     cr_assert_eq(TF_SUBMIT(qed_write(img, MiB - 512, buf, 1024, 0, tf_done_cb, &d)), -ENOSPC);
-    cr_assert_eq(TF_SUBMIT(qed_write(img, UINT64_MAX - 100, buf, 1024, 0, tf_done_cb, &d)), -ENOSPC);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, UINT64_MAX - 100, buf, 1024, 0, tf_done_cb, &d)),
+                 -ENOSPC);
     cr_assert_eq(TF_SUBMIT(qed_write_zeroes(img, MiB, 512, 0, tf_done_cb, &d)), -ENOSPC);
     cr_assert_eq(TF_SUBMIT(qed_write_zeroes(img, 0, UINT64_MAX, 0, tf_done_cb, &d)), -ENOSPC);
     cr_assert_eq(TF_SUBMIT(qed_discard(img, MiB - 512, 1024, 0, tf_done_cb, &d)), -EINVAL);
@@ -1545,14 +1547,16 @@ Test(submit, callbacks_never_run_inside_submit)
     /* The table is cached now: these need no I/O, or none at all. */
     int i = 0;
     cr_assert_eq(TF_SUBMIT(qed_read(img, 0, buf, 0, tf_done_cb, &d[i++])), 0);           /* empty */
-    cr_assert_eq(TF_SUBMIT(qed_read(img, 100 * 4096, buf, 4096, tf_done_cb, &d[i++])), 0); /* hole */
+    /* a hole */
+    cr_assert_eq(TF_SUBMIT(qed_read(img, 100 * 4096, buf, 4096, tf_done_cb, &d[i++])), 0);
     cr_assert_eq(TF_SUBMIT(qed_write(img, 0, buf, 0, 0, tf_done_cb, &d[i++])), 0);
     cr_assert_eq(TF_SUBMIT(qed_write_zeroes(img, 0, 0, 0, tf_done_cb, &d[i++])), 0);
     cr_assert_eq(TF_SUBMIT(qed_write_zeroes(img, 100 * 4096 + 1, 10, 0, tf_done_cb, &d[i++])), 0);
     cr_assert_eq(TF_SUBMIT(qed_discard(img, 0, 0, 0, tf_done_cb, &d[i++])), 0);
     cr_assert_eq(TF_SUBMIT(qed_discard(img, 100 * 4096, 4096, 0, tf_done_cb, &d[i++])), 0);
     cr_assert_eq(TF_SUBMIT(qed_block_status(img, 0, 0, ext, MAX_EXT, &n, tf_done_cb, &d[i++])), 0);
-    cr_assert_eq(TF_SUBMIT(qed_block_status(img, 0, MiB, ext, MAX_EXT, &n, tf_done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_block_status(img, 0, MiB, ext, MAX_EXT, &n, tf_done_cb, &d[i++])),
+                 0);
     /* a resize to the same size changes nothing but the header */
     cr_assert_eq(TF_SUBMIT(qed_resize(img, MiB, tf_done_cb, &d[i++])), 0);
     /* cache hit with data I/O */
@@ -1632,9 +1636,16 @@ Test(submit, each_callback_runs_exactly_once)
         int rc;
         tf_fill(b, 4096, 270 + i);
         switch (i % 4) {
-        case 0: rc = TF_SUBMIT(qed_write(img, (uint64_t)(i % 8) * 4096, b, 4096, 0, tf_done_cb, &d[i])); break;
-        case 1: rc = TF_SUBMIT(qed_read(img, (uint64_t)(i % 8) * 4096, b, 4096, tf_done_cb, &d[i])); break;
-        case 2: rc = TF_SUBMIT(qed_write_zeroes(img, (uint64_t)(i % 8) * 4096, 4096, 0, tf_done_cb, &d[i])); break;
+        case 0:
+            rc = TF_SUBMIT(qed_write(img, (uint64_t)(i % 8) * 4096, b, 4096, 0, tf_done_cb, &d[i]));
+            break;
+        case 1:
+            rc = TF_SUBMIT(qed_read(img, (uint64_t)(i % 8) * 4096, b, 4096, tf_done_cb, &d[i]));
+            break;
+        case 2:
+            rc = TF_SUBMIT(
+                qed_write_zeroes(img, (uint64_t)(i % 8) * 4096, 4096, 0, tf_done_cb, &d[i]));
+            break;
         default: rc = TF_SUBMIT(qed_flush(img, tf_done_cb, &d[i])); break;
         }
         cr_assert_eq(rc, 0);
@@ -1902,7 +1913,8 @@ Test(order, concurrent_misses_read_the_table_once)
         F.rng = 17 + (unsigned)o;
         qed_aio_test_set_observer(F.tf.aio, oplog_observer, log);
         for (int i = 0; i < 8; i++)
-            cr_assert_eq(TF_SUBMIT(qed_read(img, (uint64_t)i * 4096, got[i], 4096, tf_done_cb, &d[i])), 0);
+            cr_assert_eq(
+                TF_SUBMIT(qed_read(img, (uint64_t)i * 4096, got[i], 4096, tf_done_cb, &d[i])), 0);
         drive((enum order)o, d, 8);
         qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
         set_manual(false);
