@@ -18,7 +18,7 @@
 
 #include <criterion/criterion.h>
 
-#include "qed-image.h"
+#include "qed-format.h"
 
 #define NAME "t.qed"
 #define KiB 1024ull

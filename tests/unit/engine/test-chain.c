@@ -17,32 +17,28 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine-fixture.h"
+#include "fixture.h"
 
 #define MiB (1024ull * 1024)
 
-static struct engine_fixture F;
+static struct test_fixture F;
 static char err[1024];
 
-/* Path of @name inside the test directory (a few rotating buffers). */
+/* Path of @name inside the test directory. */
 static const char *tp(const char *name)
 {
-    static char bufs[8][512];
-    static int next;
-    char *b = bufs[next++ % 8];
-    snprintf(b, 512, "%s/%s", F.dir, name);
-    return b;
+    return tf_path(&F, name);
 }
 
 static void setup(void)
 {
-    ef_setup(&F, "chain");
+    tf_setup(&F, "chain", QED_AIO_TEST);
     cr_assert_eq(mkdir(tp("sub"), 0755), 0);
 }
 
 static void teardown(void)
 {
-    ef_teardown(&F);
+    tf_teardown(&F);
 }
 
 /* A raw file of @len bytes starting with @head (rest zeros). */

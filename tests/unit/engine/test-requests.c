@@ -1,5 +1,5 @@
 /*
- * test-requests.c - unit tests of the request state machines (lib/engine/request.c):
+ * test-requests.c - unit tests of the request state machines (lib/engine/request*.c):
  * read, write, write zeroes, discard, flush, FUA, block status, resize,
  * argument checks, callback delivery rules, completion order, overlapping
  * allocating writes, reads racing allocations, and NEED_CHECK handling.
@@ -20,7 +20,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -34,6 +33,7 @@
 #include <criterion/logging.h>
 #include <ev.h>
 
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 
@@ -46,100 +46,24 @@
 /* ---- fixture ---- */
 
 struct fixture {
-    struct ev_loop *loop;
-    qed_aio *aio;            /* test engine */
+    struct test_fixture tf;  /* loop, test engine, directory, watchdog */
     bool manual;             /* manual completion mode */
-    char dir[64];
-    ev_timer watchdog;
-    bool timed_out;
     unsigned rng;            /* seed state for ORD_RANDOM */
 };
 
 static struct fixture F;
 
-/* True while a qed_* submit call runs: a callback seeing it breaks the API. */
-static bool in_submit;
-
-struct req_done {
-    int ret;
-    int calls;
-};
-
-static void done_cb(void *opaque, int ret)
-{
-    struct req_done *d = opaque;
-
-    cr_assert(!in_submit, "completion callback ran inside the submitting call");
-    cr_assert_eq(d->calls, 0, "completion callback ran twice (ret %d)", ret);
-    d->calls++;
-    d->ret = ret;
-}
-
-/* Evaluate a submit expression with in_submit set around it. */
-#define SUBMIT(expr)                                                                               \
-    ({                                                                                             \
-        in_submit = true;                                                                          \
-        int rc_ = (expr);                                                                          \
-        in_submit = false;                                                                         \
-        rc_;                                                                                       \
-    })
-
-static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    (void)loop;
-    (void)w;
-    (void)revents;
-    F.timed_out = true;
-}
-
-/* Seed for randomised tests: $QED_TEST_SEED, or the time. */
-static unsigned test_seed(const char *what)
-{
-    const char *e = getenv("QED_TEST_SEED");
-    unsigned s = e && *e ? (unsigned)strtoul(e, NULL, 0) : (unsigned)time(NULL);
-    cr_log_info("%s: seed %u (set QED_TEST_SEED to repeat)", what, s);
-    fprintf(stderr, "%s: seed %u\n", what, s);
-    return s;
-}
-
 static void setup(void)
 {
-    int r;
-
     memset(&F, 0, sizeof(F));
-    F.loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(F.loop);
-    r = qed_aio_new(F.loop, QED_AIO_TEST, &F.aio);
-    cr_assert_eq(r, 0, "qed_aio_new: %s", strerror(-r));
-    qed_aio_test_set_auto(F.aio, true);
-    snprintf(F.dir, sizeof(F.dir), "/tmp/qed-test-req-XXXXXX");
-    cr_assert_not_null(mkdtemp(F.dir), "mkdtemp: %s", strerror(errno));
-    ev_timer_init(&F.watchdog, watchdog_cb, WATCHDOG_SECONDS, 0.);
-    ev_timer_start(F.loop, &F.watchdog);
-    /* Keep the watchdog from holding the loop alive in EVRUN_ONCE waits. */
-    ev_unref(F.loop);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    tf_setup(&F.tf, "req", QED_AIO_TEST);
+    /* Unref'd: the watchdog must not hold the loop alive in EVRUN_ONCE waits. */
+    tf_watchdog(&F.tf, WATCHDOG_SECONDS, true);
 }
 
 static void teardown(void)
 {
-    if (F.dir[0])
-        nftw(F.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    if (F.loop) {
-        ev_ref(F.loop);
-        ev_timer_stop(F.loop, &F.watchdog);
-    }
-    if (F.aio)
-        qed_aio_free(F.aio);
-    if (F.loop)
-        ev_loop_destroy(F.loop);
+    tf_teardown(&F.tf);
 }
 
 TestSuite(read, .init = setup, .fini = teardown, .timeout = 60);
@@ -163,38 +87,30 @@ static const char *order_name(enum order o)
     return o == ORD_FIFO ? "fifo" : o == ORD_REVERSE ? "reverse" : "random";
 }
 
-static bool all_done(const struct req_done *d, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (d[i].calls == 0)
-            return false;
-    return true;
-}
-
 static void set_manual(bool on)
 {
     F.manual = on;
-    qed_aio_test_set_auto(F.aio, !on);
+    qed_aio_test_set_auto(F.tf.aio, !on);
 }
 
 /* Complete one batch of held I/Os in the order @o. */
 static void complete_some(enum order o)
 {
-    size_t n = qed_aio_test_pending(F.aio);
+    size_t n = qed_aio_test_pending(F.tf.aio);
 
     if (n == 0)
         return;
     switch (o) {
     case ORD_FIFO:
-        cr_assert_eq(qed_aio_test_complete(F.aio, 0, 0), 0);
+        cr_assert_eq(qed_aio_test_complete(F.tf.aio, 0, 0), 0);
         break;
     case ORD_REVERSE:
         /* Descending indexes stay valid: new I/Os are appended at the end. */
         for (size_t i = n; i-- > 0;)
-            cr_assert_eq(qed_aio_test_complete(F.aio, i, 0), 0);
+            cr_assert_eq(qed_aio_test_complete(F.tf.aio, i, 0), 0);
         break;
     case ORD_RANDOM:
-        cr_assert_eq(qed_aio_test_complete(F.aio, (size_t)rand_r(&F.rng) % n, 0), 0);
+        cr_assert_eq(qed_aio_test_complete(F.tf.aio, (size_t)rand_r(&F.rng) % n, 0), 0);
         break;
     }
 }
@@ -204,17 +120,17 @@ static void complete_some(enum order o)
  * are completed in the order @o; otherwise the loop runs.  Afterwards no I/O
  * may be left in flight: every I/O belongs to some request.
  */
-static void drive(enum order o, struct req_done *d, size_t n)
+static void drive(enum order o, struct tf_done *d, size_t n)
 {
     unsigned idle = 0;
 
-    for (unsigned turns = 0; !all_done(d, n); turns++) {
-        cr_assert(turns < MAX_TURNS && !F.timed_out, "requests never completed");
+    for (unsigned turns = 0; !tf_all_done(d, n); turns++) {
+        cr_assert(turns < MAX_TURNS && !F.tf.timed_out, "requests never completed");
         if (F.manual) {
-            ev_run(F.loop, EVRUN_NOWAIT);
-            if (all_done(d, n))
+            ev_run(F.tf.loop, EVRUN_NOWAIT);
+            if (tf_all_done(d, n))
                 break;
-            if (qed_aio_test_pending(F.aio) == 0) {
+            if (qed_aio_test_pending(F.tf.aio) == 0) {
                 /* Only deferred deliveries can be left: give them a few turns. */
                 cr_assert(++idle < 1000, "no I/O held, yet requests are not complete");
                 continue;
@@ -222,14 +138,15 @@ static void drive(enum order o, struct req_done *d, size_t n)
             idle = 0;
             complete_some(o);
         } else {
-            ev_run(F.loop, EVRUN_ONCE);
+            ev_run(F.tf.loop, EVRUN_ONCE);
         }
     }
-    ev_run(F.loop, EVRUN_NOWAIT);
-    cr_assert_eq(qed_aio_test_pending(F.aio), 0, "I/O left in flight after all requests completed");
+    ev_run(F.tf.loop, EVRUN_NOWAIT);
+    cr_assert_eq(qed_aio_test_pending(F.tf.aio), 0,
+                 "I/O left in flight after all requests completed");
 }
 
-static void wait1(struct req_done *d)
+static void wait1(struct tf_done *d)
 {
     drive(ORD_FIFO, d, 1);
 }
@@ -238,8 +155,8 @@ static void wait1(struct req_done *d)
 
 static int do_read(qed_image *img, uint64_t off, void *buf, size_t len)
 {
-    struct req_done d = {0};
-    int rc = SUBMIT(qed_read(img, off, buf, len, done_cb, &d));
+    struct tf_done d = {0};
+    int rc = TF_SUBMIT(qed_read(img, off, buf, len, tf_done_cb, &d));
     if (rc < 0)
         return rc;
     wait1(&d);
@@ -248,8 +165,8 @@ static int do_read(qed_image *img, uint64_t off, void *buf, size_t len)
 
 static int do_write(qed_image *img, uint64_t off, const void *buf, size_t len, unsigned flags)
 {
-    struct req_done d = {0};
-    int rc = SUBMIT(qed_write(img, off, buf, len, flags, done_cb, &d));
+    struct tf_done d = {0};
+    int rc = TF_SUBMIT(qed_write(img, off, buf, len, flags, tf_done_cb, &d));
     if (rc < 0)
         return rc;
     wait1(&d);
@@ -258,8 +175,8 @@ static int do_write(qed_image *img, uint64_t off, const void *buf, size_t len, u
 
 static int do_wzero(qed_image *img, uint64_t off, uint64_t len, unsigned flags)
 {
-    struct req_done d = {0};
-    int rc = SUBMIT(qed_write_zeroes(img, off, len, flags, done_cb, &d));
+    struct tf_done d = {0};
+    int rc = TF_SUBMIT(qed_write_zeroes(img, off, len, flags, tf_done_cb, &d));
     if (rc < 0)
         return rc;
     wait1(&d);
@@ -268,8 +185,8 @@ static int do_wzero(qed_image *img, uint64_t off, uint64_t len, unsigned flags)
 
 static int do_discard(qed_image *img, uint64_t off, uint64_t len, unsigned flags)
 {
-    struct req_done d = {0};
-    int rc = SUBMIT(qed_discard(img, off, len, flags, done_cb, &d));
+    struct tf_done d = {0};
+    int rc = TF_SUBMIT(qed_discard(img, off, len, flags, tf_done_cb, &d));
     if (rc < 0)
         return rc;
     wait1(&d);
@@ -278,8 +195,8 @@ static int do_discard(qed_image *img, uint64_t off, uint64_t len, unsigned flags
 
 static int do_flush(qed_image *img)
 {
-    struct req_done d = {0};
-    int rc = SUBMIT(qed_flush(img, done_cb, &d));
+    struct tf_done d = {0};
+    int rc = TF_SUBMIT(qed_flush(img, tf_done_cb, &d));
     if (rc < 0)
         return rc;
     wait1(&d);
@@ -288,8 +205,8 @@ static int do_flush(qed_image *img)
 
 static int do_resize(qed_image *img, uint64_t size)
 {
-    struct req_done d = {0};
-    int rc = SUBMIT(qed_resize(img, size, done_cb, &d));
+    struct tf_done d = {0};
+    int rc = TF_SUBMIT(qed_resize(img, size, tf_done_cb, &d));
     if (rc < 0)
         return rc;
     wait1(&d);
@@ -299,8 +216,8 @@ static int do_resize(qed_image *img, uint64_t size)
 static int do_bstatus(qed_image *img, uint64_t off, uint64_t len, struct qed_extent *ext,
                       size_t *n)
 {
-    struct req_done d = {0};
-    int rc = SUBMIT(qed_block_status(img, off, len, ext, MAX_EXT, n, done_cb, &d));
+    struct tf_done d = {0};
+    int rc = TF_SUBMIT(qed_block_status(img, off, len, ext, MAX_EXT, n, tf_done_cb, &d));
     if (rc < 0)
         return rc;
     wait1(&d);
@@ -309,48 +226,10 @@ static int do_bstatus(qed_image *img, uint64_t off, uint64_t len, struct qed_ext
 
 /* ---- files and images ---- */
 
-static const char *path_of(const char *name)
-{
-    static char buf[4][PATH_MAX];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, PATH_MAX, "%s/%s", F.dir, name);
-    return p;
-}
-
-/* Deterministic bytes: xorshift32 seeded with @seed. */
-static void fill(uint8_t *p, size_t n, uint32_t seed)
-{
-    uint32_t x = seed * 2654435761u + 0x9e3779b9u;
-    if (!x)
-        x = 1;
-    for (size_t i = 0; i < n; i++) {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        p[i] = (uint8_t)(x >> 24);
-    }
-}
-
-static void create_img(const char *name, uint64_t size, uint32_t cs, uint32_t ts,
-                       const char *backing, enum qed_backing_fmt fmt)
-{
-    struct qed_create_opts o = {.size = size, .cluster_size = cs, .table_size = ts,
-                                .backing_file = backing ? path_of(backing) : NULL,
-                                .backing_fmt = fmt};
-    char err[512] = "";
-    int r = qed_create(path_of(name), &o, err, sizeof(err));
-    cr_assert_eq(r, 0, "qed_create %s: %s", name, err);
-}
-
 static qed_image *open_img_opts(const char *name, bool ro, unsigned clean_ms)
 {
     struct qed_open_opts o = {.read_only = ro, .clean_delay_ms = clean_ms};
-    char err[512] = "";
-    qed_image *img = NULL;
-    int r = qed_open(F.aio, path_of(name), &o, &img, err, sizeof(err));
-    cr_assert_eq(r, 0, "qed_open %s: %s", name, err);
-    return img;
+    return tf_open(&F.tf, name, &o);
 }
 
 static qed_image *open_img(const char *name)
@@ -368,9 +247,9 @@ static void close_img(qed_image *img)
 static void make_raw(const char *name, uint64_t size, uint32_t seed, uint8_t *out)
 {
     uint8_t *buf = malloc(size ? size : 1);
-    int fd = open(path_of(name), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fd = open(tf_path(&F.tf, name), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     cr_assert(fd >= 0 && buf);
-    fill(buf, size, seed);
+    tf_fill(buf, size, seed);
     cr_assert_eq(pwrite(fd, buf, size, 0), (ssize_t)size);
     close(fd);
     if (out)
@@ -381,14 +260,14 @@ static void make_raw(const char *name, uint64_t size, uint32_t seed, uint8_t *ou
 static uint64_t file_size_of(const char *name)
 {
     struct stat st;
-    cr_assert_eq(stat(path_of(name), &st), 0);
+    cr_assert_eq(stat(tf_path(&F.tf, name), &st), 0);
     return (uint64_t)st.st_size;
 }
 
 static uint64_t blocks_of(const char *name)
 {
     struct stat st;
-    cr_assert_eq(stat(path_of(name), &st), 0);
+    cr_assert_eq(stat(tf_path(&F.tf, name), &st), 0);
     return (uint64_t)st.st_blocks;
 }
 
@@ -397,7 +276,7 @@ static uint64_t disk_features(const char *name)
 {
     uint8_t h[QED_HEADER_BYTES];
     uint64_t v;
-    int fd = open(path_of(name), O_RDONLY);
+    int fd = open(tf_path(&F.tf, name), O_RDONLY);
     cr_assert(fd >= 0);
     cr_assert_eq(pread(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
     close(fd);
@@ -410,7 +289,7 @@ static void disk_l1(const char *name, uint64_t *l1, size_t n)
 {
     uint8_t h[QED_HEADER_BYTES];
     uint64_t off;
-    int fd = open(path_of(name), O_RDONLY);
+    int fd = open(tf_path(&F.tf, name), O_RDONLY);
     cr_assert(fd >= 0);
     cr_assert_eq(pread(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
     memcpy(&off, h + 40, 8);
@@ -418,21 +297,6 @@ static void disk_l1(const char *name, uint64_t *l1, size_t n)
     close(fd);
     for (size_t i = 0; i < n; i++)
         l1[i] = le64toh(l1[i]);
-}
-
-/* qed_check of the image as it is on disk (read-only, lock-free open). */
-static struct qed_check_result disk_check(const char *name)
-{
-    struct qed_open_opts o = {.read_only = true, .no_lock = true};
-    struct qed_check_result res;
-    char err[512] = "";
-    qed_image *img = NULL;
-    int r = qed_open(NULL, path_of(name), &o, &img, err, sizeof(err));
-    cr_assert_eq(r, 0, "check open %s: %s", name, err);
-    r = qed_check(img, false, &res);
-    cr_assert_eq(r, 0, "qed_check %s: %s", name, strerror(-r));
-    qed_close(img);
-    return res;
 }
 
 static void assert_clean(const struct qed_check_result *res, bool leaks_ok, const char *what)
@@ -476,7 +340,7 @@ static void expect_range(qed_image *img, uint64_t off, const uint8_t *want, size
 /* Can the file system under the scratch directory punch holes? */
 static bool fs_can_punch(void)
 {
-    const char *p = path_of("punch-probe");
+    const char *p = tf_path(&F.tf, "punch-probe");
     uint8_t buf[65536];
     struct stat a, b;
     int fd = open(p, O_RDWR | O_CREAT | O_TRUNC, 0644);
@@ -531,14 +395,14 @@ Test(read, unallocated_reads_zeros)
     uint8_t *buf = malloc(MiB), *zero = calloc(1, MiB);
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
     expect_range(img, 0, zero, MiB, "whole unallocated image");
     expect_range(img, 1000, zero, 5000, "unaligned range");
     /* Nothing is allocated: no table and no data is read. */
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_READ), 0);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_READ), 0);
     /* Same after a table exists for the neighbourhood. */
-    fill(buf, 4096, 1);
+    tf_fill(buf, 4096, 1);
     cr_assert_eq(do_write(img, 0, buf, 4096, 0), 0);
     expect_range(img, 4096, zero, 64 * KiB, "unallocated next to data");
     close_img(img);
@@ -554,7 +418,7 @@ Test(read, zero_cluster_reads_zeros_and_hides_backing)
     qed_image *img;
 
     make_raw("b.raw", MiB, 7, back);
-    create_img("a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
     cr_assert_eq(do_wzero(img, 8192, 8192, 0), 0);
     memcpy(want, back, MiB);
@@ -580,9 +444,9 @@ Test(read, zero_cluster_without_backing)
     uint8_t buf[3 * 4096], zero[3 * 4096] = {0};
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 2, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 2, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 3);
+    tf_fill(buf, sizeof(buf), 3);
     /* Turn data into zeros in place, and make fresh zero clusters. */
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     cr_assert_eq(do_wzero(img, 0, sizeof(buf), 0), 0);
@@ -598,7 +462,7 @@ Test(read, raw_backing)
     qed_image *img;
 
     make_raw("b.raw", 2 * MiB, 11, back);
-    create_img("a.qed", 2 * MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", 2 * MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
     expect_range(img, 0, back, 2 * MiB, "whole image from backing");
     expect_range(img, 4095, back + 4095, 3, "across a cluster boundary");
@@ -613,25 +477,25 @@ Test(read, qed_backing_chain)
     qed_image *img;
 
     /* base: data in clusters 2..4 */
-    create_img("base.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "base.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("base.qed");
-    fill(buf, sizeof(buf), 21);
+    tf_fill(buf, sizeof(buf), 21);
     cr_assert_eq(do_write(img, 2 * 4096, buf, sizeof(buf), 0), 0);
     memcpy(want + 2 * 4096, buf, sizeof(buf));
     close_img(img);
 
     /* mid: overrides part of cluster 3 and writes cluster 8 */
-    create_img("mid.qed", MiB, 4096, 1, "base.qed", QED_BACKING_QED);
+    tf_create(&F.tf, "mid.qed", MiB, 4096, 1, "base.qed", QED_BACKING_QED);
     img = open_img("mid.qed");
-    fill(buf, 1000, 22);
+    tf_fill(buf, 1000, 22);
     cr_assert_eq(do_write(img, 3 * 4096 + 100, buf, 1000, 0), 0);
     memcpy(want + 3 * 4096 + 100, buf, 1000);
-    fill(buf, 4096, 23);
+    tf_fill(buf, 4096, 23);
     cr_assert_eq(do_write(img, 8 * 4096, buf, 4096, 0), 0);
     memcpy(want + 8 * 4096, buf, 4096);
     close_img(img);
 
-    create_img("top.qed", MiB, 4096, 1, "mid.qed", QED_BACKING_QED);
+    tf_create(&F.tf, "top.qed", MiB, 4096, 1, "mid.qed", QED_BACKING_QED);
     img = open_img("top.qed");
     expect_range(img, 0, want, MiB, "three-level chain");
     expect_range(img, 3 * 4096 + 50, want + 3 * 4096 + 50, 2000, "partial through chain");
@@ -646,7 +510,7 @@ Test(read, backing_shorter_than_image)
     qed_image *img;
 
     make_raw("b.raw", blen, 31, back);
-    create_img("a.qed", 64 * KiB, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", 64 * KiB, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
     memcpy(want, back, blen);
     expect_range(img, 0, want, 64 * KiB, "raw backing shorter than image");
@@ -654,7 +518,7 @@ Test(read, backing_shorter_than_image)
 
     /* A partial write into the cluster that straddles the backing end copies
      * the backing bytes that exist and zeros for the rest. */
-    fill(patch, sizeof(patch), 32);
+    tf_fill(patch, sizeof(patch), 32);
     cr_assert_eq(do_write(img, 3 * 4096 + 2000, patch, sizeof(patch), 0), 0);
     memcpy(want + 3 * 4096 + 2000, patch, sizeof(patch));
     expect_range(img, 0, want, 64 * KiB, "after a write past the backing end");
@@ -671,18 +535,18 @@ Test(read, qed_backing_smaller_than_image)
     uint8_t *want = calloc(1, 64 * KiB), buf[8192];
     qed_image *img;
 
-    create_img("base.qed", 8192, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "base.qed", 8192, 4096, 1, NULL, 0);
     img = open_img("base.qed");
-    fill(buf, sizeof(buf), 41);
+    tf_fill(buf, sizeof(buf), 41);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     close_img(img);
     memcpy(want, buf, sizeof(buf));
 
-    create_img("top.qed", 64 * KiB, 4096, 1, "base.qed", QED_BACKING_QED);
+    tf_create(&F.tf, "top.qed", 64 * KiB, 4096, 1, "base.qed", QED_BACKING_QED);
     img = open_img("top.qed");
     expect_range(img, 0, want, 64 * KiB, "qed backing shorter than image");
     /* A partial write past the backing's end fills with zeros. */
-    fill(buf, 10, 42);
+    tf_fill(buf, 10, 42);
     cr_assert_eq(do_write(img, 5 * 4096 + 7, buf, 10, 0), 0);
     memcpy(want + 5 * 4096 + 7, buf, 10);
     expect_range(img, 0, want, 64 * KiB, "after writing past the backing");
@@ -702,19 +566,19 @@ Test(write, partial_cluster_over_backing_keeps_the_rest)
     struct qed_check_result res;
 
     make_raw("b.raw", size, 51, model);
-    create_img("a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
 
     /* inside one cluster */
-    fill(buf, 100, 52);
+    tf_fill(buf, 100, 52);
     cr_assert_eq(do_write(img, 4096 + 1000, buf, 100, 0), 0);
     memcpy(model + 4096 + 1000, buf, 100);
     /* across a cluster boundary: head of one cluster, tail of the next */
-    fill(buf, 1600, 53);
+    tf_fill(buf, 1600, 53);
     cr_assert_eq(do_write(img, 3 * 4096 - 700, buf, 1600, 0), 0);
     memcpy(model + 3 * 4096 - 700, buf, 1600);
     /* several clusters, partial at both ends */
-    fill(buf, 4 * 4096 + 300, 54);
+    tf_fill(buf, 4 * 4096 + 300, 54);
     cr_assert_eq(do_write(img, 8 * 4096 + 2000, buf, 4 * 4096 + 300, 0), 0);
     memcpy(model + 8 * 4096 + 2000, buf, 4 * 4096 + 300);
 
@@ -722,7 +586,7 @@ Test(write, partial_cluster_over_backing_keeps_the_rest)
     res = live_check(img);
     assert_clean(&res, false, "live");
     close_img(img);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     img = open_img("a.qed");
     expect_range(img, 0, model, size, "after reopen");
@@ -735,9 +599,9 @@ Test(write, partial_cluster_without_backing_fills_zeros)
     uint8_t *model = calloc(1, 64 * KiB), buf[3000];
     qed_image *img;
 
-    create_img("a.qed", 64 * KiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", 64 * KiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 55);
+    tf_fill(buf, sizeof(buf), 55);
     cr_assert_eq(do_write(img, 4096 + 3000, buf, sizeof(buf), 0), 0);
     memcpy(model + 4096 + 3000, buf, sizeof(buf));
     close_img(img);
@@ -754,18 +618,18 @@ Test(write, partial_write_into_zero_cluster_fills_zeros_not_backing)
     qed_image *img;
 
     make_raw("b.raw", size, 61, model);
-    create_img("a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
     /* clusters 2..3 become zero clusters */
     cr_assert_eq(do_wzero(img, 2 * 4096, 2 * 4096, 0), 0);
     memset(model + 2 * 4096, 0, 2 * 4096);
     /* a partial write in the middle of cluster 2 */
-    fill(buf, 512, 62);
+    tf_fill(buf, 512, 62);
     cr_assert_eq(do_write(img, 2 * 4096 + 1024, buf, 512, 0), 0);
     memcpy(model + 2 * 4096 + 1024, buf, 512);
     /* a write whose head is in zero cluster 3 and tail in unallocated cluster 4:
      * the head fill is zeros, the tail fill is backing data */
-    fill(buf, sizeof(buf), 63);
+    tf_fill(buf, sizeof(buf), 63);
     cr_assert_eq(do_write(img, 3 * 4096 + 3000, buf, sizeof(buf), 0), 0);
     memcpy(model + 3 * 4096 + 3000, buf, sizeof(buf));
     expect_range(img, 0, model, size, "writes into zero clusters");
@@ -786,20 +650,20 @@ Test(write, new_l2_tables_and_l1_updates)
     qed_image *img;
     struct qed_check_result res;
 
-    create_img("a.qed", size, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", size, 4096, 1, NULL, 0);
     disk_l1("a.qed", l1, 512);
     for (int i = 0; i < 512; i++)
         cr_assert_eq(l1[i], 0, "fresh image has L1[%d] = %" PRIx64, i, l1[i]);
     fsize = file_size_of("a.qed");
 
     img = open_img("a.qed");
-    fill(buf, 4096, 71);
+    tf_fill(buf, 4096, 71);
     cr_assert_eq(do_write(img, 0, buf, 4096, 0), 0);
     memcpy(model, buf, 4096);
-    fill(buf, 100, 72);
+    tf_fill(buf, 100, 72);
     cr_assert_eq(do_write(img, 2 * MiB + 5, buf, 100, 0), 0);
     memcpy(model + 2 * MiB + 5, buf, 100);
-    fill(buf, 4096, 73);
+    tf_fill(buf, 4096, 73);
     cr_assert_eq(do_write(img, 6 * MiB + 4096, buf, 4096, 0), 0);
     memcpy(model + 6 * MiB + 4096, buf, 4096);
     close_img(img);
@@ -815,7 +679,7 @@ Test(write, new_l2_tables_and_l1_updates)
             cr_assert(l1[i] % 4096 == 0 && l1[i] >= fsize && l1[i] < file_size_of("a.qed"),
                       "L1[%d] = 0x%" PRIx64 " is not a valid table offset", i, l1[i]);
     }
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     cr_assert_eq(res.allocated_clusters, 3);
 
@@ -834,21 +698,21 @@ Test(write, new_table_flushed_before_l1_update)
     qed_image *img;
 
     for (int backing = 0; backing < 2; backing++) {
-        unlink(path_of("a.qed"));
+        unlink(tf_path(&F.tf, "a.qed"));
         if (backing) {
             make_raw("b.raw", 8 * MiB, 75, NULL);
-            create_img("a.qed", 8 * MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
+            tf_create(&F.tf, "a.qed", 8 * MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
         } else {
-            create_img("a.qed", 8 * MiB, 4096, 1, NULL, 0);
+            tf_create(&F.tf, "a.qed", 8 * MiB, 4096, 1, NULL, 0);
         }
         img = open_img("a.qed");
         l1_off = img->h.l1_table_offset;
         log->n = 0;
-        qed_aio_test_set_observer(F.aio, oplog_observer, log);
-        fill(buf, sizeof(buf), 76);
+        qed_aio_test_set_observer(F.tf.aio, oplog_observer, log);
+        tf_fill(buf, sizeof(buf), 76);
         cr_assert_eq(do_write(img, 2 * MiB + 4096, buf, sizeof(buf), 0), 0);
         cr_assert_eq(do_wzero(img, 4 * MiB, 8192, 0), 0); /* a table for zero entries */
-        qed_aio_test_set_observer(F.aio, NULL, NULL);
+        qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
         close_img(img);
         disk_l1("a.qed", l1, 512);
         for (int i = 1; i <= 2; i++) {
@@ -886,10 +750,10 @@ Test(write, single_64m_write_spanning_l2_tables)
     struct qed_check_result res;
 
     cr_assert(buf && got);
-    create_img("a.qed", size, 4096, 16, NULL, 0);
+    tf_create(&F.tf, "a.qed", size, 4096, 16, NULL, 0);
     fsize = file_size_of("a.qed");
     img = open_img("a.qed");
-    fill(buf, len, 81);
+    tf_fill(buf, len, 81);
     cr_assert_eq(do_write(img, off, buf, len, 0), 0);
     cr_assert_eq(do_read(img, off - 512, got, len + 1024), 0);
     cr_assert(all_zero(got, 512), "bytes before the write are not zero");
@@ -904,7 +768,7 @@ Test(write, single_64m_write_spanning_l2_tables)
     /* exactly three tables and the data clusters, nothing over-allocated */
     cr_assert_eq(file_size_of("a.qed"), fsize + 3 * 16 * 4096 + nclusters * 4096,
                  "file size %" PRIu64, file_size_of("a.qed"));
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     img = open_img("a.qed");
     cr_assert_eq(do_read(img, off, got, len), 0);
@@ -926,17 +790,17 @@ Test(write, image_size_not_a_whole_number_of_clusters)
 
     for (int backing = 0; backing < 2; backing++) {
         memset(model, 0, sizeof(model));
-        unlink(path_of("a.qed"));
+        unlink(tf_path(&F.tf, "a.qed"));
         if (backing) {
             make_raw("b.raw", blen, 261, model);
-            create_img("a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
+            tf_create(&F.tf, "a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
         } else {
-            create_img("a.qed", size, 4096, 1, NULL, 0);
+            tf_create(&F.tf, "a.qed", size, 4096, 1, NULL, 0);
         }
         img = open_img("a.qed");
         cr_assert_eq(qed_size(img), size);
         expect_range(img, 0, model, size, "before writing");
-        fill(buf, sizeof(buf), 262);
+        tf_fill(buf, sizeof(buf), 262);
         cr_assert_eq(do_write(img, size - 300, buf, 300, 0), 0);
         memcpy(model + size - 300, buf, 300);
         cr_assert_eq(do_write(img, size - 512, buf, 513, 0), -ENOSPC);
@@ -953,7 +817,7 @@ Test(write, image_size_not_a_whole_number_of_clusters)
             total += ext[i].length;
         cr_assert_eq(total, size, "block status covers %" PRIu64 " of %" PRIu64, total, size);
         close_img(img);
-        res = disk_check("a.qed");
+        res = tf_disk_check(&F.tf, "a.qed");
         assert_clean(&res, false, "odd-sized image");
         img = open_img("a.qed");
         expect_range(img, 0, model, size, "odd-sized image after reopen");
@@ -967,14 +831,14 @@ Test(write, in_place_write_does_not_allocate)
     uint64_t fsize;
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 91);
+    tf_fill(buf, sizeof(buf), 91);
     cr_assert_eq(do_write(img, 4096, buf, sizeof(buf), 0), 0);
     close_img(img);
     fsize = file_size_of("a.qed");
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 92);
+    tf_fill(buf, sizeof(buf), 92);
     cr_assert_eq(do_write(img, 4096 + 100, buf, 5000, 0), 0);
     expect_range(img, 4096 + 100, buf, 5000, "in-place write");
     close_img(img);
@@ -993,7 +857,7 @@ Test(wzero, whole_unallocated_clusters_allocate_no_data)
     uint64_t fsize;
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
     /* no L2 table yet: at most the table is added */
     fsize = file_size_of("a.qed");
@@ -1009,7 +873,7 @@ Test(wzero, whole_unallocated_clusters_allocate_no_data)
 
     /* with the table present the file does not grow at all */
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 101);
+    tf_fill(buf, sizeof(buf), 101);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     fsize = file_size_of("a.qed");
     cr_assert_eq(do_wzero(img, 128 * KiB, 64 * KiB, 0), 0);
@@ -1029,7 +893,7 @@ Test(wzero, whole_clusters_over_backing)
     qed_image *img;
 
     make_raw("b.raw", MiB, 111, back);
-    create_img("a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
     fsize = file_size_of("a.qed");
     img = open_img("a.qed");
     cr_assert_eq(do_wzero(img, 16 * KiB, 16 * KiB, 0), 0);
@@ -1055,14 +919,14 @@ Test(wzero, allocated_clusters_get_zeros_written)
     uint64_t fsize;
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 121);
+    tf_fill(buf, sizeof(buf), 121);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     fsize = file_size_of("a.qed");
-    uint64_t writes = qed_aio_test_count(F.aio, QED_IO_WRITE);
+    uint64_t writes = qed_aio_test_count(F.tf.aio, QED_IO_WRITE);
     cr_assert_eq(do_wzero(img, 0, sizeof(buf), 0), 0);
-    cr_assert_gt(qed_aio_test_count(F.aio, QED_IO_WRITE), writes, "no zeros were written");
+    cr_assert_gt(qed_aio_test_count(F.tf.aio, QED_IO_WRITE), writes, "no zeros were written");
     cr_assert_eq(file_size_of("a.qed"), fsize);
     expect_range(img, 0, zero, sizeof(zero), "zeroed data clusters");
     cr_assert_eq(do_bstatus(img, 0, sizeof(buf), ext, &n), 0);
@@ -1080,9 +944,9 @@ Test(wzero, partial_ranges_without_backing)
     uint64_t fsize;
     qed_image *img;
 
-    create_img("a.qed", size, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", size, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 131);
+    tf_fill(buf, sizeof(buf), 131);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     memcpy(model, buf, sizeof(buf));
     cr_assert_eq(do_wzero(img, 1000, 3 * 4096 + 50 - 1000, 0), 0);
@@ -1112,7 +976,7 @@ Test(wzero, partial_ranges_with_backing)
     struct qed_check_result res;
 
     make_raw("b.raw", size, 141, model);
-    create_img("a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
     cr_assert_eq(do_wzero(img, off, len, 0), 0);
     memset(model + off, 0, len);
@@ -1142,14 +1006,14 @@ Test(wzero, fast_zero_refuses_and_changes_nothing)
     qed_image *img;
 
     make_raw("b.raw", size, 151, model);
-    create_img("a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 152);
+    tf_fill(buf, sizeof(buf), 152);
     cr_assert_eq(do_write(img, 4 * 4096, buf, sizeof(buf), 0), 0);
     memcpy(model + 4 * 4096, buf, sizeof(buf));
 
     fsize = file_size_of("a.qed");
-    writes = qed_aio_test_count(F.aio, QED_IO_WRITE);
+    writes = qed_aio_test_count(F.tf.aio, QED_IO_WRITE);
     /* allocated data: zeros would have to be written */
     cr_assert_eq(do_wzero(img, 4 * 4096, 4096, QED_REQ_FAST_ZERO), -ENOTSUP);
     /* whole unallocated clusters first, then the data cluster: still nothing */
@@ -1159,7 +1023,7 @@ Test(wzero, fast_zero_refuses_and_changes_nothing)
     /* provisioning always writes */
     cr_assert_eq(do_wzero(img, 8 * 4096, 4096, QED_REQ_FAST_ZERO | QED_REQ_NO_HOLE),
                  -ENOTSUP);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_WRITE), writes, "a refused FAST_ZERO wrote");
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_WRITE), writes, "a refused FAST_ZERO wrote");
     cr_assert_eq(file_size_of("a.qed"), fsize);
     expect_range(img, 0, model, size, "after refused FAST_ZERO");
     cr_assert_eq(do_bstatus(img, 0, 4 * 4096, ext, &n), 0);
@@ -1188,7 +1052,7 @@ Test(wzero, no_hole_allocates)
     qed_image *img;
 
     make_raw("b.raw", MiB, 161, NULL);
-    create_img("a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
     fsize = file_size_of("a.qed");
     cr_assert_eq(do_wzero(img, 4096, 8 * 4096, QED_REQ_NO_HOLE), 0);
@@ -1214,15 +1078,15 @@ Test(discard, punches_whole_clusters_and_keeps_mapping)
     qed_image *img;
     struct qed_check_result res;
 
-    create_img("a.qed", 2 * MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", 2 * MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, len, 171);
+    tf_fill(buf, len, 171);
     cr_assert_eq(do_write(img, 0, buf, len, 0), 0);
     cr_assert_eq(do_flush(img), 0);
     b1 = blocks_of("a.qed");
     cr_assert_eq(do_discard(img, 0, len, 0), 0);
     b2 = blocks_of("a.qed");
-    cr_assert_gt(qed_aio_test_count(F.aio, QED_IO_PUNCH), 0, "discard issued no punch");
+    cr_assert_gt(qed_aio_test_count(F.tf.aio, QED_IO_PUNCH), 0, "discard issued no punch");
     if (fs_can_punch())
         cr_assert(b2 + (len / 512) * 3 / 4 <= b1,
                   "st_blocks went from %" PRIu64 " to %" PRIu64 " only", b1, b2);
@@ -1244,7 +1108,7 @@ Test(discard, punches_whole_clusters_and_keeps_mapping)
     expect_range(img, 0, buf, len, "rewritten after discard");
     cr_assert_eq(file_size_of("a.qed"), fsize);
     close_img(img);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     free(buf);
     free(got);
@@ -1255,13 +1119,13 @@ Test(discard, partial_clusters_are_kept)
     uint8_t buf[6 * 4096];
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 181);
+    tf_fill(buf, sizeof(buf), 181);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     /* no whole cluster in range: nothing happens */
     cr_assert_eq(do_discard(img, 1000, 4096 + 2000, 0), 0);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_PUNCH), 0);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_PUNCH), 0);
     expect_range(img, 0, buf, sizeof(buf), "after partial discard");
     /* an unaligned range punches only the clusters it covers whole */
     cr_assert_eq(do_discard(img, 2 * 4096 - 10, 3 * 4096 + 20, 0), 0);
@@ -1276,10 +1140,10 @@ Test(discard, unallocated_and_backing_untouched)
     qed_image *img;
 
     make_raw("b.raw", MiB, 191, back);
-    create_img("a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
     cr_assert_eq(do_discard(img, 0, MiB, 0), 0);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_PUNCH), 0);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_PUNCH), 0);
     expect_range(img, 0, back, MiB, "backing after discard");
     close_img(img);
     free(back);
@@ -1294,13 +1158,13 @@ Test(flush, flush_issues_fsync)
     uint8_t buf[4096];
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 201);
+    tf_fill(buf, sizeof(buf), 201);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
-    uint64_t f0 = qed_aio_test_count(F.aio, QED_IO_FSYNC);
+    uint64_t f0 = qed_aio_test_count(F.tf.aio, QED_IO_FSYNC);
     cr_assert_eq(do_flush(img), 0);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_FSYNC), f0 + 1);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_FSYNC), f0 + 1);
     close_img(img);
 }
 
@@ -1310,18 +1174,18 @@ Test(flush, fua_issues_fsync_after_the_data)
     struct oplog *log = calloc(1, sizeof(*log));
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 211);
+    tf_fill(buf, sizeof(buf), 211);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
 
     /* an in-place write without FUA does no fsync */
-    uint64_t f0 = qed_aio_test_count(F.aio, QED_IO_FSYNC);
+    uint64_t f0 = qed_aio_test_count(F.tf.aio, QED_IO_FSYNC);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_FSYNC), f0);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_FSYNC), f0);
 
     /* with FUA it does, after the data write */
-    qed_aio_test_set_observer(F.aio, oplog_observer, log);
+    qed_aio_test_set_observer(F.tf.aio, oplog_observer, log);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), QED_REQ_FUA), 0);
     cr_assert_eq(log->n, 2);
     cr_assert(log->op[0] == QED_IO_WRITE && log->op[1] == QED_IO_FSYNC,
@@ -1338,7 +1202,7 @@ Test(flush, fua_issues_fsync_after_the_data)
     log->n = 0;
     cr_assert_eq(do_discard(img, 64 * KiB, 4096, QED_REQ_FUA), 0);
     cr_assert(log->n >= 1 && log->op[log->n - 1] == QED_IO_FSYNC, "FUA discard");
-    qed_aio_test_set_observer(F.aio, NULL, NULL);
+    qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
     close_img(img);
     free(log);
 }
@@ -1346,17 +1210,17 @@ Test(flush, fua_issues_fsync_after_the_data)
 Test(flush, flush_waits_for_its_fsync)
 {
     qed_image *img;
-    struct req_done d = {0};
+    struct tf_done d = {0};
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
     set_manual(true);
-    cr_assert_eq(SUBMIT(qed_flush(img, done_cb, &d)), 0);
+    cr_assert_eq(TF_SUBMIT(qed_flush(img, tf_done_cb, &d)), 0);
     for (int i = 0; i < 10; i++)
-        ev_run(F.loop, EVRUN_NOWAIT);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
     cr_assert_eq(d.calls, 0, "flush completed before its fsync");
-    cr_assert_eq(qed_aio_test_pending(F.aio), 1);
-    cr_assert_eq(qed_aio_test_peek(F.aio, 0)->op, QED_IO_FSYNC);
+    cr_assert_eq(qed_aio_test_pending(F.tf.aio), 1);
+    cr_assert_eq(qed_aio_test_peek(F.tf.aio, 0)->op, QED_IO_FSYNC);
     drive(ORD_FIFO, &d, 1);
     cr_assert_eq(d.ret, 0);
     set_manual(false);
@@ -1382,7 +1246,7 @@ static void expect_ext(const struct qed_extent *x, uint64_t start, uint64_t len,
 static void expect_host(const char *name, const struct qed_extent *x, const uint8_t *want)
 {
     uint8_t *got = malloc(x->length);
-    int fd = open(path_of(name), O_RDONLY);
+    int fd = open(tf_path(&F.tf, name), O_RDONLY);
     cr_assert(x->has_offset, "data extent without an offset");
     cr_assert(fd >= 0 && got);
     cr_assert_eq(pread(fd, got, x->length, (off_t)x->offset), (ssize_t)x->length);
@@ -1399,9 +1263,9 @@ Test(bstatus, mixed_layout_without_backing)
     size_t n;
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 221);
+    tf_fill(buf, sizeof(buf), 221);
     cr_assert_eq(do_write(img, 0, buf, 2 * 4096, 0), 0);      /* 0-1 data */
     cr_assert_eq(do_wzero(img, 2 * 4096, 4096, 0), 0);        /* 2 zero */
     cr_assert_eq(do_write(img, 5 * 4096, buf + 8192, 4096, 0), 0); /* 5 data */
@@ -1422,8 +1286,8 @@ Test(bstatus, mixed_layout_without_backing)
     expect_ext(&ext[2], 12288, 1000 + 4 * 4096 - 12288, 0, false, true, false, "sub hole");
     /* a limit on the extent count stops early, contiguously */
     {
-        struct req_done d = {0};
-        cr_assert_eq(SUBMIT(qed_block_status(img, 0, MiB, ext, 2, &n, done_cb, &d)), 0);
+        struct tf_done d = {0};
+        cr_assert_eq(TF_SUBMIT(qed_block_status(img, 0, MiB, ext, 2, &n, tf_done_cb, &d)), 0);
         wait1(&d);
         cr_assert_eq(d.ret, 0);
         cr_assert_eq(n, 2);
@@ -1440,9 +1304,9 @@ Test(bstatus, raw_backing)
     qed_image *img;
 
     make_raw("b.raw", 512 * KiB, 231, NULL);
-    create_img("a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 232);
+    tf_fill(buf, sizeof(buf), 232);
     cr_assert_eq(do_write(img, 0, buf, 4096, 0), 0);
     cr_assert_eq(do_wzero(img, 4096, 4096, 0), 0);
     cr_assert_eq(do_bstatus(img, 0, MiB, ext, &n), 0);
@@ -1464,17 +1328,17 @@ Test(bstatus, qed_backing_chain_depths)
     size_t n;
     qed_image *img;
 
-    create_img("base.qed", 64 * KiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "base.qed", 64 * KiB, 4096, 1, NULL, 0);
     img = open_img("base.qed");
-    fill(buf, sizeof(buf), 241);
+    tf_fill(buf, sizeof(buf), 241);
     cr_assert_eq(do_write(img, 2 * 4096, buf, 4096, 0), 0); /* 2 data */
     cr_assert_eq(do_wzero(img, 3 * 4096, 4096, 0), 0);      /* 3 zero */
     close_img(img);
-    create_img("mid.qed", 64 * KiB, 4096, 1, "base.qed", QED_BACKING_QED);
+    tf_create(&F.tf, "mid.qed", 64 * KiB, 4096, 1, "base.qed", QED_BACKING_QED);
     img = open_img("mid.qed");
     cr_assert_eq(do_write(img, 4 * 4096, buf, 4096, 0), 0); /* 4 data */
     close_img(img);
-    create_img("top.qed", 64 * KiB, 4096, 1, "mid.qed", QED_BACKING_QED);
+    tf_create(&F.tf, "top.qed", 64 * KiB, 4096, 1, "mid.qed", QED_BACKING_QED);
     img = open_img("top.qed");
     cr_assert_eq(do_write(img, 0, buf, 4096, 0), 0); /* 0 data */
 
@@ -1501,13 +1365,13 @@ Test(bstatus, many_extents_through_backing)
     uint64_t pos = 0, size = NCL * 4096ull;
     unsigned calls = 0;
 
-    create_img("base.qed", size, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "base.qed", size, 4096, 1, NULL, 0);
     img = open_img("base.qed");
-    fill(buf, sizeof(buf), 245);
+    tf_fill(buf, sizeof(buf), 245);
     for (int c = 0; c < NCL; c += 2)
         cr_assert_eq(do_write(img, (uint64_t)c * 4096, buf, 4096, 0), 0);
     close_img(img);
-    create_img("top.qed", size, 4096, 1, "base.qed", QED_BACKING_QED);
+    tf_create(&F.tf, "top.qed", size, 4096, 1, "base.qed", QED_BACKING_QED);
     img = open_img("top.qed");
     while (pos < size) {
         size_t n = 0;
@@ -1541,9 +1405,9 @@ Test(read, corrupt_l2_entry_fails_the_request)
     qed_image *img;
     int fd;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 255);
+    tf_fill(buf, sizeof(buf), 255);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     close_img(img);
     fsize = file_size_of("a.qed");
@@ -1551,7 +1415,7 @@ Test(read, corrupt_l2_entry_fails_the_request)
     cr_assert_gt(0x7fffff000ull, fsize);
     /* point cluster 1 past the end of the file */
     disk_l1("a.qed", l1, 512);
-    fd = open(path_of("a.qed"), O_WRONLY);
+    fd = open(tf_path(&F.tf, "a.qed"), O_WRONLY);
     cr_assert(fd >= 0);
     cr_assert_eq(pwrite(fd, &bad, 8, (off_t)(l1[0] + 8)), 8);
     close(fd);
@@ -1575,27 +1439,27 @@ Test(read, corrupt_l2_entry_fails_the_request)
 Test(resize, grows_and_refuses_shrink_and_over_max)
 {
     uint8_t buf[512], zero[4096] = {0};
-    struct req_done d = {0};
+    struct tf_done d = {0};
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
     cr_assert_eq(do_resize(img, 2 * MiB), 0);
     cr_assert_eq(qed_size(img), 2 * MiB);
     expect_range(img, 2 * MiB - 4096, zero, 4096, "grown area");
-    fill(buf, sizeof(buf), 251);
+    tf_fill(buf, sizeof(buf), 251);
     cr_assert_eq(do_write(img, 2 * MiB - 512, buf, 512, 0), 0);
     /* rounded up to 512 */
     cr_assert_eq(do_resize(img, 2 * MiB + 1), 0);
     cr_assert_eq(qed_size(img), 2 * MiB + 512);
 
     /* shrinking and going past the maximum are refused at submit */
-    cr_assert_eq(SUBMIT(qed_resize(img, MiB, done_cb, &d)), -EINVAL);
+    cr_assert_eq(TF_SUBMIT(qed_resize(img, MiB, tf_done_cb, &d)), -EINVAL);
     uint64_t max = 512ull * 512 * 4096;
-    int rc = SUBMIT(qed_resize(img, max + 512, done_cb, &d));
+    int rc = TF_SUBMIT(qed_resize(img, max + 512, tf_done_cb, &d));
     cr_assert(rc == -EFBIG || rc == -EINVAL || rc == -ENOSPC, "over-max resize: %d", rc);
     for (int i = 0; i < 10; i++)
-        ev_run(F.loop, EVRUN_NOWAIT);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
     cr_assert_eq(d.calls, 0, "a refused resize ran its callback");
     cr_assert_eq(qed_size(img), 2 * MiB + 512);
     /* exactly the maximum is fine */
@@ -1615,28 +1479,29 @@ Test(resize, grows_and_refuses_shrink_and_over_max)
 Test(args, out_of_range_rejected_at_submit)
 {
     uint8_t buf[2048];
-    struct req_done d = {0};
+    struct tf_done d = {0};
     struct qed_extent ext[4];
     size_t n;
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    cr_assert_eq(SUBMIT(qed_read(img, MiB - 512, buf, 1024, done_cb, &d)), -EINVAL);
-    cr_assert_eq(SUBMIT(qed_read(img, MiB + 512, buf, 0, done_cb, &d)), -EINVAL);
-    cr_assert_eq(SUBMIT(qed_read(img, UINT64_MAX - 100, buf, 1024, done_cb, &d)), -EINVAL);
-    cr_assert_eq(SUBMIT(qed_write(img, MiB - 512, buf, 1024, 0, done_cb, &d)), -ENOSPC);
-    cr_assert_eq(SUBMIT(qed_write(img, UINT64_MAX - 100, buf, 1024, 0, done_cb, &d)), -ENOSPC);
-    cr_assert_eq(SUBMIT(qed_write_zeroes(img, MiB, 512, 0, done_cb, &d)), -ENOSPC);
-    cr_assert_eq(SUBMIT(qed_write_zeroes(img, 0, UINT64_MAX, 0, done_cb, &d)), -ENOSPC);
-    cr_assert_eq(SUBMIT(qed_discard(img, MiB - 512, 1024, 0, done_cb, &d)), -EINVAL);
-    cr_assert_eq(SUBMIT(qed_block_status(img, MiB, 512, ext, 4, &n, done_cb, &d)), -EINVAL);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, MiB - 512, buf, 1024, tf_done_cb, &d)), -EINVAL);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, MiB + 512, buf, 0, tf_done_cb, &d)), -EINVAL);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, UINT64_MAX - 100, buf, 1024, tf_done_cb, &d)), -EINVAL);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, MiB - 512, buf, 1024, 0, tf_done_cb, &d)), -ENOSPC);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, UINT64_MAX - 100, buf, 1024, 0, tf_done_cb, &d)),
+                 -ENOSPC);
+    cr_assert_eq(TF_SUBMIT(qed_write_zeroes(img, MiB, 512, 0, tf_done_cb, &d)), -ENOSPC);
+    cr_assert_eq(TF_SUBMIT(qed_write_zeroes(img, 0, UINT64_MAX, 0, tf_done_cb, &d)), -ENOSPC);
+    cr_assert_eq(TF_SUBMIT(qed_discard(img, MiB - 512, 1024, 0, tf_done_cb, &d)), -EINVAL);
+    cr_assert_eq(TF_SUBMIT(qed_block_status(img, MiB, 512, ext, 4, &n, tf_done_cb, &d)), -EINVAL);
     /* unknown flags */
-    cr_assert_eq(SUBMIT(qed_write(img, 0, buf, 512, 0x80, done_cb, &d)), -EINVAL);
-    cr_assert_eq(SUBMIT(qed_read(img, 0, buf, 512, done_cb, &d)), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, 0, buf, 512, 0x80, tf_done_cb, &d)), -EINVAL);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, 0, buf, 512, tf_done_cb, &d)), 0);
     wait1(&d);
     for (int i = 0; i < 10; i++)
-        ev_run(F.loop, EVRUN_NOWAIT);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
     cr_assert_eq(d.calls, 1, "a rejected request ran its callback");
     close_img(img);
 }
@@ -1644,22 +1509,22 @@ Test(args, out_of_range_rejected_at_submit)
 Test(args, writes_on_read_only_image)
 {
     uint8_t buf[512] = {1};
-    struct req_done d = {0};
+    struct tf_done d = {0};
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img_opts("a.qed", true, 0);
-    cr_assert_eq(SUBMIT(qed_write(img, 0, buf, 512, 0, done_cb, &d)), -EROFS);
-    cr_assert_eq(SUBMIT(qed_write_zeroes(img, 0, 512, 0, done_cb, &d)), -EROFS);
-    cr_assert_eq(SUBMIT(qed_discard(img, 0, 4096, 0, done_cb, &d)), -EROFS);
-    cr_assert_eq(SUBMIT(qed_resize(img, 2 * MiB, done_cb, &d)), -EROFS);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, 0, buf, 512, 0, tf_done_cb, &d)), -EROFS);
+    cr_assert_eq(TF_SUBMIT(qed_write_zeroes(img, 0, 512, 0, tf_done_cb, &d)), -EROFS);
+    cr_assert_eq(TF_SUBMIT(qed_discard(img, 0, 4096, 0, tf_done_cb, &d)), -EROFS);
+    cr_assert_eq(TF_SUBMIT(qed_resize(img, 2 * MiB, tf_done_cb, &d)), -EROFS);
     for (int i = 0; i < 10; i++)
-        ev_run(F.loop, EVRUN_NOWAIT);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
     cr_assert_eq(d.calls, 0);
     cr_assert_eq(do_read(img, 0, buf, 512), 0);
     cr_assert(all_zero(buf, 512));
     cr_assert_eq(do_flush(img), 0);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_WRITE), 0, "a read-only image was written");
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_WRITE), 0, "a read-only image was written");
     close_img(img);
 }
 
@@ -1672,29 +1537,31 @@ Test(submit, callbacks_never_run_inside_submit)
     uint8_t buf[8192];
     struct qed_extent ext[MAX_EXT];
     size_t n;
-    struct req_done d[16] = {{0}};
+    struct tf_done d[16] = {{0}};
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 261);
+    tf_fill(buf, sizeof(buf), 261);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     /* The table is cached now: these need no I/O, or none at all. */
     int i = 0;
-    cr_assert_eq(SUBMIT(qed_read(img, 0, buf, 0, done_cb, &d[i++])), 0);           /* empty */
-    cr_assert_eq(SUBMIT(qed_read(img, 100 * 4096, buf, 4096, done_cb, &d[i++])), 0); /* hole */
-    cr_assert_eq(SUBMIT(qed_write(img, 0, buf, 0, 0, done_cb, &d[i++])), 0);
-    cr_assert_eq(SUBMIT(qed_write_zeroes(img, 0, 0, 0, done_cb, &d[i++])), 0);
-    cr_assert_eq(SUBMIT(qed_write_zeroes(img, 100 * 4096 + 1, 10, 0, done_cb, &d[i++])), 0);
-    cr_assert_eq(SUBMIT(qed_discard(img, 0, 0, 0, done_cb, &d[i++])), 0);
-    cr_assert_eq(SUBMIT(qed_discard(img, 100 * 4096, 4096, 0, done_cb, &d[i++])), 0);
-    cr_assert_eq(SUBMIT(qed_block_status(img, 0, 0, ext, MAX_EXT, &n, done_cb, &d[i++])), 0);
-    cr_assert_eq(SUBMIT(qed_block_status(img, 0, MiB, ext, MAX_EXT, &n, done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, 0, buf, 0, tf_done_cb, &d[i++])), 0);           /* empty */
+    /* a hole */
+    cr_assert_eq(TF_SUBMIT(qed_read(img, 100 * 4096, buf, 4096, tf_done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, 0, buf, 0, 0, tf_done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write_zeroes(img, 0, 0, 0, tf_done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write_zeroes(img, 100 * 4096 + 1, 10, 0, tf_done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_discard(img, 0, 0, 0, tf_done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_discard(img, 100 * 4096, 4096, 0, tf_done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_block_status(img, 0, 0, ext, MAX_EXT, &n, tf_done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_block_status(img, 0, MiB, ext, MAX_EXT, &n, tf_done_cb, &d[i++])),
+                 0);
     /* a resize to the same size changes nothing but the header */
-    cr_assert_eq(SUBMIT(qed_resize(img, MiB, done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_resize(img, MiB, tf_done_cb, &d[i++])), 0);
     /* cache hit with data I/O */
-    cr_assert_eq(SUBMIT(qed_read(img, 0, buf, 4096, done_cb, &d[i++])), 0);
-    cr_assert_eq(SUBMIT(qed_flush(img, done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, 0, buf, 4096, tf_done_cb, &d[i++])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_flush(img, tf_done_cb, &d[i++])), 0);
     for (int j = 0; j < i; j++)
         cr_assert_eq(d[j].calls, 0, "request %d completed inside submit", j);
     drive(ORD_FIFO, d, (size_t)i);
@@ -1715,7 +1582,7 @@ struct chain {
 static void chain_cb(void *opaque, int ret)
 {
     struct chain *c = opaque;
-    cr_assert(!in_submit, "chained callback ran inside submit");
+    cr_assert(!tf_in_submit, "chained callback ran inside submit");
     c->calls++;
     if (ret < 0)
         c->ret = ret;
@@ -1723,13 +1590,13 @@ static void chain_cb(void *opaque, int ret)
         int rc;
         switch (c->left % 3) {
         case 0:
-            rc = SUBMIT(qed_read(c->img, 0, c->buf, 0, chain_cb, c));
+            rc = TF_SUBMIT(qed_read(c->img, 0, c->buf, 0, chain_cb, c));
             break;
         case 1:
-            rc = SUBMIT(qed_read(c->img, 4096, c->buf, 4096, chain_cb, c));
+            rc = TF_SUBMIT(qed_read(c->img, 4096, c->buf, 4096, chain_cb, c));
             break;
         default:
-            rc = SUBMIT(qed_write(c->img, 0, c->buf, 512, 0, chain_cb, c));
+            rc = TF_SUBMIT(qed_write(c->img, 0, c->buf, 512, 0, chain_cb, c));
             break;
         }
         cr_assert_eq(rc, 0);
@@ -1741,13 +1608,13 @@ Test(submit, submit_from_callback_defers_too)
     struct chain c = {.left = 30};
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
     c.img = img;
-    cr_assert_eq(SUBMIT(qed_read(img, 0, c.buf, 0, chain_cb, &c)), 0);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, 0, c.buf, 0, chain_cb, &c)), 0);
     for (unsigned t = 0; c.calls < 31; t++) {
-        cr_assert(t < 100000 && !F.timed_out);
-        ev_run(F.loop, EVRUN_ONCE);
+        cr_assert(t < 100000 && !F.tf.timed_out);
+        ev_run(F.tf.loop, EVRUN_ONCE);
     }
     cr_assert_eq(c.ret, 0);
     close_img(img);
@@ -1757,28 +1624,35 @@ Test(submit, each_callback_runs_exactly_once)
 {
     enum { N = 40 };
     uint8_t *bufs = malloc(N * 4096);
-    struct req_done d[N] = {{0}};
+    struct tf_done d[N] = {{0}};
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
     set_manual(true);
     F.rng = 5;
     for (int i = 0; i < N; i++) {
         uint8_t *b = bufs + i * 4096;
         int rc;
-        fill(b, 4096, 270 + i);
+        tf_fill(b, 4096, 270 + i);
         switch (i % 4) {
-        case 0: rc = SUBMIT(qed_write(img, (uint64_t)(i % 8) * 4096, b, 4096, 0, done_cb, &d[i])); break;
-        case 1: rc = SUBMIT(qed_read(img, (uint64_t)(i % 8) * 4096, b, 4096, done_cb, &d[i])); break;
-        case 2: rc = SUBMIT(qed_write_zeroes(img, (uint64_t)(i % 8) * 4096, 4096, 0, done_cb, &d[i])); break;
-        default: rc = SUBMIT(qed_flush(img, done_cb, &d[i])); break;
+        case 0:
+            rc = TF_SUBMIT(qed_write(img, (uint64_t)(i % 8) * 4096, b, 4096, 0, tf_done_cb, &d[i]));
+            break;
+        case 1:
+            rc = TF_SUBMIT(qed_read(img, (uint64_t)(i % 8) * 4096, b, 4096, tf_done_cb, &d[i]));
+            break;
+        case 2:
+            rc = TF_SUBMIT(
+                qed_write_zeroes(img, (uint64_t)(i % 8) * 4096, 4096, 0, tf_done_cb, &d[i]));
+            break;
+        default: rc = TF_SUBMIT(qed_flush(img, tf_done_cb, &d[i])); break;
         }
         cr_assert_eq(rc, 0);
     }
     drive(ORD_RANDOM, d, N);
     for (int t = 0; t < 100; t++)
-        ev_run(F.loop, EVRUN_NOWAIT);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
     for (int i = 0; i < N; i++) {
         cr_assert_eq(d[i].calls, 1, "request %d: %d calls", i, d[i].calls);
         cr_assert_eq(d[i].ret, 0, "request %d: %s", i, strerror(-d[i].ret));
@@ -1802,7 +1676,7 @@ struct batch {
     uint64_t rlen[32];
     uint8_t *rwant[32];
     int is_read[32];
-    struct req_done d[32];
+    struct tf_done d[32];
     int n;
 };
 
@@ -1819,16 +1693,16 @@ static void batch_write(struct batch *b, qed_image *img, uint64_t off, uint64_t 
 {
     int i = b->n++;
     b->bufs[i] = malloc(len);
-    fill(b->bufs[i], len, seed);
+    tf_fill(b->bufs[i], len, seed);
     memcpy(b->model + off, b->bufs[i], len);
-    cr_assert_eq(SUBMIT(qed_write(img, off, b->bufs[i], len, 0, done_cb, &b->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, off, b->bufs[i], len, 0, tf_done_cb, &b->d[i])), 0);
 }
 
 static void batch_wzero(struct batch *b, qed_image *img, uint64_t off, uint64_t len)
 {
     int i = b->n++;
     memset(b->model + off, 0, len);
-    cr_assert_eq(SUBMIT(qed_write_zeroes(img, off, len, 0, done_cb, &b->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write_zeroes(img, off, len, 0, tf_done_cb, &b->d[i])), 0);
 }
 
 /* A read of a range no request in the batch changes. */
@@ -1841,7 +1715,7 @@ static void batch_read(struct batch *b, qed_image *img, uint64_t off, uint64_t l
     b->is_read[i] = 1;
     b->roff[i] = off;
     b->rlen[i] = len;
-    cr_assert_eq(SUBMIT(qed_read(img, off, b->bufs[i], len, done_cb, &b->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, off, b->bufs[i], len, tf_done_cb, &b->d[i])), 0);
 }
 
 static void batch_verify(struct batch *b, const char *what)
@@ -1865,15 +1739,15 @@ static void run_reverse_batch(bool backing)
     b.model = calloc(1, size);
     if (backing) {
         make_raw("b.raw", size - MiB, 281, b.model);
-        create_img("a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
+        tf_create(&F.tf, "a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
     } else {
-        create_img("a.qed", size, 4096, 1, NULL, 0);
+        tf_create(&F.tf, "a.qed", size, 4096, 1, NULL, 0);
     }
     img = open_img("a.qed");
     /* one L2 table exists and is cached before the batch */
     {
         uint8_t pre[4096];
-        fill(pre, sizeof(pre), 282);
+        tf_fill(pre, sizeof(pre), 282);
         cr_assert_eq(do_write(img, 100 * 4096, pre, sizeof(pre), 0), 0);
         memcpy(b.model + 100 * 4096, pre, sizeof(pre));
     }
@@ -1895,7 +1769,7 @@ static void run_reverse_batch(bool backing)
     res = live_check(img);
     assert_clean(&res, false, "live");
     close_img(img);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     img = open_img("a.qed");
     expect_range(img, 0, b.model, size, "after reopen");
@@ -1928,14 +1802,14 @@ static void overlap_round(unsigned seed, bool backing, bool table_exists)
     b.model = calloc(1, size);
     if (backing) {
         make_raw("b.raw", size, seed, b.model);
-        create_img("a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
+        tf_create(&F.tf, "a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
     } else {
-        create_img("a.qed", size, 4096, 1, NULL, 0);
+        tf_create(&F.tf, "a.qed", size, 4096, 1, NULL, 0);
     }
     img = open_img("a.qed");
     if (table_exists) {
         uint8_t pre[512];
-        fill(pre, sizeof(pre), seed + 1);
+        tf_fill(pre, sizeof(pre), seed + 1);
         cr_assert_eq(do_write(img, 200 * 4096, pre, sizeof(pre), 0), 0);
         memcpy(b.model + 200 * 4096, pre, sizeof(pre));
     }
@@ -1965,19 +1839,19 @@ static void overlap_round(unsigned seed, bool backing, bool table_exists)
     res = live_check(img);
     assert_clean(&res, false, "live");
     close_img(img);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
     img = open_img("a.qed");
     expect_range(img, 0, b.model, size, "after reopen");
     close_img(img);
     batch_free(&b);
-    unlink(path_of("a.qed"));
-    unlink(path_of("b.raw"));
+    unlink(tf_path(&F.tf, "a.qed"));
+    unlink(tf_path(&F.tf, "b.raw"));
 }
 
 Test(order, overlapping_allocating_writes_same_l2)
 {
-    unsigned base = test_seed("overlapping_allocating_writes_same_l2");
+    unsigned base = tf_seed("overlapping_allocating_writes_same_l2");
     for (unsigned i = 0; i < 24; i++) {
         unsigned seed = base + i;
         overlap_round(seed, i % 2, (i / 2) % 2);
@@ -1987,20 +1861,20 @@ Test(order, overlapping_allocating_writes_same_l2)
 /* Two writes to the very same range at once: each sector ends up all one or all the other. */
 Test(order, identical_range_writes_pick_one_per_sector)
 {
-    unsigned base = test_seed("identical_range_writes");
+    unsigned base = tf_seed("identical_range_writes");
     for (unsigned round = 0; round < 10; round++) {
         uint8_t a[3 * 4096], c[3 * 4096], got[3 * 4096];
-        struct req_done d[2] = {{0}};
+        struct tf_done d[2] = {{0}};
         qed_image *img;
 
-        create_img("a.qed", MiB, 4096, 1, NULL, 0);
+        tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
         img = open_img("a.qed");
-        fill(a, sizeof(a), 301 + round);
-        fill(c, sizeof(c), 401 + round);
+        tf_fill(a, sizeof(a), 301 + round);
+        tf_fill(c, sizeof(c), 401 + round);
         set_manual(true);
         F.rng = base + round;
-        cr_assert_eq(SUBMIT(qed_write(img, 4096 + 1024, a, sizeof(a), 0, done_cb, &d[0])), 0);
-        cr_assert_eq(SUBMIT(qed_write(img, 4096 + 1024, c, sizeof(c), 0, done_cb, &d[1])), 0);
+        cr_assert_eq(TF_SUBMIT(qed_write(img, 4096 + 1024, a, sizeof(a), 0, tf_done_cb, &d[0])), 0);
+        cr_assert_eq(TF_SUBMIT(qed_write(img, 4096 + 1024, c, sizeof(c), 0, tf_done_cb, &d[1])), 0);
         drive(ORD_RANDOM, d, 2);
         set_manual(false);
         cr_assert(d[0].ret == 0 && d[1].ret == 0);
@@ -2009,9 +1883,9 @@ Test(order, identical_range_writes_pick_one_per_sector)
             cr_assert(memcmp(got + s, a + s, 512) == 0 || memcmp(got + s, c + s, 512) == 0,
                       "seed %u: sector %zu is neither write", base + round, s / 512);
         close_img(img);
-        struct qed_check_result res = disk_check("a.qed");
+        struct qed_check_result res = tf_disk_check(&F.tf, "a.qed");
         assert_clean(&res, false, "on disk");
-        unlink(path_of("a.qed"));
+        unlink(tf_path(&F.tf, "a.qed"));
     }
 }
 
@@ -2019,14 +1893,14 @@ Test(order, identical_range_writes_pick_one_per_sector)
 Test(order, concurrent_misses_read_the_table_once)
 {
     uint8_t buf[8 * 4096], got[8][4096];
-    struct req_done d[8] = {{0}};
+    struct tf_done d[8] = {{0}};
     struct oplog *log = calloc(1, sizeof(*log));
     uint64_t l1[512];
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 291);
+    tf_fill(buf, sizeof(buf), 291);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     close_img(img);
     disk_l1("a.qed", l1, 512);
@@ -2037,11 +1911,12 @@ Test(order, concurrent_misses_read_the_table_once)
         log->n = 0;
         set_manual(true);
         F.rng = 17 + (unsigned)o;
-        qed_aio_test_set_observer(F.aio, oplog_observer, log);
+        qed_aio_test_set_observer(F.tf.aio, oplog_observer, log);
         for (int i = 0; i < 8; i++)
-            cr_assert_eq(SUBMIT(qed_read(img, (uint64_t)i * 4096, got[i], 4096, done_cb, &d[i])), 0);
+            cr_assert_eq(
+                TF_SUBMIT(qed_read(img, (uint64_t)i * 4096, got[i], 4096, tf_done_cb, &d[i])), 0);
         drive((enum order)o, d, 8);
-        qed_aio_test_set_observer(F.aio, NULL, NULL);
+        qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
         set_manual(false);
         unsigned table_reads = 0;
         for (size_t j = 0; j < log->n; j++)
@@ -2068,45 +1943,45 @@ static void read_during_alloc(bool backing, bool table_exists, unsigned k, enum 
     const uint64_t size = 256 * KiB, woff = 4096 + 1000, wlen = 2000;
     const uint64_t roff = 0, rlen = 3 * 4096;
     uint8_t *oldc = calloc(1, size), *newc, wbuf[2000], rbuf[3 * 4096];
-    struct req_done d[2] = {{0}};
+    struct tf_done d[2] = {{0}};
     qed_image *img;
 
     if (backing) {
         make_raw("b.raw", size, 311, oldc);
-        create_img("a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
+        tf_create(&F.tf, "a.qed", size, 4096, 1, "b.raw", QED_BACKING_RAW);
     } else {
-        create_img("a.qed", size, 4096, 1, NULL, 0);
+        tf_create(&F.tf, "a.qed", size, 4096, 1, NULL, 0);
     }
     img = open_img("a.qed");
     if (table_exists) {
         uint8_t pre[4096];
-        fill(pre, sizeof(pre), 312);
+        tf_fill(pre, sizeof(pre), 312);
         cr_assert_eq(do_write(img, 40 * 4096, pre, sizeof(pre), 0), 0);
         memcpy(oldc + 40 * 4096, pre, sizeof(pre));
     }
     newc = malloc(size);
     memcpy(newc, oldc, size);
-    fill(wbuf, sizeof(wbuf), 313);
+    tf_fill(wbuf, sizeof(wbuf), 313);
     memcpy(newc + woff, wbuf, wlen);
 
     set_manual(true);
     F.rng = seed;
     uint64_t before = 0;
     for (int op = 0; op <= QED_IO_PUNCH; op++)
-        before += qed_aio_test_count(F.aio, (enum qed_io_op)op);
-    cr_assert_eq(SUBMIT(qed_write(img, woff, wbuf, wlen, 0, done_cb, &d[0])), 0);
-    for (unsigned i = 0; i < k && qed_aio_test_pending(F.aio) > 0; i++)
-        cr_assert_eq(qed_aio_test_complete(F.aio, 0, 0), 0);
-    ev_run(F.loop, EVRUN_NOWAIT);
+        before += qed_aio_test_count(F.tf.aio, (enum qed_io_op)op);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, woff, wbuf, wlen, 0, tf_done_cb, &d[0])), 0);
+    for (unsigned i = 0; i < k && qed_aio_test_pending(F.tf.aio) > 0; i++)
+        cr_assert_eq(qed_aio_test_complete(F.tf.aio, 0, 0), 0);
+    ev_run(F.tf.loop, EVRUN_NOWAIT);
     memset(rbuf, 0xEE, sizeof(rbuf));
-    cr_assert_eq(SUBMIT(qed_read(img, roff, rbuf, rlen, done_cb, &d[1])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, roff, rbuf, rlen, tf_done_cb, &d[1])), 0);
     drive(o, d, 2);
     set_manual(false);
     cr_assert(d[0].ret == 0 && d[1].ret == 0);
     if (nios) {
         uint64_t after = 0;
         for (int op = 0; op <= QED_IO_PUNCH; op++)
-            after += qed_aio_test_count(F.aio, (enum qed_io_op)op);
+            after += qed_aio_test_count(F.tf.aio, (enum qed_io_op)op);
         *nios = (unsigned)(after - before);
     }
     bool is_old = memcmp(rbuf, oldc + roff, rlen) == 0;
@@ -2117,17 +1992,17 @@ static void read_during_alloc(bool backing, bool table_exists, unsigned k, enum 
               backing, table_exists, k, order_name(o), seed);
     expect_range(img, 0, newc, size, "after the write");
     close_img(img);
-    struct qed_check_result res = disk_check("a.qed");
+    struct qed_check_result res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "on disk");
-    unlink(path_of("a.qed"));
-    unlink(path_of("b.raw"));
+    unlink(tf_path(&F.tf, "a.qed"));
+    unlink(tf_path(&F.tf, "b.raw"));
     free(oldc);
     free(newc);
 }
 
 Test(order, read_while_allocating_write_fills_cluster)
 {
-    unsigned seed = test_seed("read_while_allocating_write");
+    unsigned seed = tf_seed("read_while_allocating_write");
     for (int backing = 0; backing < 2; backing++) {
         for (int table = 0; table < 2; table++) {
             unsigned total = 0;
@@ -2151,26 +2026,26 @@ Test(order, read_while_allocating_write_fills_cluster)
 Test(needcheck, set_on_disk_before_first_allocation_without_backing)
 {
     uint8_t buf[4096];
-    struct req_done d = {0};
+    struct tf_done d = {0};
     qed_image *img;
     bool saw_data_write = false;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
     cr_assert_eq(disk_features("a.qed") & QED_F_NEED_CHECK, 0);
     set_manual(true);
-    fill(buf, sizeof(buf), 321);
-    cr_assert_eq(SUBMIT(qed_write(img, 8192, buf, sizeof(buf), 0, done_cb, &d)), 0);
+    tf_fill(buf, sizeof(buf), 321);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, 8192, buf, sizeof(buf), 0, tf_done_cb, &d)), 0);
     /* Walk the I/Os one by one: until the flag is durable (header write,
      * then an fsync), no other write may happen. */
     bool hdr_written = false, hdr_synced = false;
     while (d.calls == 0) {
-        ev_run(F.loop, EVRUN_NOWAIT);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
         if (d.calls)
             break;
-        struct qed_io *io = qed_aio_test_peek(F.aio, 0);
+        struct qed_io *io = qed_aio_test_peek(F.tf.aio, 0);
         cr_assert_not_null(io, "write stalled");
-        cr_assert_eq(qed_aio_test_pending(F.aio), 1, "more than one I/O at once");
+        cr_assert_eq(qed_aio_test_pending(F.tf.aio), 1, "more than one I/O at once");
         if (io->op == QED_IO_WRITE && io->offset == 0) {
             hdr_written = true;
         } else if (io->op == QED_IO_FSYNC && hdr_written) {
@@ -2182,7 +2057,7 @@ Test(needcheck, set_on_disk_before_first_allocation_without_backing)
                       "NEED_CHECK not on disk before a write at %" PRIu64, io->offset);
             saw_data_write = true;
         }
-        cr_assert_eq(qed_aio_test_complete(F.aio, 0, 0), 0);
+        cr_assert_eq(qed_aio_test_complete(F.tf.aio, 0, 0), 0);
     }
     cr_assert_eq(d.ret, 0);
     cr_assert(saw_data_write && hdr_synced);
@@ -2190,11 +2065,11 @@ Test(needcheck, set_on_disk_before_first_allocation_without_backing)
     set_manual(false);
     /* a second allocation does not write the header again */
     struct oplog *log = calloc(1, sizeof(*log));
-    qed_aio_test_set_observer(F.aio, oplog_observer, log);
+    qed_aio_test_set_observer(F.tf.aio, oplog_observer, log);
     cr_assert_eq(do_write(img, 64 * KiB, buf, sizeof(buf), 0), 0);
     for (size_t i = 0; i < log->n; i++)
         cr_assert(!(log->op[i] == QED_IO_WRITE && log->off[i] == 0), "header rewritten");
-    qed_aio_test_set_observer(F.aio, NULL, NULL);
+    qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
     free(log);
     close_img(img);
     cr_assert_eq(disk_features("a.qed") & QED_F_NEED_CHECK, 0, "NEED_CHECK left set on close");
@@ -2207,10 +2082,10 @@ Test(needcheck, not_set_with_backing_file)
     qed_image *img;
 
     make_raw("b.raw", MiB, 331, NULL);
-    create_img("a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, "b.raw", QED_BACKING_RAW);
     img = open_img("a.qed");
-    qed_aio_test_set_observer(F.aio, oplog_observer, log);
-    fill(buf, sizeof(buf), 332);
+    qed_aio_test_set_observer(F.tf.aio, oplog_observer, log);
+    tf_fill(buf, sizeof(buf), 332);
     cr_assert_eq(do_write(img, 100, buf, sizeof(buf), 0), 0);
     cr_assert_eq(disk_features("a.qed") & QED_F_NEED_CHECK, 0);
     /* data flushed before the L2 update (rule 3) */
@@ -2227,7 +2102,7 @@ Test(needcheck, not_set_with_backing_file)
     for (size_t i = first_data; i < l2w; i++)
         synced |= log->op[i] == QED_IO_FSYNC;
     cr_assert(synced, "no flush between the data write and the L2 update");
-    qed_aio_test_set_observer(F.aio, NULL, NULL);
+    qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
     close_img(img);
     cr_assert_eq(disk_features("a.qed") & QED_F_NEED_CHECK, 0);
     free(log);
@@ -2246,23 +2121,23 @@ Test(needcheck, cleared_after_idle_timeout)
     qed_image *img;
     ev_timer t;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img_opts("a.qed", false, 50);
-    fill(buf, sizeof(buf), 341);
+    tf_fill(buf, sizeof(buf), 341);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     cr_assert(disk_features("a.qed") & QED_F_NEED_CHECK, "NEED_CHECK not set");
     /* allocating again within the delay keeps it set */
     cr_assert_eq(do_write(img, 64 * KiB, buf, sizeof(buf), 0), 0);
     cr_assert(disk_features("a.qed") & QED_F_NEED_CHECK);
 
-    uint64_t fsyncs = qed_aio_test_count(F.aio, QED_IO_FSYNC);
+    uint64_t fsyncs = qed_aio_test_count(F.tf.aio, QED_IO_FSYNC);
     ev_timer_init(&t, stop_loop_cb, 0.4, 0.);
-    ev_timer_start(F.loop, &t);
-    ev_run(F.loop, 0);
-    ev_timer_stop(F.loop, &t);
+    ev_timer_start(F.tf.loop, &t);
+    ev_run(F.tf.loop, 0);
+    ev_timer_stop(F.tf.loop, &t);
     cr_assert_eq(disk_features("a.qed") & QED_F_NEED_CHECK, 0,
                  "NEED_CHECK still set after the idle delay");
-    cr_assert_gt(qed_aio_test_count(F.aio, QED_IO_FSYNC), fsyncs, "cleared without a flush");
+    cr_assert_gt(qed_aio_test_count(F.tf.aio, QED_IO_FSYNC), fsyncs, "cleared without a flush");
     /* and set again by the next allocation */
     cr_assert_eq(do_write(img, 128 * KiB, buf, sizeof(buf), 0), 0);
     cr_assert(disk_features("a.qed") & QED_F_NEED_CHECK);
@@ -2278,13 +2153,13 @@ Test(needcheck, cleared_on_close)
     uint8_t buf[4096];
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
     img = open_img("a.qed");
-    fill(buf, sizeof(buf), 351);
+    tf_fill(buf, sizeof(buf), 351);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     cr_assert(disk_features("a.qed") & QED_F_NEED_CHECK);
     close_img(img);
     cr_assert_eq(disk_features("a.qed") & QED_F_NEED_CHECK, 0, "NEED_CHECK left set on close");
-    struct qed_check_result res = disk_check("a.qed");
+    struct qed_check_result res = tf_disk_check(&F.tf, "a.qed");
     assert_clean(&res, false, "after close");
 }

@@ -32,6 +32,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
+#include "fixture.h"
 #include "qed-io.h"
 #include "qed-io-test.h"
 
@@ -41,13 +42,10 @@
 /* ---- fixture ---- */
 
 struct fixture {
-    struct ev_loop *loop;
-    qed_aio *aio;
+    struct test_fixture tf;  /* loop, engine, watchdog (no directory: a temp file) */
     int fd;
     bool in_submit;          /* true while qed_aio_submit runs */
     unsigned completed;      /* done callbacks run so far */
-    bool timed_out;
-    ev_timer watchdog;
 };
 
 static struct fixture F;
@@ -56,14 +54,6 @@ static struct fixture F;
  * QED_IO_F_MEMORY, so the io_uring and thread-pool backends run it on the
  * loop thread (qed_aio_run_memory).  Set by the *_mem suites. */
 static bool mem_mode;
-
-static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    (void)loop;
-    (void)w;
-    (void)revents;
-    F.timed_out = true;
-}
 
 static int make_temp_file(void)
 {
@@ -84,28 +74,19 @@ static int make_temp_file(void)
 
 static void setup(enum qed_aio_backend kind, bool auto_mode)
 {
-    int r;
-
     memset(&F, 0, sizeof(F));
-    F.loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(F.loop);
-    r = qed_aio_new(F.loop, kind, &F.aio);
-    cr_assert_eq(r, 0, "qed_aio_new(%d): %s", (int)kind, strerror(-r));
-    if (kind == QED_AIO_TEST && auto_mode)
-        qed_aio_test_set_auto(F.aio, true);
+    tf_setup(&F.tf, NULL, kind);
+    if ((int)kind == QED_AIO_TEST && !auto_mode)
+        qed_aio_test_set_auto(F.tf.aio, false);
     F.fd = make_temp_file();
-    ev_timer_init(&F.watchdog, watchdog_cb, WATCHDOG_SECONDS, 0.);
-    ev_timer_start(F.loop, &F.watchdog);
+    tf_watchdog(&F.tf, WATCHDOG_SECONDS, false);
 }
 
 static void teardown(void)
 {
-    ev_timer_stop(F.loop, &F.watchdog);
-    if (F.aio) {
-        cr_assert_eq(F.aio->inflight, 0, "I/O still in flight at teardown");
-        qed_aio_free(F.aio);
-    }
-    ev_loop_destroy(F.loop);
+    if (F.tf.aio)
+        cr_assert_eq(F.tf.aio->inflight, 0, "I/O still in flight at teardown");
+    tf_teardown(&F.tf);
     close(F.fd);
     memset(&F, 0, sizeof(F));
 }
@@ -156,15 +137,15 @@ static void tio_add(struct tio *t, void *buf, size_t len)
 static void submit(struct qed_io *io)
 {
     F.in_submit = true;
-    qed_aio_submit(F.aio, io);
+    qed_aio_submit(F.tf.aio, io);
     F.in_submit = false;
 }
 
 static void run_until(unsigned target)
 {
-    for (int i = 0; i < MAX_LOOP_TURNS && F.completed < target && !F.timed_out; i++)
-        ev_run(F.loop, EVRUN_ONCE);
-    cr_assert(!F.timed_out, "timed out: %u of %u I/Os completed", F.completed, target);
+    for (int i = 0; i < MAX_LOOP_TURNS && F.completed < target && !F.tf.timed_out; i++)
+        ev_run(F.tf.loop, EVRUN_ONCE);
+    cr_assert(!F.tf.timed_out, "timed out: %u of %u I/Os completed", F.completed, target);
     cr_assert_eq(F.completed, target, "%u of %u I/Os completed", F.completed, target);
 }
 
@@ -239,8 +220,8 @@ static const char *expected_name(enum qed_aio_backend kind)
 static void t_name(enum qed_aio_backend kind)
 {
     setup(kind, true);
-    cr_assert_str_eq(qed_aio_backend_name(F.aio), expected_name(kind));
-    cr_assert_eq(qed_aio_loop(F.aio), F.loop);
+    cr_assert_str_eq(qed_aio_backend_name(F.tf.aio), expected_name(kind));
+    cr_assert_eq(qed_aio_loop(F.tf.aio), F.tf.loop);
     teardown();
 }
 
@@ -407,7 +388,7 @@ static void t_many(enum qed_aio_backend kind)
         tio_add(&t[i], buf + off, MANY_LEN);
         submit(&t[i].io);
     }
-    cr_assert_eq(F.aio->inflight, MANY);
+    cr_assert_eq(F.tf.aio->inflight, MANY);
     run_until(MANY);
     for (unsigned i = 0; i < MANY; i++) {
         cr_assert_eq(t[i].ndone, 1, "I/O %u completed %u times", i, t[i].ndone);
@@ -597,9 +578,9 @@ static void free_then(struct tio *t)
 {
     (void)t;
     if (F.completed == 3) {
-        cr_assert_eq(F.aio->inflight, 0);
-        qed_aio_free(F.aio);
-        F.aio = NULL;
+        cr_assert_eq(F.tf.aio->inflight, 0);
+        qed_aio_free(F.tf.aio);
+        F.tf.aio = NULL;
     }
 }
 
@@ -614,11 +595,11 @@ static void t_free_from_done(enum qed_aio_backend kind)
         submit(&t[i].io);
     }
     run_until(3);
-    cr_assert_null(F.aio);
+    cr_assert_null(F.tf.aio);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(t[i].ndone, 1);
     /* The loop keeps running without the engine's watchers. */
-    ev_run(F.loop, EVRUN_NOWAIT);
+    ev_run(F.tf.loop, EVRUN_NOWAIT);
     teardown();
 }
 
@@ -653,13 +634,10 @@ static void t_submit_from_prepare(enum qed_aio_backend kind)
 
     /* setup() with this loop */
     memset(&F, 0, sizeof(F));
-    F.loop = loop;
-    cr_assert_eq(qed_aio_new(F.loop, kind, &F.aio), 0);
-    if (kind == QED_AIO_TEST)
-        qed_aio_test_set_auto(F.aio, true);
+    F.tf.loop = loop;
+    cr_assert_eq(tf_new_aio(&F.tf, kind), 0);
     F.fd = make_temp_file();
-    ev_timer_init(&F.watchdog, watchdog_cb, WATCHDOG_SECONDS, 0.);
-    ev_timer_start(F.loop, &F.watchdog);
+    tf_watchdog(&F.tf, WATCHDOG_SECONDS, false);
 
     fill_pat(buf, sizeof(buf), 0, 1);
     tio_init(&late_t, QED_IO_WRITE, F.fd, 0);
@@ -691,7 +669,7 @@ static void t_mem_inline(enum qed_aio_backend kind)
     tio_init(&t, QED_IO_WRITE, F.fd, 8192);
     tio_add(&t, buf, sizeof(buf));
     F.in_submit = true;
-    qed_aio_submit(F.aio, &t.io);
+    qed_aio_submit(F.tf.aio, &t.io);
     F.in_submit = false;
     cr_assert_eq(t.ndone, 0, "done ran before the loop turned");
     cr_assert_eq(pread(F.fd, back, sizeof(back), 8192), (ssize_t)sizeof(back),
@@ -799,7 +777,7 @@ static void memlast_submit_memory(struct tio *t)
     (void)t;
     tio_init(&memlast_second, QED_IO_WRITE, F.fd, 0);
     tio_add(&memlast_second, memlast_buf, sizeof(memlast_buf));
-    qed_aio_submit(F.aio, &memlast_second.io);
+    qed_aio_submit(F.tf.aio, &memlast_second.io);
 }
 
 static void t_idle_after_memory_last(enum qed_aio_backend kind)
@@ -810,18 +788,18 @@ static void t_idle_after_memory_last(enum qed_aio_backend kind)
     mem_mode = true;
     unsetenv("QED_AIO_MEMORY");
     setup(kind, false);
-    ev_timer_stop(F.loop, &F.watchdog); /* it would keep the loop alive */
+    ev_timer_stop(F.tf.loop, &F.tf.watchdog); /* it would keep the loop alive */
     fill_pat(big, sizeof(big), 0, 2);
     fill_pat(memlast_buf, sizeof(memlast_buf), 0, 9);
     tio_init(&first, QED_IO_WRITE, F.fd, 0);
     tio_add(&first, big, sizeof(big)); /* over 128 KiB: to the backend */
     first.then = memlast_submit_memory;
     submit(&first.io);
-    ev_run(F.loop, 0);
+    ev_run(F.tf.loop, 0);
     cr_assert_eq(first.ndone, 1);
     cr_assert_eq(memlast_second.ndone, 1);
     cr_assert_eq(memlast_second.io.res, (int64_t)sizeof(memlast_buf));
-    cr_assert_eq(F.aio->inflight, 0);
+    cr_assert_eq(F.tf.aio->inflight, 0);
     teardown();
 }
 
@@ -943,7 +921,7 @@ Test(select, fallback_when_io_uring_blocked, .timeout = 60)
     ev_loop_destroy(loop);
 
     setup(QED_AIO_AUTO, false);
-    cr_assert_str_eq(qed_aio_backend_name(F.aio), "threads");
+    cr_assert_str_eq(qed_aio_backend_name(F.tf.aio), "threads");
     fill_pat(wbuf, sizeof(wbuf), 0, 2);
     tio_init(&w, QED_IO_WRITE, F.fd, 0);
     tio_add(&w, wbuf, sizeof(wbuf));
@@ -965,7 +943,7 @@ Test(select, fallback_when_io_uring_blocked, .timeout = 60)
 static void spin_nowait(int turns)
 {
     for (int i = 0; i < turns; i++)
-        ev_run(F.loop, EVRUN_NOWAIT);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
 }
 
 #define NREV 8
@@ -984,19 +962,19 @@ Test(testbe_ctl, reverse_order_peek_pending)
     }
     spin_nowait(5);
     cr_assert_eq(F.completed, 0, "manual mode completed I/O on its own");
-    cr_assert_eq(qed_aio_test_pending(F.aio), NREV);
+    cr_assert_eq(qed_aio_test_pending(F.tf.aio), NREV);
     for (int i = 0; i < NREV; i++)
-        cr_assert_eq(qed_aio_test_peek(F.aio, (size_t)i), &t[i].io, "peek(%d)", i);
-    cr_assert_null(qed_aio_test_peek(F.aio, NREV));
+        cr_assert_eq(qed_aio_test_peek(F.tf.aio, (size_t)i), &t[i].io, "peek(%d)", i);
+    cr_assert_null(qed_aio_test_peek(F.tf.aio, NREV));
 
     for (int k = NREV - 1; k >= 0; k--) {
         struct stat st;
 
-        cr_assert_eq(qed_aio_test_complete(F.aio, (size_t)k, 0), 0);
+        cr_assert_eq(qed_aio_test_complete(F.tf.aio, (size_t)k, 0), 0);
         /* done ran before qed_aio_test_complete returned */
         cr_assert_eq(t[k].ndone, 1);
         cr_assert_eq(t[k].io.res, 1024);
-        cr_assert_eq(qed_aio_test_pending(F.aio), (size_t)k);
+        cr_assert_eq(qed_aio_test_pending(F.tf.aio), (size_t)k);
         /* The newest I/O was written first, so the file already has its end. */
         cr_assert_eq(fstat(F.fd, &st), 0);
         cr_assert_eq(st.st_size, NREV * 1024);
@@ -1009,8 +987,8 @@ Test(testbe_ctl, reverse_order_peek_pending)
         pread_all(F.fd, disk, sizeof(disk), (uint64_t)i * 1024);
         check_pat(disk, sizeof(disk), (uint64_t)i * 1024, 4);
     }
-    cr_assert_eq(qed_aio_test_complete(F.aio, 0, 0), -ENOENT);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_WRITE), NREV);
+    cr_assert_eq(qed_aio_test_complete(F.tf.aio, 0, 0), -ENOENT);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_WRITE), NREV);
     teardown();
 }
 
@@ -1025,14 +1003,14 @@ Test(testbe_ctl, complete_middle_keeps_order)
         tio_add(&t[i], buf[i], sizeof(buf[i]));
         submit(&t[i].io);
     }
-    cr_assert_eq(qed_aio_test_complete(F.aio, 1, 0), 0);
+    cr_assert_eq(qed_aio_test_complete(F.tf.aio, 1, 0), 0);
     cr_assert_eq(t[1].ndone, 1);
-    cr_assert_eq(qed_aio_test_pending(F.aio), 2);
-    cr_assert_eq(qed_aio_test_peek(F.aio, 0), &t[0].io);
-    cr_assert_eq(qed_aio_test_peek(F.aio, 1), &t[2].io);
-    cr_assert_eq(qed_aio_test_complete(F.aio, 2, 0), -ENOENT);
-    cr_assert_eq(qed_aio_test_complete(F.aio, 1, 0), 0);
-    cr_assert_eq(qed_aio_test_complete(F.aio, 0, 0), 0);
+    cr_assert_eq(qed_aio_test_pending(F.tf.aio), 2);
+    cr_assert_eq(qed_aio_test_peek(F.tf.aio, 0), &t[0].io);
+    cr_assert_eq(qed_aio_test_peek(F.tf.aio, 1), &t[2].io);
+    cr_assert_eq(qed_aio_test_complete(F.tf.aio, 2, 0), -ENOENT);
+    cr_assert_eq(qed_aio_test_complete(F.tf.aio, 1, 0), 0);
+    cr_assert_eq(qed_aio_test_complete(F.tf.aio, 0, 0), 0);
     cr_assert_eq(t[0].order, 2);
     cr_assert_eq(t[2].order, 1);
     teardown();
@@ -1049,12 +1027,12 @@ Test(testbe_ctl, manual_error_writes_nothing)
     tio_init(&w, QED_IO_WRITE, F.fd, 0);
     tio_add(&w, buf, sizeof(buf));
     submit(&w.io);
-    cr_assert_eq(qed_aio_test_complete(F.aio, 0, -ENOSPC), 0);
+    cr_assert_eq(qed_aio_test_complete(F.tf.aio, 0, -ENOSPC), 0);
     cr_assert_eq(w.ndone, 1);
     cr_assert_eq(w.io.res, -ENOSPC);
     cr_assert_eq(fstat(F.fd, &st), 0);
     cr_assert_eq(st.st_size, 0, "a failed write changed the file");
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_WRITE), 1);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_WRITE), 1);
     teardown();
 }
 
@@ -1069,19 +1047,19 @@ Test(testbe_ctl, set_auto_completes_held_oldest_first)
     }
     spin_nowait(3);
     cr_assert_eq(F.completed, 0);
-    qed_aio_test_set_auto(F.aio, true);
+    qed_aio_test_set_auto(F.tf.aio, true);
     run_until(4);
     for (int i = 0; i < 4; i++) {
         cr_assert_eq(t[i].order, (unsigned)i);
         cr_assert_eq(t[i].io.res, 0);
     }
     /* Back to manual: new I/Os are held again. */
-    qed_aio_test_set_auto(F.aio, false);
+    qed_aio_test_set_auto(F.tf.aio, false);
     tio_init(&t[0], QED_IO_FSYNC, F.fd, 0);
     submit(&t[0].io);
     spin_nowait(3);
     cr_assert_eq(t[0].ndone, 0);
-    cr_assert_eq(qed_aio_test_complete(F.aio, 0, 0), 0);
+    cr_assert_eq(qed_aio_test_complete(F.tf.aio, 0, 0), 0);
     cr_assert_eq(t[0].ndone, 1);
     teardown();
 }
@@ -1104,9 +1082,9 @@ Test(testbe_ctl, auto_new_io_waits_for_next_turn)
     tio_init(&next_turn_t[1], QED_IO_FSYNC, F.fd, 0);
     submit(&next_turn_t[0].io);
     for (int i = 0; i < 100 && F.completed == 0; i++)
-        ev_run(F.loop, EVRUN_ONCE);
+        ev_run(F.tf.loop, EVRUN_ONCE);
     cr_assert_eq(F.completed, 1);
-    cr_assert_eq(qed_aio_test_pending(F.aio), 1);
+    cr_assert_eq(qed_aio_test_pending(F.tf.aio), 1);
     cr_assert_eq(next_turn_t[1].ndone, 0);
     run_until(2);
     cr_assert_eq(next_turn_t[1].ndone, 1);
@@ -1140,7 +1118,7 @@ Test(testbe_ctl, fail_nth_hits_exactly_one)
         }
         if (i == 2) {
             /* Writes already submitted do not count. */
-            qed_aio_test_fail_nth(F.aio, 1u << QED_IO_WRITE, 2, -EIO);
+            qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_WRITE, 2, -EIO);
         }
         submit(&t[i].io);
     }
@@ -1165,10 +1143,10 @@ Test(testbe_ctl, fail_nth_hits_exactly_one)
         pread_all(F.fd, disk, 512, 7 * 512);
         check_pat(disk, 512, 7 * 512, 8);
     }
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_WRITE), 6);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_READ), 1);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_FSYNC), 1);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_PUNCH), 1);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_WRITE), 6);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_READ), 1);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_FSYNC), 1);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_PUNCH), 1);
     teardown();
 }
 
@@ -1179,7 +1157,7 @@ Test(testbe_ctl, fail_nth_mask_and_clear)
 
     setup(QED_AIO_TEST, true);
     /* Rule on READ|FSYNC, index 1: the fsync (second matching op) fails. */
-    qed_aio_test_fail_nth(F.aio, (1u << QED_IO_READ) | (1u << QED_IO_FSYNC), 1, -ENOSPC);
+    qed_aio_test_fail_nth(F.tf.aio, (1u << QED_IO_READ) | (1u << QED_IO_FSYNC), 1, -ENOSPC);
     tio_init(&t[0], QED_IO_READ, F.fd, 0);
     tio_add(&t[0], buf, sizeof(buf));
     tio_init(&t[1], QED_IO_WRITE, F.fd, 0);
@@ -1196,19 +1174,19 @@ Test(testbe_ctl, fail_nth_mask_and_clear)
     cr_assert_eq(t[3].io.res, 16, "the rule fires only once");
 
     /* A cleared rule fails nothing. */
-    qed_aio_test_fail_nth(F.aio, 1u << QED_IO_FSYNC, 0, -EIO);
-    qed_aio_test_fail_nth(F.aio, 1u << QED_IO_FSYNC, 0, 0);
+    qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_FSYNC, 0, -EIO);
+    qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_FSYNC, 0, 0);
     tio_init(&t[4], QED_IO_FSYNC, F.fd, 0);
     submit(&t[4].io);
     run_until(5);
     cr_assert_eq(t[4].io.res, 0);
 
     /* Manual mode: the marked I/O fails even when completed with err 0. */
-    qed_aio_test_set_auto(F.aio, false);
-    qed_aio_test_fail_nth(F.aio, 1u << QED_IO_FSYNC, 0, -EROFS);
+    qed_aio_test_set_auto(F.tf.aio, false);
+    qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_FSYNC, 0, -EROFS);
     tio_init(&t[5], QED_IO_FSYNC, F.fd, 0);
     submit(&t[5].io);
-    cr_assert_eq(qed_aio_test_complete(F.aio, 0, 0), 0);
+    cr_assert_eq(qed_aio_test_complete(F.tf.aio, 0, 0), 0);
     cr_assert_eq(t[5].io.res, -EROFS);
     teardown();
 }
@@ -1245,8 +1223,8 @@ Test(testbe_ctl, observer_sees_every_io)
 
     setup(QED_AIO_TEST, true);
     nobs = 0;
-    qed_aio_test_set_observer(F.aio, observer, &nobs);
-    qed_aio_test_fail_nth(F.aio, 1u << QED_IO_WRITE, 1, -EIO);
+    qed_aio_test_set_observer(F.tf.aio, observer, &nobs);
+    qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_WRITE, 1, -EIO);
     for (int i = 0; i < 5; i++) {
         uint64_t off = (uint64_t)i * 256;
 
@@ -1269,7 +1247,7 @@ Test(testbe_ctl, observer_sees_every_io)
     cr_assert_eq(t[1].io.res, -EIO);
 
     /* Removing the observer stops the calls. */
-    qed_aio_test_set_observer(F.aio, NULL, NULL);
+    qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
     tio_init(&t[0], QED_IO_FSYNC, F.fd, 0);
     submit(&t[0].io);
     run_until(6);
@@ -1284,7 +1262,7 @@ Test(testbe_ctl, counts_by_op)
 
     setup(QED_AIO_TEST, false);
     for (int op = QED_IO_READ; op <= QED_IO_PUNCH; op++)
-        cr_assert_eq(qed_aio_test_count(F.aio, (enum qed_io_op)op), 0);
+        cr_assert_eq(qed_aio_test_count(F.tf.aio, (enum qed_io_op)op), 0);
     memset(buf, 1, sizeof(buf));
     tio_init(&t[0], QED_IO_WRITE, F.fd, 0);
     tio_add(&t[0], buf, sizeof(buf));
@@ -1300,13 +1278,13 @@ Test(testbe_ctl, counts_by_op)
     for (int i = 0; i < 7; i++)
         submit(&t[i].io);
     /* Held I/Os are not counted yet. */
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_WRITE), 0);
-    cr_assert_eq(qed_aio_test_complete(F.aio, 1, -EIO), 0);   /* failed ones count */
-    qed_aio_test_set_auto(F.aio, true);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_WRITE), 0);
+    cr_assert_eq(qed_aio_test_complete(F.tf.aio, 1, -EIO), 0);   /* failed ones count */
+    qed_aio_test_set_auto(F.tf.aio, true);
     run_until(7);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_WRITE), 2);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_READ), 3);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_FSYNC), 1);
-    cr_assert_eq(qed_aio_test_count(F.aio, QED_IO_PUNCH), 1);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_WRITE), 2);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_READ), 3);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_FSYNC), 1);
+    cr_assert_eq(qed_aio_test_count(F.tf.aio, QED_IO_PUNCH), 1);
     teardown();
 }

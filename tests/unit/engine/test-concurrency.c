@@ -28,7 +28,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -42,6 +41,7 @@
 #include <criterion/logging.h>
 #include <ev.h>
 
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 
@@ -56,80 +56,22 @@
 #define MAX_TURNS 5000000
 
 struct fixture {
-    struct ev_loop *loop;
-    qed_aio *aio;
+    struct test_fixture tf;   /* loop, directory, watchdog; the engine comes from use_engine() */
     enum qed_aio_backend kind;
-    char dir[64];
-    ev_timer watchdog;
-    bool timed_out;
 };
 
 static struct fixture F;
-static bool in_submit;
-
-struct req_done {
-    int ret;
-    int calls;
-};
-
-static void done_cb(void *opaque, int ret)
-{
-    struct req_done *d = opaque;
-
-    cr_assert(!in_submit, "completion callback ran inside the submitting call");
-    cr_assert_eq(d->calls, 0, "completion callback ran twice");
-    d->calls++;
-    d->ret = ret;
-}
-
-#define SUBMIT(expr)                                                                               \
-    ({                                                                                             \
-        in_submit = true;                                                                          \
-        int rc_ = (expr);                                                                          \
-        in_submit = false;                                                                         \
-        rc_;                                                                                       \
-    })
-
-static void watchdog_cb(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    (void)w;
-    (void)revents;
-    F.timed_out = true;
-    ev_break(loop, EVBREAK_ALL);
-}
 
 static void setup(void)
 {
     memset(&F, 0, sizeof(F));
-    F.loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(F.loop);
-    snprintf(F.dir, sizeof(F.dir), "/tmp/qed-test-conc-XXXXXX");
-    cr_assert_not_null(mkdtemp(F.dir));
-    ev_timer_init(&F.watchdog, watchdog_cb, 50., 0.);
-    ev_timer_start(F.loop, &F.watchdog);
-    ev_unref(F.loop);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    tf_init(&F.tf, "conc");
+    tf_watchdog(&F.tf, 50., true);
 }
 
 static void teardown(void)
 {
-    if (F.dir[0])
-        nftw(F.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    if (F.loop) {
-        ev_ref(F.loop);
-        ev_timer_stop(F.loop, &F.watchdog);
-    }
-    if (F.aio)
-        qed_aio_free(F.aio);
-    if (F.loop)
-        ev_loop_destroy(F.loop);
+    tf_teardown(&F.tf);
 }
 
 TestSuite(concurrency, .init = setup, .fini = teardown, .timeout = 60);
@@ -137,7 +79,7 @@ TestSuite(concurrency, .init = setup, .fini = teardown, .timeout = 60);
 /* An engine of @kind; false (and the test is skipped) when it cannot run here. */
 static bool use_engine(enum qed_aio_backend kind)
 {
-    int r = qed_aio_new(F.loop, kind, &F.aio);
+    int r = tf_new_aio(&F.tf, kind);
 
     F.kind = kind;
     if (r < 0 && kind == QED_AIO_URING) {
@@ -146,39 +88,8 @@ static bool use_engine(enum qed_aio_backend kind)
         return false;
     }
     cr_assert_eq(r, 0, "qed_aio_new(%d): %s", (int)kind, strerror(-r));
-    cr_log_info("engine: %s", qed_aio_backend_name(F.aio));
+    cr_log_info("engine: %s", qed_aio_backend_name(F.tf.aio));
     return true;
-}
-
-static unsigned test_seed(const char *what)
-{
-    const char *e = getenv("QED_TEST_SEED");
-    unsigned s = e && *e ? (unsigned)strtoul(e, NULL, 0) : (unsigned)time(NULL);
-    cr_log_info("%s: seed %u (set QED_TEST_SEED to repeat)", what, s);
-    fprintf(stderr, "%s: seed %u\n", what, s);
-    return s;
-}
-
-static const char *path_of(const char *name)
-{
-    static char buf[4][PATH_MAX];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, PATH_MAX, "%s/%s", F.dir, name);
-    return p;
-}
-
-static void fill(uint8_t *p, size_t n, uint32_t seed)
-{
-    uint32_t x = seed * 2654435761u + 0x9e3779b9u;
-    if (!x)
-        x = 1;
-    for (size_t i = 0; i < n; i++) {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        p[i] = (uint8_t)(x >> 24);
-    }
 }
 
 static bool is_zero(const uint8_t *p, size_t n)
@@ -200,7 +111,7 @@ struct creq {
     uint64_t off, len;
     unsigned flags;
     uint8_t *buf;
-    struct req_done d;
+    struct tf_done d;
 };
 
 struct round {
@@ -253,7 +164,7 @@ static void make_round(struct round *R, unsigned seed)
             q->len = IMG_SIZE - q->off;
         if (q->k == K_WRITE) {
             q->buf = malloc(q->len);
-            fill(q->buf, q->len, seed * 131u + (unsigned)i);
+            tf_fill(q->buf, q->len, seed * 131u + (unsigned)i);
             if (rand_r(&rs) % 8 == 0)
                 q->flags = QED_REQ_FUA;
         } else if (q->k == K_WZERO) {
@@ -279,19 +190,19 @@ static void submit_round(qed_image *img, struct round *R)
         int rc = 0;
         switch (q->k) {
         case K_WRITE:
-            rc = SUBMIT(qed_write(img, q->off, q->buf, q->len, q->flags, done_cb, &q->d));
+            rc = TF_SUBMIT(qed_write(img, q->off, q->buf, q->len, q->flags, tf_done_cb, &q->d));
             break;
         case K_WZERO:
-            rc = SUBMIT(qed_write_zeroes(img, q->off, q->len, q->flags, done_cb, &q->d));
+            rc = TF_SUBMIT(qed_write_zeroes(img, q->off, q->len, q->flags, tf_done_cb, &q->d));
             break;
         case K_DISCARD:
-            rc = SUBMIT(qed_discard(img, q->off, q->len, 0, done_cb, &q->d));
+            rc = TF_SUBMIT(qed_discard(img, q->off, q->len, 0, tf_done_cb, &q->d));
             break;
         case K_READ:
-            rc = SUBMIT(qed_read(img, q->off, q->buf, q->len, done_cb, &q->d));
+            rc = TF_SUBMIT(qed_read(img, q->off, q->buf, q->len, tf_done_cb, &q->d));
             break;
         case K_FLUSH:
-            rc = SUBMIT(qed_flush(img, done_cb, &q->d));
+            rc = TF_SUBMIT(qed_flush(img, tf_done_cb, &q->d));
             break;
         }
         cr_assert_eq(rc, 0, "seed %u: submitting %s %d at %" PRIu64 "+%" PRIu64 ": %s", R->seed,
@@ -312,22 +223,22 @@ static void run_round(struct round *R, unsigned *order_rs)
     unsigned idle = 0;
 
     for (unsigned t = 0; !round_done(R); t++) {
-        cr_assert(t < MAX_TURNS && !F.timed_out, "seed %u: requests never completed", R->seed);
+        cr_assert(t < MAX_TURNS && !F.tf.timed_out, "seed %u: requests never completed", R->seed);
         if (F.kind == QED_AIO_TEST) {
             size_t n;
-            ev_run(F.loop, EVRUN_NOWAIT);
-            n = qed_aio_test_pending(F.aio);
+            ev_run(F.tf.loop, EVRUN_NOWAIT);
+            n = qed_aio_test_pending(F.tf.aio);
             if (n == 0) {
                 cr_assert(++idle < 1000, "seed %u: nothing held, requests incomplete", R->seed);
                 continue;
             }
             idle = 0;
-            cr_assert_eq(qed_aio_test_complete(F.aio, (size_t)rand_r(order_rs) % n, 0), 0);
+            cr_assert_eq(qed_aio_test_complete(F.tf.aio, (size_t)rand_r(order_rs) % n, 0), 0);
         } else {
-            ev_run(F.loop, EVRUN_ONCE);
+            ev_run(F.tf.loop, EVRUN_ONCE);
         }
     }
-    ev_run(F.loop, EVRUN_NOWAIT);
+    ev_run(F.tf.loop, EVRUN_NOWAIT);
     for (int i = 0; i < NREQ; i++)
         cr_assert_eq(R->r[i].d.ret, 0, "seed %u: %s %d at %" PRIu64 "+%" PRIu64 " failed: %s",
                      R->seed, kind_names[R->r[i].k], i, R->r[i].off, R->r[i].len,
@@ -411,16 +322,16 @@ static void check_reads(const struct round *R)
 
 static void read_all(qed_image *img, uint8_t *buf)
 {
-    struct req_done d = {0};
-    cr_assert_eq(SUBMIT(qed_read(img, 0, buf, IMG_SIZE, done_cb, &d)), 0);
+    struct tf_done d = {0};
+    cr_assert_eq(TF_SUBMIT(qed_read(img, 0, buf, IMG_SIZE, tf_done_cb, &d)), 0);
     for (unsigned t = 0; !d.calls; t++) {
-        cr_assert(t < MAX_TURNS && !F.timed_out);
+        cr_assert(t < MAX_TURNS && !F.tf.timed_out);
         if (F.kind == QED_AIO_TEST) {
-            ev_run(F.loop, EVRUN_NOWAIT);
-            if (!d.calls && qed_aio_test_pending(F.aio))
-                qed_aio_test_complete(F.aio, 0, 0);
+            ev_run(F.tf.loop, EVRUN_NOWAIT);
+            if (!d.calls && qed_aio_test_pending(F.tf.aio))
+                qed_aio_test_complete(F.tf.aio, 0, 0);
         } else {
-            ev_run(F.loop, EVRUN_ONCE);
+            ev_run(F.tf.loop, EVRUN_ONCE);
         }
     }
     cr_assert_eq(d.ret, 0, "reading the image: %s", strerror(-d.ret));
@@ -447,46 +358,47 @@ static void run_test_opts(enum qed_aio_backend kind, int backing, const char *na
     uint8_t *cur = calloc(1, IMG_SIZE), *got = malloc(IMG_SIZE);
     char err[512] = "";
     qed_image *img = NULL;
-    unsigned base = test_seed(name), order_rs = base ^ 0x5bd1e995u;
+    unsigned base = tf_seed(name), order_rs = base ^ 0x5bd1e995u;
     struct qed_check_result res;
     int r;
 
     if (!use_engine(kind))
         return;
     if (kind == QED_AIO_TEST)
-        qed_aio_test_set_auto(F.aio, false);
+        qed_aio_test_set_auto(F.tf.aio, false);
     if (backing == 1) {
         /* raw backing, shorter than the image so that some clusters have none */
-        int fd = open(path_of("b.raw"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fd = open(tf_path(&F.tf, "b.raw"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         uint64_t blen = IMG_SIZE - 100 * KiB - 300;
         cr_assert(fd >= 0);
-        fill(cur, blen, base ^ 77);
+        tf_fill(cur, blen, base ^ 77);
         cr_assert_eq(pwrite(fd, cur, blen, 0), (ssize_t)blen);
         close(fd);
-        co.backing_file = path_of("b.raw");
+        co.backing_file = tf_path(&F.tf, "b.raw");
         co.backing_fmt = QED_BACKING_RAW;
     } else if (backing == 2) {
         /* qed backing written through the library with the sync wrapper */
         struct qed_create_opts bo = {.size = IMG_SIZE, .cluster_size = CS, .table_size = 2};
         qed_image *b = NULL;
         bool was_test = kind == QED_AIO_TEST;
-        cr_assert_eq(qed_create(path_of("b.qed"), &bo, err, sizeof(err)), 0, "%s", err);
-        cr_assert_eq(qed_open(F.aio, path_of("b.qed"), NULL, &b, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(qed_create(tf_path(&F.tf, "b.qed"), &bo, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(qed_open(F.tf.aio, tf_path(&F.tf, "b.qed"), NULL, &b, err, sizeof(err)), 0,
+                     "%s", err);
         if (was_test)
-            qed_aio_test_set_auto(F.aio, true);
+            qed_aio_test_set_auto(F.tf.aio, true);
         for (uint64_t off = 0; off < IMG_SIZE; off += 3 * CS) {
-            fill(cur + off, CS, base ^ (unsigned)off);
+            tf_fill(cur + off, CS, base ^ (unsigned)off);
             cr_assert_eq(qed_sync_write(b, off, cur + off, CS, 0), 0);
         }
         cr_assert_eq(qed_close(b), 0);
         if (was_test)
-            qed_aio_test_set_auto(F.aio, false);
-        co.backing_file = path_of("b.qed");
+            qed_aio_test_set_auto(F.tf.aio, false);
+        co.backing_file = tf_path(&F.tf, "b.qed");
         co.backing_fmt = QED_BACKING_QED;
     }
-    r = qed_create(path_of("a.qed"), &co, err, sizeof(err));
+    r = qed_create(tf_path(&F.tf, "a.qed"), &co, err, sizeof(err));
     cr_assert_eq(r, 0, "qed_create: %s", err);
-    r = qed_open(F.aio, path_of("a.qed"), &oo, &img, err, sizeof(err));
+    r = qed_open(F.tf.aio, tf_path(&F.tf, "a.qed"), &oo, &img, err, sizeof(err));
     cr_assert_eq(r, 0, "qed_open: %s", err);
 
     for (unsigned round = 0; round < ROUNDS; round++) {
@@ -505,13 +417,14 @@ static void run_test_opts(enum qed_aio_backend kind, int backing, const char *na
         /* The internal NEED_CHECK clean may be running: qed_check needs
          * the image idle, so let it finish. */
         for (unsigned t = 0; qed_inflight(img) > 0; t++) {
-            cr_assert(t < MAX_TURNS && !F.timed_out, "seed %u: the image never went idle", R->seed);
+            cr_assert(t < MAX_TURNS && !F.tf.timed_out, "seed %u: the image never went idle",
+                      R->seed);
             if (F.kind == QED_AIO_TEST) {
-                ev_run(F.loop, EVRUN_NOWAIT);
-                if (qed_aio_test_pending(F.aio))
-                    qed_aio_test_complete(F.aio, 0, 0);
+                ev_run(F.tf.loop, EVRUN_NOWAIT);
+                if (qed_aio_test_pending(F.tf.aio))
+                    qed_aio_test_complete(F.tf.aio, 0, 0);
             } else {
-                ev_run(F.loop, EVRUN_ONCE);
+                ev_run(F.tf.loop, EVRUN_ONCE);
             }
         }
         if (clean_ms) {
@@ -521,18 +434,18 @@ static void run_test_opts(enum qed_aio_backend kind, int backing, const char *na
                 qed_get_info(img, &info);
                 if (!info.dirty && qed_inflight(img) == 0)
                     break;
-                cr_assert(t < MAX_TURNS && !F.timed_out, "seed %u: NEED_CHECK never cleared",
+                cr_assert(t < MAX_TURNS && !F.tf.timed_out, "seed %u: NEED_CHECK never cleared",
                           R->seed);
                 if (F.kind == QED_AIO_TEST) {
-                    ev_run(F.loop, EVRUN_NOWAIT);
-                    if (qed_aio_test_pending(F.aio))
-                        qed_aio_test_complete(F.aio, 0, 0);
+                    ev_run(F.tf.loop, EVRUN_NOWAIT);
+                    if (qed_aio_test_pending(F.tf.aio))
+                        qed_aio_test_complete(F.tf.aio, 0, 0);
                 } else {
-                    ev_run(F.loop, EVRUN_ONCE);
+                    ev_run(F.tf.loop, EVRUN_ONCE);
                 }
             }
             uint8_t h[64];
-            int fd = open(path_of("a.qed"), O_RDONLY);
+            int fd = open(tf_path(&F.tf, "a.qed"), O_RDONLY);
             cr_assert(fd >= 0 && pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h));
             close(fd);
             cr_assert_eq(h[16] & QED_F_NEED_CHECK, 0, "seed %u: NEED_CHECK still set on disk",
@@ -548,18 +461,20 @@ static void run_test_opts(enum qed_aio_backend kind, int backing, const char *na
     }
     /* qed_close runs the loop until its flush completes: let the engine run. */
     if (kind == QED_AIO_TEST)
-        qed_aio_test_set_auto(F.aio, true);
+        qed_aio_test_set_auto(F.tf.aio, true);
     cr_assert_eq(qed_close(img), 0);
 
     /* on disk: clean, and the same contents after reopening */
     {
         struct qed_open_opts ro = {.read_only = true, .no_lock = true};
-        cr_assert_eq(qed_open(NULL, path_of("a.qed"), &ro, &img, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(qed_open(NULL, tf_path(&F.tf, "a.qed"), &ro, &img, err, sizeof(err)), 0, "%s",
+                     err);
         cr_assert_eq(qed_check(img, false, &res), 0);
         check_clean(&res, base, "on-disk check");
         qed_close(img);
     }
-    cr_assert_eq(qed_open(F.aio, path_of("a.qed"), NULL, &img, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(qed_open(F.tf.aio, tf_path(&F.tf, "a.qed"), NULL, &img, err, sizeof(err)), 0, "%s",
+                 err);
     read_all(img, got);
     cr_assert(memcmp(got, cur, IMG_SIZE) == 0, "seed %u: contents changed across reopen", base);
     cr_assert_eq(qed_close(img), 0);

@@ -18,46 +18,30 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
 #include <ev.h>
 
+#include "fixture.h"
 #include "qed-image.h"
 
 #define MiB (1024ull * 1024)
 
-static char dir[64];
-static struct ev_loop *loop;
-static qed_aio *aio;
+static struct test_fixture T; /* loop, QED_AIO_AUTO engine, directory */
 static char err[1024];
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
 
 /* Path of @name inside the test directory (a few rotating buffers). */
 static const char *tp(const char *name)
 {
-    static char bufs[8][512];
-    static int next;
-    char *b = bufs[next++ % 8];
-    snprintf(b, 512, "%s/%s", dir, name);
-    return b;
+    return tf_path(&T, name);
 }
 
 /* A raw file of @len bytes of @byte. */
@@ -72,49 +56,23 @@ static void make_raw(const char *name, size_t len, int byte)
     free(buf);
 }
 
-/*
- * A test that blocks (the bug) is ended by Criterion's timeout with SIGPROF,
- * and .fini does not run then: remove the temp directory first (fork and
- * exec are async-signal-safe), then die of the signal as Criterion expects.
- */
-static void timeout_cleanup(int sig)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl("/bin/rm", "rm", "-rf", dir, (char *)NULL);
-        _exit(127);
-    }
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
+/* A test that blocks (the bug) is ended by Criterion's timeout: the
+ * fixture removes the temp directory then (tf_cleanup_on_timeout). */
 static void setup(void)
 {
-    struct sigaction sa;
-
-    snprintf(dir, sizeof(dir), "/tmp/qed-confine-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = timeout_cleanup;
-    sigaction(SIGPROF, &sa, NULL);
+    tf_setup(&T, "confine", QED_AIO_AUTO);
+    tf_cleanup_on_timeout(T.dir, 0);
     cr_assert_eq(mkdir(tp("outside"), 0755), 0);
     cr_assert_eq(mkdir(tp("base"), 0755), 0);
     cr_assert_eq(mkdir(tp("base/imgs"), 0755), 0);
     make_raw("outside/secret", 1 * MiB, 0x5e);
     make_raw("base/data.raw", 1 * MiB, 0xda);
-    loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(loop);
-    cr_assert_eq(qed_aio_new(loop, QED_AIO_AUTO, &aio), 0);
     memset(err, 0, sizeof(err));
 }
 
 static void teardown(void)
 {
-    qed_aio_free(aio);
-    ev_loop_destroy(loop);
-    nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+    tf_teardown(&T);
 }
 
 /* 20 s: every open here returns at once unless it blocks, which is the bug. */
@@ -136,7 +94,7 @@ static int open_with(const char *name, const char *confine_dir, bool no_backing,
                               .no_backing = no_backing};
     memset(err, 0, sizeof(err));
     *img = NULL;
-    return qed_open(aio, tp(name), &o, img, err, sizeof(err));
+    return qed_open(T.aio, tp(name), &o, img, err, sizeof(err));
 }
 
 /* The open must fail with @want, and @err must contain every one of @words. */
@@ -365,7 +323,7 @@ Test(confine, image_fd_is_blocking_after_open)
     qed_image *img;
     struct qed_open_opts o = {0};
     overlay("base/imgs/rw.qed", "../data.raw", QED_BACKING_RAW);
-    cr_assert_eq(qed_open(aio, tp("base/imgs/rw.qed"), &o, &img, err, sizeof(err)), 0, "%s",
+    cr_assert_eq(qed_open(T.aio, tp("base/imgs/rw.qed"), &o, &img, err, sizeof(err)), 0, "%s",
                  err);
     cr_assert_eq(fcntl(img->fd, F_GETFL) & O_NONBLOCK, 0);
     cr_assert_eq(fcntl(img->backing_fd, F_GETFL) & O_NONBLOCK, 0);
@@ -423,7 +381,7 @@ static int open_while_held(unsigned wait_ms, bool release, double *secs, qed_ima
     release_on_wait = release;
     qed_set_log(lock_log, NULL, QED_LOG_WARN);
     t0 = mono();
-    r = qed_open(aio, tp("base/locked.qed"), &o, img, err, sizeof(err));
+    r = qed_open(T.aio, tp("base/locked.qed"), &o, img, err, sizeof(err));
     *secs = mono() - t0;
     qed_set_log(NULL, NULL, QED_LOG_WARN);
     if (holder)

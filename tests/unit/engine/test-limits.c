@@ -31,7 +31,7 @@
 #include <ev.h>
 
 #include "checked.h"
-#include "engine-fixture.h"
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 
@@ -42,7 +42,7 @@
 #define MAX_TURNS 1000000
 
 static struct {
-    struct engine_fixture ef;
+    struct test_fixture tf;
     char path[128];
 } F;
 
@@ -51,13 +51,13 @@ static char err[1024];
 static void setup(void)
 {
     memset(&F, 0, sizeof(F));
-    ef_setup(&F.ef, "limits");
-    snprintf(F.path, sizeof(F.path), "%s/a.qed", F.ef.dir);
+    tf_setup(&F.tf, "limits", QED_AIO_TEST);
+    snprintf(F.path, sizeof(F.path), "%s/a.qed", F.tf.dir);
 }
 
 static void teardown(void)
 {
-    ef_teardown(&F.ef);
+    tf_teardown(&F.tf);
 }
 
 TestSuite(limits, .init = setup, .fini = teardown, .timeout = 120);
@@ -73,7 +73,7 @@ static int create_img(uint64_t size, uint32_t cs, uint32_t ts)
 static qed_image *open_rw(void)
 {
     qed_image *img = NULL;
-    int r = qed_open(F.ef.aio, F.path, NULL, &img, err, sizeof(err));
+    int r = qed_open(F.tf.aio, F.path, NULL, &img, err, sizeof(err));
     cr_assert_eq(r, 0, "open %s: %s", F.path, err);
     return img;
 }
@@ -167,7 +167,7 @@ Test(limits, open_refuses_size_over_cap)
             struct qed_open_opts o = {.read_only = ro};
             qed_image *img = NULL;
             err[0] = '\0';
-            int r = qed_open(F.ef.aio, F.path, &o, &img, err, sizeof(err));
+            int r = qed_open(F.tf.aio, F.path, &o, &img, err, sizeof(err));
             cr_assert_eq(r, -EINVAL, "size %" PRIu64 " opened (%s): %d", sizes[i],
                          ro ? "read-only" : "read-write", r);
             cr_assert_null(img);
@@ -262,22 +262,11 @@ Test(limits, last_cluster_round_trips)
     free(r);
 }
 
-struct done {
-    int ret, calls;
-};
-
-static void done_cb(void *opaque, int ret)
-{
-    struct done *d = opaque;
-    d->calls++;
-    d->ret = ret;
-}
-
 /* Does any held I/O read from or write to memory in [p, p + n)? */
 static bool io_touches(const uint8_t *p, size_t n)
 {
-    for (size_t i = 0; i < qed_aio_test_pending(F.ef.aio); i++) {
-        struct qed_io *io = qed_aio_test_peek(F.ef.aio, i);
+    for (size_t i = 0; i < qed_aio_test_pending(F.tf.aio); i++) {
+        struct qed_io *io = qed_aio_test_peek(F.tf.aio, i);
         for (int k = 0; k < io->iovcnt; k++) {
             const uint8_t *b = io->iov[k].iov_base;
             if (b < p + n && p < b + io->iov[k].iov_len)
@@ -303,25 +292,25 @@ Test(limits, two_allocating_writes_to_last_cluster_serialised)
 
     fill(a, len, 4);
     fill(b, len, 5);
-    qed_aio_test_set_auto(F.ef.aio, false);
-    struct done da = {0}, db = {0};
-    cr_assert_eq(qed_write(img, last, a, len, 0, done_cb, &da), 0);
-    cr_assert_eq(qed_write(img, last + 1 * MiB, b, len, 0, done_cb, &db), 0);
+    qed_aio_test_set_auto(F.tf.aio, false);
+    struct tf_done da = {0}, db = {0};
+    cr_assert_eq(qed_write(img, last, a, len, 0, tf_done_cb, &da), 0);
+    cr_assert_eq(qed_write(img, last + 1 * MiB, b, len, 0, tf_done_cb, &db), 0);
     /* The same cluster: the second write waits for the first, and has not
      * started any I/O of its data. */
     cr_assert(io_touches(a, len), "the first write did not start");
     cr_assert_not(io_touches(b, len), "the second write to the same cluster ran at once");
     for (unsigned t = 0; da.calls == 0 || db.calls == 0; t++) {
         cr_assert_lt(t, MAX_TURNS, "the writes never completed");
-        ev_run(F.ef.loop, EVRUN_NOWAIT);
-        if (qed_aio_test_pending(F.ef.aio))
-            cr_assert_eq(qed_aio_test_complete(F.ef.aio, 0, 0), 0);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(F.tf.aio))
+            cr_assert_eq(qed_aio_test_complete(F.tf.aio, 0, 0), 0);
     }
     cr_assert_eq(da.calls, 1);
     cr_assert_eq(db.calls, 1);
     cr_assert_eq(da.ret, 0);
     cr_assert_eq(db.ret, 0);
-    qed_aio_test_set_auto(F.ef.aio, true);
+    qed_aio_test_set_auto(F.tf.aio, true);
 
     cr_assert_eq(qed_sync_read(img, last, r, len), 0);
     cr_assert(memcmp(r, a, len) == 0, "the first write was lost");
@@ -344,32 +333,31 @@ Test(limits, two_allocating_writes_to_last_cluster_serialised)
 
 static int submit_and_wait(qed_image *img, int type, uint64_t off, uint64_t len, uint8_t *buf)
 {
-    struct done d = {0};
+    struct tf_done d = {0};
     struct qed_extent ext[4];
     size_t n;
     int rc;
 
     switch (type) {
     case 0:
-        rc = qed_read(img, off, buf, (size_t)len, done_cb, &d);
+        rc = qed_read(img, off, buf, (size_t)len, tf_done_cb, &d);
         break;
     case 1:
-        rc = qed_write(img, off, buf, (size_t)len, 0, done_cb, &d);
+        rc = qed_write(img, off, buf, (size_t)len, 0, tf_done_cb, &d);
         break;
     case 2:
-        rc = qed_write_zeroes(img, off, len, 0, done_cb, &d);
+        rc = qed_write_zeroes(img, off, len, 0, tf_done_cb, &d);
         break;
     case 3:
-        rc = qed_discard(img, off, len, 0, done_cb, &d);
+        rc = qed_discard(img, off, len, 0, tf_done_cb, &d);
         break;
     default:
-        rc = qed_block_status(img, off, len, ext, 4, &n, done_cb, &d);
+        rc = qed_block_status(img, off, len, ext, 4, &n, tf_done_cb, &d);
         break;
     }
     if (rc < 0)
         return rc;
-    while (d.calls == 0)
-        ev_run(F.ef.loop, EVRUN_ONCE);
+    tf_wait(&F.tf, &d, 1);
     return d.ret;
 }
 
@@ -475,9 +463,9 @@ Test(limits, chain_at_cap_last_cluster)
     size_t n = 0;
 
     cr_assert(b && r && want);
-    snprintf(bpath, sizeof(bpath), "%s/base.qed", F.ef.dir);
+    snprintf(bpath, sizeof(bpath), "%s/base.qed", F.tf.dir);
     cr_assert_eq(qed_create(bpath, &bo, err, sizeof(err)), 0, "%s", err);
-    cr_assert_eq(qed_open(F.ef.aio, bpath, NULL, &base, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(qed_open(F.tf.aio, bpath, NULL, &base, err, sizeof(err)), 0, "%s", err);
     fill(b, len, 11);
     cr_assert_eq(qed_sync_write(base, last, b, len, 0), 0);
     cr_assert_eq(qed_close(base), 0);

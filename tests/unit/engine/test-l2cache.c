@@ -6,7 +6,7 @@
  *
  * The direct tests use a minimal struct qed_image (only g.table_bytes is
  * read by the cache).  Frees done by the library are observed by wrapping
- * free() at link time (-Wl,--wrap=free, see format.am): __wrap_free records
+ * free() at link time (-Wl,--wrap=free, see engine.am): __wrap_free records
  * each pointer, so a test can tell exactly which entries were released.
  *
  * The memory bound (issue 11, item 9) is measured independently of the
@@ -19,20 +19,18 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
 #include <ev.h>
 
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 
@@ -634,47 +632,8 @@ Test(l2cache, default_bound_for_small_tables_is_64_tables, .fini = bound_teardow
 #define COVER (2u * 1024 * 1024)
 #define IMG_SIZE (8u * 1024 * 1024)
 
-static char dir[64];
+static struct test_fixture T; /* loop, test engine (manual mode), directory */
 static char path[128];
-static struct ev_loop *loop;
-static qed_aio *aio;
-
-/*
- * Criterion ends a test that runs past its timeout with SIGPROF (SIGALRM is
- * our own backstop), and the .fini fixture does not run then.  Remove the temp directory first (fork and
- * exec are async-signal-safe), then die of the signal as Criterion expects.
- */
-static void timeout_cleanup(int sig)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl("/bin/rm", "rm", "-rf", dir, (char *)NULL);
-        _exit(127);
-    }
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static void cleanup_on_timeout(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = timeout_cleanup;
-    sigaction(SIGPROF, &sa, NULL);
-    /* A last-resort watchdog of our own, in case Criterion's never fires. */
-    sigaction(SIGALRM, &sa, NULL);
-    alarm(90);
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
 
 static uint8_t pat(uint64_t pos, unsigned seed)
 {
@@ -686,22 +645,20 @@ static void make_image(const uint64_t *offs, size_t n)
 {
     struct qed_create_opts co = {.size = IMG_SIZE, .cluster_size = CS, .table_size = TS};
     char err[512] = "";
-    struct ev_loop *l = ev_loop_new(EVFLAG_AUTO);
-    qed_aio *a;
+    struct test_fixture w; /* a loop and a real engine of its own, for writing */
     qed_image *img;
     uint8_t buf[CS];
 
     cr_assert_eq(qed_create(path, &co, err, sizeof(err)), 0, "create: %s", err);
-    cr_assert_eq(qed_aio_new(l, QED_AIO_AUTO, &a), 0);
-    cr_assert_eq(qed_open(a, path, NULL, &img, err, sizeof(err)), 0, "open: %s", err);
+    tf_setup(&w, NULL, QED_AIO_AUTO);
+    cr_assert_eq(qed_open(w.aio, path, NULL, &img, err, sizeof(err)), 0, "open: %s", err);
     for (size_t i = 0; i < n; i++) {
         for (unsigned j = 0; j < CS; j++)
             buf[j] = pat(offs[i] + j, 1);
         cr_assert_eq(qed_sync_write(img, offs[i], buf, CS, 0), 0);
     }
     cr_assert_eq(qed_close(img), 0);
-    qed_aio_free(a);
-    ev_loop_destroy(l);
+    tf_teardown(&w);
 }
 
 /* L1 entry @i as stored in the file. */
@@ -717,22 +674,16 @@ static uint64_t file_l1(unsigned i)
 
 static void e2e_setup(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/qed-l2c-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    cleanup_on_timeout();
-    snprintf(path, sizeof(path), "%s/t.qed", dir);
-    loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(loop);
-    cr_assert_eq(qed_aio_new(loop, QED_AIO_TEST, &aio), 0);
+    tf_setup(&T, "l2c", QED_AIO_TEST);
+    tf_cleanup_on_timeout(T.dir, 90);
+    /* The tests hold I/O and complete it themselves. */
+    qed_aio_test_set_auto(T.aio, false);
+    snprintf(path, sizeof(path), "%s/t.qed", T.dir);
 }
 
 static void e2e_teardown(void)
 {
-    if (aio)
-        qed_aio_free(aio);
-    if (loop)
-        ev_loop_destroy(loop);
-    nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+    tf_teardown(&T);
 }
 
 struct rd {
@@ -752,14 +703,14 @@ static void rd_cb(void *opaque, int ret)
 /* Run the loop in auto mode until every read in @r[0..n) is done. */
 static void finish_all(struct rd *r, size_t n)
 {
-    qed_aio_test_set_auto(aio, true);
+    qed_aio_test_set_auto(T.aio, true);
     for (int turn = 0; turn < 10000; turn++) {
         size_t done = 0;
         for (size_t i = 0; i < n; i++)
             done += r[i].done;
         if (done == n)
             return;
-        ev_run(loop, EVRUN_ONCE);
+        ev_run(T.loop, EVRUN_ONCE);
     }
     cr_assert_fail("reads did not complete");
 }
@@ -775,28 +726,19 @@ static void check_pattern(const struct rd *r, uint64_t off)
 static size_t pending_reads_at(uint64_t off, uint64_t len)
 {
     size_t n = 0;
-    for (size_t i = 0; i < qed_aio_test_pending(aio); i++) {
-        struct qed_io *io = qed_aio_test_peek(aio, i);
+    for (size_t i = 0; i < qed_aio_test_pending(T.aio); i++) {
+        struct qed_io *io = qed_aio_test_peek(T.aio, i);
         if (io->op == QED_IO_READ && io->offset == off && io->length == len)
             n++;
     }
     return n;
 }
 
-static size_t find_pending(uint64_t off)
-{
-    for (size_t i = 0; i < qed_aio_test_pending(aio); i++)
-        if (qed_aio_test_peek(aio, i)->offset == off)
-            return i;
-    cr_assert_fail("no pending I/O at %" PRIu64, off);
-    return 0;
-}
-
 /* Index of the pending I/O that reads into @buf. */
 static size_t find_pending_buf(const void *buf)
 {
-    for (size_t i = 0; i < qed_aio_test_pending(aio); i++) {
-        struct qed_io *io = qed_aio_test_peek(aio, i);
+    for (size_t i = 0; i < qed_aio_test_pending(T.aio); i++) {
+        struct qed_io *io = qed_aio_test_peek(T.aio, i);
         if (io->iovcnt > 0 && io->iov[0].iov_base == buf)
             return i;
     }
@@ -817,22 +759,22 @@ Test(l2cache_e2e, two_concurrent_misses_read_table_once, .init = e2e_setup,
     uint64_t l2off = file_l1(0);
     cr_assert_neq(l2off, 0, "no L2 table was written");
 
-    cr_assert_eq(qed_open(aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
-    cr_assert_eq(qed_aio_test_pending(aio), 0);
+    cr_assert_eq(qed_open(T.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_aio_test_pending(T.aio), 0);
     cr_assert_eq(qed_read(img, 0, r[0].buf, CS, rd_cb, &r[0]), 0);
     cr_assert_eq(qed_read(img, CS, r[1].buf, CS, rd_cb, &r[1]), 0);
     cr_assert_not(r[0].done || r[1].done, "a callback ran inside submit");
 
     /* Both reads need the same unloaded table: exactly one read of it. */
-    cr_assert_eq(qed_aio_test_pending(aio), 1, "%zu I/Os pending, expected only the table read",
-                 qed_aio_test_pending(aio));
+    cr_assert_eq(qed_aio_test_pending(T.aio), 1, "%zu I/Os pending, expected only the table read",
+                 qed_aio_test_pending(T.aio));
     cr_assert_eq(pending_reads_at(l2off, CS * TS), 1);
     cr_assert_eq(img->cache.count, 1, "two copies of the table in the cache");
 
-    cr_assert_eq(qed_aio_test_complete(aio, 0, 0), 0);
+    cr_assert_eq(qed_aio_test_complete(T.aio, 0, 0), 0);
     /* Now the two data reads, and no second table read. */
     cr_assert_eq(pending_reads_at(l2off, CS * TS), 0);
-    cr_assert_eq(qed_aio_test_pending(aio), 2);
+    cr_assert_eq(qed_aio_test_pending(T.aio), 2);
     cr_assert_eq(img->cache.loads, 1);
 
     finish_all(r, 2);
@@ -840,7 +782,7 @@ Test(l2cache_e2e, two_concurrent_misses_read_table_once, .init = e2e_setup,
     cr_assert_eq(r[1].ret, 0);
     check_pattern(&r[0], 0);
     check_pattern(&r[1], CS);
-    cr_assert_eq(qed_aio_test_count(aio, QED_IO_READ), 3, "one table read and two data reads");
+    cr_assert_eq(qed_aio_test_count(T.aio, QED_IO_READ), 3, "one table read and two data reads");
     cr_assert_eq(img->cache.count, 1);
     cr_assert_eq(qed_close(img), 0);
 }
@@ -856,10 +798,10 @@ Test(l2cache_e2e, many_concurrent_misses_read_table_once, .init = e2e_setup,
 
     make_image(offs, 8);
     uint64_t l2off = file_l1(0);
-    cr_assert_eq(qed_open(aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     for (int i = 0; i < 8; i++)
         cr_assert_eq(qed_read(img, offs[i], r[i].buf, CS, rd_cb, &r[i]), 0);
-    cr_assert_eq(qed_aio_test_pending(aio), 1);
+    cr_assert_eq(qed_aio_test_pending(T.aio), 1);
     cr_assert_eq(pending_reads_at(l2off, CS * TS), 1);
     finish_all(r, 8);
     for (int i = 0; i < 8; i++) {
@@ -867,7 +809,7 @@ Test(l2cache_e2e, many_concurrent_misses_read_table_once, .init = e2e_setup,
         check_pattern(&r[i], offs[i]);
     }
     cr_assert_eq(img->cache.loads, 1);
-    cr_assert_eq(qed_aio_test_count(aio, QED_IO_READ), 9);
+    cr_assert_eq(qed_aio_test_count(T.aio, QED_IO_READ), 9);
     cr_assert_eq(qed_close(img), 0);
 }
 
@@ -882,14 +824,14 @@ Test(l2cache_e2e, cached_table_is_not_read_again, .init = e2e_setup, .fini = e2e
 
     make_image(offs, 2);
     uint64_t l2off = file_l1(0);
-    cr_assert_eq(qed_open(aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     cr_assert_eq(qed_read(img, 0, r[0].buf, CS, rd_cb, &r[0]), 0);
     finish_all(r, 1);
-    qed_aio_test_set_auto(aio, false);
+    qed_aio_test_set_auto(T.aio, false);
     /* The table is cached now: a second read goes straight to the data. */
     cr_assert_eq(qed_read(img, CS, r[1].buf, CS, rd_cb, &r[1]), 0);
     cr_assert_not(r[1].done, "a cache hit ran the callback inside submit");
-    cr_assert_eq(qed_aio_test_pending(aio), 1);
+    cr_assert_eq(qed_aio_test_pending(T.aio), 1);
     cr_assert_eq(pending_reads_at(l2off, CS * TS), 0, "the cached table was read again");
     finish_all(&r[1], 1);
     check_pattern(&r[1], CS);
@@ -908,18 +850,18 @@ Test(l2cache_e2e, failed_load_fails_all_waiters_then_retries, .init = e2e_setup,
 
     make_image(offs, 2);
     uint64_t l2off = file_l1(0);
-    cr_assert_eq(qed_open(aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     cr_assert_eq(qed_read(img, 0, r[0].buf, CS, rd_cb, &r[0]), 0);
     cr_assert_eq(qed_read(img, CS, r[1].buf, CS, rd_cb, &r[1]), 0);
     cr_assert_eq(pending_reads_at(l2off, CS * TS), 1);
-    cr_assert_eq(qed_aio_test_complete(aio, find_pending(l2off), -EIO), 0);
+    cr_assert_eq(qed_aio_test_complete(T.aio, tf_find_pending(&T, l2off), -EIO), 0);
     /* Let any deferred delivery happen. */
     for (int i = 0; i < 10 && !(r[0].done && r[1].done); i++)
-        ev_run(loop, EVRUN_NOWAIT);
+        ev_run(T.loop, EVRUN_NOWAIT);
     cr_assert(r[0].done && r[1].done, "waiters of a failed load did not complete");
     cr_assert_eq(r[0].ret, -EIO);
     cr_assert_eq(r[1].ret, -EIO);
-    cr_assert_eq(qed_aio_test_pending(aio), 0);
+    cr_assert_eq(qed_aio_test_pending(T.aio), 0);
     cr_assert_eq(img->cache.count, 0, "a table that failed to load stayed cached");
 
     /* A later read tries the table again and succeeds. */
@@ -943,19 +885,19 @@ Test(l2cache_e2e, tables_in_use_stay_within_capacity, .init = e2e_setup,
     qed_image *img;
 
     make_image(offs, 3);
-    cr_assert_eq(qed_open(aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     cr_assert_eq(img->cache.max, 1);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(qed_read(img, offs[i], r[i].buf, CS, rd_cb, &r[i]), 0);
     uint64_t t0 = file_l1(0);
-    cr_assert_eq(qed_aio_test_pending(aio), 1, "only one table read may be in flight");
+    cr_assert_eq(qed_aio_test_pending(T.aio), 1, "only one table read may be in flight");
     cr_assert_eq(pending_reads_at(t0, CS * TS), 1, "the first request's table is read first");
     cr_assert_eq(img->cache.count, 1);
     /* Complete I/Os one at a time: never more than one table in memory. */
     for (int turn = 0; turn < 1000 && !(r[0].done && r[1].done && r[2].done); turn++) {
-        ev_run(loop, EVRUN_NOWAIT);
-        if (qed_aio_test_pending(aio))
-            cr_assert_eq(qed_aio_test_complete(aio, 0, 0), 0);
+        ev_run(T.loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(T.aio))
+            cr_assert_eq(qed_aio_test_complete(T.aio, 0, 0), 0);
         cr_assert_leq(img->cache.bytes, CS * TS, "more than one table held");
         cr_assert_leq(img->cache.count, 1);
     }
@@ -979,16 +921,16 @@ Test(l2cache_e2e, reverse_completion_of_data_reads, .init = e2e_setup, .fini = e
     qed_image *img;
 
     make_image(offs, 2);
-    cr_assert_eq(qed_open(aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     cr_assert_eq(qed_read(img, 0, r[0].buf, CS, rd_cb, &r[0]), 0);
     cr_assert_eq(qed_read(img, CS, r[1].buf, CS, rd_cb, &r[1]), 0);
-    cr_assert_eq(qed_aio_test_complete(aio, 0, 0), 0); /* the table */
-    cr_assert_eq(qed_aio_test_pending(aio), 2);
+    cr_assert_eq(qed_aio_test_complete(T.aio, 0, 0), 0); /* the table */
+    cr_assert_eq(qed_aio_test_pending(T.aio), 2);
     /* Complete the second request's data read first. */
-    cr_assert_eq(qed_aio_test_complete(aio, find_pending_buf(r[1].buf), 0), 0);
+    cr_assert_eq(qed_aio_test_complete(T.aio, find_pending_buf(r[1].buf), 0), 0);
     cr_assert(r[1].done && !r[0].done);
     cr_assert_eq(r[1].ret, 0);
-    cr_assert_eq(qed_aio_test_complete(aio, find_pending_buf(r[0].buf), 0), 0);
+    cr_assert_eq(qed_aio_test_complete(T.aio, find_pending_buf(r[0].buf), 0), 0);
     cr_assert(r[0].done);
     cr_assert_eq(r[0].ret, 0);
     check_pattern(&r[0], 0);
@@ -1050,7 +992,7 @@ Test(l2cache_e2e, byte_bound_holds_for_16mib_tables, .init = e2e_setup, .fini = 
 
     make_big_image(4);
     track_start(BIG_TB);
-    cr_assert_eq(qed_open(aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     qed_get_info(img, &info);
     cr_assert_eq(info.l2_cache_max_bytes, BOUND);
 
@@ -1058,15 +1000,15 @@ Test(l2cache_e2e, byte_bound_holds_for_16mib_tables, .init = e2e_setup, .fini = 
     for (int i = 0; i < 4; i++)
         cr_assert_eq(qed_read(img, i * BIG_COVER, r[i].buf, CS, rd_cb, &r[i]), 0);
     size_t loads = 0;
-    for (size_t i = 0; i < qed_aio_test_pending(aio); i++)
-        loads += is_table_io(qed_aio_test_peek(aio, i));
+    for (size_t i = 0; i < qed_aio_test_pending(T.aio); i++)
+        loads += is_table_io(qed_aio_test_peek(T.aio, i));
     cr_assert_eq(loads, 2, "%zu table loads in flight, room for 2", loads);
     check_bound(img);
     for (int turn = 0; turn < 1000 && !(r[0].done && r[1].done && r[2].done && r[3].done);
          turn++) {
-        ev_run(loop, EVRUN_NOWAIT);
-        if (qed_aio_test_pending(aio))
-            cr_assert_eq(qed_aio_test_complete(aio, 0, 0), 0);
+        ev_run(T.loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(T.aio))
+            cr_assert_eq(qed_aio_test_complete(T.aio, 0, 0), 0);
         check_bound(img);
     }
     for (int i = 0; i < 4; i++) {
@@ -1078,7 +1020,7 @@ Test(l2cache_e2e, byte_bound_holds_for_16mib_tables, .init = e2e_setup, .fini = 
     cr_assert_geq(img->cache.room_waits, 2);
 
     /* One after the other, the way a client touching four tables does. */
-    qed_aio_test_set_auto(aio, true);
+    qed_aio_test_set_auto(T.aio, true);
     for (int k = 0; k < 2; k++)
         for (int i = 0; i < 4; i++) {
             uint8_t buf[512];
@@ -1105,7 +1047,7 @@ Test(l2cache_e2e, new_table_waits_for_room, .init = e2e_setup, .fini = e2e_teard
 
     make_big_image(2);
     track_start(BIG_TB);
-    cr_assert_eq(qed_open(aio, path, NULL, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, NULL, &img, err, sizeof(err)), 0, "open: %s", err);
     for (int i = 0; i < 2; i++)
         cr_assert_eq(qed_read(img, i * BIG_COVER, r[i].buf, CS, rd_cb, &r[i]), 0);
     for (unsigned j = 0; j < CS; j++)
@@ -1114,31 +1056,31 @@ Test(l2cache_e2e, new_table_waits_for_room, .init = e2e_setup, .fini = e2e_teard
     cr_assert_eq(qed_write(img, 2 * BIG_COVER, wbuf, CS, 0, rd_cb, &w), 0);
     /* Let the write set NEED_CHECK (its header I/O) while the loads wait. */
     for (int turn = 0; turn < 100 && img->cache.room_waits == 0; turn++) {
-        ev_run(loop, EVRUN_NOWAIT);
-        for (size_t i = 0; i < qed_aio_test_pending(aio); i++) {
-            if (!is_table_io(qed_aio_test_peek(aio, i))) {
-                cr_assert_eq(qed_aio_test_complete(aio, i, 0), 0);
+        ev_run(T.loop, EVRUN_NOWAIT);
+        for (size_t i = 0; i < qed_aio_test_pending(T.aio); i++) {
+            if (!is_table_io(qed_aio_test_peek(T.aio, i))) {
+                cr_assert_eq(qed_aio_test_complete(T.aio, i, 0), 0);
                 break;
             }
         }
     }
     cr_assert_eq(img->cache.room_waits, 1, "the write did not wait for room");
     cr_assert_not(w.done);
-    for (size_t i = 0; i < qed_aio_test_pending(aio); i++)
-        cr_assert(qed_aio_test_peek(aio, i)->op == QED_IO_READ,
+    for (size_t i = 0; i < qed_aio_test_pending(T.aio); i++)
+        cr_assert(qed_aio_test_peek(T.aio, i)->op == QED_IO_READ,
                   "the waiting write issued I/O");
     check_bound(img);
     for (int turn = 0; turn < 1000 && !(r[0].done && r[1].done && w.done); turn++) {
-        ev_run(loop, EVRUN_NOWAIT);
-        if (qed_aio_test_pending(aio))
-            cr_assert_eq(qed_aio_test_complete(aio, 0, 0), 0);
+        ev_run(T.loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(T.aio))
+            cr_assert_eq(qed_aio_test_complete(T.aio, 0, 0), 0);
         check_bound(img);
     }
     cr_assert(w.done && r[0].done && r[1].done, "requests never completed");
     cr_assert_eq(w.ret, 0);
     cr_assert_eq(r[0].ret, 0);
     cr_assert_eq(r[1].ret, 0);
-    qed_aio_test_set_auto(aio, true);
+    qed_aio_test_set_auto(T.aio, true);
     cr_assert_eq(qed_sync_read(img, 2 * BIG_COVER, rbuf, CS), 0);
     cr_assert(memcmp(rbuf, wbuf, CS) == 0, "the write did not read back");
     cr_assert_leq(track_peak, BOUND);

@@ -1,6 +1,6 @@
 /*
  * test-l2-room.c - requests waiting for room in a bounded L2 cache
- * (lib/engine/request.c RS_L2_ROOM_WAIT, lib/engine/l2-cache.c "Memory bound").
+ * (lib/engine/request-lookup.c RS_L2_ROOM_WAIT, lib/engine/l2-cache.c "Memory bound").
  *
  * With a cache of one or two tables, requests that need other tables wait
  * until one is released.  These tests check that:
@@ -24,7 +24,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
-#include "engine-fixture.h"
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 
@@ -34,37 +34,24 @@
 #define COVER (2 * MiB)
 #define MAX_TURNS 2000000
 
-static struct engine_fixture ef;
+static struct test_fixture tf;
 static char path[128], bpath[128];
 
 static void setup(void)
 {
-    ef_setup(&ef, "l2room");
-    qed_aio_test_set_auto(ef.aio, false);
-    snprintf(path, sizeof(path), "%s/top.qed", ef.dir);
-    snprintf(bpath, sizeof(bpath), "%s/base.qed", ef.dir);
-    qed_set_log(ef_quiet_log, NULL, QED_LOG_ERROR);
+    tf_setup(&tf, "l2room", QED_AIO_TEST);
+    qed_aio_test_set_auto(tf.aio, false);
+    snprintf(path, sizeof(path), "%s/top.qed", tf.dir);
+    snprintf(bpath, sizeof(bpath), "%s/base.qed", tf.dir);
+    qed_set_log(tf_quiet_log, NULL, QED_LOG_ERROR);
 }
 
 static void teardown(void)
 {
-    ef_teardown(&ef);
+    tf_teardown(&tf);
 }
 
 TestSuite(l2room, .init = setup, .fini = teardown, .timeout = 120);
-
-struct done {
-    int calls, ret;
-};
-
-static void done_cb(void *opaque, int ret)
-{
-    struct done *d = opaque;
-
-    cr_assert_eq(d->calls, 0, "completion callback ran twice");
-    d->calls++;
-    d->ret = ret;
-}
 
 /* Create @p (@size bytes, optionally over @backing) and write one cluster of
  * @fill at the start of each of its first @ntables tables, so those tables
@@ -82,22 +69,13 @@ static void make(const char *p, uint64_t size, const char *backing, unsigned nta
         co.backing_fmt = QED_BACKING_QED;
     }
     cr_assert_eq(qed_create(p, &co, err, sizeof(err)), 0, "create: %s", err);
-    qed_aio_test_set_auto(ef.aio, true);
-    cr_assert_eq(qed_open(ef.aio, p, NULL, &img, err, sizeof(err)), 0, "open: %s", err);
+    qed_aio_test_set_auto(tf.aio, true);
+    cr_assert_eq(qed_open(tf.aio, p, NULL, &img, err, sizeof(err)), 0, "open: %s", err);
     memset(buf, fill, sizeof(buf));
     for (unsigned i = 0; i < ntables; i++)
         cr_assert_eq(qed_sync_write(img, i * COVER, buf, CS, 0), 0);
     cr_assert_eq(qed_close(img), 0);
-    qed_aio_test_set_auto(ef.aio, false);
-}
-
-static size_t find_pending(uint64_t off)
-{
-    for (size_t i = 0; i < qed_aio_test_pending(ef.aio); i++)
-        if (qed_aio_test_peek(ef.aio, i)->offset == off)
-            return i;
-    cr_assert_fail("no pending I/O at %" PRIu64, off);
-    return 0;
+    qed_aio_test_set_auto(tf.aio, false);
 }
 
 static uint64_t l1_entry(qed_image *img, unsigned i)
@@ -118,26 +96,26 @@ Test(l2room, no_wakeup_left_queued_when_all_waiters_are_served)
     char err[512] = "";
     qed_image *img;
     uint8_t b[5][512];
-    struct done d[5] = {{0}};
+    struct tf_done d[5] = {{0}};
     const uint64_t at[5] = {0 * COVER + MiB, 2 * COVER + MiB, COVER + MiB, COVER + MiB + 512,
                             COVER + MiB + 1024};
 
     make(path, 8 * MiB, NULL, 3, 0x5a);
-    cr_assert_eq(qed_open(ef.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(tf.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     for (int i = 0; i < 5; i++)
-        cr_assert_eq(qed_read(img, at[i], b[i], sizeof(b[i]), done_cb, &d[i]), 0);
-    cr_assert_eq(qed_aio_test_pending(ef.aio), 2, "loads of tables 0 and 2 only");
+        cr_assert_eq(qed_read(img, at[i], b[i], sizeof(b[i]), tf_done_cb, &d[i]), 0);
+    cr_assert_eq(qed_aio_test_pending(tf.aio), 2, "loads of tables 0 and 2 only");
     cr_assert_geq(img->cache.room_waits, 3);
     /* Table 0 loads: X finishes and releases it; A is woken and loads 1. */
-    cr_assert_eq(qed_aio_test_complete(ef.aio, find_pending(l1_entry(img, 0)), 0), 0);
-    ev_run(ef.loop, EVRUN_NOWAIT);
+    cr_assert_eq(qed_aio_test_complete(tf.aio, tf_find_pending(&tf, l1_entry(img, 0)), 0), 0);
+    ev_run(tf.loop, EVRUN_NOWAIT);
     cr_assert_eq(d[0].calls, 1);
     /* Table 1 loads (A finishes), then table 2 (Y finishes): both idle. */
-    cr_assert_eq(qed_aio_test_complete(ef.aio, find_pending(l1_entry(img, 1)), 0), 0);
-    cr_assert_eq(qed_aio_test_complete(ef.aio, find_pending(l1_entry(img, 2)), 0), 0);
+    cr_assert_eq(qed_aio_test_complete(tf.aio, tf_find_pending(&tf, l1_entry(img, 1)), 0), 0);
+    cr_assert_eq(qed_aio_test_complete(tf.aio, tf_find_pending(&tf, l1_entry(img, 2)), 0), 0);
     /* One wake-up serves B and C from the cached table 1. */
     for (int t = 0; t < 100 && !(d[3].calls && d[4].calls); t++)
-        ev_run(ef.loop, EVRUN_NOWAIT);
+        ev_run(tf.loop, EVRUN_NOWAIT);
     for (int i = 0; i < 5; i++) {
         cr_assert_eq(d[i].calls, 1, "read %d never completed", i);
         cr_assert_eq(d[i].ret, 0, "read %d: %d", i, d[i].ret);
@@ -151,7 +129,7 @@ Test(l2room, no_wakeup_left_queued_when_all_waiters_are_served)
     cr_assert_eq(qed_close(img), 0);
     /* Run what the loop still has queued: nothing may touch the image. */
     for (int t = 0; t < 3; t++)
-        ev_run(ef.loop, EVRUN_NOWAIT);
+        ev_run(tf.loop, EVRUN_NOWAIT);
 }
 
 /* ---- Random mix over a one-table cache and a one-table backing cache ---- */
@@ -180,7 +158,7 @@ struct req {
     uint8_t *buf;
     struct qed_extent ext[64];
     size_t n;
-    struct done d;
+    struct tf_done d;
 };
 
 /* Offsets near table and cluster boundaries, lengths across tables. */
@@ -205,22 +183,22 @@ static void submit(qed_image *img, struct req *q)
 
     switch (q->op) {
     case OP_READ:
-        rc = qed_read(img, q->off, q->buf, q->len, done_cb, &q->d);
+        rc = qed_read(img, q->off, q->buf, q->len, tf_done_cb, &q->d);
         break;
     case OP_WRITE:
-        rc = qed_write(img, q->off, q->buf, q->len, q->flags, done_cb, &q->d);
+        rc = qed_write(img, q->off, q->buf, q->len, q->flags, tf_done_cb, &q->d);
         break;
     case OP_WZERO:
-        rc = qed_write_zeroes(img, q->off, q->len, q->flags, done_cb, &q->d);
+        rc = qed_write_zeroes(img, q->off, q->len, q->flags, tf_done_cb, &q->d);
         break;
     case OP_DISCARD:
-        rc = qed_discard(img, q->off, q->len, 0, done_cb, &q->d);
+        rc = qed_discard(img, q->off, q->len, 0, tf_done_cb, &q->d);
         break;
     case OP_BSTATUS:
-        rc = qed_block_status(img, q->off, q->len, q->ext, 64, &q->n, done_cb, &q->d);
+        rc = qed_block_status(img, q->off, q->len, q->ext, 64, &q->n, tf_done_cb, &q->d);
         break;
     default:
-        rc = qed_flush(img, done_cb, &q->d);
+        rc = qed_flush(img, tf_done_cb, &q->d);
         break;
     }
     cr_assert_eq(rc, 0, "submit op %d at %" PRIu64 "+%" PRIu64 ": %d", q->op, q->off, q->len,
@@ -237,10 +215,10 @@ static void drain(struct req *q, int n)
         if (all)
             return;
         cr_assert(t < MAX_TURNS, "requests never completed (a wait for room that never ends?)");
-        ev_run(ef.loop, EVRUN_NOWAIT);
-        size_t p = qed_aio_test_pending(ef.aio);
+        ev_run(tf.loop, EVRUN_NOWAIT);
+        size_t p = qed_aio_test_pending(tf.aio);
         if (p)
-            cr_assert_eq(qed_aio_test_complete(ef.aio, rnd(p), 0), 0);
+            cr_assert_eq(qed_aio_test_complete(tf.aio, rnd(p), 0), 0);
     }
 }
 
@@ -291,7 +269,7 @@ static void plan(struct req *q, int slot)
             q->buf[j] = (uint8_t)(rnd(255) + 1);
     }
     q->n = 0;
-    q->d = (struct done){0};
+    q->d = (struct tf_done){0};
 }
 
 static void settle(qed_image *img, struct req *q)
@@ -310,9 +288,9 @@ static void settle(qed_image *img, struct req *q)
         /* Each byte now reads as zero or as before: learn which. */
         uint8_t *b = malloc(q->len);
         cr_assert_not_null(b);
-        qed_aio_test_set_auto(ef.aio, true);
+        qed_aio_test_set_auto(tf.aio, true);
         cr_assert_eq(qed_sync_read(img, q->off, b, q->len), 0);
-        qed_aio_test_set_auto(ef.aio, false);
+        qed_aio_test_set_auto(tf.aio, false);
         for (uint64_t j = 0; j < q->len; j++)
             cr_assert(b[j] == 0 || b[j] == model[q->off + j], "discarded byte %" PRIu64,
                       q->off + j);
@@ -337,7 +315,7 @@ Test(l2room, random_mix_over_one_table_caches_never_hangs)
         memset(model + i * COVER, i < 4 ? 0x3c : 0xb7, CS);
     if (getenv("QED_TEST_SEED")) /* another sequence: QED_TEST_SEED=n */
         rng = strtoull(getenv("QED_TEST_SEED"), NULL, 0) * 2654435761u + 1;
-    cr_assert_eq(qed_open(ef.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(tf.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     cr_assert_not_null(img->backing);
     /* The backing image's cache is idle after open: give it one table too. */
     cr_assert_eq(img->backing->cache.count, 0);
@@ -349,14 +327,14 @@ Test(l2room, random_mix_over_one_table_caches_never_hangs)
          * overlay does not have: the second waits for room in the backing
          * image's cache, and both complete with the backing's data. */
         uint8_t x[512], y[512];
-        struct done dx = {0}, dy = {0};
-        cr_assert_eq(qed_read(img, 4 * COVER, x, 512, done_cb, &dx), 0);
-        cr_assert_eq(qed_read(img, 5 * COVER, y, 512, done_cb, &dy), 0);
+        struct tf_done dx = {0}, dy = {0};
+        cr_assert_eq(qed_read(img, 4 * COVER, x, 512, tf_done_cb, &dx), 0);
+        cr_assert_eq(qed_read(img, 5 * COVER, y, 512, tf_done_cb, &dy), 0);
         for (int t = 0; t < 100000 && !(dx.calls && dy.calls); t++) {
-            ev_run(ef.loop, EVRUN_NOWAIT);
-            size_t p = qed_aio_test_pending(ef.aio);
+            ev_run(tf.loop, EVRUN_NOWAIT);
+            size_t p = qed_aio_test_pending(tf.aio);
             if (p)
-                cr_assert_eq(qed_aio_test_complete(ef.aio, rnd(p), 0), 0);
+                cr_assert_eq(qed_aio_test_complete(tf.aio, rnd(p), 0), 0);
         }
         cr_assert(dx.calls && dy.calls, "reads through the backing never completed");
         cr_assert_eq(dx.ret, 0);
@@ -399,7 +377,7 @@ Test(l2room, random_mix_over_one_table_caches_never_hangs)
     }
     cr_assert_gt(img->cache.room_waits, 0, "no request ever waited for room");
     /* Everything once more, sequentially, against the model. */
-    qed_aio_test_set_auto(ef.aio, true);
+    qed_aio_test_set_auto(tf.aio, true);
     {
         uint8_t *all = malloc(SIZE);
         cr_assert_not_null(all);
@@ -425,31 +403,31 @@ Test(l2room, busy_table_does_not_starve_a_waiter)
     enum { STREAM = 40 };
     static uint8_t sb[STREAM][512];
     uint8_t ub[512];
-    struct done sd[STREAM] = {{0}}, ud = {0};
+    struct tf_done sd[STREAM] = {{0}}, ud = {0};
     int k, served_before_u = -1;
 
     make(path, 8 * MiB, NULL, 2, 0x6b);
-    cr_assert_eq(qed_open(ef.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(tf.aio, path, &oo, &img, err, sizeof(err)), 0, "open: %s", err);
     /* Reads of the data cluster at the start of table 0: each holds the
      * table while its data read is in flight. */
-    cr_assert_eq(qed_read(img, 0, sb[0], 512, done_cb, &sd[0]), 0);
-    cr_assert_eq(qed_read(img, COVER + MiB, ub, 512, done_cb, &ud), 0);
+    cr_assert_eq(qed_read(img, 0, sb[0], 512, tf_done_cb, &sd[0]), 0);
+    cr_assert_eq(qed_read(img, COVER + MiB, ub, 512, tf_done_cb, &ud), 0);
     cr_assert_eq(img->cache.room_waits, 1, "the read of table 1 does not wait for room");
     for (k = 1; k < STREAM; k++) {
         /* The next read of the stream, then complete everything that was
          * held before it (the previous read's load or data). */
-        size_t held = qed_aio_test_pending(ef.aio);
-        cr_assert_eq(qed_read(img, 512 * (uint64_t)(k % 8), sb[k], 512, done_cb, &sd[k]), 0);
+        size_t held = qed_aio_test_pending(tf.aio);
+        cr_assert_eq(qed_read(img, 512 * (uint64_t)(k % 8), sb[k], 512, tf_done_cb, &sd[k]), 0);
         for (size_t i = 0; i < held; i++)
-            cr_assert_eq(qed_aio_test_complete(ef.aio, 0, 0), 0);
+            cr_assert_eq(qed_aio_test_complete(tf.aio, 0, 0), 0);
         for (int t = 0; t < 4; t++)
-            ev_run(ef.loop, EVRUN_NOWAIT);
+            ev_run(tf.loop, EVRUN_NOWAIT);
         if (ud.calls && served_before_u < 0)
             served_before_u = k;
     }
-    qed_aio_test_set_auto(ef.aio, true);
+    qed_aio_test_set_auto(tf.aio, true);
     for (int t = 0; t < 1000 && !ud.calls; t++)
-        ev_run(ef.loop, EVRUN_ONCE);
+        ev_run(tf.loop, EVRUN_ONCE);
     cr_assert_eq(ud.calls, 1);
     cr_assert_eq(ud.ret, 0);
     cr_assert(served_before_u >= 0 && served_before_u <= 4,
@@ -461,7 +439,7 @@ Test(l2room, busy_table_does_not_starve_a_waiter)
             all = all && sd[k].calls;
         if (all)
             break;
-        ev_run(ef.loop, EVRUN_ONCE);
+        ev_run(tf.loop, EVRUN_ONCE);
     }
     for (k = 0; k < STREAM; k++) {
         cr_assert_eq(sd[k].calls, 1, "stream read %d", k);

@@ -1,5 +1,5 @@
 /*
- * test-flush-latch.c - a failed flush is not forgotten (lib/engine/image.c,
+ * test-flush-latch.c - a failed flush is not forgotten (lib/engine/flush-latch.c,
  * qed_image_flush_result).
  *
  * Linux reports a lost write-back once, to whichever fdatasync comes next.
@@ -32,12 +32,12 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
-#include "engine-fixture.h"
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 
 /* fdatasync() as the library calls it outside the I/O engine (qed_check's
- * repair, close): linked with -Wl,--wrap=fdatasync (requests.am).  While
+ * repair, close): linked with -Wl,--wrap=fdatasync (engine.am).  While
  * fail_direct_fsync is set, the next call fails once with EIO. */
 int __real_fdatasync(int fd);
 int __wrap_fdatasync(int fd);
@@ -55,34 +55,20 @@ int __wrap_fdatasync(int fd)
 
 #define KiB 1024ull
 #define MiB (1024ull * 1024)
+#define IMG_PATH tf_path(&F.tf, "a.qed")     /* the image */
+#define BACKING_PATH tf_path(&F.tf, "b.raw") /* its raw backing file, when it has one */
 #define CS (4 * KiB)
 #define IMG_SIZE (8 * MiB)
 #define MAX_TURNS 1000000
 #define FSYNC_MASK (1u << QED_IO_FSYNC)
 
 struct fixture {
-    struct engine_fixture ef;
-    char path[128];
-    char backing[128];
+    struct test_fixture tf;
     qed_image *img;
     unsigned fsyncs, failed_fsyncs;
 };
 
 static struct fixture F;
-
-struct req_done {
-    int ret;
-    int calls;
-};
-
-static void done_cb(void *opaque, int ret)
-{
-    struct req_done *d = opaque;
-
-    cr_assert_eq(d->calls, 0, "completion callback ran twice");
-    d->calls++;
-    d->ret = ret;
-}
 
 static void observer(struct qed_io *io, int err, void *opaque)
 {
@@ -96,21 +82,15 @@ static void observer(struct qed_io *io, int err, void *opaque)
 static void setup(void)
 {
     memset(&F, 0, sizeof(F));
-    ef_setup(&F.ef, "latch");
-    qed_aio_test_set_observer(F.ef.aio, observer, NULL);
-    snprintf(F.path, sizeof(F.path), "%s/a.qed", F.ef.dir);
-    snprintf(F.backing, sizeof(F.backing), "%s/b.raw", F.ef.dir);
-    qed_set_log(ef_quiet_log, NULL, QED_LOG_ERROR);
+    tf_setup(&F.tf, "latch", QED_AIO_TEST);
+    qed_aio_test_set_observer(F.tf.aio, observer, NULL);
+    qed_set_log(tf_quiet_log, NULL, QED_LOG_ERROR);
 }
 
 static void teardown(void)
 {
-    if (F.img) {
-        /* A test that failed may leave I/O held: let close complete it. */
-        qed_aio_test_set_auto(F.ef.aio, true);
-        qed_close(F.img);
-    }
-    ef_teardown(&F.ef);
+    tf_close_left_open(&F.tf, &F.img);
+    tf_teardown(&F.tf);
 }
 
 TestSuite(latch, .init = setup, .fini = teardown, .timeout = 60);
@@ -122,29 +102,15 @@ static void open_image(unsigned clean_delay_ms)
     struct qed_open_opts oo = {.clean_delay_ms = clean_delay_ms};
     char err[256];
 
-    cr_assert_eq(qed_open(F.ef.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(F.tf.aio, IMG_PATH, &oo, &F.img, err, sizeof(err)), 0, "open: %s", err);
 }
 
 /* A new image (with a raw backing file of pattern bytes when @backing). */
 static void make_image(bool backing, unsigned clean_delay_ms)
 {
-    struct qed_create_opts co = {.size = IMG_SIZE, .cluster_size = CS, .table_size = 1};
-    char err[256];
-
-    if (backing) {
-        uint8_t *b = malloc(IMG_SIZE);
-        FILE *f = fopen(F.backing, "wb");
-        cr_assert_not_null(b);
-        cr_assert_not_null(f);
-        for (uint64_t i = 0; i < IMG_SIZE; i++)
-            b[i] = (uint8_t)(0xb0 ^ (i >> 9));
-        cr_assert_eq(fwrite(b, 1, IMG_SIZE, f), IMG_SIZE);
-        fclose(f);
-        free(b);
-        co.backing_file = F.backing;
-        co.backing_fmt = QED_BACKING_RAW;
-    }
-    cr_assert_eq(qed_create(F.path, &co, err, sizeof(err)), 0, "create: %s", err);
+    if (backing)
+        tf_raw_pattern(BACKING_PATH, IMG_SIZE);
+    tf_create(&F.tf, "a.qed", IMG_SIZE, CS, 1, backing ? "b.raw" : NULL, QED_BACKING_RAW);
     open_image(clean_delay_ms);
 }
 
@@ -152,7 +118,7 @@ static uint64_t disk_features(void)
 {
     uint8_t h[64];
     uint64_t f;
-    int fd = open(F.path, O_RDONLY);
+    int fd = open(IMG_PATH, O_RDONLY);
 
     cr_assert(fd >= 0);
     cr_assert_eq(pread(fd, h, sizeof(h), 0), (ssize_t)sizeof(h));
@@ -161,27 +127,14 @@ static uint64_t disk_features(void)
     return le64toh(f);
 }
 
-static void run_until(struct req_done *d, int n)
-{
-    for (unsigned long t = 0;; t++) {
-        bool all = true;
-        for (int i = 0; i < n; i++)
-            all = all && d[i].calls;
-        if (all)
-            return;
-        cr_assert(t < MAX_TURNS, "requests never completed");
-        ev_run(F.ef.loop, EVRUN_ONCE);
-    }
-}
-
 static int do_write(uint64_t off, const void *buf, size_t len, unsigned flags)
 {
-    struct req_done d = {0};
-    int r = qed_write(F.img, off, buf, len, flags, done_cb, &d);
+    struct tf_done d = {0};
+    int r = qed_write(F.img, off, buf, len, flags, tf_done_cb, &d);
 
     if (r < 0)
         return r;
-    run_until(&d, 1);
+    tf_wait(&F.tf, &d, 1);
     return d.ret;
 }
 
@@ -232,7 +185,7 @@ Test(latch, failed_client_flush_fails_later_flushes)
     fill(b, sizeof(b), 1);
     cr_assert_eq(do_write(3 * CS, b, sizeof(b), 0), 0);
     cr_assert_eq(qed_flush_error(F.img), 0);
-    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.tf.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(qed_sync_flush(F.img), -EIO);
     cr_assert_eq(F.failed_fsyncs, 1);
     /* The engine's next fdatasync would succeed, as Linux's does. */
@@ -247,7 +200,7 @@ Test(latch, failed_client_flush_fails_later_flushes)
 Test(latch, first_failure_keeps_its_errno)
 {
     make_image(false, 600000);
-    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -ENOSPC);
+    qed_aio_test_fail_nth(F.tf.aio, FSYNC_MASK, 0, -ENOSPC);
     cr_assert_eq(qed_sync_flush(F.img), -ENOSPC);
     cr_assert_eq(qed_flush_error(F.img), -ENOSPC);
     cr_assert_eq(qed_sync_flush(F.img), -EIO, "later flushes fail with EIO");
@@ -258,7 +211,7 @@ Test(latch, first_failure_keeps_its_errno)
 Test(latch, failed_fua_write_fails_a_later_flush)
 {
     uint8_t a[CS], b[CS];
-    struct req_done d[2] = {{0}};
+    struct tf_done d[2] = {{0}};
 
     make_image(false, 600000);
     fill(a, sizeof(a), 2);
@@ -267,12 +220,12 @@ Test(latch, failed_fua_write_fails_a_later_flush)
     cr_assert_eq(do_write(CS, b, sizeof(b), 0), 0);
     /* "Connection A" writes in place; "connection B"'s FUA write takes the
      * write-back error; A's flush must not report A's write durable. */
-    cr_assert_eq(qed_write(F.img, 0, b, sizeof(b), 0, done_cb, &d[0]), 0);
-    run_until(&d[0], 1);
+    cr_assert_eq(qed_write(F.img, 0, b, sizeof(b), 0, tf_done_cb, &d[0]), 0);
+    tf_wait(&F.tf, &d[0], 1);
     cr_assert_eq(d[0].ret, 0);
-    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
-    cr_assert_eq(qed_write(F.img, CS, a, sizeof(a), QED_REQ_FUA, done_cb, &d[1]), 0);
-    run_until(&d[1], 1);
+    qed_aio_test_fail_nth(F.tf.aio, FSYNC_MASK, 0, -EIO);
+    cr_assert_eq(qed_write(F.img, CS, a, sizeof(a), QED_REQ_FUA, tf_done_cb, &d[1]), 0);
+    tf_wait(&F.tf, &d[1], 1);
     cr_assert_eq(d[1].ret, -EIO, "the FUA write whose flush failed");
     cr_assert_eq(qed_sync_flush(F.img), -EIO, "A's flush after B's failed FUA write");
     expect_latched("FUA write");
@@ -283,24 +236,24 @@ Test(latch, failed_fua_write_fails_a_later_flush)
 Test(latch, failed_group_commit_flush_fails_later_flushes)
 {
     uint8_t b[512];
-    struct req_done d[4] = {{0}};
+    struct tf_done d[4] = {{0}};
 
     make_image(true, 600000);
     memset(b, 0x77, sizeof(b));
     cr_assert_eq(do_write(2 * MiB - CS, b, sizeof(b), 0), 0); /* the table exists */
     unsigned before = F.fsyncs;
-    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.tf.aio, FSYNC_MASK, 0, -EIO);
     for (int i = 0; i < 4; i++)
-        cr_assert_eq(qed_write(F.img, (10 + 2 * (uint64_t)i) * CS, b, sizeof(b), 0, done_cb,
+        cr_assert_eq(qed_write(F.img, (10 + 2 * (uint64_t)i) * CS, b, sizeof(b), 0, tf_done_cb,
                                &d[i]), 0);
-    run_until(d, 4);
+    tf_wait(&F.tf, d, 4);
     cr_assert_eq(F.fsyncs - before, 1, "one flush for the batch");
     for (int i = 0; i < 4; i++)
         cr_assert_eq(d[i].ret, -EIO, "member %d of the failed batch", i);
     /* An allocation needs that flush: it fails now, and the next batch too. */
-    d[0] = (struct req_done){0};
-    cr_assert_eq(qed_write(F.img, 40 * CS, b, sizeof(b), 0, done_cb, &d[0]), 0);
-    run_until(d, 1);
+    d[0] = (struct tf_done){0};
+    cr_assert_eq(qed_write(F.img, 40 * CS, b, sizeof(b), 0, tf_done_cb, &d[0]), 0);
+    tf_wait(&F.tf, d, 1);
     cr_assert_eq(d[0].ret, -EIO, "an overlay allocation after the failed flush");
     expect_latched("group commit flush");
 }
@@ -317,11 +270,11 @@ Test(latch, failed_clean_timer_flush_keeps_need_check)
     cr_assert(disk_features() & QED_F_NEED_CHECK);
     /* The timer cannot fire before the loop runs again: the next flush is
      * the clean's. */
-    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.tf.aio, FSYNC_MASK, 0, -EIO);
     /* The clean runs 1 ms after the last allocation: wait for its flush. */
     for (unsigned long t = 0; F.failed_fsyncs == 0 || F.img->clean_queued; t++) {
         cr_assert(t < MAX_TURNS, "the clean timer never flushed");
-        ev_run(F.ef.loop, EVRUN_ONCE);
+        ev_run(F.tf.loop, EVRUN_ONCE);
     }
     cr_assert_neq(qed_flush_error(F.img), 0, "the clean's failed flush is latched");
     cr_assert(disk_features() & QED_F_NEED_CHECK, "NEED_CHECK cleared after a failed flush");
@@ -340,7 +293,7 @@ Test(latch, failed_need_check_flush_allows_no_allocation)
 
     make_image(false, 600000);
     fill(b, sizeof(b), 5);
-    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.tf.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), -EIO);
     before = F.fsyncs;
     cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), -EIO,
@@ -357,7 +310,7 @@ Test(latch, failed_close_flush_keeps_need_check)
     make_image(false, 600000);
     fill(b, sizeof(b), 6);
     cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), 0);
-    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.tf.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(qed_close(F.img), -EIO);
     F.img = NULL;
     cr_assert(disk_features() & QED_F_NEED_CHECK);
@@ -376,7 +329,7 @@ Test(latch, overlay_gets_need_check_at_close)
 {
     make_image(true, 600000);
     cr_assert_eq(disk_features() & QED_F_NEED_CHECK, 0);
-    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.tf.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(qed_sync_flush(F.img), -EIO);
     expect_latched("overlay flush");
 }
@@ -384,15 +337,15 @@ Test(latch, overlay_gets_need_check_at_close)
 /* Complete the held I/Os newest first, as a thread pool or io_uring may. */
 static void complete_newest_first(void)
 {
-    for (unsigned long t = 0; qed_aio_test_pending(F.ef.aio) > 0 || t == 0; t++) {
+    for (unsigned long t = 0; qed_aio_test_pending(F.tf.aio) > 0 || t == 0; t++) {
         cr_assert(t < MAX_TURNS, "I/O never drained");
-        ev_run(F.ef.loop, EVRUN_NOWAIT);
-        if (qed_aio_test_pending(F.ef.aio) > 0) {
-            cr_assert_leq(qed_aio_test_pending(F.ef.aio), 1, "two fdatasyncs in flight at once");
-            qed_aio_test_complete(F.ef.aio, qed_aio_test_pending(F.ef.aio) - 1, 0);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
+        if (qed_aio_test_pending(F.tf.aio) > 0) {
+            cr_assert_leq(qed_aio_test_pending(F.tf.aio), 1, "two fdatasyncs in flight at once");
+            qed_aio_test_complete(F.tf.aio, qed_aio_test_pending(F.tf.aio) - 1, 0);
         }
     }
-    ev_run(F.ef.loop, EVRUN_NOWAIT);
+    ev_run(F.tf.loop, EVRUN_NOWAIT);
 }
 
 /*
@@ -403,34 +356,34 @@ static void complete_newest_first(void)
  */
 Test(latch, concurrent_flushes_never_miss_the_failure)
 {
-    struct req_done d[2] = {{0}};
+    struct tf_done d[2] = {{0}};
 
     make_image(false, 600000);
-    qed_aio_test_set_auto(F.ef.aio, false);
-    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
-    cr_assert_eq(qed_flush(F.img, done_cb, &d[0]), 0);
-    cr_assert_eq(qed_flush(F.img, done_cb, &d[1]), 0);
+    qed_aio_test_set_auto(F.tf.aio, false);
+    qed_aio_test_fail_nth(F.tf.aio, FSYNC_MASK, 0, -EIO);
+    cr_assert_eq(qed_flush(F.img, tf_done_cb, &d[0]), 0);
+    cr_assert_eq(qed_flush(F.img, tf_done_cb, &d[1]), 0);
     complete_newest_first();
     cr_assert_eq(d[0].calls + d[1].calls, 2);
     cr_assert_eq(d[0].ret, -EIO, "the flush whose fdatasync failed");
     cr_assert_eq(d[1].ret, -EIO, "the flush that ran beside it");
-    qed_aio_test_set_auto(F.ef.aio, true);
+    qed_aio_test_set_auto(F.tf.aio, true);
     expect_latched("concurrent flushes");
 }
 
 /* Flushes that come while one is in flight share the next fdatasync. */
 Test(latch, waiting_flushes_share_one_fdatasync)
 {
-    struct req_done d[5] = {{0}};
+    struct tf_done d[5] = {{0}};
     unsigned before;
 
     make_image(false, 600000);
-    qed_aio_test_set_auto(F.ef.aio, false);
+    qed_aio_test_set_auto(F.tf.aio, false);
     before = F.fsyncs;
-    cr_assert_eq(qed_flush(F.img, done_cb, &d[0]), 0);
-    ev_run(F.ef.loop, EVRUN_NOWAIT);
+    cr_assert_eq(qed_flush(F.img, tf_done_cb, &d[0]), 0);
+    ev_run(F.tf.loop, EVRUN_NOWAIT);
     for (int i = 1; i < 5; i++)
-        cr_assert_eq(qed_flush(F.img, done_cb, &d[i]), 0);
+        cr_assert_eq(qed_flush(F.img, tf_done_cb, &d[i]), 0);
     complete_newest_first();
     for (int i = 0; i < 5; i++) {
         cr_assert_eq(d[i].calls, 1);
@@ -439,7 +392,7 @@ Test(latch, waiting_flushes_share_one_fdatasync)
     cr_assert_eq(F.fsyncs - before, 2, "5 flushes, %u fdatasyncs", F.fsyncs - before);
     cr_assert_eq(F.img->fsyncs, 2);
     cr_assert_eq(F.img->fsync_riders_total, 3);
-    qed_aio_test_set_auto(F.ef.aio, true);
+    qed_aio_test_set_auto(F.tf.aio, true);
 }
 
 /*
@@ -456,7 +409,7 @@ Test(latch, resize_after_failed_need_check_flush_keeps_need_check)
 
     make_image(false, 600000);
     fill(b, sizeof(b), 8);
-    qed_aio_test_fail_nth(F.ef.aio, FSYNC_MASK, 0, -EIO);
+    qed_aio_test_fail_nth(F.tf.aio, FSYNC_MASK, 0, -EIO);
     cr_assert_eq(do_write(5 * CS, b, sizeof(b), 0), -EIO);
     cr_assert(disk_features() & QED_F_NEED_CHECK, "the header write itself succeeded");
     cr_assert_eq(qed_sync_resize(F.img, 2 * IMG_SIZE), -EIO, "a resize after the latch");

@@ -15,7 +15,7 @@
 
 #include <criterion/criterion.h>
 
-#include "qed-image.h"
+#include "qed-format.h"
 
 #define KiB 1024ull
 #define MiB (1024ull * 1024)

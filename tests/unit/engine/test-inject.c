@@ -30,7 +30,6 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
@@ -43,12 +42,12 @@
 #include <criterion/logging.h>
 #include <ev.h>
 
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 
 #define KiB 1024ull
 #define MiB (1024ull * 1024)
-#define MAX_TURNS 2000000
 #define MAX_REQ 4
 #define MAX_IOS 256
 #define ALL_OPS ((1u << QED_IO_READ) | (1u << QED_IO_WRITE) | (1u << QED_IO_FSYNC) | (1u << QED_IO_PUNCH))
@@ -56,38 +55,12 @@
 /* ---- fixture ---- */
 
 struct fixture {
-    struct ev_loop *loop;
-    qed_aio *aio;
-    char dir[64];
+    struct test_fixture tf;
     unsigned errors_logged;
     char last_error[512];
 };
 
 static struct fixture F;
-static bool in_submit;
-
-struct req_done {
-    int ret;
-    int calls;
-};
-
-static void done_cb(void *opaque, int ret)
-{
-    struct req_done *d = opaque;
-
-    cr_assert(!in_submit, "completion callback ran inside the submitting call");
-    cr_assert_eq(d->calls, 0, "completion callback ran twice");
-    d->calls++;
-    d->ret = ret;
-}
-
-#define SUBMIT(expr)                                                                               \
-    ({                                                                                             \
-        in_submit = true;                                                                          \
-        int rc_ = (expr);                                                                          \
-        in_submit = false;                                                                         \
-        rc_;                                                                                       \
-    })
 
 static void log_sink(enum qed_log_level level, const char *msg, void *opaque)
 {
@@ -100,145 +73,42 @@ static void log_sink(enum qed_log_level level, const char *msg, void *opaque)
 
 static void setup(void)
 {
-    int r;
-
     memset(&F, 0, sizeof(F));
-    F.loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(F.loop);
-    r = qed_aio_new(F.loop, QED_AIO_TEST, &F.aio);
-    cr_assert_eq(r, 0, "qed_aio_new: %s", strerror(-r));
-    qed_aio_test_set_auto(F.aio, true);
-    snprintf(F.dir, sizeof(F.dir), "/tmp/qed-test-inject-XXXXXX");
-    cr_assert_not_null(mkdtemp(F.dir));
+    tf_setup(&F.tf, "inject", QED_AIO_TEST);
     qed_set_log(log_sink, NULL, QED_LOG_WARN);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
 }
 
 static void teardown(void)
 {
-    if (F.dir[0])
-        nftw(F.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    if (F.aio)
-        qed_aio_free(F.aio);
-    if (F.loop)
-        ev_loop_destroy(F.loop);
+    tf_teardown(&F.tf);
 }
 
 TestSuite(inject, .init = setup, .fini = teardown, .timeout = 120);
 
 /* ---- helpers ---- */
 
-static bool all_done(const struct req_done *d, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (!d[i].calls)
-            return false;
-    return true;
-}
-
-static void wait_all(struct req_done *d, int n)
-{
-    for (unsigned t = 0; !all_done(d, n); t++) {
-        cr_assert(t < MAX_TURNS, "requests never completed");
-        ev_run(F.loop, EVRUN_ONCE);
-    }
-    ev_run(F.loop, EVRUN_NOWAIT);
-    cr_assert_eq(qed_aio_test_pending(F.aio), 0, "I/O left in flight");
-}
-
-static int wait1(int rc, struct req_done *d)
-{
-    if (rc < 0)
-        return rc;
-    wait_all(d, 1);
-    return d->ret;
-}
-
 static int do_read(qed_image *img, uint64_t off, void *buf, size_t len)
 {
-    struct req_done d = {0};
-    return wait1(SUBMIT(qed_read(img, off, buf, len, done_cb, &d)), &d);
+    struct tf_done d = {0};
+    return tf_result(&F.tf, TF_SUBMIT(qed_read(img, off, buf, len, tf_done_cb, &d)), &d);
 }
 
 static int do_write(qed_image *img, uint64_t off, const void *buf, size_t len, unsigned flags)
 {
-    struct req_done d = {0};
-    return wait1(SUBMIT(qed_write(img, off, buf, len, flags, done_cb, &d)), &d);
+    struct tf_done d = {0};
+    return tf_result(&F.tf, TF_SUBMIT(qed_write(img, off, buf, len, flags, tf_done_cb, &d)), &d);
 }
 
 static int do_wzero(qed_image *img, uint64_t off, uint64_t len, unsigned flags)
 {
-    struct req_done d = {0};
-    return wait1(SUBMIT(qed_write_zeroes(img, off, len, flags, done_cb, &d)), &d);
+    struct tf_done d = {0};
+    return tf_result(&F.tf, TF_SUBMIT(qed_write_zeroes(img, off, len, flags, tf_done_cb, &d)), &d);
 }
 
 static int do_flush(qed_image *img)
 {
-    struct req_done d = {0};
-    return wait1(SUBMIT(qed_flush(img, done_cb, &d)), &d);
-}
-
-static const char *path_of(const char *name)
-{
-    static char buf[4][PATH_MAX];
-    static int next;
-    char *p = buf[next++ % 4];
-    snprintf(p, PATH_MAX, "%s/%s", F.dir, name);
-    return p;
-}
-
-static void fill(uint8_t *p, size_t n, uint32_t seed)
-{
-    uint32_t x = seed * 2654435761u + 0x9e3779b9u;
-    if (!x)
-        x = 1;
-    for (size_t i = 0; i < n; i++) {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        p[i] = (uint8_t)(x >> 24);
-    }
-}
-
-static void create_img(const char *name, uint64_t size, uint32_t cs, uint32_t ts,
-                       const char *backing, enum qed_backing_fmt fmt)
-{
-    struct qed_create_opts o = {.size = size, .cluster_size = cs, .table_size = ts,
-                                .backing_file = backing ? path_of(backing) : NULL,
-                                .backing_fmt = fmt};
-    char err[512] = "";
-    int r = qed_create(path_of(name), &o, err, sizeof(err));
-    cr_assert_eq(r, 0, "qed_create %s: %s", name, err);
-}
-
-static qed_image *open_img(const char *name)
-{
-    char err[512] = "";
-    qed_image *img = NULL;
-    int r = qed_open(F.aio, path_of(name), NULL, &img, err, sizeof(err));
-    cr_assert_eq(r, 0, "qed_open %s: %s", name, err);
-    return img;
-}
-
-static struct qed_check_result disk_check(const char *name)
-{
-    struct qed_open_opts o = {.read_only = true, .no_lock = true};
-    struct qed_check_result res;
-    char err[512] = "";
-    qed_image *img = NULL;
-    int r = qed_open(NULL, path_of(name), &o, &img, err, sizeof(err));
-    cr_assert_eq(r, 0, "check open %s: %s", name, err);
-    r = qed_check(img, false, &res);
-    cr_assert_eq(r, 0, "qed_check %s: %s", name, strerror(-r));
-    qed_close(img);
-    return res;
+    struct tf_done d = {0};
+    return tf_result(&F.tf, TF_SUBMIT(qed_flush(img, tf_done_cb, &d)), &d);
 }
 
 /* ---- I/O recording and classification ---- */
@@ -330,7 +200,7 @@ struct ctx {
     uint8_t *wbuf[MAX_REQ];
     uint64_t roff[MAX_REQ], rlen[MAX_REQ]; /* ranges the requests change */
     uint64_t rdlen[MAX_REQ];                /* reads: their length */
-    struct req_done d[MAX_REQ];
+    struct tf_done d[MAX_REQ];
     int nreq;
     struct qed_extent ext[64];
     size_t next;
@@ -351,7 +221,7 @@ struct workload {
 static void pre_write(struct ctx *c, uint64_t off, uint64_t len, uint32_t seed)
 {
     uint8_t *b = malloc(len);
-    fill(b, len, seed);
+    tf_fill(b, len, seed);
     cr_assert_eq(do_write(c->img, off, b, len, 0), 0);
     memcpy(c->oldc + off, b, len);
     free(b);
@@ -368,11 +238,12 @@ static void sub_write(struct ctx *c, uint64_t off, uint64_t len, unsigned flags,
 {
     int i = c->nreq++;
     c->wbuf[i] = malloc(len);
-    fill(c->wbuf[i], len, seed);
+    tf_fill(c->wbuf[i], len, seed);
     memcpy(c->newc + off, c->wbuf[i], len);
     c->roff[i] = off;
     c->rlen[i] = len;
-    cr_assert_eq(SUBMIT(qed_write(c->img, off, c->wbuf[i], len, flags, done_cb, &c->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write(c->img, off, c->wbuf[i], len, flags, tf_done_cb, &c->d[i])),
+                 0);
 }
 
 static void sub_wzero(struct ctx *c, uint64_t off, uint64_t len, unsigned flags)
@@ -381,14 +252,14 @@ static void sub_wzero(struct ctx *c, uint64_t off, uint64_t len, unsigned flags)
     memset(c->newc + off, 0, len);
     c->roff[i] = off;
     c->rlen[i] = len;
-    cr_assert_eq(SUBMIT(qed_write_zeroes(c->img, off, len, flags, done_cb, &c->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write_zeroes(c->img, off, len, flags, tf_done_cb, &c->d[i])), 0);
 }
 
 static void sub_read(struct ctx *c, uint64_t off, uint64_t len)
 {
     int i = c->nreq++;
     c->wbuf[i] = malloc(len);
-    cr_assert_eq(SUBMIT(qed_read(c->img, off, c->wbuf[i], len, done_cb, &c->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_read(c->img, off, c->wbuf[i], len, tf_done_cb, &c->d[i])), 0);
     /* checked after completion in check_reads */
     c->roff[i] = off;
     c->rlen[i] = 0;
@@ -486,26 +357,27 @@ static void sub_discard(struct ctx *c)
     memset(c->newc + 2 * c->w->cs, 0, 4 * c->w->cs);
     c->roff[i] = 2 * c->w->cs;
     c->rlen[i] = 4 * c->w->cs;
-    cr_assert_eq(SUBMIT(qed_discard(c->img, c->roff[i], c->rlen[i], 0, done_cb, &c->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_discard(c->img, c->roff[i], c->rlen[i], 0, tf_done_cb, &c->d[i])),
+                 0);
 }
 
 static void sub_flush(struct ctx *c)
 {
     int i = c->nreq++;
-    cr_assert_eq(SUBMIT(qed_flush(c->img, done_cb, &c->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_flush(c->img, tf_done_cb, &c->d[i])), 0);
 }
 
 static void sub_resize(struct ctx *c)
 {
     int i = c->nreq++;
     c->new_size = c->w->size + MiB;
-    cr_assert_eq(SUBMIT(qed_resize(c->img, c->new_size, done_cb, &c->d[i])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_resize(c->img, c->new_size, tf_done_cb, &c->d[i])), 0);
 }
 
 static void sub_bstatus(struct ctx *c)
 {
     int i = c->nreq++;
-    cr_assert_eq(SUBMIT(qed_block_status(c->img, 0, c->size, c->ext, 64, &c->next, done_cb,
+    cr_assert_eq(TF_SUBMIT(qed_block_status(c->img, 0, c->size, c->ext, 64, &c->next, tf_done_cb,
                                          &c->d[i])),
                  0);
 }
@@ -585,31 +457,31 @@ static void ctx_setup(struct ctx *c, const struct workload *w)
     c->size = w->size;
     c->oldc = calloc(1, w->size);
     cr_assert_not_null(c->oldc);
-    unlink(path_of("a.qed"));
-    unlink(path_of("b.raw"));
-    unlink(path_of("b.qed"));
+    unlink(tf_path(&F.tf, "a.qed"));
+    unlink(tf_path(&F.tf, "b.raw"));
+    unlink(tf_path(&F.tf, "b.qed"));
     if (w->backing == 1) {
-        int fd = open(path_of("b.raw"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fd = open(tf_path(&F.tf, "b.raw"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         cr_assert(fd >= 0);
-        fill(c->oldc, w->size, 621);
+        tf_fill(c->oldc, w->size, 621);
         cr_assert_eq(pwrite(fd, c->oldc, w->size, 0), (ssize_t)w->size);
         close(fd);
-        create_img("a.qed", w->size, w->cs, w->ts, "b.raw", QED_BACKING_RAW);
+        tf_create(&F.tf, "a.qed", w->size, w->cs, w->ts, "b.raw", QED_BACKING_RAW);
     } else if (w->backing == 2) {
-        create_img("b.qed", w->size, w->cs, w->ts, NULL, 0);
-        c->img = open_img("b.qed");
+        tf_create(&F.tf, "b.qed", w->size, w->cs, w->ts, NULL, 0);
+        c->img = tf_open(&F.tf, "b.qed", NULL);
         pre_write(c, 0, 12 * w->cs, 622);
         pre_wzero(c, 5 * w->cs, w->cs);
         cr_assert_eq(qed_close(c->img), 0);
-        create_img("a.qed", w->size, w->cs, w->ts, "b.qed", QED_BACKING_QED);
+        tf_create(&F.tf, "a.qed", w->size, w->cs, w->ts, "b.qed", QED_BACKING_QED);
     } else {
-        create_img("a.qed", w->size, w->cs, w->ts, NULL, 0);
+        tf_create(&F.tf, "a.qed", w->size, w->cs, w->ts, NULL, 0);
     }
-    c->img = open_img("a.qed");
+    c->img = tf_open(&F.tf, "a.qed", NULL);
     w->prepare(c);
     if (w->cold) {
         cr_assert_eq(qed_close(c->img), 0);
-        c->img = open_img("a.qed");
+        c->img = tf_open(&F.tf, "a.qed", NULL);
     }
     c->newc = malloc(w->size);
     memcpy(c->newc, c->oldc, w->size);
@@ -670,7 +542,7 @@ static void submit_and_wait(struct ctx *c)
     }
     memcpy(c->newc, c->oldc, c->size);
     c->w->submit(c);
-    wait_all(c->d, c->nreq);
+    tf_wait_idle(&F.tf, c->d, c->nreq);
 }
 
 /*
@@ -684,9 +556,9 @@ static unsigned dry_run(const struct workload *w, char names[][80])
     unsigned seen = 0, n;
 
     ctx_setup(&c, w);
-    qed_aio_test_set_observer(F.aio, rec_observer, R);
+    qed_aio_test_set_observer(F.tf.aio, rec_observer, R);
     submit_and_wait(&c);
-    qed_aio_test_set_observer(F.aio, NULL, NULL);
+    qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
     for (int i = 0; i < c.nreq; i++)
         cr_assert_eq(c.d[i].ret, 0, "%s: request %d fails without injection: %s", w->name, i,
                      strerror(-c.d[i].ret));
@@ -715,7 +587,7 @@ static unsigned dry_run(const struct workload *w, char names[][80])
 static uint64_t disk_features(const char *name)
 {
     uint8_t h[64];
-    int fd = open(path_of(name), O_RDONLY);
+    int fd = open(tf_path(&F.tf, name), O_RDONLY);
     uint64_t f;
 
     cr_assert(fd >= 0);
@@ -745,10 +617,10 @@ static void check_latched(struct ctx *c, const char *what)
     cr_assert_eq(qed_close(c->img), -EIO, "%s: close of a failed image did not fail", what);
     cr_assert(disk_features("a.qed") & QED_F_NEED_CHECK,
               "%s: NEED_CHECK is not set on disk after closing a failed image", what);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     cr_assert(res.corruptions == 0 && res.check_errors == 0,
               "%s: on-disk check after close: %" PRIu64 " corruptions", what, res.corruptions);
-    c->img = open_img("a.qed");
+    c->img = tf_open(&F.tf, "a.qed", NULL);
     cr_assert_eq(qed_flush_error(c->img), 0, "%s: a new open starts without the latch", what);
     check_old_or_new(c, c->img, what);
 }
@@ -772,11 +644,11 @@ static void fail_run(const struct workload *w, unsigned k, const char *stepname,
              reopen ? "reopened" : "same open image");
     ctx_setup(&c, w);
     F.errors_logged = 0;
-    qed_aio_test_set_observer(F.aio, rec_observer, R);
-    qed_aio_test_fail_nth(F.aio, ALL_OPS, k, -EIO);
+    qed_aio_test_set_observer(F.tf.aio, rec_observer, R);
+    qed_aio_test_fail_nth(F.tf.aio, ALL_OPS, k, -EIO);
     submit_and_wait(&c);
-    qed_aio_test_fail_nth(F.aio, 0, 0, 0);
-    qed_aio_test_set_observer(F.aio, NULL, NULL);
+    qed_aio_test_fail_nth(F.tf.aio, 0, 0, 0);
+    qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
     cr_assert(R->failed_seen, "%s: the injected failure never fired", what);
 
     /* The request gets the error, and the cause is logged. */
@@ -805,11 +677,11 @@ static void fail_run(const struct workload *w, unsigned k, const char *stepname,
         check_latched(&c, what);
     } else if (reopen) {
         cr_assert_eq(qed_close(c.img), 0, "%s: close failed", what);
-        res = disk_check("a.qed");
+        res = tf_disk_check(&F.tf, "a.qed");
         cr_assert(res.corruptions == 0 && res.check_errors == 0,
                   "%s: on-disk check after close: %" PRIu64 " corruptions", what,
                   res.corruptions);
-        c.img = open_img("a.qed");
+        c.img = tf_open(&F.tf, "a.qed", NULL);
         check_old_or_new(&c, c.img, what);
     }
 
@@ -827,12 +699,12 @@ static void fail_run(const struct workload *w, unsigned k, const char *stepname,
     {
         uint8_t b[4096];
         uint64_t off = c.size - 2 * c.w->cs + 100;
-        fill(b, sizeof(b), 631);
+        tf_fill(b, sizeof(b), 631);
         cr_assert_eq(do_write(c.img, off, b, sizeof(b), 0), 0, "%s: a later write failed", what);
         memcpy(c.newc + off, b, sizeof(b));
         /* and an allocation next to the failed request's range */
         off = 12 * c.w->cs + 300;
-        fill(b, sizeof(b), 632);
+        tf_fill(b, sizeof(b), 632);
         cr_assert_eq(do_write(c.img, off, b, sizeof(b), 0), 0, "%s: a later write failed", what);
         memcpy(c.newc + off, b, sizeof(b));
         cr_assert_eq(do_flush(c.img), 0, "%s: a later flush failed", what);
@@ -843,11 +715,11 @@ static void fail_run(const struct workload *w, unsigned k, const char *stepname,
     cr_assert(res.corruptions == 0 && res.check_errors == 0, "%s: live check after the retry: %"
               PRIu64 " corruptions", what, res.corruptions);
     cr_assert_eq(qed_close(c.img), 0);
-    res = disk_check("a.qed");
+    res = tf_disk_check(&F.tf, "a.qed");
     cr_assert(res.corruptions == 0 && res.check_errors == 0, "%s: final check: %" PRIu64
               " corruptions", what, res.corruptions);
     /* What the image says on disk is what was read while it was open. */
-    c.img = open_img("a.qed");
+    c.img = tf_open(&F.tf, "a.qed", NULL);
     check_exact(&c, c.img, what);
     cr_assert_eq(qed_close(c.img), 0);
     ctx_free(&c);
@@ -899,20 +771,21 @@ WORKLOAD_TEST(22, side_by_side_alloc_writes_raw_backing)
 Test(inject, failed_table_load_fails_all_waiters)
 {
     uint8_t buf[4 * 4096], got[4][4096];
-    struct req_done d[4] = {{0}};
+    struct tf_done d[4] = {{0}};
     qed_image *img;
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
-    img = open_img("a.qed");
-    fill(buf, sizeof(buf), 641);
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
+    img = tf_open(&F.tf, "a.qed", NULL);
+    tf_fill(buf, sizeof(buf), 641);
     cr_assert_eq(do_write(img, 0, buf, sizeof(buf), 0), 0);
     cr_assert_eq(qed_close(img), 0);
-    img = open_img("a.qed");
+    img = tf_open(&F.tf, "a.qed", NULL);
     F.errors_logged = 0;
-    qed_aio_test_fail_nth(F.aio, 1u << QED_IO_READ, 0, -EIO);
+    qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_READ, 0, -EIO);
     for (int i = 0; i < 4; i++)
-        cr_assert_eq(SUBMIT(qed_read(img, (uint64_t)i * 4096, got[i], 4096, done_cb, &d[i])), 0);
-    wait_all(d, 4);
+        cr_assert_eq(TF_SUBMIT(qed_read(img, (uint64_t)i * 4096, got[i], 4096, tf_done_cb, &d[i])),
+                     0);
+    tf_wait_idle(&F.tf, d, 4);
     for (int i = 0; i < 4; i++)
         cr_assert_eq(d[i].ret, -EIO, "waiter %d got %d", i, d[i].ret);
     cr_assert_geq(F.errors_logged, 1);
@@ -924,7 +797,7 @@ Test(inject, failed_table_load_fails_all_waiters)
     /* and a write into the table works */
     cr_assert_eq(do_write(img, 4 * 4096, buf, 4096, 0), 0);
     cr_assert_eq(qed_close(img), 0);
-    struct qed_check_result res = disk_check("a.qed");
+    struct qed_check_result res = tf_disk_check(&F.tf, "a.qed");
     cr_assert(res.corruptions == 0 && res.leaks == 0);
 }
 
@@ -941,61 +814,61 @@ Test(inject, failed_table_load_fails_all_waiters)
 static void racing_inplace_write(bool new_table)
 {
     uint8_t a[4096], b[512], got[4096];
-    struct req_done d1 = {0}, d2 = {0};
+    struct tf_done d1 = {0}, d2 = {0};
     qed_image *img;
     const char *step = new_table ? "L1 update" : "L2 update";
 
-    create_img("a.qed", MiB, 4096, 1, NULL, 0);
-    img = open_img("a.qed");
+    tf_create(&F.tf, "a.qed", MiB, 4096, 1, NULL, 0);
+    img = tf_open(&F.tf, "a.qed", NULL);
     if (!new_table) {
         /* the table exists and is cached; NEED_CHECK is already set */
-        fill(a, sizeof(a), 651);
+        tf_fill(a, sizeof(a), 651);
         cr_assert_eq(do_write(img, 40 * 4096, a, sizeof(a), 0), 0);
     }
-    qed_aio_test_set_auto(F.aio, false);
-    fill(a, sizeof(a), 652);
-    fill(b, sizeof(b), 653);
-    cr_assert_eq(SUBMIT(qed_write(img, 4096, a, sizeof(a), 0, done_cb, &d1)), 0);
+    qed_aio_test_set_auto(F.tf.aio, false);
+    tf_fill(a, sizeof(a), 652);
+    tf_fill(b, sizeof(b), 653);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, 4096, a, sizeof(a), 0, tf_done_cb, &d1)), 0);
     /* run W1 up to its last metadata write: complete I/Os until the one
      * pending is the L2 update (existing table) or the L1 update (new table) */
     for (unsigned t = 0;; t++) {
         cr_assert(t < 100 && !d1.calls, "W1 never reached its %s", step);
-        ev_run(F.loop, EVRUN_NOWAIT);
-        cr_assert_eq(qed_aio_test_pending(F.aio), 1);
-        struct qed_io *io = qed_aio_test_peek(F.aio, 0);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
+        cr_assert_eq(qed_aio_test_pending(F.tf.aio), 1);
+        struct qed_io *io = qed_aio_test_peek(F.tf.aio, 0);
         if (io->op == QED_IO_WRITE &&
             (new_table ? io->offset == img->h.l1_table_offset + 0
                        : io->offset >= le64toh(img->l1[0]) &&
                              io->offset < le64toh(img->l1[0]) + img->g.table_bytes))
             break;
-        cr_assert_eq(qed_aio_test_complete(F.aio, 0, 0), 0);
+        cr_assert_eq(qed_aio_test_complete(F.tf.aio, 0, 0), 0);
     }
     /* W2 over the cluster W1 is mapping.  If it sees the mapping, it writes
      * in place and may complete now; otherwise it waits for W1.  Complete
      * every I/O except W1's held metadata write. */
-    struct qed_io *held = qed_aio_test_peek(F.aio, 0);
-    cr_assert_eq(SUBMIT(qed_write(img, 4096, b, sizeof(b), 0, done_cb, &d2)), 0);
+    struct qed_io *held = qed_aio_test_peek(F.tf.aio, 0);
+    cr_assert_eq(TF_SUBMIT(qed_write(img, 4096, b, sizeof(b), 0, tf_done_cb, &d2)), 0);
     for (unsigned t = 0; t < 1000 && !d2.calls; t++) {
-        ev_run(F.loop, EVRUN_NOWAIT);
-        size_t n = qed_aio_test_pending(F.aio);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
+        size_t n = qed_aio_test_pending(F.tf.aio);
         for (size_t i = n; i-- > 0;)
-            if (qed_aio_test_peek(F.aio, i) != held) {
-                cr_assert_eq(qed_aio_test_complete(F.aio, i, 0), 0);
+            if (qed_aio_test_peek(F.tf.aio, i) != held) {
+                cr_assert_eq(qed_aio_test_complete(F.tf.aio, i, 0), 0);
                 break;
             }
     }
     /* now W1's metadata write fails; then everything runs to the end */
     bool found = false;
-    for (size_t i = 0; i < qed_aio_test_pending(F.aio); i++)
-        if (qed_aio_test_peek(F.aio, i) == held) {
-            cr_assert_eq(qed_aio_test_complete(F.aio, i, -EIO), 0);
+    for (size_t i = 0; i < qed_aio_test_pending(F.tf.aio); i++)
+        if (qed_aio_test_peek(F.tf.aio, i) == held) {
+            cr_assert_eq(qed_aio_test_complete(F.tf.aio, i, -EIO), 0);
             found = true;
             break;
         }
     cr_assert(found, "W1's %s is no longer held", step);
-    qed_aio_test_set_auto(F.aio, true);
+    qed_aio_test_set_auto(F.tf.aio, true);
     for (unsigned t = 0; t < 100000 && !(d1.calls && d2.calls); t++)
-        ev_run(F.loop, EVRUN_ONCE);
+        ev_run(F.tf.loop, EVRUN_ONCE);
     cr_assert(d1.calls && d2.calls, "the writes never completed");
     cr_assert_eq(d1.ret, -EIO);
     cr_assert(d2.ret == 0 || d2.ret == -EIO, "W2: %d", d2.ret);
@@ -1007,12 +880,12 @@ static void racing_inplace_write(bool new_table)
                   "was in flight) no longer reads back after that %s failed",
                   step, step);
         cr_assert_eq(qed_close(img), 0);
-        img = open_img("a.qed");
+        img = tf_open(&F.tf, "a.qed", NULL);
         cr_assert_eq(do_read(img, 4096, got, sizeof(got)), 0);
         cr_assert(memcmp(got, b, sizeof(b)) == 0, "W2's data is lost after reopening");
     }
     cr_assert_eq(qed_close(img), 0);
-    struct qed_check_result res = disk_check("a.qed");
+    struct qed_check_result res = tf_disk_check(&F.tf, "a.qed");
     cr_assert_eq(res.corruptions, 0);
 }
 

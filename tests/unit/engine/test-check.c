@@ -21,10 +21,8 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <stdarg.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +33,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
+#include "fixture.h"
 #include "qed-image.h"
 
 #define CS 4096u
@@ -44,68 +43,23 @@
 #define IMG_SIZE (16u * 1024 * 1024)
 #define NAME "t.qed"
 
-static char dir[64];
+static struct test_fixture T; /* loop, QED_AIO_AUTO engine, directory */
 static char path[128];
-static struct ev_loop *loop;
-static qed_aio *aio;
 static char err[1024];
 
 /* ---- fixture ---- */
 
-/*
- * Criterion ends a test that runs past its timeout with SIGPROF (SIGALRM is
- * our own backstop), and the .fini fixture does not run then.  Remove the temp directory first (fork and
- * exec are async-signal-safe), then die of the signal as Criterion expects.
- */
-static void timeout_cleanup(int sig)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl("/bin/rm", "rm", "-rf", dir, (char *)NULL);
-        _exit(127);
-    }
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static void cleanup_on_timeout(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = timeout_cleanup;
-    sigaction(SIGPROF, &sa, NULL);
-    /* A last-resort watchdog of our own, in case Criterion's never fires. */
-    sigaction(SIGALRM, &sa, NULL);
-    alarm(150);
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
 static void setup(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/qed-check-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    cleanup_on_timeout();
-    snprintf(path, sizeof(path), "%s/%s", dir, NAME);
-    loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(loop);
-    cr_assert_eq(qed_aio_new(loop, QED_AIO_AUTO, &aio), 0);
+    tf_setup(&T, "check", QED_AIO_AUTO);
+    tf_cleanup_on_timeout(T.dir, 150);
+    snprintf(path, sizeof(path), "%s/%s", T.dir, NAME);
 }
 
 static void teardown(void)
 {
     qed_set_log(NULL, NULL, QED_LOG_WARN);
-    qed_aio_free(aio);
-    ev_loop_destroy(loop);
-    nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+    tf_teardown(&T);
 }
 
 TestSuite(check, .init = setup, .fini = teardown, .timeout = 120);
@@ -205,7 +159,7 @@ static uint8_t pat(uint64_t pos, unsigned seed)
 static qed_image *open_rw(void)
 {
     qed_image *img;
-    int r = qed_open(aio, path, NULL, &img, err, sizeof(err));
+    int r = qed_open(T.aio, path, NULL, &img, err, sizeof(err));
     cr_assert_eq(r, 0, "open: %d %s", r, err);
     return img;
 }
@@ -215,7 +169,7 @@ static qed_image *open_rw_repair(void)
 {
     struct qed_open_opts o = {.repair_corrupt = true};
     qed_image *img;
-    int r = qed_open(aio, path, &o, &img, err, sizeof(err));
+    int r = qed_open(T.aio, path, &o, &img, err, sizeof(err));
     cr_assert_eq(r, 0, "open: %d %s", r, err);
     return img;
 }
@@ -254,7 +208,7 @@ static int read_cluster(uint64_t c, uint8_t *buf)
 {
     struct qed_open_opts o = {.read_only = true};
     qed_image *img;
-    cr_assert_eq(qed_open(aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
     int r = qed_sync_read(img, c * CS, buf, CS);
     cr_assert_eq(qed_close(img), 0);
     return r;
@@ -296,7 +250,7 @@ static struct qed_check_result check_ro(void)
 /*
  * Check and repair the way `qed-img check -r` does: look read-only first,
  * then open read-write asking for repair and run qed_check with repair.
- * That open already repairs invalid entries itself (lib/engine/image.c), so the
+ * That open already repairs invalid entries itself (lib/engine/image-open.c), so the
  * repair may happen there or in qed_check: the result counts the
  * corruptions seen before, and as fixed every one that is gone afterwards
  * (or that qed_check reports fixing).
@@ -538,7 +492,7 @@ Test(check, corrupt_l2_entry_fails_read_with_eio_table_cached)
     struct qed_open_opts o = {.read_only = true};
     qed_image *img;
     uint8_t b[CS];
-    cr_assert_eq(qed_open(aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
     cr_assert_eq(qed_sync_read(img, 0, b, CS), 0);
     for (unsigned i = 0; i < CS; i++)
         cr_assert_eq(b[i], pat(i, 1));
@@ -560,7 +514,7 @@ Test(check, read_spanning_good_and_corrupt_clusters_fails, .timeout = 15)
     struct qed_open_opts o = {.read_only = true};
     qed_image *img;
     uint8_t big[3 * CS];
-    cr_assert_eq(qed_open(aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
     cr_assert_eq(qed_sync_read(img, 0, big, sizeof(big)), -EIO);
     cr_assert_eq(qed_close(img), 0);
 }
@@ -734,7 +688,7 @@ static void expect_rw_refused(const char *count_words)
 
     cr_assert_eq(hdr().features & QED_F_NEED_CHECK, 0, "the image must be marked clean");
     err[0] = '\0';
-    int r = qed_open(aio, path, NULL, &img, err, sizeof(err));
+    int r = qed_open(T.aio, path, NULL, &img, err, sizeof(err));
     cr_assert_eq(r, -EUCLEAN, "read-write open of a clean corrupt image: %d (%s)", r, err);
     cr_assert_null(img);
     snprintf(cmd, sizeof(cmd), "qed-img check -r %s", path);
@@ -781,7 +735,7 @@ Test(check, ro_open_of_clean_corrupt_image_reads_eio_at_bad_entry)
     build3();
     corrupt_l2_1(fsize() + 2 * CS);
     uint64_t h0 = file_hash();
-    cr_assert_eq(qed_open(aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
     cr_assert_eq(qed_sync_read(img, 1 * CS, b, CS), -EIO, "read of the bad cluster");
     cr_assert_eq(qed_sync_read(img, 0, b, 3 * CS), -EIO, "read across the bad cluster");
     cr_assert_eq(qed_sync_block_status(img, CS, CS, ext, 8, &n), -EIO,
@@ -1210,7 +1164,7 @@ Test(check, read_of_disabled_entry_logs_the_value_on_disk)
     build3();
     bad = fsize() + 2 * CS;
     corrupt_l2_1(bad);
-    cr_assert_eq(qed_open(aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
+    cr_assert_eq(qed_open(T.aio, path, &o, &img, err, sizeof(err)), 0, "open: %s", err);
     logbuf[0] = '\0';
     qed_set_log(log_cb, NULL, QED_LOG_WARN);
     cr_assert_eq(qed_sync_read(img, 1 * CS, b, CS), -EIO);

@@ -5,7 +5,7 @@
  * that never write, NEED_CHECK repair on open, and the exclusive image lock.
  *
  * Every test works in its own temp directory (removed by the fixture) with
- * its own libev loop and an QED_AIO_AUTO engine.  Headers are read and
+ * its own libev loop and a QED_AIO_AUTO engine (fixture.h).  Headers are read and
  * written directly in the file to set up and to verify, independently of
  * the library's view.
  */
@@ -14,7 +14,6 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -29,6 +28,7 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
+#include "fixture.h"
 #include "qed-image.h"
 
 #define KiB 1024ull
@@ -36,66 +36,21 @@
 #define GiB (1024ull * MiB)
 #define TiB (1024ull * GiB)
 
-static char dir[64];
-static struct ev_loop *loop;
-static qed_aio *aio;
+static struct test_fixture T; /* loop, QED_AIO_AUTO engine, directory */
 static char err[1024];
 
 /* ---- fixture and helpers ---- */
 
-/*
- * Criterion ends a test that runs past its timeout with SIGPROF (SIGALRM is
- * our own backstop), and the .fini fixture does not run then.  Remove the temp directory first (fork and
- * exec are async-signal-safe), then die of the signal as Criterion expects.
- */
-static void timeout_cleanup(int sig)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        execl("/bin/rm", "rm", "-rf", dir, (char *)NULL);
-        _exit(127);
-    }
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static void cleanup_on_timeout(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = timeout_cleanup;
-    sigaction(SIGPROF, &sa, NULL);
-    /* A last-resort watchdog of our own, in case Criterion's never fires. */
-    sigaction(SIGALRM, &sa, NULL);
-    alarm(150);
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
 static void setup(void)
 {
-    snprintf(dir, sizeof(dir), "/tmp/qed-open-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-    cleanup_on_timeout();
-    loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(loop);
-    cr_assert_eq(qed_aio_new(loop, QED_AIO_AUTO, &aio), 0);
+    tf_setup(&T, "open", QED_AIO_AUTO);
+    tf_cleanup_on_timeout(T.dir, 150);
     memset(err, 0, sizeof(err));
 }
 
 static void teardown(void)
 {
-    qed_aio_free(aio);
-    ev_loop_destroy(loop);
-    nftw(dir, rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+    tf_teardown(&T);
 }
 
 TestSuite(open, .init = setup, .fini = teardown, .timeout = 120);
@@ -103,11 +58,7 @@ TestSuite(open, .init = setup, .fini = teardown, .timeout = 120);
 /* Path of @name inside the test directory (a few rotating buffers). */
 static const char *tp(const char *name)
 {
-    static char bufs[8][256];
-    static int next;
-    char *b = bufs[next++ % 8];
-    snprintf(b, 256, "%s/%s", dir, name);
-    return b;
+    return tf_path(&T, name);
 }
 
 static void create(const char *name, uint64_t size, uint32_t cs, uint32_t ts)
@@ -121,7 +72,7 @@ static qed_image *open_img(const char *name, bool ro)
 {
     struct qed_open_opts o = {.read_only = ro};
     qed_image *img = NULL;
-    int r = qed_open(aio, tp(name), &o, &img, err, sizeof(err));
+    int r = qed_open(T.aio, tp(name), &o, &img, err, sizeof(err));
     cr_assert_eq(r, 0, "qed_open %s: %d %s", name, r, err);
     return img;
 }
@@ -131,7 +82,7 @@ static int try_open(const char *name, bool ro, qed_image **img)
     struct qed_open_opts o = {.read_only = ro};
     memset(err, 0, sizeof(err));
     *img = NULL;
-    return qed_open(aio, tp(name), &o, img, err, sizeof(err));
+    return qed_open(T.aio, tp(name), &o, img, err, sizeof(err));
 }
 
 static struct qed_header read_hdr(const char *name)
@@ -213,7 +164,7 @@ static int sh(const char *fmt, ...)
     int n;
     va_list ap;
     va_start(ap, fmt);
-    n = snprintf(cmd, sizeof(cmd), "cd '%s' && ", dir);
+    n = snprintf(cmd, sizeof(cmd), "cd '%s' && ", T.dir);
     vsnprintf(cmd + n, sizeof(cmd) - (size_t)n, fmt, ap);
     va_end(ap);
     int st = system(cmd);
@@ -381,7 +332,7 @@ Test(open, create_size_near_uint64_max_refused)
 
 /*
  * Every too-large size names the maximum, including one so large that
- * rounding it up to 512 would overflow (lib/engine/image.c, qed_create).
+ * rounding it up to 512 would overflow (lib/engine/image-create.c, qed_create).
  */
 Test(open, create_size_near_uint64_max_names_maximum)
 {
@@ -1074,7 +1025,7 @@ Test(open, no_lock_read_only_open_allowed_while_written)
     create("a.qed", 8 * MiB, 0, 0);
     qed_image *a = open_img("a.qed", false), *b;
     struct qed_open_opts o = {.read_only = true, .no_lock = true};
-    int r = qed_open(aio, tp("a.qed"), &o, &b, err, sizeof(err));
+    int r = qed_open(T.aio, tp("a.qed"), &o, &b, err, sizeof(err));
     cr_assert_eq(r, 0, "%d %s", r, err);
     cr_assert_eq(qed_close(b), 0);
     cr_assert_eq(qed_close(a), 0);
@@ -1085,7 +1036,7 @@ Test(open, no_lock_read_write_refused)
     create("a.qed", 8 * MiB, 0, 0);
     struct qed_open_opts o = {.no_lock = true};
     qed_image *b;
-    cr_assert_eq(qed_open(aio, tp("a.qed"), &o, &b, err, sizeof(err)), -EINVAL);
+    cr_assert_eq(qed_open(T.aio, tp("a.qed"), &o, &b, err, sizeof(err)), -EINVAL);
 }
 
 Test(open, read_write_open_refused_in_another_process)
@@ -1180,10 +1131,10 @@ Test(open, backing_path_relative_to_image_directory)
                  err);
     char cwd[512];
     cr_assert_not_null(getcwd(cwd, sizeof(cwd)));
-    cr_assert_eq(chdir(dir), 0);
+    cr_assert_eq(chdir(T.dir), 0);
     struct qed_open_opts o = {.read_only = true};
     qed_image *img;
-    int r = qed_open(aio, "sub/ov.qed", &o, &img, err, sizeof(err));
+    int r = qed_open(T.aio, "sub/ov.qed", &o, &img, err, sizeof(err));
     cr_assert_eq(r, 0, "%d %s", r, err);
     struct qed_info info;
     qed_get_info(img, &info);

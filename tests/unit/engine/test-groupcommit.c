@@ -1,5 +1,5 @@
 /*
- * test-groupcommit.c - group commit of allocating writes (lib/engine/request.c).
+ * test-groupcommit.c - group commit of allocating writes (lib/engine/group-commit.c).
  *
  * Images with 4 KiB clusters and table size 1: one L2 table (4 KiB, 512
  * entries) maps 2 MiB.  A warm-up write creates the tables the test needs,
@@ -27,7 +27,6 @@
 
 #include <endian.h>
 #include <errno.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,23 +37,21 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 
+#include "fixture.h"
 #include "qed-io-test.h"
 #include "qed-image.h"
 
 #define KiB 1024ull
 #define MiB (1024ull * 1024)
+#define IMG_PATH tf_path(&F.tf, "a.qed")     /* the image */
+#define BACKING_PATH tf_path(&F.tf, "b.raw") /* its raw backing file, when it has one */
 #define CS (4 * KiB)
 #define REGION (2 * MiB) /* guest bytes one L2 table maps */
 #define IMG_SIZE (8 * MiB)
 #define NW 16
-#define MAX_TURNS 1000000
 
 struct fixture {
-    struct ev_loop *loop;
-    qed_aio *aio;
-    char dir[64];
-    char path[128];
-    char backing[128];
+    struct test_fixture tf;
     qed_image *img;
     /* observer counts */
     unsigned l2_writes, flushes, data_writes;
@@ -64,62 +61,17 @@ struct fixture {
 
 static struct fixture F;
 
-struct req_done {
-    int ret;
-    int calls;
-};
-
-static void done_cb(void *opaque, int ret)
-{
-    struct req_done *d = opaque;
-
-    cr_assert_eq(d->calls, 0, "completion callback ran twice");
-    d->calls++;
-    d->ret = ret;
-}
-
-static void quiet_log(enum qed_log_level level, const char *msg, void *opaque)
-{
-    (void)level;
-    (void)msg;
-    (void)opaque;
-}
-
 static void setup(void)
 {
     memset(&F, 0, sizeof(F));
-    F.loop = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(F.loop);
-    cr_assert_eq(qed_aio_new(F.loop, QED_AIO_TEST, &F.aio), 0);
-    qed_aio_test_set_auto(F.aio, true);
-    snprintf(F.dir, sizeof(F.dir), "/tmp/qed-test-gc-XXXXXX");
-    cr_assert_not_null(mkdtemp(F.dir));
-    snprintf(F.path, sizeof(F.path), "%s/a.qed", F.dir);
-    snprintf(F.backing, sizeof(F.backing), "%s/b.raw", F.dir);
-    qed_set_log(quiet_log, NULL, QED_LOG_ERROR);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    tf_setup(&F.tf, "gc", QED_AIO_TEST);
+    qed_set_log(tf_quiet_log, NULL, QED_LOG_ERROR);
 }
 
 static void teardown(void)
 {
-    if (F.img) {
-        /* A test that failed may leave I/O held: let close complete it. */
-        qed_aio_test_set_auto(F.aio, true);
-        qed_close(F.img);
-    }
-    if (F.dir[0])
-        nftw(F.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    if (F.aio)
-        qed_aio_free(F.aio);
-    if (F.loop)
-        ev_loop_destroy(F.loop);
+    tf_close_left_open(&F.tf, &F.img);
+    tf_teardown(&F.tf);
 }
 
 TestSuite(groupcommit, .init = setup, .fini = teardown, .timeout = 60);
@@ -171,29 +123,17 @@ static void reset_counts(void)
 
 static void make_image(bool backing)
 {
-    struct qed_create_opts co = {.size = IMG_SIZE, .cluster_size = CS, .table_size = 1};
     /* A long clean delay: NEED_CHECK stays set, so writes into existing
      * tables run side by side instead of waiting for an exclusive header
      * update. */
     struct qed_open_opts oo = {.clean_delay_ms = 600000};
     char err[256];
 
-    if (backing) {
-        uint8_t *b = malloc(IMG_SIZE);
-        FILE *f = fopen(F.backing, "wb");
-        cr_assert_not_null(b);
-        cr_assert_not_null(f);
-        for (uint64_t i = 0; i < IMG_SIZE; i++)
-            b[i] = (uint8_t)(0xb0 ^ (i >> 9));
-        cr_assert_eq(fwrite(b, 1, IMG_SIZE, f), IMG_SIZE);
-        fclose(f);
-        free(b);
-        co.backing_file = F.backing;
-        co.backing_fmt = QED_BACKING_RAW;
-    }
-    cr_assert_eq(qed_create(F.path, &co, err, sizeof(err)), 0, "create: %s", err);
-    cr_assert_eq(qed_open(F.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "open: %s", err);
-    qed_aio_test_set_observer(F.aio, observer, NULL);
+    if (backing)
+        tf_raw_pattern(BACKING_PATH, IMG_SIZE);
+    tf_create(&F.tf, "a.qed", IMG_SIZE, CS, 1, backing ? "b.raw" : NULL, QED_BACKING_RAW);
+    cr_assert_eq(qed_open(F.tf.aio, IMG_PATH, &oo, &F.img, err, sizeof(err)), 0, "open: %s", err);
+    qed_aio_test_set_observer(F.tf.aio, observer, NULL);
 }
 
 static void reopen(void)
@@ -201,15 +141,15 @@ static void reopen(void)
     struct qed_open_opts oo = {.clean_delay_ms = 600000};
     char err[256];
 
-    qed_aio_test_set_observer(F.aio, NULL, NULL);
-    qed_aio_test_set_auto(F.aio, true);
+    qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
+    qed_aio_test_set_auto(F.tf.aio, true);
     /* A failed flush is latched until the image is closed: close says so. */
     int want = qed_flush_error(F.img) ? -EIO : 0;
     int r = qed_close(F.img);
     F.img = NULL;
     cr_assert_eq(r, want, "close: %d, expected %d", r, want);
-    cr_assert_eq(qed_open(F.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "reopen: %s", err);
-    qed_aio_test_set_observer(F.aio, observer, NULL);
+    cr_assert_eq(qed_open(F.tf.aio, IMG_PATH, &oo, &F.img, err, sizeof(err)), 0, "reopen: %s", err);
+    qed_aio_test_set_observer(F.tf.aio, observer, NULL);
 }
 
 /* Fill @buf with the pattern of write @id. */
@@ -222,7 +162,7 @@ static void pattern(uint8_t *buf, size_t len, unsigned id)
 /* What the guest reads where nothing was written. */
 static uint8_t initial_byte(bool backing, uint64_t pos)
 {
-    return backing ? (uint8_t)(0xb0 ^ (pos >> 9)) : 0;
+    return backing ? tf_raw_byte(pos) : 0;
 }
 
 /* Create the L2 tables of regions @mask (bit i: region i) with one write at
@@ -237,24 +177,11 @@ static void warm_up(unsigned mask)
             cr_assert_eq(qed_sync_write(F.img, (i + 1) * REGION - CS, buf, sizeof(buf), 0), 0);
 }
 
-static void run_until(struct req_done *d, int n)
-{
-    for (unsigned long t = 0;; t++) {
-        bool all = true;
-        for (int i = 0; i < n; i++)
-            all = all && d[i].calls;
-        if (all)
-            return;
-        cr_assert(t < MAX_TURNS, "requests never completed");
-        ev_run(F.loop, EVRUN_ONCE);
-    }
-}
-
 struct wr {
     uint64_t off;
     size_t len;
     uint8_t *buf;
-    struct req_done d;
+    struct tf_done d;
 };
 
 static void submit_all(struct wr *w, int n)
@@ -264,7 +191,7 @@ static void submit_all(struct wr *w, int n)
         cr_assert_not_null(w[i].buf);
         pattern(w[i].buf, w[i].len, (unsigned)i);
         memset(&w[i].d, 0, sizeof(w[i].d));
-        cr_assert_eq(qed_write(F.img, w[i].off, w[i].buf, w[i].len, 0, done_cb, &w[i].d), 0);
+        cr_assert_eq(qed_write(F.img, w[i].off, w[i].buf, w[i].len, 0, tf_done_cb, &w[i].d), 0);
     }
 }
 
@@ -275,7 +202,7 @@ static void verify(struct wr *w, int n, bool backing, bool new)
     uint8_t *buf = malloc(2 * CS);
 
     cr_assert_not_null(buf);
-    qed_aio_test_set_auto(F.aio, true);
+    qed_aio_test_set_auto(F.tf.aio, true);
     for (int i = 0; i < n; i++) {
         uint64_t c0 = w[i].off & ~(CS - 1);
         uint64_t clen = ((w[i].off + w[i].len + CS - 1) & ~(CS - 1)) - c0;
@@ -332,7 +259,7 @@ Test(groupcommit, one_table_one_l2_write)
     plan_region(w, NW, 0, 3);
     submit_all(w, NW);
     for (int i = 0; i < NW; i++) {
-        run_until(&w[i].d, 1);
+        tf_wait(&F.tf, &w[i].d, 1);
         cr_assert_eq(w[i].d.ret, 0, "write %d: %s", i, strerror(-w[i].d.ret));
     }
     /* Sparse allocation: each write writes only its data, and the batch
@@ -377,7 +304,7 @@ Test(groupcommit, two_tables_and_a_new_table)
     }
     submit_all(w, n);
     for (int i = 0; i < n; i++) {
-        run_until(&w[i].d, 1);
+        tf_wait(&F.tf, &w[i].d, 1);
         cr_assert_eq(w[i].d.ret, 0, "write %d: %s", i, strerror(-w[i].d.ret));
     }
     /* 2*NW runs into existing tables; the new table is written whole (not
@@ -404,7 +331,7 @@ Test(groupcommit, backing_one_flush_per_batch)
     plan_region(w, NW, 0, 7);
     submit_all(w, NW);
     for (int i = 0; i < NW; i++) {
-        run_until(&w[i].d, 1);
+        tf_wait(&F.tf, &w[i].d, 1);
         cr_assert_eq(w[i].d.ret, 0, "write %d: %s", i, strerror(-w[i].d.ret));
     }
     cr_assert_eq(F.l2_writes, 1, "%u L2 writes", F.l2_writes);
@@ -419,8 +346,8 @@ Test(groupcommit, backing_one_flush_per_batch)
 /* Index of the held I/O that is an L2 entry write, or -1. */
 static long held_l2_write(void)
 {
-    for (size_t i = 0; i < qed_aio_test_pending(F.aio); i++)
-        if (is_l2_write(qed_aio_test_peek(F.aio, i)))
+    for (size_t i = 0; i < qed_aio_test_pending(F.tf.aio); i++)
+        if (is_l2_write(qed_aio_test_peek(F.tf.aio, i)))
             return (long)i;
     return -1;
 }
@@ -430,16 +357,16 @@ static void complete_non_l2(void)
 {
     for (int round = 0; round < 100; round++) {
         bool any = false;
-        ev_run(F.loop, EVRUN_NOWAIT);
-        for (size_t i = 0; i < qed_aio_test_pending(F.aio);) {
-            if (is_l2_write(qed_aio_test_peek(F.aio, i))) {
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
+        for (size_t i = 0; i < qed_aio_test_pending(F.tf.aio);) {
+            if (is_l2_write(qed_aio_test_peek(F.tf.aio, i))) {
                 i++;
                 continue;
             }
-            qed_aio_test_complete(F.aio, i, 0);
+            qed_aio_test_complete(F.tf.aio, i, 0);
             any = true;
         }
-        ev_run(F.loop, EVRUN_NOWAIT);
+        ev_run(F.tf.loop, EVRUN_NOWAIT);
         if (!any)
             return;
     }
@@ -453,7 +380,7 @@ Test(groupcommit, writes_queue_behind_batch_in_flight)
     make_image(true);
     warm_up(1);
     reset_counts();
-    qed_aio_test_set_auto(F.aio, false);
+    qed_aio_test_set_auto(F.tf.aio, false);
     plan_region(w, NW, 0, 11);
 
     /* The first write alone: its batch's L2 write is held. */
@@ -466,15 +393,15 @@ Test(groupcommit, writes_queue_behind_batch_in_flight)
     /* The others write their data meanwhile, and wait. */
     submit_all(w + 1, NW - 1);
     complete_non_l2();
-    cr_assert_eq(qed_aio_test_pending(F.aio), 1, "only the first L2 write is held");
+    cr_assert_eq(qed_aio_test_pending(F.tf.aio), 1, "only the first L2 write is held");
     for (int i = 0; i < NW; i++)
         cr_assert_eq(w[i].d.calls, 0, "write %d acknowledged before its batch", i);
     cr_assert_eq(F.l2_writes, 0);
 
     /* First batch done: the first write is acknowledged, the others start
      * their batch (one flush, then one L2 write), still unacknowledged. */
-    qed_aio_test_complete(F.aio, (size_t)k, 0);
-    ev_run(F.loop, EVRUN_NOWAIT);
+    qed_aio_test_complete(F.tf.aio, (size_t)k, 0);
+    ev_run(F.tf.loop, EVRUN_NOWAIT);
     cr_assert_eq(w[0].d.calls, 1);
     cr_assert_eq(w[0].d.ret, 0);
     unsigned flushes = F.flushes;
@@ -482,11 +409,11 @@ Test(groupcommit, writes_queue_behind_batch_in_flight)
     cr_assert_eq(F.flushes, flushes + 1, "one flush for the second batch");
     k = held_l2_write();
     cr_assert_geq(k, 0);
-    cr_assert_eq(qed_aio_test_pending(F.aio), 1, "one L2 write for %d writes", NW - 1);
+    cr_assert_eq(qed_aio_test_pending(F.tf.aio), 1, "one L2 write for %d writes", NW - 1);
     for (int i = 1; i < NW; i++)
         cr_assert_eq(w[i].d.calls, 0, "write %d acknowledged before its L2 write", i);
-    qed_aio_test_complete(F.aio, (size_t)k, 0);
-    ev_run(F.loop, EVRUN_NOWAIT);
+    qed_aio_test_complete(F.tf.aio, (size_t)k, 0);
+    ev_run(F.tf.loop, EVRUN_NOWAIT);
     for (int i = 0; i < NW; i++) {
         cr_assert_eq(w[i].d.calls, 1, "write %d", i);
         cr_assert_eq(w[i].d.ret, 0);
@@ -507,10 +434,10 @@ static void batch_failure(bool backing, unsigned op_mask, unsigned nth)
     warm_up(1);
     reset_counts();
     plan_region(w, NW, 0, 21);
-    qed_aio_test_fail_nth(F.aio, op_mask, nth, -EIO);
+    qed_aio_test_fail_nth(F.tf.aio, op_mask, nth, -EIO);
     submit_all(w, NW);
     for (int i = 0; i < NW; i++) {
-        run_until(&w[i].d, 1);
+        tf_wait(&F.tf, &w[i].d, 1);
         cr_assert_eq(w[i].d.ret, -EIO, "write %d of the failed batch: %d", i, w[i].d.ret);
     }
     if (op_mask == (1u << QED_IO_WRITE) && nth == NW + (backing ? 0 : 1))
@@ -530,7 +457,7 @@ static void batch_failure(bool backing, unsigned op_mask, unsigned nth)
     free_all(w, NW);
     submit_all(w, NW);
     for (int i = 0; i < NW; i++) {
-        run_until(&w[i].d, 1);
+        tf_wait(&F.tf, &w[i].d, 1);
         cr_assert_eq(w[i].d.ret, 0, "retried write %d: %s", i, strerror(-w[i].d.ret));
     }
     memset(one, 0x5a, sizeof(one));
@@ -582,21 +509,21 @@ Test(groupcommit, failed_table_fails_only_its_writers)
     y_table = le64toh(F.img->l1[1]);
     cr_assert_neq(y_table, 0);
     reset_counts();
-    qed_aio_test_set_auto(F.aio, false);
+    qed_aio_test_set_auto(F.tf.aio, false);
     submit_all(w, 2);
     complete_non_l2();
-    cr_assert_eq(qed_aio_test_pending(F.aio), 2, "one batch: one L2 write per table in flight");
-    while (qed_aio_test_pending(F.aio)) {
-        struct qed_io *io = qed_aio_test_peek(F.aio, 0);
+    cr_assert_eq(qed_aio_test_pending(F.tf.aio), 2, "one batch: one L2 write per table in flight");
+    while (qed_aio_test_pending(F.tf.aio)) {
+        struct qed_io *io = qed_aio_test_peek(F.tf.aio, 0);
         bool is_y = io->offset >= y_table && io->offset < y_table + F.img->g.table_bytes;
         cr_assert(is_l2_write(io));
         failed_y |= is_y;
         wrote_x |= !is_y;
-        qed_aio_test_complete(F.aio, 0, is_y ? -EIO : 0);
+        qed_aio_test_complete(F.tf.aio, 0, is_y ? -EIO : 0);
     }
     cr_assert(failed_y && wrote_x);
-    run_until(&w[0].d, 1);
-    run_until(&w[1].d, 1);
+    tf_wait(&F.tf, &w[0].d, 1);
+    tf_wait(&F.tf, &w[1].d, 1);
     cr_assert_eq(w[0].d.ret, 0, "X's write, whose table was written: %s",
                  strerror(-w[0].d.ret));
     cr_assert_eq(w[1].d.ret, -EIO, "Y's write, whose table write failed");
@@ -609,9 +536,9 @@ Test(groupcommit, failed_table_fails_only_its_writers)
     verify(w + 1, 1, false, false);
     check_clean(true);
     /* Y's write succeeds when retried. */
-    w[1].d = (struct req_done){0};
-    cr_assert_eq(qed_write(F.img, w[1].off, w[1].buf, w[1].len, 0, done_cb, &w[1].d), 0);
-    run_until(&w[1].d, 1);
+    w[1].d = (struct tf_done){0};
+    cr_assert_eq(qed_write(F.img, w[1].off, w[1].buf, w[1].len, 0, tf_done_cb, &w[1].d), 0);
+    tf_wait(&F.tf, &w[1].d, 1);
     cr_assert_eq(w[1].d.ret, 0);
     verify(w, 2, false, true);
     reopen();
@@ -634,25 +561,25 @@ Test(groupcommit, stale_tail_is_not_fresh)
 
     make_image(false);
     warm_up(1);
-    qed_aio_test_set_observer(F.aio, NULL, NULL);
+    qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
     cr_assert_eq(qed_close(F.img), 0);
     F.img = NULL;
     memset(junk, 0xee, sizeof(junk));
-    f = fopen(F.path, "ab");
+    f = fopen(IMG_PATH, "ab");
     cr_assert_not_null(f);
     cr_assert_eq(fwrite(junk, 1, sizeof(junk), f), sizeof(junk));
     fclose(f);
     {
         struct qed_open_opts oo = {.clean_delay_ms = 600000};
         char err[256];
-        cr_assert_eq(qed_open(F.aio, F.path, &oo, &F.img, err, sizeof(err)), 0, "%s", err);
-        qed_aio_test_set_observer(F.aio, observer, NULL);
+        cr_assert_eq(qed_open(F.tf.aio, IMG_PATH, &oo, &F.img, err, sizeof(err)), 0, "%s", err);
+        qed_aio_test_set_observer(F.tf.aio, observer, NULL);
     }
     reset_counts();
     plan_region(w, NW, 0, 31);
     submit_all(w, NW);
     for (int i = 0; i < NW; i++) {
-        run_until(&w[i].d, 1);
+        tf_wait(&F.tf, &w[i].d, 1);
         cr_assert_eq(w[i].d.ret, 0, "write %d: %s", i, strerror(-w[i].d.ret));
     }
     cr_assert_geq(F.data_bytes, CS, "the stale cluster was written whole");
@@ -661,10 +588,10 @@ Test(groupcommit, stale_tail_is_not_fresh)
     check_clean(true); /* the whole stale cluster before it leaks */
     reopen();
     verify(w, NW, false, true);
-    qed_aio_test_set_observer(F.aio, NULL, NULL);
+    qed_aio_test_set_observer(F.tf.aio, NULL, NULL);
     cr_assert_eq(qed_close(F.img), 0);
     F.img = NULL;
-    cr_assert_eq(stat(F.path, &st), 0);
+    cr_assert_eq(stat(IMG_PATH, &st), 0);
     cr_assert_eq(st.st_size % CS, 0, "file size %lld is not whole clusters", (long long)st.st_size);
     free_all(w, NW);
 }
