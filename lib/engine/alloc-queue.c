@@ -84,13 +84,7 @@ void qed_queue_leave(struct qed_req *r)
 {
     struct qed_image *img = r->img;
 
-    if (r->aprev)
-        r->aprev->anext = r->anext;
-    else
-        img->active = r->anext;
-    if (r->anext)
-        r->anext->aprev = r->aprev;
-    r->aprev = r->anext = NULL;
+    QED_DLIST_UNLINK(img->active, r, aprev, anext);
     img->nactive--;
     if (r->exclusive)
         img->active_exclusive = false;
@@ -150,12 +144,7 @@ bool qed_queue_enter(struct qed_req *r, enum qed_req_state resume)
         qed_req_set_state(r, resume);
         return true;
     }
-    r->next = NULL;
-    if (img->queue_tail)
-        img->queue_tail->next = r;
-    else
-        img->queue_head = r;
-    img->queue_tail = r;
+    QED_FIFO_APPEND(img->queue_head, img->queue_tail, r, next);
     r->resume = resume;
     qed_req_set_state(r, RS_QUEUE_WAIT);
     return false;

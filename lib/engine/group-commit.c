@@ -198,13 +198,8 @@ void qed_gc_join(struct qed_req *r)
 {
     struct qed_image *img = r->img;
 
-    r->gc_next = NULL;
     r->pending++; /* resumed again only by gc_finish (or gc_start on -ENOMEM) */
-    if (img->gc_tail)
-        img->gc_tail->gc_next = r;
-    else
-        img->gc_head = r;
-    img->gc_tail = r;
+    QED_FIFO_APPEND(img->gc_head, img->gc_tail, r, gc_next);
     /* Why not start at once: data writes completing in this same turn (one
      * engine wake-up) should share the batch; why not while a batch is in
      * flight: that is what makes the next batch large. */

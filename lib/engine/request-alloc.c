@@ -137,9 +137,8 @@ enum qed_rs_next qed_rs_alloc_clusters(struct qed_req *r)
 
 enum qed_rs_next qed_rs_cow_wait(struct qed_req *r)
 {
-    if (qed_rs_failed(r))
-        return QED_RS_STOP; /* the new clusters leak; nothing points at them */
-    return qed_rs_go(r, RS_ALLOC_WRITE);
+    /* On failure the new clusters leak; nothing points at them. */
+    return qed_rs_then(r, RS_ALLOC_WRITE);
 }
 
 /* ---- Writing the data ---- */
@@ -193,9 +192,7 @@ enum qed_rs_next qed_rs_alloc_write_wait(struct qed_req *r)
 
 enum qed_rs_next qed_rs_alloc_flush_wait(struct qed_req *r)
 {
-    if (qed_rs_failed(r))
-        return QED_RS_STOP;
-    return qed_rs_go(r, RS_L2_UPDATE);
+    return qed_rs_then(r, RS_L2_UPDATE);
 }
 
 /* ---- Mapping the new clusters ---- */
@@ -238,9 +235,7 @@ enum qed_rs_next qed_rs_gc_wait(struct qed_req *r)
 {
     /* The batch wrote (or failed to write) our entries; on success it
      * has also put them into the cached table (rule 5). */
-    if (qed_rs_failed(r))
-        return QED_RS_STOP;
-    return qed_rs_go(r, RS_ALLOC_DONE);
+    return qed_rs_then(r, RS_ALLOC_DONE);
 }
 
 /* A new table's write, its flush or the L1 write failed: the table is not

@@ -85,6 +85,15 @@ static inline bool qed_rs_failed(struct qed_req *r)
     return true;
 }
 
+/**
+ * The end of a wait state whose I/O leads to one next state: finish @r if
+ * an I/O failed (qed_rs_failed), otherwise go on to @next.
+ */
+static inline enum qed_rs_next qed_rs_then(struct qed_req *r, enum qed_req_state next)
+{
+    return qed_rs_failed(r) ? QED_RS_STOP : qed_rs_go(r, next);
+}
+
 /* ---- I/O for a request (request-io.c) ---- */
 
 /** Enter wait state @s and flush the image file; the driver stops until it completes. */

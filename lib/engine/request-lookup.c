@@ -209,12 +209,7 @@ static void l2_room_wait(struct qed_req *r, enum qed_req_state resume)
 {
     struct qed_l2_cache *c = &r->img->cache;
 
-    r->next = NULL;
-    if (c->room_tail)
-        c->room_tail->next = r;
-    else
-        c->room_head = r;
-    c->room_tail = r;
+    QED_FIFO_APPEND(c->room_head, c->room_tail, r, next);
     r->resume = resume;
     r->pending++; /* stepped again only by l2_room_defer_fn */
     c->room_waits++;
@@ -351,9 +346,7 @@ enum qed_rs_next qed_rs_next(struct qed_req *r)
 
 enum qed_rs_next qed_rs_l2_load_wait(struct qed_req *r)
 {
-    if (qed_rs_failed(r))
-        return QED_RS_STOP;
-    return qed_rs_go(r, RS_RUN);
+    return qed_rs_then(r, RS_RUN);
 }
 
 enum qed_rs_next qed_rs_l2_room_wait(struct qed_req *r)

@@ -49,12 +49,7 @@ static void aio_defer_cb(struct ev_loop *loop, ev_idle *w, int revents)
 
 void qed_aio_defer(qed_aio *aio, struct qed_defer *d)
 {
-    d->next = NULL;
-    if (aio->defer_tail)
-        aio->defer_tail->next = d;
-    else
-        aio->defer_head = d;
-    aio->defer_tail = d;
+    QED_FIFO_APPEND(aio->defer_head, aio->defer_tail, d, next);
     if (!ev_is_active(&aio->defer_idle))
         ev_idle_start(aio->loop, &aio->defer_idle);
 }

@@ -15,6 +15,7 @@
 #include <sys/uio.h>
 #include <ev.h>
 
+#include "qed-list.h"
 #include "qed.h"
 
 /* ---- One I/O, the engine and its backends ---- */
@@ -93,12 +94,7 @@ struct qed_aio {
 /** qed_io_list_push - append @io to the singly linked list @head .. @tail. */
 static inline void qed_io_list_push(struct qed_io **head, struct qed_io **tail, struct qed_io *io)
 {
-    io->next = NULL;
-    if (*tail)
-        (*tail)->next = io;
-    else
-        *head = io;
-    *tail = io;
+    QED_FIFO_APPEND(*head, *tail, io, next);
 }
 
 /*
