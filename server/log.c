@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <syslog.h>
@@ -41,8 +42,10 @@ bool srv_log_enabled(int level)
     case SRV_LOG_WARN:
     case SRV_LOG_NOTICE:
         return true;
+    case SRV_LOG_INFO:
+        return srv.verbose >= 1;
     default:
-        return level <= srv.verbose;
+        return srv.verbose >= 2;
     }
 }
 
@@ -135,6 +138,16 @@ void srv_vdie(const char *fmt, va_list ap)
     }
 }
 
+void srv_die(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    srv_vdie(fmt, ap);
+    va_end(ap);
+    exit(1);
+}
+
 /* Open the log file for appending: the fd, or a negative errno. */
 static int open_file(const char *path)
 {
@@ -166,11 +179,6 @@ int srv_log_open(enum srv_log_target target, const char *path, char *err, size_t
     }
     lg.target = target;
     return 0;
-}
-
-enum srv_log_target srv_log_target(void)
-{
-    return lg.target;
 }
 
 int srv_log_reopen(void)

@@ -29,7 +29,7 @@ struct conn;
 #define SRV_READ_BUDGET 16u                      /* requests parsed per read event (fairness) */
 #define SRV_INPUT_BUFFER (64u * 1024)            /* read-ahead buffer per connection */
 
-/* Free lists of the transmission phase (tx.c): steady state without malloc. */
+/* Free lists of the transmission phase (protocol/req-mem.c): steady state without malloc. */
 #define TX_REQ_POOL_MAX 1024u                    /* request structs kept for reuse */
 #define TX_BUF_MIN_SHIFT 12                      /* data buffers pooled: 4 KiB ... */
 #define TX_BUF_MAX_SHIFT 22                      /* ... 4 MiB, powers of two only */
@@ -121,12 +121,12 @@ extern struct server srv;
 /* ---- Logging (log.c) ---- */
 
 /**
- * Log levels of srv_log: ERROR, WARN and NOTICE always print; INFO needs
- * -v, DEBUG -vv.  (The numbers of ERROR, INFO and DEBUG are the verbosity
- * they need; WARN and NOTICE come after them only to stay distinct.)
+ * Log levels of srv_log, most severe first, so that a larger number is
+ * always a less important message: ERROR, WARN and NOTICE always print;
+ * INFO needs -v, DEBUG -vv (srv_log_enabled).  Test a level with
+ * srv_log_enabled, never by comparing it with srv.verbose.
  */
-enum { SRV_LOG_ERROR = 0, SRV_LOG_INFO = 1, SRV_LOG_DEBUG = 2, SRV_LOG_WARN = 3,
-       SRV_LOG_NOTICE = 4 };
+enum { SRV_LOG_ERROR = 0, SRV_LOG_WARN, SRV_LOG_NOTICE, SRV_LOG_INFO, SRV_LOG_DEBUG };
 
 /** Where the log goes: stderr (default), syslog (--log=syslog) or a file (--log-file). */
 enum srv_log_target { SRV_LOG_TO_STDERR, SRV_LOG_TO_SYSLOG, SRV_LOG_TO_FILE };
@@ -143,15 +143,15 @@ void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
  */
 void srv_vdie(const char *fmt, va_list ap);
 
+/** srv_die - srv_vdie, then exit(1) (start-up errors). */
+void srv_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
 /**
  * srv_log_open - send the log to @target from now on; @path is the file for
  * SRV_LOG_TO_FILE (it should be absolute: the daemon changes directory).
  * Returns 0 or a negative errno with the cause in @err.
  */
 int srv_log_open(enum srv_log_target target, const char *path, char *err, size_t errlen);
-
-/** srv_log_target - the current target. */
-enum srv_log_target srv_log_target(void);
 
 /**
  * srv_log_reopen - SIGHUP: reopen the log file (after logrotate moved it).
@@ -179,12 +179,13 @@ void stats_print(void);
 struct export *srv_find_export(const char *name, size_t len);
 
 /**
- * srv_conn_gone - called by the connection module whenever a connection has
- * been closed, so that main can end the loop (stdio mode, shutdown).
+ * srv_conn_gone - (net/listen.c) called by the connection module whenever a
+ * connection has been closed: accepting resumes if it was paused, and the
+ * loop ends once the last connection is gone in stdio mode or at shutdown.
  */
 void srv_conn_gone(void);
 
-/* ---- Connections (conn.c) ---- */
+/* ---- Connections (net/conn.c) ---- */
 
 /**
  * conn_new - start serving a client that reads from @rfd and writes to @wfd
@@ -207,11 +208,5 @@ void conn_abort(struct conn *c);
 
 /** conn_next - iterate over srv.conns (NULL starts). */
 struct conn *conn_next(struct conn *c);
-
-/**
- * nbd_errno_from - map a negative errno from the library (or the server
- * itself) to an NBD error value.  The one place where this mapping lives.
- */
-uint32_t nbd_errno_from(int neg_errno);
 
 #endif /* QEDNBD_H */

@@ -1,6 +1,9 @@
 /*
- * conn.h - one client connection, shared by conn.c (I/O, transmission phase)
- * and handshake.c (option haggling).  Not used outside the server.
+ * conn.h - one client connection, as the network layer (server/net) keeps
+ * it, and what it offers the protocol (server/protocol): reading states,
+ * the input buffer, the output queue, close and drain, memory accounting.
+ * The fields under "Handshake" and "Transmission" belong to the protocol;
+ * the network layer never reads them.  Not used outside the server.
  */
 #ifndef CONN_H
 #define CONN_H
@@ -11,13 +14,14 @@
 #include <sys/uio.h>
 #include <ev.h>
 
-#include "nbd-proto.h"
 #include "qednbd.h"
 
 /*
  * The states of a connection.  conn_step() runs the state machine: each
- * reading state waits for a fixed number of bytes (conn_fill), and its
- * handler decides the next state.
+ * reading state waits for a fixed number of bytes (conn_fill), then the
+ * protocol (proto_input_ready) decides the next state.  The network layer
+ * knows the states only to read the right way (read-ahead, skipping, TLS,
+ * backpressure at request boundaries).
  */
 enum conn_state {
     CONN_HS_CLIENT_FLAGS,  /* waits for the client's 32-bit flags after our greeting */
@@ -120,9 +124,6 @@ struct conn {
     size_t tls_out_len;           /* its bytes not yet accepted by GnuTLS */
 };
 
-#define CTX_ID_BASE_ALLOCATION 1u
-#define CTX_ID_ALLOCATION_DEPTH 2u
-
 /** conn_log - srv_log with the connection's id in front. */
 void conn_log(struct conn *c, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -152,35 +153,14 @@ void conn_close(struct conn *c, const char *why);
 /** conn_drain - stop reading; close once everything queued has been written. */
 void conn_drain(struct conn *c, const char *why);
 
-/** conn_enter_transmission - option haggling is over; serve @e. */
-void conn_enter_transmission(struct conn *c, struct export *e);
+/** conn_handshake_over - option haggling is over: stop the handshake timer. */
+void conn_handshake_over(struct conn *c);
 
 /**
- * conn_start_tls - STARTTLS was acknowledged (the ACK is queued): forget
- * every option negotiated so far, and run the TLS handshake on @c->tls as
- * soon as the ACK has been written.
+ * conn_start_tls - STARTTLS was acknowledged (the ACK is queued): run the
+ * TLS handshake on @c->tls as soon as the ACK has been written.
  */
 void conn_start_tls(struct conn *c);
-
-/* ---- handshake.c ---- */
-
-/** hs_start - queue the greeting and wait for the client flags. */
-void hs_start(struct conn *c);
-
-/** hs_client_flags_done - the 4 client-flag bytes are in c->hdr. */
-void hs_client_flags_done(struct conn *c);
-
-/** hs_opt_header_done - the 16-byte option header is in c->hdr. */
-void hs_opt_header_done(struct conn *c);
-
-/** hs_opt_payload_done - the option payload is in c->opt_buf. */
-void hs_opt_payload_done(struct conn *c);
-
-/** hs_opt_skip_done - an over-long option payload has been dropped. */
-void hs_opt_skip_done(struct conn *c);
-
-/** hs_tx_flags - the transmission flags @c would get for @e. */
-uint16_t hs_tx_flags(const struct conn *c, const struct export *e);
 
 /** conn_ref / conn_unref - references held by requests inside the library. */
 void conn_ref(struct conn *c);
@@ -226,19 +206,5 @@ void conn_mem_unwait(struct conn *c);
  * request now fits.
  */
 void conn_mem_wake(void);
-
-/* ---- tx.c, transmission phase ---- */
-
-/** tx_req_header_done - a request header is in c->hdr. */
-void tx_req_header_done(struct conn *c);
-
-/** tx_write_payload_done - the payload of c->cur has been read. */
-void tx_write_payload_done(struct conn *c);
-
-/** tx_skip_payload_done - the payload of rejected c->cur has been dropped. */
-void tx_skip_payload_done(struct conn *c);
-
-/** tx_abort_current - free c->cur, the request being read, when closing. */
-void tx_abort_current(struct conn *c);
 
 #endif /* CONN_H */

@@ -1,0 +1,385 @@
+/*
+ * options.c - one handler per NBD option of the fixed newstyle
+ * handshake, and the table that picks it (opt_dispatch).  Every handler
+ * works on c->opt_buf, c->opt_len bytes already read and bounded by
+ * handshake.c, through a cursor whose every read is bounds-checked.
+ */
+#include "config.h"
+
+#include <endian.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "protocol.h"
+#include "tls.h"
+
+/* A cursor over the option payload: every read is bounds-checked. */
+struct cursor {
+    const uint8_t *p;
+    size_t left;
+};
+
+static bool cur_u32(struct cursor *k, uint32_t *v)
+{
+    if (k->left < 4)
+        return false;
+    memcpy(v, k->p, 4);
+    *v = be32toh(*v);
+    k->p += 4;
+    k->left -= 4;
+    return true;
+}
+
+static bool cur_u16(struct cursor *k, uint16_t *v)
+{
+    if (k->left < 2)
+        return false;
+    memcpy(v, k->p, 2);
+    *v = be16toh(*v);
+    k->p += 2;
+    k->left -= 2;
+    return true;
+}
+
+static bool cur_bytes(struct cursor *k, size_t n, const char **out)
+{
+    if (k->left < n)
+        return false;
+    *out = (const char *)k->p;
+    k->p += n;
+    k->left -= n;
+    return true;
+}
+
+static void send_info_export(struct conn *c, const struct export *e)
+{
+    struct nbd_info_export ie = {
+        .info = htobe16(NBD_INFO_EXPORT),
+        .size = htobe64(e->size),
+        .tx_flags = htobe16(hs_tx_flags(c, e)),
+    };
+    hs_reply(c, NBD_REP_INFO, &ie, sizeof(ie));
+}
+
+static void send_info_string(struct conn *c, uint16_t type, const char *s)
+{
+    size_t n = strlen(s);
+    uint8_t *buf = malloc(2 + n);
+    uint16_t t = htobe16(type);
+
+    if (!buf) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    memcpy(buf, &t, 2);
+    memcpy(buf + 2, s, n);
+    hs_reply(c, NBD_REP_INFO, buf, 2 + n);
+    free(buf);
+}
+
+static void send_info_block_size(struct conn *c, const struct export *e)
+{
+    struct nbd_info_block_size bs = {
+        .info = htobe16(NBD_INFO_BLOCK_SIZE),
+        .minimum = htobe32(1),
+        .preferred = htobe32(e->pref_block),
+        .maximum = htobe32(SRV_MAX_PAYLOAD),
+    };
+    hs_reply(c, NBD_REP_INFO, &bs, sizeof(bs));
+}
+
+/* NBD_OPT_INFO and NBD_OPT_GO. */
+static void opt_info_go(struct conn *c)
+{
+    struct cursor k = { c->opt_buf, c->opt_len };
+    uint32_t namelen;
+    uint16_t nreq;
+    const char *name;
+    const char *reqs;
+    struct export *e;
+    bool want_name = false, want_desc = false;
+
+    if (!cur_u32(&k, &namelen) || namelen > k.left || !cur_bytes(&k, namelen, &name) ||
+        !cur_u16(&k, &nreq) || k.left != 2u * nreq || !cur_bytes(&k, k.left, &reqs)) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "malformed INFO/GO request");
+        return;
+    }
+    if (namelen > NBD_MAX_STRING) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "export name longer than 4096 bytes");
+        return;
+    }
+    e = srv_find_export(name, namelen);
+    if (!e) {
+        hs_reply_err(c, NBD_REP_ERR_UNKNOWN, "no such export");
+        return;
+    }
+    for (uint16_t i = 0; i < nreq; i++) {
+        uint16_t r;
+        memcpy(&r, reqs + 2 * i, 2);
+        r = be16toh(r);
+        if (r == NBD_INFO_NAME)
+            want_name = true;
+        else if (r == NBD_INFO_DESCRIPTION)
+            want_desc = true;
+        /* INFO_EXPORT is always sent, INFO_BLOCK_SIZE too (it describes the
+         * defaults we honour anyway); unknown requests are ignored. */
+    }
+    send_info_export(c, e);
+    if (want_name)
+        send_info_string(c, NBD_INFO_NAME, e->name);
+    if (want_desc && srv.description)
+        send_info_string(c, NBD_INFO_DESCRIPTION, srv.description);
+    send_info_block_size(c, e);
+    hs_reply(c, NBD_REP_ACK, NULL, 0);
+    if (c->state == CONN_DEAD)
+        return;
+    if (c->opt == NBD_OPT_GO)
+        hs_enter_transmission(c, e);
+}
+
+static void opt_export_name(struct conn *c)
+{
+    struct export *e = srv_find_export((const char *)c->opt_buf, c->opt_len);
+    struct nbd_export_name_reply r;
+    static const uint8_t zeroes[124];
+
+    if (!e) {
+        /* No way to return an error: the spec says terminate the session. */
+        conn_close(c, "EXPORT_NAME of an unknown export");
+        return;
+    }
+    r.size = htobe64(e->size);
+    r.tx_flags = htobe16(hs_tx_flags(c, e));
+    if (conn_queue_copy(c, &r, sizeof(r), zeroes, c->no_zeroes ? 0 : sizeof(zeroes)) < 0) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    hs_enter_transmission(c, e);
+}
+
+/* NBD_OPT_STARTTLS. */
+static void opt_starttls(struct conn *c)
+{
+    char err[256];
+    int r;
+
+    if (c->opt_len) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "STARTTLS takes no data");
+        return;
+    }
+    if (tls_mode() == TLS_OFF) {
+        hs_reply_err(c, NBD_REP_ERR_POLICY, "TLS is not enabled on this server (see --tls)");
+        return;
+    }
+    if (c->tls) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "TLS is already in use");
+        return;
+    }
+    /* Set everything up before saying yes: after the ACK there is no way
+     * back to plaintext, so a failure now must still be an error reply. */
+    c->tls_out = malloc(CONN_TLS_RECORD);
+    if (!c->tls_out) {
+        hs_reply_err(c, NBD_REP_ERR_PLATFORM, "out of memory for TLS");
+        return;
+    }
+    conn_mem_charge(c, CONN_TLS_RECORD);    /* released where it is freed (conn_close) */
+    r = tls_session_new(c->rfd, c->wfd, &c->tls, err, sizeof(err));
+    if (r < 0) {
+        conn_log(c, SRV_LOG_ERROR, "cannot start TLS: %s", err);
+        free(c->tls_out);
+        c->tls_out = NULL;
+        conn_mem_release(c, CONN_TLS_RECORD);
+        hs_reply_err(c, NBD_REP_ERR_PLATFORM, "the server could not set up TLS");
+        return;
+    }
+    hs_reply(c, NBD_REP_ACK, NULL, 0);
+    if (c->state == CONN_DEAD || c->state == CONN_DRAINING)
+        return;
+    /* The spec: once STARTTLS succeeds, the server MUST NOT preserve any
+     * negotiation state -- a man in the middle may have injected it. */
+    c->structured = false;
+    hs_forget_meta(c);
+    conn_start_tls(c);
+}
+
+static void opt_list(struct conn *c)
+{
+    if (c->opt_len) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "LIST takes no data");
+        return;
+    }
+    for (size_t i = 0; i < srv.nexports && c->state != CONN_DEAD; i++) {
+        const struct export *e = &srv.exports[i];
+        size_t nlen = strlen(e->name);
+        size_t dlen = srv.description ? strlen(srv.description) : 0;
+        uint8_t *buf = malloc(4 + nlen + dlen);
+        uint32_t be = htobe32((uint32_t)nlen);
+
+        if (!buf) {
+            conn_close(c, "out of memory");
+            return;
+        }
+        memcpy(buf, &be, 4);
+        memcpy(buf + 4, e->name, nlen);
+        if (dlen)
+            memcpy(buf + 4 + nlen, srv.description, dlen);
+        hs_reply(c, NBD_REP_SERVER, buf, 4 + nlen + dlen);
+        free(buf);
+    }
+    hs_reply(c, NBD_REP_ACK, NULL, 0);
+}
+
+/* Contexts we know, in id order. */
+static const struct {
+    const char *name;
+    uint32_t id;
+} contexts[] = {
+    { "base:allocation", CTX_ID_BASE_ALLOCATION },
+    { "qemu:allocation-depth", CTX_ID_ALLOCATION_DEPTH },
+};
+#define NCONTEXTS (sizeof(contexts) / sizeof(contexts[0]))
+
+/*
+ * Which contexts does @q (@len bytes) select?  Sets bits in *mask (bit i =
+ * contexts[i]).  Returns false when the query is malformed (no colon, or an
+ * empty namespace).  Rules: "base:allocation" and "qemu:allocation-depth"
+ * select themselves; the wildcards "base:" and "qemu:" select their whole
+ * namespace in LIST only (the spec: SET must ignore them); anything else is
+ * ignored, as the spec requires for unknown namespaces and leaf names.
+ */
+static bool match_query(const char *q, size_t len, bool list, unsigned *mask)
+{
+    const char *colon = memchr(q, ':', len);
+
+    if (!colon || colon == q)
+        return false;
+    for (size_t i = 0; i < NCONTEXTS; i++) {
+        const char *n = contexts[i].name;
+        size_t nslen = (size_t)(strchr(n, ':') - n) + 1;  /* including the colon */
+
+        if (len == strlen(n) && memcmp(q, n, len) == 0)
+            *mask |= 1u << i;
+        else if (list && len == nslen && memcmp(q, n, nslen) == 0)
+            *mask |= 1u << i;
+    }
+    return true;
+}
+
+/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. */
+static void opt_meta_context(struct conn *c)
+{
+    bool list = c->opt == NBD_OPT_LIST_META_CONTEXT;
+    struct cursor k = { c->opt_buf, c->opt_len };
+    uint32_t namelen, nq;
+    const char *name;
+    struct export *e;
+    unsigned mask = 0;
+
+    if (!list) {
+        /* SET replaces the selection even when it fails. */
+        hs_forget_meta(c);
+    }
+    if (!c->structured) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "negotiate structured replies first");
+        return;
+    }
+    if (!cur_u32(&k, &namelen) || namelen > k.left || !cur_bytes(&k, namelen, &name) ||
+        !cur_u32(&k, &nq)) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "malformed meta context request");
+        return;
+    }
+    if (namelen > NBD_MAX_STRING) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "export name longer than 4096 bytes");
+        return;
+    }
+    for (uint32_t i = 0; i < nq; i++) {
+        uint32_t qlen;
+        const char *q;
+
+        if (!cur_u32(&k, &qlen) || qlen > k.left || !cur_bytes(&k, qlen, &q)) {
+            hs_reply_err(c, NBD_REP_ERR_INVALID, "meta context query runs past the option data");
+            return;
+        }
+        if (qlen > NBD_MAX_STRING || !match_query(q, qlen, list, &mask)) {
+            hs_reply_err(c, NBD_REP_ERR_INVALID, "malformed meta context query");
+            return;
+        }
+    }
+    if (k.left) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "trailing bytes after the meta context queries");
+        return;
+    }
+    e = srv_find_export(name, namelen);
+    if (!e) {
+        hs_reply_err(c, NBD_REP_ERR_UNKNOWN, "no such export");
+        return;
+    }
+    if (list && nq == 0)
+        mask = (1u << NCONTEXTS) - 1;     /* no query: everything available */
+
+    for (size_t i = 0; i < NCONTEXTS && c->state != CONN_DEAD; i++) {
+        size_t n = strlen(contexts[i].name);
+        uint8_t buf[4 + 64];
+        uint32_t id = htobe32(list ? 0 : contexts[i].id);
+
+        if (!(mask & (1u << i)))
+            continue;
+        memcpy(buf, &id, 4);
+        memcpy(buf + 4, contexts[i].name, n);
+        conn_log(c, SRV_LOG_INFO, "%s meta context %s", list ? "list" : "select",
+                 contexts[i].name);
+        hs_reply(c, NBD_REP_META_CONTEXT, buf, 4 + n);
+    }
+    if (!list) {
+        c->meta_exp = mask ? e : NULL;
+        c->meta_base = mask & 1u;
+        c->meta_depth = mask & 2u;
+    }
+    hs_reply(c, NBD_REP_ACK, NULL, 0);
+}
+
+
+/* NBD_OPT_ABORT: data is ignored, as the spec asks; reply, then close once written. */
+static void opt_abort(struct conn *c)
+{
+    hs_reply(c, NBD_REP_ACK, NULL, 0);
+    conn_drain(c, "client sent ABORT");
+}
+
+/* NBD_OPT_STRUCTURED_REPLY. */
+static void opt_structured_reply(struct conn *c)
+{
+    if (c->opt_len) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
+        return;
+    }
+    c->structured = true;
+    hs_reply(c, NBD_REP_ACK, NULL, 0);
+}
+
+/* The handler of each option we support; the others get ERR_UNSUP. */
+static const struct {
+    uint32_t opt;
+    void (*run)(struct conn *c);
+} option_handlers[] = {
+    { NBD_OPT_EXPORT_NAME, opt_export_name },
+    { NBD_OPT_ABORT, opt_abort },
+    { NBD_OPT_LIST, opt_list },
+    { NBD_OPT_STARTTLS, opt_starttls },
+    { NBD_OPT_INFO, opt_info_go },
+    { NBD_OPT_GO, opt_info_go },
+    { NBD_OPT_STRUCTURED_REPLY, opt_structured_reply },
+    { NBD_OPT_LIST_META_CONTEXT, opt_meta_context },
+    { NBD_OPT_SET_META_CONTEXT, opt_meta_context },
+};
+
+void opt_dispatch(struct conn *c)
+{
+    for (size_t i = 0; i < sizeof(option_handlers) / sizeof(option_handlers[0]); i++)
+        if (option_handlers[i].opt == c->opt) {
+            option_handlers[i].run(c);
+            return;
+        }
+    hs_reply_err(c, NBD_REP_ERR_UNSUP, "option not supported");
+}
