@@ -47,7 +47,6 @@ static int pidfile_fd = -1;
 static char notify_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static ev_timer grace_w;
 
-
 /*
  * Socket activation (systemd's protocol, also used by nbdinfo/nbdcopy
  * "[ CMD ]"): when LISTEN_PID is our pid, the LISTEN_FDS sockets from fd 3 on
@@ -83,7 +82,6 @@ int daemon_check_activation(void)
     }
     return (int)n;
 }
-
 
 /* --fork: the parent waits here until the child serves, and never returns. */
 void daemon_fork(void)
@@ -266,7 +264,6 @@ static void on_sigusr1(struct ev_loop *loop, ev_signal *w, int revents)
     (void)revents;
     stats_print();
 }
-
 
 void daemon_signals_start(void)
 {

@@ -109,17 +109,27 @@ static void emit(int level, const char *msg)
         write_all(2, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
-void srv_log(int level, const char *fmt, ...)
+void srv_vlog(int level, const char *prefix, const char *fmt, va_list ap)
 {
     char buf[4096];
-    va_list ap;
+    int n;
 
     if (!srv_log_enabled(level))
         return;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
+    n = snprintf(buf, sizeof(buf), "%s", prefix);
+    if (n < 0 || (size_t)n >= sizeof(buf))
+        n = 0;
+    vsnprintf(buf + n, sizeof(buf) - (size_t)n, fmt, ap);
     emit(level, buf);
+}
+
+void srv_log(int level, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    srv_vlog(level, "", fmt, ap);
+    va_end(ap);
 }
 
 void srv_vdie(const char *fmt, va_list ap)

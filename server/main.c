@@ -215,6 +215,15 @@ static const struct option longopts[] = {
     { NULL, 0, NULL, 0 },
 };
 
+/* The index of @arg in the NULL-terminated @names, or -1. */
+static int parse_choice(const char *arg, const char *const *names)
+{
+    for (int i = 0; names[i]; i++)
+        if (strcmp(arg, names[i]) == 0)
+            return i;
+    return -1;
+}
+
 /* -e NAME=IMAGE: the name is copied out, argv stays as given. */
 static void opt_export(const char *arg)
 {
@@ -261,14 +270,15 @@ static bool parse_image_opt(int ch, const char *arg)
     struct stat st;
 
     switch (ch) {
-    case OPT_AIO:
-        if (strcmp(arg, "uring") == 0)
-            opt.aio_kind = QED_AIO_URING;
-        else if (strcmp(arg, "threads") == 0)
-            opt.aio_kind = QED_AIO_THREADS;
-        else
+    case OPT_AIO: {
+        static const char *const names[] = { "uring", "threads", NULL };
+        static const enum qed_aio_backend kinds[] = { QED_AIO_URING, QED_AIO_THREADS };
+        int i = parse_choice(arg, names);
+        if (i < 0)
             die("invalid --aio '%s' (expected uring or threads)", arg);
+        opt.aio_kind = kinds[i];
         break;
+    }
     case OPT_L2_CACHE: opt.l2_cache = (unsigned)parse_num(arg, "--l2-cache", 1, 1u << 20); break;
     case OPT_MAX_CONNS:
         srv.max_conns = (unsigned)parse_num(arg, "--max-connections", 1, 1u << 20);
@@ -299,17 +309,16 @@ static bool parse_image_opt(int ch, const char *arg)
 static bool parse_tls_opt(int ch, const char *arg)
 {
     switch (ch) {
-    case OPT_TLS:
-        if (strcmp(arg, "off") == 0)
-            opt.tls.mode = TLS_OFF;
-        else if (strcmp(arg, "on") == 0)
-            opt.tls.mode = TLS_ON;
-        else if (strcmp(arg, "require") == 0)
-            opt.tls.mode = TLS_REQUIRE;
-        else
+    case OPT_TLS: {
+        /* In the order of enum tls_mode. */
+        static const char *const names[] = { "off", "on", "require", NULL };
+        int i = parse_choice(arg, names);
+        if (i < 0)
             die("invalid --tls '%s' (expected off, on or require)", arg);
+        opt.tls.mode = (enum tls_mode)i;
         opt.tls_given = true;
         break;
+    }
     case OPT_TLS_CERTS: opt.tls.cert_dir = arg; break;
     case OPT_TLS_PSK: opt.tls.psk_file = arg; break;
     case OPT_TLS_VERIFY: opt.tls.verify_peer = true; break;
@@ -329,15 +338,15 @@ static bool parse_service_opt(int ch, const char *arg)
             die("--pidfile: empty file name");
         opt.pidfile = arg;
         break;
-    case OPT_LOG:
-        if (strcmp(arg, "stderr") == 0)
-            opt.log_target = SRV_LOG_TO_STDERR;
-        else if (strcmp(arg, "syslog") == 0)
-            opt.log_target = SRV_LOG_TO_SYSLOG;
-        else
+    case OPT_LOG: {
+        /* In the order of enum srv_log_target. */
+        static const char *const names[] = { "stderr", "syslog", NULL };
+        opt.log_target = parse_choice(arg, names);
+        if (opt.log_target < 0)
             die("invalid --log '%s' (expected stderr or syslog; --log-file=FILE for a file)",
                 arg);
         break;
+    }
     case OPT_LOG_FILE:
         if (!*arg)
             die("--log-file: empty file name");

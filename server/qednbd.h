@@ -134,6 +134,9 @@ enum srv_log_target { SRV_LOG_TO_STDERR, SRV_LOG_TO_SYSLOG, SRV_LOG_TO_FILE };
 /** srv_log_enabled - would a message at @level be printed with this verbosity? */
 bool srv_log_enabled(int level);
 
+/** srv_vlog - log one line at @level: @prefix, then @fmt formatted with @ap. */
+void srv_vlog(int level, const char *prefix, const char *fmt, va_list ap);
+
 /** srv_log - log one line at @level (see log.c for the formats). */
 void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

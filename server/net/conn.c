@@ -45,15 +45,13 @@ const char *conn_state_name(enum conn_state st)
 
 void conn_log(struct conn *c, int level, const char *fmt, ...)
 {
-    char buf[1024];
+    char prefix[32];
     va_list ap;
 
-    if (!srv_log_enabled(level))
-        return;
+    snprintf(prefix, sizeof(prefix), "[c%llu] ", (unsigned long long)c->id);
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
+    srv_vlog(level, prefix, fmt, ap);
     va_end(ap);
-    srv_log(level, "[c%llu] %s", (unsigned long long)c->id, buf);
 }
 
 void conn_set_state(struct conn *c, enum conn_state st)
@@ -75,7 +73,6 @@ void conn_expect(struct conn *c, enum conn_state st, void *buf, size_t want)
     c->in_got = 0;
     conn_set_state(c, st);
 }
-
 
 /* ---- Lifetime --------------------------------------------------------- */
 
@@ -201,13 +198,29 @@ void conn_shutdown(struct conn *c)
         c->stop_reading = true;
 }
 
+int conn_tls_prepare(struct conn *c, char *err, size_t errlen)
+{
+    int r;
+
+    c->tls_out = malloc(CONN_TLS_RECORD);
+    if (!c->tls_out)
+        return -ENOBUFS;
+    conn_mem_charge(c, CONN_TLS_RECORD);    /* released where it is freed (conn_close) */
+    r = tls_session_new(c->rfd, c->wfd, &c->tls, err, errlen);
+    if (r < 0) {
+        free(c->tls_out);
+        c->tls_out = NULL;
+        conn_mem_release(c, CONN_TLS_RECORD);
+    }
+    return r;
+}
+
 void conn_start_tls(struct conn *c)
 {
     if (c->state == CONN_DEAD || c->state == CONN_DRAINING)
         return;
     conn_set_state(c, CONN_TLS_HANDSHAKE);
 }
-
 
 void conn_kick(struct conn *c)
 {
@@ -218,7 +231,7 @@ void conn_kick(struct conn *c)
         conn_update_read_watcher(c);
 }
 
-/* ---- Handshake timer ----------------------------- */
+/* ---- Handshake timer ---------------------------------------------------- */
 
 static void on_hs_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {

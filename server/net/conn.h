@@ -108,7 +108,7 @@ struct conn {
 
     struct outmsg *out_head, *out_tail;
 
-    /* Work for the end of the loop turn (conn.c, on_turn_end); each list
+    /* Work for the end of the loop turn (net/turn.c, on_turn_end); each list
      * holds a reference on the connection. */
     struct conn *flush_next;      /* in the list of connections with batched replies */
     bool flush_listed;
@@ -157,6 +157,14 @@ void conn_drain(struct conn *c, const char *why);
 void conn_handshake_over(struct conn *c);
 
 /**
+ * conn_tls_prepare - STARTTLS was asked for: allocate the TLS record buffer
+ * and the session (nothing is sent yet).  Returns 0, -ENOBUFS when the
+ * record buffer cannot be allocated, or another negative errno from
+ * tls_session_new with the cause in @err.
+ */
+int conn_tls_prepare(struct conn *c, char *err, size_t errlen);
+
+/**
  * conn_start_tls - STARTTLS was acknowledged (the ACK is queued): run the
  * TLS handshake on @c->tls as soon as the ACK has been written.
  */
@@ -201,7 +209,7 @@ bool conn_mem_try(struct conn *c, size_t n);
 void conn_mem_unwait(struct conn *c);
 
 /**
- * conn_mem_wake - (conn.c) memory was given back while connections wait:
+ * conn_mem_wake - (net/turn.c) memory was given back while connections wait:
  * at the end of this loop turn, resume every waiting connection whose
  * request now fits.
  */

@@ -126,6 +126,76 @@ static ssize_t conn_recv(struct conn *c, void *buf, size_t n)
     return -1;
 }
 
+/* Bytes the current state still wants: a SKIP state drops @n at most
+ * (*@dst NULL), the others fill *@dst.  Returns false when it wants none. */
+static bool fill_wants(struct conn *c, bool skipping, uint8_t **dst, size_t *n)
+{
+    if (skipping) {
+        *dst = NULL;
+        *n = c->skip_left < SIZE_MAX ? (size_t)c->skip_left : SIZE_MAX;
+        return c->skip_left != 0;
+    }
+    if (c->in_got == c->in_want)
+        return false;   /* before the pointer sum: a state of 0 bytes may have none */
+    *dst = c->in_ptr + c->in_got;
+    *n = c->in_want - c->in_got;
+    return true;
+}
+
+/* Account @got bytes read (or dropped) for the current state. */
+static void fill_got(struct conn *c, bool skipping, size_t got)
+{
+    if (skipping)
+        c->skip_left -= got;
+    else
+        c->in_got += got;
+}
+
+/* Take what we can of the @n bytes from the read-ahead buffer. */
+static void fill_from_ibuf(struct conn *c, bool skipping, uint8_t *dst, size_t n)
+{
+    /* Why first: these bytes came before anything still in the socket. */
+    size_t take = c->ilen - c->ipos < n ? c->ilen - c->ipos : n;
+
+    if (!skipping)
+        memcpy(dst, c->ibuf + c->ipos, take);
+    fill_got(c, skipping, take);
+    c->ipos += take;
+    if (c->ipos == c->ilen)
+        c->ipos = c->ilen = 0;
+}
+
+/* One readv: what the state needs, straight into its buffer (@dst, @n), and
+ * whatever follows into the read-ahead buffer.  Returns what readv did. */
+static ssize_t fill_read_ahead(struct conn *c, bool skipping, uint8_t *dst, size_t n)
+{
+    struct iovec iov[2];
+    int niov = 0;
+    size_t asked = SRV_INPUT_BUFFER;
+    ssize_t r;
+
+    if (!skipping) {
+        iov[niov].iov_base = dst;
+        iov[niov++].iov_len = n;
+        asked += n;
+    }
+    iov[niov].iov_base = c->ibuf;
+    iov[niov++].iov_len = SRV_INPUT_BUFFER;
+    r = readv(c->rfd, iov, niov);
+    if (r > 0) {
+        size_t got = (size_t)r;
+        if (!skipping) {
+            size_t direct = got < n ? got : n;
+            c->in_got += direct;
+            got -= direct;
+        }
+        c->ipos = 0;
+        c->ilen = got;
+        c->in_drained = (size_t)r < asked;
+    }
+    return r;
+}
+
 /*
  * conn_fill - read into the current state's buffer (or drop bytes in a SKIP
  * state): from the read-ahead buffer first, then from the socket.  Returns
@@ -139,77 +209,31 @@ static int conn_fill(struct conn *c)
 
     for (;;) {
         bool skipping = c->state == CONN_HS_OPT_SKIP || c->state == CONN_TX_SKIP_PAYLOAD;
-        uint8_t *dst = NULL;
+        uint8_t *dst;
         size_t n;
         ssize_t r;
 
-        if (skipping) {
-            if (c->skip_left == 0)
-                return 1;
-            n = c->skip_left < SIZE_MAX ? (size_t)c->skip_left : SIZE_MAX;
-        } else {
-            if (c->in_got == c->in_want)
-                return 1;
-            dst = c->in_ptr + c->in_got;
-            n = c->in_want - c->in_got;
-        }
+        if (!fill_wants(c, skipping, &dst, &n))
+            return 1;
         if (c->ipos < c->ilen) {
-            /* Why first: these bytes came before anything still in the socket. */
-            size_t take = c->ilen - c->ipos < n ? c->ilen - c->ipos : n;
-            if (skipping) {
-                c->skip_left -= take;
-            } else {
-                memcpy(dst, c->ibuf + c->ipos, take);
-                c->in_got += take;
-            }
-            c->ipos += take;
-            if (c->ipos == c->ilen)
-                c->ipos = c->ilen = 0;
+            fill_from_ibuf(c, skipping, dst, n);
             continue;
         }
         if (c->in_drained)
             return 0;       /* empty a moment ago: let the loop say when it is not */
         if (reads_ahead(c) && (c->ibuf || (c->ibuf = ibuf_get(c)))) {
-            /* One readv: what the state needs, straight into its buffer, and
-             * whatever follows into the read-ahead buffer. */
-            struct iovec iov[2];
-            int niov = 0;
-            size_t asked = SRV_INPUT_BUFFER;
-
-            if (!skipping) {
-                iov[niov].iov_base = dst;
-                iov[niov++].iov_len = n;
-                asked += n;
-            }
-            iov[niov].iov_base = c->ibuf;
-            iov[niov++].iov_len = SRV_INPUT_BUFFER;
-            r = readv(c->rfd, iov, niov);
-            if (r > 0) {
-                size_t got = (size_t)r;
-                if (!skipping) {
-                    size_t direct = got < n ? got : n;
-                    c->in_got += direct;
-                    got -= direct;
-                }
-                c->ipos = 0;
-                c->ilen = got;
-                c->in_drained = (size_t)r < asked;
-                continue;
-            }
+            r = fill_read_ahead(c, skipping, dst, n);
         } else {
             if (skipping) {
                 dst = scratch;
                 n = n < sizeof(scratch) ? n : sizeof(scratch);
             }
             r = conn_recv(c, dst, n);
-            if (r > 0) {
-                if (skipping)
-                    c->skip_left -= (uint64_t)r;
-                else
-                    c->in_got += (size_t)r;
-                continue;
-            }
+            if (r > 0)
+                fill_got(c, skipping, (size_t)r);
         }
+        if (r > 0)
+            continue;
         if (r == 0) {
             conn_close(c, c->in_got || skipping ? "client disconnected mid-message"
                                                 : "client disconnected");

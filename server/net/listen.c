@@ -150,7 +150,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         }
         if (srv.nconns >= srv.max_conns) {
             srv.conns_refused++;
-            /* Refuse politely (see handshake.c), but do not let refused
+            /* Refuse politely (see protocol/handshake.c), but do not let refused
              * clients pile up either: past a second allowance, just close. */
             if (srv.nrefused >= srv.max_conns) {
                 srv_log(SRV_LOG_INFO, "connection from %s dropped: over the limit", peer);
@@ -326,7 +326,6 @@ void srv_conn_gone(void)
     if ((srv.stdio || srv.shutting_down) && !srv.conns)
         ev_break(srv.loop, EVBREAK_ALL);
 }
-
 
 const char *listen_describe(void)
 {

@@ -24,7 +24,6 @@
 #include <sys/uio.h>
 
 #include "conn.h"
-#include "conn-ops.h"
 #include "net-internal.h"
 #include "tls.h"
 

@@ -15,9 +15,7 @@
 #include <sys/uio.h>
 
 #include "conn.h"
-#include "conn-ops.h"
 #include "net-internal.h"
-#include "tls.h"
 
 /* ---- End of the loop turn ----------------------------------------------- */
 
@@ -97,26 +95,27 @@ static void turn_arm(void)
         ev_idle_start(srv.loop, &nowait_w);
 }
 
-void turn_flush_add(struct conn *c)
+/* Push @c on the list @head through its @next link, unless @listed says it
+ * is there already.  The list holds a reference on @c. */
+static void list_push(struct conn *c, bool *listed, struct conn **next, struct conn **head)
 {
-    if (c->flush_listed)
+    if (*listed)
         return;
     conn_ref(c);
-    c->flush_listed = true;
-    c->flush_next = flush_head;
-    flush_head = c;
+    *listed = true;
+    *next = *head;
+    *head = c;
     turn_arm();
+}
+
+void turn_flush_add(struct conn *c)
+{
+    list_push(c, &c->flush_listed, &c->flush_next, &flush_head);
 }
 
 void turn_resume_add(struct conn *c)
 {
-    if (c->resume_listed)
-        return;
-    conn_ref(c);
-    c->resume_listed = true;
-    c->resume_next = resume_head;
-    resume_head = c;
-    turn_arm();
+    list_push(c, &c->resume_listed, &c->resume_next, &resume_head);
 }
 
 void conn_mem_wake(void)

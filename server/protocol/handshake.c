@@ -106,15 +106,16 @@ void hs_start(struct conn *c)
         conn_close(c, "out of memory sending the greeting");
         return;
     }
-    conn_expect(c, CONN_HS_CLIENT_FLAGS, c->hdr, 4);
+    conn_expect(c, CONN_HS_CLIENT_FLAGS, c->hdr, sizeof(struct nbd_client_flags));
 }
 
 void hs_client_flags_done(struct conn *c)
 {
+    struct nbd_client_flags cf;
     uint32_t flags;
 
-    memcpy(&flags, c->hdr, 4);
-    flags = be32toh(flags);
+    memcpy(&cf, c->hdr, sizeof(cf));
+    flags = be32toh(cf.flags);
     /* The server MUST close the connection on client flags it does not know. */
     if (flags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
         conn_log(c, SRV_LOG_INFO, "unknown client flags 0x%x", flags);
@@ -269,6 +270,6 @@ void hs_enter_transmission(struct conn *c, struct export *e)
              e->path, (unsigned long long)e->size, c->tx_flags,
              c->structured ? "structured" : "simple", c->meta_base ? ", base:allocation" : "",
              c->meta_depth ? ", qemu:allocation-depth" : "");
-    conn_expect(c, CONN_TX_REQ_HEADER, c->hdr, sizeof(struct nbd_request));
+    tx_expect_request(c);
 }
 

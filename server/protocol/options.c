@@ -20,25 +20,16 @@ struct cursor {
     size_t left;
 };
 
-static bool cur_u32(struct cursor *k, uint32_t *v)
+/* Read a big-endian integer of @n bytes (at most 4). */
+static bool cur_be(struct cursor *k, size_t n, uint32_t *v)
 {
-    if (k->left < 4)
+    if (k->left < n)
         return false;
-    memcpy(v, k->p, 4);
-    *v = be32toh(*v);
-    k->p += 4;
-    k->left -= 4;
-    return true;
-}
-
-static bool cur_u16(struct cursor *k, uint16_t *v)
-{
-    if (k->left < 2)
-        return false;
-    memcpy(v, k->p, 2);
-    *v = be16toh(*v);
-    k->p += 2;
-    k->left -= 2;
+    *v = 0;
+    for (size_t i = 0; i < n; i++)
+        *v = *v << 8 | k->p[i];
+    k->p += n;
+    k->left -= n;
     return true;
 }
 
@@ -65,16 +56,16 @@ static void send_info_export(struct conn *c, const struct export *e)
 static void send_info_string(struct conn *c, uint16_t type, const char *s)
 {
     size_t n = strlen(s);
-    uint8_t *buf = malloc(2 + n);
-    uint16_t t = htobe16(type);
+    struct nbd_info_header ih = { .info = htobe16(type) };
+    uint8_t *buf = malloc(sizeof(ih) + n);
 
     if (!buf) {
         conn_close(c, "out of memory");
         return;
     }
-    memcpy(buf, &t, 2);
-    memcpy(buf + 2, s, n);
-    hs_reply(c, NBD_REP_INFO, buf, 2 + n);
+    memcpy(buf, &ih, sizeof(ih));
+    memcpy(buf + sizeof(ih), s, n);
+    hs_reply(c, NBD_REP_INFO, buf, sizeof(ih) + n);
     free(buf);
 }
 
@@ -89,32 +80,42 @@ static void send_info_block_size(struct conn *c, const struct export *e)
     hs_reply(c, NBD_REP_INFO, &bs, sizeof(bs));
 }
 
+/* The export an option names (@len bytes at @name), or NULL once the error
+ * reply is queued (a name over the protocol's limit, or no such export). */
+static struct export *find_named_export(struct conn *c, const char *name, uint32_t len)
+{
+    struct export *e;
+
+    if (len > NBD_MAX_STRING) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "export name longer than 4096 bytes");
+        return NULL;
+    }
+    e = srv_find_export(name, len);
+    if (!e)
+        hs_reply_err(c, NBD_REP_ERR_UNKNOWN, "no such export");
+    return e;
+}
+
 /* NBD_OPT_INFO and NBD_OPT_GO. */
 static void opt_info_go(struct conn *c)
 {
     struct cursor k = { c->opt_buf, c->opt_len };
     uint32_t namelen;
-    uint16_t nreq;
+    uint32_t nreq;     /* 16 bits on the wire */
     const char *name;
     const char *reqs;
     struct export *e;
     bool want_name = false, want_desc = false;
 
-    if (!cur_u32(&k, &namelen) || namelen > k.left || !cur_bytes(&k, namelen, &name) ||
-        !cur_u16(&k, &nreq) || k.left != 2u * nreq || !cur_bytes(&k, k.left, &reqs)) {
+    if (!cur_be(&k, 4, &namelen) || namelen > k.left || !cur_bytes(&k, namelen, &name) ||
+        !cur_be(&k, 2, &nreq) || k.left != 2u * nreq || !cur_bytes(&k, k.left, &reqs)) {
         hs_reply_err(c, NBD_REP_ERR_INVALID, "malformed INFO/GO request");
         return;
     }
-    if (namelen > NBD_MAX_STRING) {
-        hs_reply_err(c, NBD_REP_ERR_INVALID, "export name longer than 4096 bytes");
+    e = find_named_export(c, name, namelen);
+    if (!e)
         return;
-    }
-    e = srv_find_export(name, namelen);
-    if (!e) {
-        hs_reply_err(c, NBD_REP_ERR_UNKNOWN, "no such export");
-        return;
-    }
-    for (uint16_t i = 0; i < nreq; i++) {
+    for (uint32_t i = 0; i < nreq; i++) {
         uint16_t r;
         memcpy(&r, reqs + 2 * i, 2);
         r = be16toh(r);
@@ -178,18 +179,13 @@ static void opt_starttls(struct conn *c)
     }
     /* Set everything up before saying yes: after the ACK there is no way
      * back to plaintext, so a failure now must still be an error reply. */
-    c->tls_out = malloc(CONN_TLS_RECORD);
-    if (!c->tls_out) {
+    r = conn_tls_prepare(c, err, sizeof(err));
+    if (r == -ENOBUFS) {
         hs_reply_err(c, NBD_REP_ERR_PLATFORM, "out of memory for TLS");
         return;
     }
-    conn_mem_charge(c, CONN_TLS_RECORD);    /* released where it is freed (conn_close) */
-    r = tls_session_new(c->rfd, c->wfd, &c->tls, err, sizeof(err));
     if (r < 0) {
         conn_log(c, SRV_LOG_ERROR, "cannot start TLS: %s", err);
-        free(c->tls_out);
-        c->tls_out = NULL;
-        conn_mem_release(c, CONN_TLS_RECORD);
         hs_reply_err(c, NBD_REP_ERR_PLATFORM, "the server could not set up TLS");
         return;
     }
@@ -213,18 +209,18 @@ static void opt_list(struct conn *c)
         const struct export *e = &srv.exports[i];
         size_t nlen = strlen(e->name);
         size_t dlen = srv.description ? strlen(srv.description) : 0;
-        uint8_t *buf = malloc(4 + nlen + dlen);
-        uint32_t be = htobe32((uint32_t)nlen);
+        struct nbd_rep_server rs = { .name_len = htobe32((uint32_t)nlen) };
+        uint8_t *buf = malloc(sizeof(rs) + nlen + dlen);
 
         if (!buf) {
             conn_close(c, "out of memory");
             return;
         }
-        memcpy(buf, &be, 4);
-        memcpy(buf + 4, e->name, nlen);
+        memcpy(buf, &rs, sizeof(rs));
+        memcpy(buf + sizeof(rs), e->name, nlen);
         if (dlen)
-            memcpy(buf + 4 + nlen, srv.description, dlen);
-        hs_reply(c, NBD_REP_SERVER, buf, 4 + nlen + dlen);
+            memcpy(buf + sizeof(rs) + nlen, srv.description, dlen);
+        hs_reply(c, NBD_REP_SERVER, buf, sizeof(rs) + nlen + dlen);
         free(buf);
     }
     hs_reply(c, NBD_REP_ACK, NULL, 0);
@@ -284,8 +280,8 @@ static void opt_meta_context(struct conn *c)
         hs_reply_err(c, NBD_REP_ERR_INVALID, "negotiate structured replies first");
         return;
     }
-    if (!cur_u32(&k, &namelen) || namelen > k.left || !cur_bytes(&k, namelen, &name) ||
-        !cur_u32(&k, &nq)) {
+    if (!cur_be(&k, 4, &namelen) || namelen > k.left || !cur_bytes(&k, namelen, &name) ||
+        !cur_be(&k, 4, &nq)) {
         hs_reply_err(c, NBD_REP_ERR_INVALID, "malformed meta context request");
         return;
     }
@@ -297,7 +293,7 @@ static void opt_meta_context(struct conn *c)
         uint32_t qlen;
         const char *q;
 
-        if (!cur_u32(&k, &qlen) || qlen > k.left || !cur_bytes(&k, qlen, &q)) {
+        if (!cur_be(&k, 4, &qlen) || qlen > k.left || !cur_bytes(&k, qlen, &q)) {
             hs_reply_err(c, NBD_REP_ERR_INVALID, "meta context query runs past the option data");
             return;
         }
@@ -310,26 +306,24 @@ static void opt_meta_context(struct conn *c)
         hs_reply_err(c, NBD_REP_ERR_INVALID, "trailing bytes after the meta context queries");
         return;
     }
-    e = srv_find_export(name, namelen);
-    if (!e) {
-        hs_reply_err(c, NBD_REP_ERR_UNKNOWN, "no such export");
+    e = find_named_export(c, name, namelen);
+    if (!e)
         return;
-    }
     if (list && nq == 0)
         mask = (1u << NCONTEXTS) - 1;     /* no query: everything available */
 
     for (size_t i = 0; i < NCONTEXTS && c->state != CONN_DEAD; i++) {
         size_t n = strlen(contexts[i].name);
-        uint8_t buf[4 + 64];
-        uint32_t id = htobe32(list ? 0 : contexts[i].id);
+        struct nbd_rep_meta_context mc = { .context_id = htobe32(list ? 0 : contexts[i].id) };
+        uint8_t buf[sizeof(mc) + 64];
 
         if (!(mask & (1u << i)))
             continue;
-        memcpy(buf, &id, 4);
-        memcpy(buf + 4, contexts[i].name, n);
+        memcpy(buf, &mc, sizeof(mc));
+        memcpy(buf + sizeof(mc), contexts[i].name, n);
         conn_log(c, SRV_LOG_INFO, "%s meta context %s", list ? "list" : "select",
                  contexts[i].name);
-        hs_reply(c, NBD_REP_META_CONTEXT, buf, 4 + n);
+        hs_reply(c, NBD_REP_META_CONTEXT, buf, sizeof(mc) + n);
     }
     if (!list) {
         c->meta_exp = mask ? e : NULL;
@@ -338,7 +332,6 @@ static void opt_meta_context(struct conn *c)
     }
     hs_reply(c, NBD_REP_ACK, NULL, 0);
 }
-
 
 /* NBD_OPT_ABORT: data is ignored, as the spec asks; reply, then close once written. */
 static void opt_abort(struct conn *c)

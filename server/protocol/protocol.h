@@ -17,61 +17,63 @@
 #define CTX_ID_BASE_ALLOCATION 1u
 #define CTX_ID_ALLOCATION_DEPTH 2u
 
+/*
+ * The handlers of the reading states, run by dispatch.c once the bytes the
+ * state asked for are in.  handshake.c: the 4 client-flag bytes (c->hdr),
+ * a 16-byte option header (c->hdr), an option payload (c->opt_buf), an
+ * over-long option payload dropped.  request.c: a request header (c->hdr),
+ * the payload of c->cur, the payload of a rejected c->cur dropped.
+ */
+void hs_client_flags_done(struct conn *c);
+void hs_opt_header_done(struct conn *c);
+void hs_opt_payload_done(struct conn *c);
+void hs_opt_skip_done(struct conn *c);
+void tx_req_header_done(struct conn *c);
+void tx_write_payload_done(struct conn *c);
+void tx_skip_payload_done(struct conn *c);
+
 /* ---- handshake.c ---- */
 
 /** hs_start - queue the greeting and wait for the client flags. */
 void hs_start(struct conn *c);
 
-/** hs_client_flags_done - the 4 client-flag bytes are in c->hdr. */
-void hs_client_flags_done(struct conn *c);
-
-/** hs_opt_header_done - the 16-byte option header is in c->hdr. */
-void hs_opt_header_done(struct conn *c);
-
-/** hs_opt_payload_done - the option payload is in c->opt_buf. */
-void hs_opt_payload_done(struct conn *c);
-
-/** hs_opt_skip_done - an over-long option payload has been dropped. */
-void hs_opt_skip_done(struct conn *c);
-
-/** hs_expect_option - the next option header comes. */
+/** hs_expect_option - the next option header comes (tx_expect_request: the next request). */
 void hs_expect_option(struct conn *c);
 
 /** hs_tx_flags - the transmission flags @c would get for @e. */
 uint16_t hs_tx_flags(const struct conn *c, const struct export *e);
 
-/** hs_reply - queue one option reply: header + @len bytes of @data. */
+/**
+ * hs_reply - queue one option reply: header + @len bytes of @data.
+ * hs_reply_err - an error reply carrying a human-readable message (logged
+ * with -v).  Either closes @c when out of memory.
+ */
 void hs_reply(struct conn *c, uint32_t type, const void *data, size_t len);
-
-/** hs_reply_err - an error reply carrying a human-readable message (logged with -v). */
 void hs_reply_err(struct conn *c, uint32_t type, const char *msg);
 
 /** hs_opt_name - the option's name, for logs. */
 const char *hs_opt_name(uint32_t opt);
 
-/** hs_forget_meta - forget the metadata contexts selected (STARTTLS, SET, another export). */
+/**
+ * hs_forget_meta - forget the metadata contexts selected (STARTTLS, SET,
+ * another export).  hs_enter_transmission - option haggling is over;
+ * serve @e.
+ */
 void hs_forget_meta(struct conn *c);
-
-/** hs_enter_transmission - option haggling is over; serve @e. */
 void hs_enter_transmission(struct conn *c, struct export *e);
 
-/* ---- options.c: one handler per option, run by hs_opt_payload_done ---- */
+/* ---- options.c: one handler per option ---- */
 
 /** opt_dispatch - run the handler of option c->opt (its payload is in c->opt_buf). */
 void opt_dispatch(struct conn *c);
 
 /* ---- request.c ---- */
 
-/** tx_req_header_done - a request header is in c->hdr. */
-void tx_req_header_done(struct conn *c);
-
-/** tx_write_payload_done - the payload of c->cur has been read. */
-void tx_write_payload_done(struct conn *c);
-
-/** tx_skip_payload_done - the payload of rejected c->cur has been dropped. */
-void tx_skip_payload_done(struct conn *c);
-
-/** tx_abort_current - free c->cur, the request being read, when closing. */
+/**
+ * tx_expect_request - the next request header comes.  tx_abort_current -
+ * free c->cur, the request being read, when closing.
+ */
+void tx_expect_request(struct conn *c);
 void tx_abort_current(struct conn *c);
 
 /**

@@ -107,15 +107,15 @@ void reply_error(struct req *r, uint32_t err, const char *msg)
         return;
     }
     size_t mlen = strlen(msg);
-    if (mlen > sizeof(r->hdr) - 26)
-        mlen = sizeof(r->hdr) - 26;
+    if (mlen > sizeof(r->hdr) - SR_ERROR_HDR_LEN)
+        mlen = sizeof(r->hdr) - SR_ERROR_HDR_LEN;
     struct nbd_chunk_error ce = { .error = htobe32(err), .msg_len = htobe16((uint16_t)mlen) };
     put_sr_header(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, r->cookie,
                   (uint32_t)(sizeof(ce) + mlen));
-    memcpy(r->hdr + 20, &ce, sizeof(ce));
-    memcpy(r->hdr + 26, msg, mlen);
+    memcpy(r->hdr + SR_HDR_LEN, &ce, sizeof(ce));
+    memcpy(r->hdr + SR_ERROR_HDR_LEN, msg, mlen);
     r->iov[0].iov_base = r->hdr;
-    r->iov[0].iov_len = 26 + mlen;
+    r->iov[0].iov_len = SR_ERROR_HDR_LEN + mlen;
     queue_reply(r, r->iov, 1);
 }
 
@@ -128,7 +128,7 @@ void reply_ok(struct req *r)
         /* Nothing to cover: a lone NONE chunk ends the reply. */
         put_sr_header(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r->cookie, 0);
         r->iov[0].iov_base = r->hdr;
-        r->iov[0].iov_len = 20;
+        r->iov[0].iov_len = SR_HDR_LEN;
         queue_reply(r, r->iov, 1);
         return;
     }
@@ -142,15 +142,24 @@ static bool all_zero(const uint8_t *p, size_t n)
     return p[0] == 0 && memcmp(p, p + 1, n - 1) == 0;
 }
 
+/* The header of an OFFSET_DATA chunk of @len bytes at @offset, at @h;
+ * returns its size (the data follows in its own iovec). */
+static size_t put_data_header(uint8_t *h, uint16_t flags, uint64_t cookie, uint64_t offset,
+                              uint32_t len)
+{
+    struct nbd_chunk_offset_data d = { .offset = htobe64(offset) };
+
+    put_sr_header(h, flags, NBD_REPLY_TYPE_OFFSET_DATA, cookie, (uint32_t)sizeof(d) + len);
+    memcpy(h + SR_HDR_LEN, &d, sizeof(d));
+    return SR_DATA_HDR_LEN;
+}
+
 /* One data chunk holding the whole READ, built in hdr: no allocation. */
 static void reply_read_one_data(struct req *r)
 {
-    uint64_t o = htobe64(r->offset);
-
-    put_sr_header(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie, 8 + r->len);
-    memcpy(r->hdr + 20, &o, 8);
     r->iov[0].iov_base = r->hdr;
-    r->iov[0].iov_len = 28;
+    r->iov[0].iov_len = put_data_header(r->hdr, NBD_REPLY_FLAG_DONE, r->cookie, r->offset,
+                                        r->len);
     r->iov[1].iov_base = r->buf;
     r->iov[1].iov_len = r->len;
     if (srv_log_enabled(SRV_LOG_DEBUG))
@@ -212,13 +221,13 @@ void reply_read_structured(struct req *r)
         reply_read_one_data(r);     /* the usual case: all data */
         return;
     }
-    /* Chunk headers (32 bytes each), then the iovecs: in hdr and iov for a
-     * lone hole (an unallocated range), else in one allocation, where
-     * nruns * 32 keeps the iovecs aligned. */
+    /* Chunk headers (READ_CHUNK_SLOT bytes each), then the iovecs: in hdr
+     * and iov for a lone hole (an unallocated range), else in one
+     * allocation, where nruns * READ_CHUNK_SLOT keeps the iovecs aligned. */
     uint8_t *meta = r->hdr;
     struct iovec *iov = r->iov;
     if (nruns > 1) {
-        r->meta_bytes = nruns * 32 + 2 * nruns * sizeof(struct iovec);
+        r->meta_bytes = nruns * READ_CHUNK_SLOT + 2 * nruns * sizeof(struct iovec);
         r->meta = malloc(r->meta_bytes);
         if (!r->meta) {
             r->meta_bytes = 0;
@@ -227,25 +236,23 @@ void reply_read_structured(struct req *r)
             return;
         }
         meta = r->meta;
-        iov = (struct iovec *)(void *)(r->meta + nruns * 32);
+        iov = (struct iovec *)(void *)(r->meta + nruns * READ_CHUNK_SLOT);
     }
     for (size_t i = 0; i < nruns; i++) {
-        uint8_t *h = meta + i * 32;
+        uint8_t *h = meta + i * READ_CHUNK_SLOT;
         uint16_t fl = i + 1 == nruns ? NBD_REPLY_FLAG_DONE : 0;
         if (runs[i].hole) {
             struct nbd_chunk_offset_hole ch = { htobe64(r->offset + runs[i].start),
                                                 htobe32(runs[i].len) };
             put_sr_header(h, fl, NBD_REPLY_TYPE_OFFSET_HOLE, r->cookie, sizeof(ch));
-            memcpy(h + 20, &ch, sizeof(ch));
+            memcpy(h + SR_HDR_LEN, &ch, sizeof(ch));
             iov[niov].iov_base = h;
-            iov[niov++].iov_len = 20 + sizeof(ch);
+            iov[niov++].iov_len = SR_HOLE_LEN;
             holes++;
         } else {
-            uint64_t o = htobe64(r->offset + runs[i].start);
-            put_sr_header(h, fl, NBD_REPLY_TYPE_OFFSET_DATA, r->cookie, 8 + runs[i].len);
-            memcpy(h + 20, &o, 8);
             iov[niov].iov_base = h;
-            iov[niov++].iov_len = 28;
+            iov[niov++].iov_len = put_data_header(h, fl, r->cookie, r->offset + runs[i].start,
+                                                  runs[i].len);
             iov[niov].iov_base = r->buf + runs[i].start;
             iov[niov++].iov_len = runs[i].len;
         }
@@ -272,7 +279,7 @@ static size_t put_bs_chunk(struct req *r, uint8_t *p, uint32_t ctx,
                            uint32_t (*fl)(const struct qed_extent *), bool last)
 {
     size_t n = 0;
-    uint8_t *d = p + 24;
+    uint8_t *d = p + SR_BS_HDR_LEN;
     uint64_t total = 0;
     bool one = r->flags & NBD_CMD_FLAG_REQ_ONE;
 
@@ -286,10 +293,10 @@ static size_t put_bs_chunk(struct req *r, uint8_t *p, uint32_t ctx,
         /* Merge equal neighbours: fewer, larger descriptors. */
         if (n) {
             struct nbd_block_descriptor prev;
-            memcpy(&prev, d + 8 * (n - 1), 8);
+            memcpy(&prev, d + SR_BS_DESC_LEN * (n - 1), SR_BS_DESC_LEN);
             if (be32toh(prev.status_flags) == f) {
                 prev.length = htobe32(be32toh(prev.length) + (uint32_t)len);
-                memcpy(d + 8 * (n - 1), &prev, 8);
+                memcpy(d + SR_BS_DESC_LEN * (n - 1), &prev, SR_BS_DESC_LEN);
                 total += len;
                 continue;
             }
@@ -297,27 +304,27 @@ static size_t put_bs_chunk(struct req *r, uint8_t *p, uint32_t ctx,
                 break;
         }
         struct nbd_block_descriptor bd = { htobe32((uint32_t)len), htobe32(f) };
-        memcpy(d + 8 * n, &bd, 8);
+        memcpy(d + SR_BS_DESC_LEN * n, &bd, SR_BS_DESC_LEN);
         n++;
         total += len;
     }
     if (n == 0) {
         /* The library returned nothing: status 0 ("unknown") is always safe. */
         struct nbd_block_descriptor bd = { htobe32(r->len), 0 };
-        memcpy(d, &bd, 8);
+        memcpy(d, &bd, SR_BS_DESC_LEN);
         n = 1;
     }
-    uint32_t id = htobe32(ctx);
+    struct nbd_chunk_block_status bs = { .context_id = htobe32(ctx) };
     put_sr_header(p, last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
-                  (uint32_t)(4 + 8 * n));
-    memcpy(p + 20, &id, 4);
-    return 24 + 8 * n;
+                  (uint32_t)(sizeof(bs) + SR_BS_DESC_LEN * n));
+    memcpy(p + SR_HDR_LEN, &bs, sizeof(bs));
+    return SR_BS_HDR_LEN + SR_BS_DESC_LEN * n;
 }
 
 void reply_block_status(struct req *r)
 {
     struct conn *c = r->c;
-    size_t per = 24 + 8 * (r->next ? r->next : 1);
+    size_t per = SR_BS_HDR_LEN + SR_BS_DESC_LEN * (r->next ? r->next : 1);
     uint8_t *meta = malloc(2 * per);
     size_t used = 0;
 

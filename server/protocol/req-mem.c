@@ -131,9 +131,9 @@ size_t req_cost(const struct conn *c, uint16_t type, uint16_t flags, uint32_t le
         break;
     case NBD_CMD_BLOCK_STATUS:
         if (!(flags & NBD_CMD_FLAG_REQ_ONE))
-            n += BS_MAX_EXTENTS * sizeof(struct qed_extent) + 2 * (24 + 8 * BS_MAX_EXTENTS);
+            n += BS_MAX_EXTENTS * sizeof(struct qed_extent) + 2 * (SR_BS_HDR_LEN + SR_BS_DESC_LEN * BS_MAX_EXTENTS);
         else
-            n += 2 * (24 + 8);
+            n += 2 * (SR_BS_HDR_LEN + SR_BS_DESC_LEN);
         break;
     default:
         break;

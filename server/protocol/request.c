@@ -1,6 +1,7 @@
 /*
- * tx.c - the transmission phase: parse and check requests, submit them to
- * the library, and build the replies as the library completes them.
+ * request.c - the transmission phase: parse and check requests, submit them to
+ * the library, and hand their completions to the replies (reply.c); the
+ * request's memory is in req-mem.c.
  *
  * Requests are checked once, here at the edge (magic, command, flags,
  * ranges, payload size); everything past tx_check() may assert.
@@ -13,14 +14,14 @@
  * Hot path.  A READ is one library request: the sparse structured reply is
  * cut from the data itself (zero clusters go as holes), not from a block
  * status lookup made first.  Request structs and data buffers come from free
- * lists (req_get, buf_get), so the steady state calls no malloc.  Replies are
+ * lists (req_get, req_alloc_buf: req-mem.c), so the steady state calls no malloc.  Replies are
  * queued with conn_queue_batched: every reply completed in one loop turn
  * leaves in one writev, header and data together.
  *
  * Memory.  A request is admitted only when its worst-case cost (req_cost)
  * fits under the connection's and the server's caps (mem.c); it is charged
  * then, and given back piece by piece: when its reply is built, whatever
- * the reply does not point into is freed at once (queue_reply), and the
+ * the reply does not point into is freed at once (reply.c, queue_reply), and the
  * rest when the reply has been written (req_free).
  */
 #include "config.h"
@@ -288,6 +289,101 @@ static void count_request(struct export *e, uint16_t type)
     }
 }
 
+void tx_expect_request(struct conn *c)
+{
+    conn_expect(c, CONN_TX_REQ_HEADER, c->hdr, sizeof(struct nbd_request));
+}
+
+/*
+ * What ends a request at its header, before any memory is involved: a bad
+ * magic, DISC, a WRITE payload over the limit.  Logs and counts the request
+ * on its first run (not @again).  Returns 0 to go on, -1 when it was handled.
+ */
+static int header_first_checks(struct conn *c, const struct nbd_request *h, bool again)
+{
+    uint16_t type = be16toh(h->type);
+    uint32_t len = be32toh(h->len);
+
+    if (be32toh(h->magic) != NBD_REQUEST_MAGIC) {
+        conn_close(c, "bad request magic");
+        return -1;
+    }
+    if (srv_log_enabled(SRV_LOG_DEBUG) && !again)
+        conn_log(c, SRV_LOG_DEBUG, "request %s cookie=0x%llx offset=%llu len=%u flags=0x%x",
+                 tx_cmd_name(type), (unsigned long long)be64toh(h->cookie),
+                 (unsigned long long)be64toh(h->offset), len, be16toh(h->flags));
+    if (type == NBD_CMD_DISC) {
+        /* No reply; answer what is in flight, then close. */
+        conn_drain(c, "client sent DISC");
+        return -1;
+    }
+    if (!again)
+        count_request(c->exp, type);
+    if (type == NBD_CMD_WRITE && len > SRV_MAX_PAYLOAD) {
+        c->exp->st.errors++;
+        /* We will not buffer it, and cannot skip it in step cheaply: the
+         * spec allows a hard disconnect for payloads over 32 MiB. */
+        conn_log(c, SRV_LOG_INFO, "WRITE payload of %u bytes exceeds 32 MiB", len);
+        conn_close(c, "oversized WRITE payload");
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Admit the request of header @h (rejected with @err, or 0) once its cost
+ * fits, and make its struct.  NULL when it waits for memory or the
+ * connection was closed.
+ */
+static struct req *admit_request(struct conn *c, const struct nbd_request *h, uint32_t err)
+{
+    uint16_t type = be16toh(h->type), flags = be16toh(h->flags);
+    uint32_t len = be32toh(h->len);
+    size_t cost = req_cost(c, type, flags, len, err);
+    struct req *r;
+
+    /* Why before anything is allocated: a request that does not fit waits
+     * here, its header read and its payload (if any) still unread, and the
+     * connection reads nothing more until it fits (conn_step). */
+    if (!conn_mem_admit(c, cost))
+        return NULL;
+    r = req_get();
+    if (!r) {
+        conn_mem_release(c, cost);
+        conn_close(c, "out of memory for a request");
+        return NULL;
+    }
+    r->charge = cost;
+    srv.nreqs++;
+    r->c = c;
+    r->cookie = be64toh(h->cookie);
+    r->offset = be64toh(h->offset);
+    r->len = len;
+    r->type = type;
+    r->flags = flags;
+    c->inflight++;
+    return r;
+}
+
+/* A WRITE: read its payload into its buffer, or (rejected with @err, or
+ * out of memory) read it anyway and drop it, so the stream stays in step. */
+static void start_write_payload(struct conn *c, struct req *r, uint32_t err, const char *msg)
+{
+    c->cur = r;
+    if (!err && req_alloc_buf(r, r->len) < 0) {
+        err = NBD_ENOMEM;
+        msg = "out of memory";
+    }
+    if (err) {
+        r->err = err;
+        r->errmsg = msg;
+        c->skip_left = r->len;
+        conn_expect(c, CONN_TX_SKIP_PAYLOAD, NULL, 0);
+        return;
+    }
+    conn_expect(c, CONN_TX_WRITE_PAYLOAD, r->buf, r->len);
+}
+
 /*
  * tx_req_header_done - a request header is in c->hdr.  It runs again for
  * the same header when the request had to wait for memory (c->mem_wait
@@ -298,87 +394,25 @@ void tx_req_header_done(struct conn *c)
     struct nbd_request h;
     struct req *r;
     const char *msg = NULL;
-    bool again = c->mem_wait;
+    uint32_t err;
 
     memcpy(&h, c->hdr, sizeof(h));
-    if (be32toh(h.magic) != NBD_REQUEST_MAGIC) {
-        conn_close(c, "bad request magic");
+    if (header_first_checks(c, &h, c->mem_wait) < 0)
+        return;
+    err = tx_check(c, &h, &msg);
+    r = admit_request(c, &h, err);
+    if (!r)
+        return;
+    if (r->type == NBD_CMD_WRITE) {
+        start_write_payload(c, r, err, msg);
         return;
     }
-    uint16_t type = be16toh(h.type);
-    uint32_t len = be32toh(h.len);
-    if (srv_log_enabled(SRV_LOG_DEBUG) && !again)
-        conn_log(c, SRV_LOG_DEBUG, "request %s cookie=0x%llx offset=%llu len=%u flags=0x%x",
-                 tx_cmd_name(type), (unsigned long long)be64toh(h.cookie),
-                 (unsigned long long)be64toh(h.offset), len, be16toh(h.flags));
-
-    if (type == NBD_CMD_DISC) {
-        /* No reply; answer what is in flight, then close. */
-        conn_drain(c, "client sent DISC");
-        return;
-    }
-    if (!again)
-        count_request(c->exp, type);
-    if (type == NBD_CMD_WRITE && len > SRV_MAX_PAYLOAD) {
-        c->exp->st.errors++;
-        /* We will not buffer it, and cannot skip it in step cheaply: the
-         * spec allows a hard disconnect for payloads over 32 MiB. */
-        conn_log(c, SRV_LOG_INFO, "WRITE payload of %u bytes exceeds 32 MiB", len);
-        conn_close(c, "oversized WRITE payload");
-        return;
-    }
-
-    uint32_t err = tx_check(c, &h, &msg);
-    size_t cost = req_cost(c, type, be16toh(h.flags), len, err);
-
-    /* Why before anything is allocated: a request that does not fit waits
-     * here, its header read and its payload (if any) still unread, and the
-     * connection reads nothing more until it fits (conn_step). */
-    if (!conn_mem_admit(c, cost))
-        return;
-    r = req_get();
-    if (!r) {
-        conn_mem_release(c, cost);
-        conn_close(c, "out of memory for a request");
-        return;
-    }
-    r->charge = cost;
-    srv.nreqs++;
-    r->c = c;
-    r->cookie = be64toh(h.cookie);
-    r->offset = be64toh(h.offset);
-    r->len = len;
-    r->type = type;
-    r->flags = be16toh(h.flags);
-    c->inflight++;
-
-    if (type == NBD_CMD_WRITE) {
-        c->cur = r;
-        if (err) {
-            /* Read the payload anyway and drop it, so the stream stays in step. */
-            r->err = err;
-            r->errmsg = msg;
-            c->skip_left = len;
-            conn_expect(c, CONN_TX_SKIP_PAYLOAD, NULL, 0);
-            return;
-        }
-        if (req_alloc_buf(r, len) < 0) {
-            r->err = NBD_ENOMEM;
-            r->errmsg = "out of memory";
-            c->skip_left = len;
-            conn_expect(c, CONN_TX_SKIP_PAYLOAD, NULL, 0);
-            return;
-        }
-        conn_expect(c, CONN_TX_WRITE_PAYLOAD, r->buf, len);
-        return;
-    }
-
-    conn_expect(c, CONN_TX_REQ_HEADER, c->hdr, sizeof(struct nbd_request));
+    tx_expect_request(c);
     if (err) {
         reply_error(r, err, msg);
         return;
     }
-    if (type == NBD_CMD_CACHE || (len == 0 && type != NBD_CMD_FLUSH)) {
+    if (r->type == NBD_CMD_CACHE || (r->len == 0 && r->type != NBD_CMD_FLUSH)) {
         /* CACHE: the range is valid and the library has no cache to fill
          * beyond its L2 tables, so there is nothing to do.  Zero-length
          * READ/TRIM/WRITE_ZEROES: nothing to do either (the spec asks not to
@@ -389,25 +423,30 @@ void tx_req_header_done(struct conn *c)
     submit_or_fail(r);
 }
 
-void tx_write_payload_done(struct conn *c)
+/* The request whose payload was being read is complete: hand it over and
+ * wait for the next header. */
+static struct req *take_current(struct conn *c)
 {
     struct req *r = c->cur;
 
     c->cur = NULL;
-    conn_expect(c, CONN_TX_REQ_HEADER, c->hdr, sizeof(struct nbd_request));
-    if (r->len == 0) {
+    tx_expect_request(c);
+    return r;
+}
+
+void tx_write_payload_done(struct conn *c)
+{
+    struct req *r = take_current(c);
+
+    if (r->len == 0)
         reply_ok(r);
-        return;
-    }
-    submit_or_fail(r);
+    else
+        submit_or_fail(r);
 }
 
 void tx_skip_payload_done(struct conn *c)
 {
-    struct req *r = c->cur;
+    struct req *r = take_current(c);
 
-    c->cur = NULL;
-    conn_expect(c, CONN_TX_REQ_HEADER, c->hdr, sizeof(struct nbd_request));
     reply_error(r, r->err, r->errmsg);
 }
-

@@ -18,7 +18,21 @@
 /* Extents asked for one BLOCK_STATUS without REQ_ONE. */
 #define BS_MAX_EXTENTS 4096u
 /* The most the chunk headers and iovecs of a split READ reply take (r->meta). */
-#define READ_META_MAX (READ_MAX_CHUNKS * 32 + 2 * READ_MAX_CHUNKS * sizeof(struct iovec))
+#define READ_META_MAX (READ_MAX_CHUNKS * READ_CHUNK_SLOT + \
+                       2 * READ_MAX_CHUNKS * sizeof(struct iovec))
+
+/* Sizes of the reply headers the server builds (wire layout in nbd-proto.h). */
+#define SR_HDR_LEN sizeof(struct nbd_structured_reply)
+#define SR_DATA_HDR_LEN (SR_HDR_LEN + sizeof(struct nbd_chunk_offset_data))
+#define SR_HOLE_LEN (SR_HDR_LEN + sizeof(struct nbd_chunk_offset_hole))
+#define SR_ERROR_HDR_LEN (SR_HDR_LEN + sizeof(struct nbd_chunk_error))
+#define SR_BS_HDR_LEN (SR_HDR_LEN + sizeof(struct nbd_chunk_block_status))
+#define SR_BS_DESC_LEN sizeof(struct nbd_block_descriptor)
+/* Room for one chunk header of a split READ reply (data or hole) in r->meta;
+ * a multiple of 8 keeps the iovecs stored after them aligned. */
+#define READ_CHUNK_SLOT 32u
+_Static_assert(READ_CHUNK_SLOT >= SR_DATA_HDR_LEN && READ_CHUNK_SLOT >= SR_HOLE_LEN &&
+               READ_CHUNK_SLOT % 8 == 0, "READ chunk slot");
 
 struct req {
     struct outmsg out;          /* the reply, once built */

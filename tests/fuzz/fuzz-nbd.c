@@ -2,9 +2,9 @@
  * fuzz-nbd.c - libFuzzer target for the qednbd protocol code (issue 4,
  * "Protocol fuzzing").
  *
- * In-process: the binary links the real server (every server/ source, main.c
- * compiled with -Dmain=qednbd_main: it provides srv, srv_find_export and
- * srv_conn_gone) and the real library (every lib/ source).  Each input is
+ * In-process: the binary links the real server (every source of server/ and
+ * its net/ and protocol/ folders; main.c, compiled with -Dmain=qednbd_main,
+ * provides srv) and the real library (every lib/ source).  Each input is
  * the byte stream of one client: it goes into one end of a
  * socketpair, the other end is handed to conn_new() exactly as main() hands
  * it an accepted socket, and the server's libev loop runs until the
@@ -58,6 +58,7 @@
 #include "qed.h"
 #include "qed-io-test.h"
 #include "conn.h"
+#include "nbd-proto.h"
 
 #define FUZZ_IMAGE_SIZE (4u * 1024 * 1024)
 #define FUZZ_BIG_SIZE (64u * 1024 * 1024)
