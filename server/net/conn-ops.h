@@ -12,7 +12,10 @@
 
 struct conn;
 
-/** proto_greeting - a new connection: queue the greeting, set the first state. */
+/**
+ * proto_greeting - a new connection: set up c->proto, queue the greeting,
+ * set the first state (or close @c when out of memory).
+ */
 void proto_greeting(struct conn *c);
 
 /** proto_input_ready - the bytes the current state asked for are in (or were dropped). */
@@ -24,7 +27,7 @@ void proto_tls_ready(struct conn *c);
 /** proto_closed - @c was closed: free the request being read, if any. */
 void proto_closed(struct conn *c);
 
-/** proto_free - the last reference to @c is gone: free what the protocol holds in it. */
+/** proto_free - the last reference to @c is gone: free c->proto. */
 void proto_free(struct conn *c);
 
 #endif /* CONN_OPS_H */

@@ -74,6 +74,14 @@ void conn_expect(struct conn *c, enum conn_state st, void *buf, size_t want)
     conn_set_state(c, st);
 }
 
+void conn_expect_skip(struct conn *c, enum conn_state st, uint64_t n)
+{
+    if (c->state == CONN_DEAD || c->state == CONN_DRAINING)
+        return;
+    c->skip_left = n;
+    conn_expect(c, st, NULL, 0);
+}
+
 /* ---- Lifetime --------------------------------------------------------- */
 
 void conn_ref(struct conn *c)

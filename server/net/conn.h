@@ -2,8 +2,8 @@
  * conn.h - one client connection, as the network layer (server/net) keeps
  * it, and what it offers the protocol (server/protocol): reading states,
  * the input buffer, the output queue, close and drain, memory accounting.
- * The fields under "Handshake" and "Transmission" belong to the protocol;
- * the network layer never reads them.  Not used outside the server.
+ * What the protocol keeps per connection is behind c->proto, opaque here.
+ * Not used outside the server.
  */
 #ifndef CONN_H
 #define CONN_H
@@ -56,7 +56,7 @@ struct outmsg {
     void (*release)(struct outmsg *m);
 };
 
-struct req;
+struct proto_conn;
 struct tls_session;
 
 /* Largest TLS record payload: replies are gathered into records this big. */
@@ -86,20 +86,11 @@ struct conn {
     uint64_t skip_left;           /* bytes still to drop in a SKIP state */
     uint8_t hdr[32];              /* option / request headers, client flags */
 
-    /* Handshake */
-    uint32_t opt, opt_len;        /* option being read */
-    uint8_t *opt_buf;             /* its payload */
-    unsigned nopts;
-    bool no_zeroes;
-    bool structured;              /* NBD_OPT_STRUCTURED_REPLY was acknowledged */
-    struct export *meta_exp;      /* export named by the last SET_META_CONTEXT */
-    bool meta_base;               /* base:allocation selected (context id 1) */
-    bool meta_depth;              /* qemu:allocation-depth selected (context id 2) */
+    /* What the protocol keeps (protocol.h); the network layer never looks
+     * inside.  Set by proto_greeting, freed by proto_free. */
+    struct proto_conn *proto;
 
     /* Transmission */
-    struct export *exp;
-    uint16_t tx_flags;
-    struct req *cur;              /* request whose payload is being read */
     bool stop_reading;            /* shutdown: go DRAINING at the next request boundary */
     unsigned inflight;            /* requests read and not yet answered */
     size_t mem_held;              /* bytes charged to this connection (mem.c) */
@@ -133,6 +124,9 @@ void conn_set_state(struct conn *c, enum conn_state st);
 
 /** conn_expect - the next reading state fills @want bytes at @buf. */
 void conn_expect(struct conn *c, enum conn_state st, void *buf, size_t want);
+
+/** conn_expect_skip - the next reading state (a SKIP state) reads and drops @n bytes. */
+void conn_expect_skip(struct conn *c, enum conn_state st, uint64_t n);
 
 /** conn_queue - append @m to the output queue and try to write at once. */
 void conn_queue(struct conn *c, struct outmsg *m);

@@ -14,6 +14,11 @@
 
 void proto_greeting(struct conn *c)
 {
+    c->proto = calloc(1, sizeof(*c->proto));
+    if (!c->proto) {
+        conn_close(c, "out of memory for a new connection");
+        return;
+    }
     hs_start(c);
 }
 
@@ -41,11 +46,15 @@ void proto_tls_ready(struct conn *c)
 
 void proto_closed(struct conn *c)
 {
-    tx_abort_current(c);
+    if (c->proto)
+        tx_abort_current(c);
 }
 
 void proto_free(struct conn *c)
 {
-    free(c->opt_buf);
-    c->opt_buf = NULL;
+    if (!c->proto)
+        return;
+    free(c->proto->opt_buf);
+    free(c->proto);
+    c->proto = NULL;
 }

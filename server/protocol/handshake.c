@@ -59,7 +59,7 @@ void hs_reply(struct conn *c, uint32_t type, const void *data, size_t len)
 {
     struct nbd_opt_reply r = {
         .magic = htobe64(NBD_REP_MAGIC),
-        .option = htobe32(c->opt),
+        .option = htobe32(c->proto->opt),
         .type = htobe32(type),
         .len = htobe32((uint32_t)len),
     };
@@ -70,7 +70,7 @@ void hs_reply(struct conn *c, uint32_t type, const void *data, size_t len)
 
 void hs_reply_err(struct conn *c, uint32_t type, const char *msg)
 {
-    conn_log(c, SRV_LOG_INFO, "option %s: error 0x%x: %s", hs_opt_name(c->opt), type, msg);
+    conn_log(c, SRV_LOG_INFO, "option %s: error 0x%x: %s", hs_opt_name(c->proto->opt), type, msg);
     hs_reply(c, type, msg, strlen(msg));
 }
 
@@ -87,7 +87,7 @@ uint16_t hs_tx_flags(const struct conn *c, const struct export *e)
     if (e->read_only)
         f |= NBD_FLAG_READ_ONLY;
     /* The spec: SEND_DF MUST stay clear unless structured replies were negotiated. */
-    if (c->structured)
+    if (c->proto->structured)
         f |= NBD_FLAG_SEND_DF;
     return f;
 }
@@ -122,7 +122,7 @@ void hs_client_flags_done(struct conn *c)
         conn_close(c, "unknown client flags");
         return;
     }
-    c->no_zeroes = flags & NBD_FLAG_C_NO_ZEROES;
+    c->proto->no_zeroes = flags & NBD_FLAG_C_NO_ZEROES;
     conn_log(c, SRV_LOG_DEBUG, "client flags 0x%x", flags);
     hs_expect_option(c);
 }
@@ -138,25 +138,25 @@ void hs_opt_header_done(struct conn *c)
         conn_close(c, "bad option magic");
         return;
     }
-    c->opt = be32toh(h.option);
-    c->opt_len = be32toh(h.len);
-    conn_log(c, SRV_LOG_INFO, "option %s (%u), %u bytes of data", hs_opt_name(c->opt), c->opt,
-             c->opt_len);
+    c->proto->opt = be32toh(h.option);
+    c->proto->opt_len = be32toh(h.len);
+    conn_log(c, SRV_LOG_INFO, "option %s (%u), %u bytes of data", hs_opt_name(c->proto->opt),
+             c->proto->opt, c->proto->opt_len);
 
     /* Why a hard limit on the option count: option haggling costs the client
      * nothing and us a reply each; past the limit we treat the client as a
      * denial of service, which the spec allows to be a hard disconnect. */
-    if (++c->nopts > SRV_MAX_OPTIONS) {
+    if (++c->proto->nopts > SRV_MAX_OPTIONS) {
         conn_close(c, "too many options");
         return;
     }
 
-    if (c->opt == NBD_OPT_EXPORT_NAME && c->opt_len > NBD_MAX_STRING) {
+    if (c->proto->opt == NBD_OPT_EXPORT_NAME && c->proto->opt_len > NBD_MAX_STRING) {
         /* EXPORT_NAME cannot carry an error: the session must end. */
         conn_close(c, "export name longer than 4096 bytes");
         return;
     }
-    if (c->opt_len > SRV_MAX_OPTION_DRAIN) {
+    if (c->proto->opt_len > SRV_MAX_OPTION_DRAIN) {
         /* Why a hard disconnect, at once: the spec says a server "MUST
          * (save where set out above) simply error inbound options until the
          * client gets the hint that it is unwelcome, except that if a server
@@ -170,42 +170,41 @@ void hs_opt_header_done(struct conn *c)
          * drain would keep the stream in step.  (nbdkit, too, disconnects
          * on an option over its limit.) */
         conn_log(c, SRV_LOG_INFO, "option %s: %u bytes of data, over the %u-byte limit",
-                 hs_opt_name(c->opt), c->opt_len, SRV_MAX_OPTION_DRAIN);
+                 hs_opt_name(c->proto->opt), c->proto->opt_len, SRV_MAX_OPTION_DRAIN);
         conn_close(c, "option data too long");
         return;
     }
-    if (c->opt_len > SRV_MAX_OPTION_LEN) {
+    if (c->proto->opt_len > SRV_MAX_OPTION_LEN) {
         /* Never allocate by the client's length: drop the bytes, then say
          * TOO_BIG.  Draining at most SRV_MAX_OPTION_DRAIN bytes is cheap, and
          * erroring the option is what the spec asks of a server first. */
-        c->skip_left = c->opt_len;
-        conn_expect(c, CONN_HS_OPT_SKIP, NULL, 0);
+        conn_expect_skip(c, CONN_HS_OPT_SKIP, c->proto->opt_len);
         return;
     }
-    free(c->opt_buf);
-    c->opt_buf = NULL;
-    if (c->opt_len) {
-        c->opt_buf = malloc(c->opt_len);
-        if (!c->opt_buf) {
+    free(c->proto->opt_buf);
+    c->proto->opt_buf = NULL;
+    if (c->proto->opt_len) {
+        c->proto->opt_buf = malloc(c->proto->opt_len);
+        if (!c->proto->opt_buf) {
             conn_close(c, "out of memory for an option payload");
             return;
         }
     }
-    conn_expect(c, CONN_HS_OPT_PAYLOAD, c->opt_buf, c->opt_len);
+    conn_expect(c, CONN_HS_OPT_PAYLOAD, c->proto->opt_buf, c->proto->opt_len);
 }
 
 /* FORCEDTLS and not upgraded yet: must this option be refused? */
 static bool tls_required(const struct conn *c)
 {
-    return tls_mode() == TLS_REQUIRE && !c->tls_active && c->opt != NBD_OPT_STARTTLS &&
-           c->opt != NBD_OPT_ABORT;
+    return tls_mode() == TLS_REQUIRE && !c->tls_active && c->proto->opt != NBD_OPT_STARTTLS &&
+           c->proto->opt != NBD_OPT_ABORT;
 }
 
 void hs_opt_skip_done(struct conn *c)
 {
-    if (c->refuse && c->opt != NBD_OPT_ABORT)
+    if (c->refuse && c->proto->opt != NBD_OPT_ABORT)
         hs_reply_err(c, NBD_REP_ERR_SHUTDOWN, "server is at its connection limit");
-    else if (tls_required(c) && c->opt == NBD_OPT_EXPORT_NAME)
+    else if (tls_required(c) && c->proto->opt == NBD_OPT_EXPORT_NAME)
         conn_close(c, "EXPORT_NAME before STARTTLS, and TLS is required");
     else if (tls_required(c))
         hs_reply_err(c, NBD_REP_ERR_TLS_REQD, "TLS is required: send STARTTLS first");
@@ -217,15 +216,15 @@ void hs_opt_skip_done(struct conn *c)
 
 void hs_opt_payload_done(struct conn *c)
 {
-    if (c->refuse && c->opt != NBD_OPT_ABORT) {
-        if (c->opt == NBD_OPT_EXPORT_NAME)
+    if (c->refuse && c->proto->opt != NBD_OPT_ABORT) {
+        if (c->proto->opt == NBD_OPT_EXPORT_NAME)
             conn_close(c, "EXPORT_NAME while over the connection limit");
         else
             hs_reply_err(c, NBD_REP_ERR_SHUTDOWN, "server is at its connection limit");
         goto next;
     }
     if (tls_required(c)) {
-        if (c->opt == NBD_OPT_EXPORT_NAME)
+        if (c->proto->opt == NBD_OPT_EXPORT_NAME)
             conn_close(c, "EXPORT_NAME before STARTTLS, and TLS is required");
         else
             hs_reply_err(c, NBD_REP_ERR_TLS_REQD, "TLS is required: send STARTTLS first");
@@ -235,8 +234,8 @@ void hs_opt_payload_done(struct conn *c)
     opt_dispatch(c);
 
 next:
-    free(c->opt_buf);
-    c->opt_buf = NULL;
+    free(c->proto->opt_buf);
+    c->proto->opt_buf = NULL;
     /* Still haggling?  Then the next option header comes. */
     if (c->state == CONN_HS_OPT_PAYLOAD)
         hs_expect_option(c);
@@ -249,17 +248,17 @@ void hs_expect_option(struct conn *c)
 
 void hs_forget_meta(struct conn *c)
 {
-    c->meta_exp = NULL;
-    c->meta_base = c->meta_depth = false;
+    c->proto->meta_exp = NULL;
+    c->proto->meta_base = c->proto->meta_depth = false;
 }
 
 void hs_enter_transmission(struct conn *c, struct export *e)
 {
     if (c->state == CONN_DEAD)
         return;
-    c->exp = e;
-    c->tx_flags = hs_tx_flags(c, e);
-    if (c->meta_exp != e) {
+    c->proto->exp = e;
+    c->proto->tx_flags = hs_tx_flags(c, e);
+    if (c->proto->meta_exp != e) {
         /* Contexts were negotiated for another export: they do not apply. */
         hs_forget_meta(c);
     }
@@ -267,9 +266,10 @@ void hs_enter_transmission(struct conn *c, struct export *e)
     e->st.connections++;
     conn_log(c, SRV_LOG_INFO,
              "serving export \"%s\" (%s, %llu bytes, flags 0x%x, %s replies%s%s)", e->name,
-             e->path, (unsigned long long)e->size, c->tx_flags,
-             c->structured ? "structured" : "simple", c->meta_base ? ", base:allocation" : "",
-             c->meta_depth ? ", qemu:allocation-depth" : "");
+             e->path, (unsigned long long)e->size, c->proto->tx_flags,
+             c->proto->structured ? "structured" : "simple",
+             c->proto->meta_base ? ", base:allocation" : "",
+             c->proto->meta_depth ? ", qemu:allocation-depth" : "");
     tx_expect_request(c);
 }
 

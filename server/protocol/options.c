@@ -1,7 +1,7 @@
 /*
  * options.c - one handler per NBD option of the fixed newstyle
  * handshake, and the table that picks it (opt_dispatch).  Every handler
- * works on c->opt_buf, c->opt_len bytes already read and bounded by
+ * works on c->proto->opt_buf, c->proto->opt_len bytes already read and bounded by
  * handshake.c, through a cursor whose every read is bounds-checked.
  */
 #include "config.h"
@@ -99,7 +99,7 @@ static struct export *find_named_export(struct conn *c, const char *name, uint32
 /* NBD_OPT_INFO and NBD_OPT_GO. */
 static void opt_info_go(struct conn *c)
 {
-    struct cursor k = { c->opt_buf, c->opt_len };
+    struct cursor k = { c->proto->opt_buf, c->proto->opt_len };
     uint32_t namelen;
     uint32_t nreq;     /* 16 bits on the wire */
     const char *name;
@@ -135,13 +135,13 @@ static void opt_info_go(struct conn *c)
     hs_reply(c, NBD_REP_ACK, NULL, 0);
     if (c->state == CONN_DEAD)
         return;
-    if (c->opt == NBD_OPT_GO)
+    if (c->proto->opt == NBD_OPT_GO)
         hs_enter_transmission(c, e);
 }
 
 static void opt_export_name(struct conn *c)
 {
-    struct export *e = srv_find_export((const char *)c->opt_buf, c->opt_len);
+    struct export *e = srv_find_export((const char *)c->proto->opt_buf, c->proto->opt_len);
     struct nbd_export_name_reply r;
     static const uint8_t zeroes[124];
 
@@ -152,7 +152,7 @@ static void opt_export_name(struct conn *c)
     }
     r.size = htobe64(e->size);
     r.tx_flags = htobe16(hs_tx_flags(c, e));
-    if (conn_queue_copy(c, &r, sizeof(r), zeroes, c->no_zeroes ? 0 : sizeof(zeroes)) < 0) {
+    if (conn_queue_copy(c, &r, sizeof(r), zeroes, c->proto->no_zeroes ? 0 : sizeof(zeroes)) < 0) {
         conn_close(c, "out of memory");
         return;
     }
@@ -165,7 +165,7 @@ static void opt_starttls(struct conn *c)
     char err[256];
     int r;
 
-    if (c->opt_len) {
+    if (c->proto->opt_len) {
         hs_reply_err(c, NBD_REP_ERR_INVALID, "STARTTLS takes no data");
         return;
     }
@@ -194,14 +194,14 @@ static void opt_starttls(struct conn *c)
         return;
     /* The spec: once STARTTLS succeeds, the server MUST NOT preserve any
      * negotiation state -- a man in the middle may have injected it. */
-    c->structured = false;
+    c->proto->structured = false;
     hs_forget_meta(c);
     conn_start_tls(c);
 }
 
 static void opt_list(struct conn *c)
 {
-    if (c->opt_len) {
+    if (c->proto->opt_len) {
         hs_reply_err(c, NBD_REP_ERR_INVALID, "LIST takes no data");
         return;
     }
@@ -265,8 +265,8 @@ static bool match_query(const char *q, size_t len, bool list, unsigned *mask)
 /* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. */
 static void opt_meta_context(struct conn *c)
 {
-    bool list = c->opt == NBD_OPT_LIST_META_CONTEXT;
-    struct cursor k = { c->opt_buf, c->opt_len };
+    bool list = c->proto->opt == NBD_OPT_LIST_META_CONTEXT;
+    struct cursor k = { c->proto->opt_buf, c->proto->opt_len };
     uint32_t namelen, nq;
     const char *name;
     struct export *e;
@@ -276,7 +276,7 @@ static void opt_meta_context(struct conn *c)
         /* SET replaces the selection even when it fails. */
         hs_forget_meta(c);
     }
-    if (!c->structured) {
+    if (!c->proto->structured) {
         hs_reply_err(c, NBD_REP_ERR_INVALID, "negotiate structured replies first");
         return;
     }
@@ -326,9 +326,9 @@ static void opt_meta_context(struct conn *c)
         hs_reply(c, NBD_REP_META_CONTEXT, buf, sizeof(mc) + n);
     }
     if (!list) {
-        c->meta_exp = mask ? e : NULL;
-        c->meta_base = mask & 1u;
-        c->meta_depth = mask & 2u;
+        c->proto->meta_exp = mask ? e : NULL;
+        c->proto->meta_base = mask & 1u;
+        c->proto->meta_depth = mask & 2u;
     }
     hs_reply(c, NBD_REP_ACK, NULL, 0);
 }
@@ -343,11 +343,11 @@ static void opt_abort(struct conn *c)
 /* NBD_OPT_STRUCTURED_REPLY. */
 static void opt_structured_reply(struct conn *c)
 {
-    if (c->opt_len) {
+    if (c->proto->opt_len) {
         hs_reply_err(c, NBD_REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
         return;
     }
-    c->structured = true;
+    c->proto->structured = true;
     hs_reply(c, NBD_REP_ACK, NULL, 0);
 }
 
@@ -370,7 +370,7 @@ static const struct {
 void opt_dispatch(struct conn *c)
 {
     for (size_t i = 0; i < sizeof(option_handlers) / sizeof(option_handlers[0]); i++)
-        if (option_handlers[i].opt == c->opt) {
+        if (option_handlers[i].opt == c->proto->opt) {
             option_handlers[i].run(c);
             return;
         }

@@ -13,6 +13,27 @@
 #include "conn.h"
 #include "nbd-proto.h"
 
+/*
+ * What the protocol keeps per connection, c->proto (the network layer sees
+ * only a pointer).  Allocated by proto_greeting, freed by proto_free.
+ */
+struct proto_conn {
+    /* Handshake */
+    uint32_t opt, opt_len;        /* option being read */
+    uint8_t *opt_buf;             /* its payload */
+    unsigned nopts;
+    bool no_zeroes;
+    bool structured;              /* NBD_OPT_STRUCTURED_REPLY was acknowledged */
+    struct export *meta_exp;      /* export named by the last SET_META_CONTEXT */
+    bool meta_base;               /* base:allocation selected (context id 1) */
+    bool meta_depth;              /* qemu:allocation-depth selected (context id 2) */
+
+    /* Transmission */
+    struct export *exp;           /* the export served (NULL while negotiating) */
+    uint16_t tx_flags;
+    struct req *cur;              /* request whose payload is being read */
+};
+
 /* Metadata context ids we hand out in SET_META_CONTEXT. */
 #define CTX_ID_BASE_ALLOCATION 1u
 #define CTX_ID_ALLOCATION_DEPTH 2u

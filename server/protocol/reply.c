@@ -99,10 +99,10 @@ void reply_error(struct req *r, uint32_t err, const char *msg)
     struct conn *c = r->c;
 
     assert(err != 0);
-    c->exp->st.errors++;
+    c->proto->exp->st.errors++;
     conn_log(c, SRV_LOG_DEBUG, "reply %s cookie=0x%llx error %u: %s", tx_cmd_name(r->type),
              (unsigned long long)r->cookie, err, msg);
-    if (!c->structured) {
+    if (!c->proto->structured) {
         reply_simple(r, err);
         return;
     }
@@ -124,7 +124,7 @@ void reply_ok(struct req *r)
     if (srv_log_enabled(SRV_LOG_DEBUG))
         conn_log(r->c, SRV_LOG_DEBUG, "reply %s cookie=0x%llx ok", tx_cmd_name(r->type),
                  (unsigned long long)r->cookie);
-    if (r->type == NBD_CMD_READ && r->c->structured && r->len == 0) {
+    if (r->type == NBD_CMD_READ && r->c->proto->structured && r->len == 0) {
         /* Nothing to cover: a lone NONE chunk ends the reply. */
         put_sr_header(r->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, r->cookie, 0);
         r->iov[0].iov_base = r->hdr;
@@ -186,7 +186,7 @@ static void reply_read_one_data(struct req *r)
 void reply_read_structured(struct req *r)
 {
     struct run { uint32_t start, len; bool hole; } runs[READ_MAX_CHUNKS];
-    uint64_t cs = qed_cluster_size(r->c->exp->img);
+    uint64_t cs = qed_cluster_size(r->c->proto->exp->img);
     size_t nruns = 0, holes = 0;
     uint32_t pos = 0;
     int niov = 0;
@@ -334,9 +334,10 @@ void reply_block_status(struct req *r)
     }
     r->meta = meta;
     r->meta_bytes = 2 * per;
-    if (c->meta_base)
-        used += put_bs_chunk(r, meta + used, CTX_ID_BASE_ALLOCATION, base_flags, !c->meta_depth);
-    if (c->meta_depth)
+    if (c->proto->meta_base)
+        used += put_bs_chunk(r, meta + used, CTX_ID_BASE_ALLOCATION, base_flags,
+                             !c->proto->meta_depth);
+    if (c->proto->meta_depth)
         used += put_bs_chunk(r, meta + used, CTX_ID_ALLOCATION_DEPTH, depth_flags, true);
     conn_log(c, SRV_LOG_DEBUG, "reply BLOCK_STATUS cookie=0x%llx ok: %zu extents",
              (unsigned long long)r->cookie, r->next);

@@ -123,7 +123,7 @@ size_t req_cost(const struct conn *c, uint16_t type, uint16_t flags, uint32_t le
     switch (type) {
     case NBD_CMD_READ:
         n += len;
-        if (len && c->structured && !(flags & NBD_CMD_FLAG_DF))
+        if (len && c->proto->structured && !(flags & NBD_CMD_FLAG_DF))
             n += READ_META_MAX;
         break;
     case NBD_CMD_WRITE:
@@ -131,7 +131,8 @@ size_t req_cost(const struct conn *c, uint16_t type, uint16_t flags, uint32_t le
         break;
     case NBD_CMD_BLOCK_STATUS:
         if (!(flags & NBD_CMD_FLAG_REQ_ONE))
-            n += BS_MAX_EXTENTS * sizeof(struct qed_extent) + 2 * (SR_BS_HDR_LEN + SR_BS_DESC_LEN * BS_MAX_EXTENTS);
+            n += BS_MAX_EXTENTS * sizeof(struct qed_extent) +
+                 2 * (SR_BS_HDR_LEN + SR_BS_DESC_LEN * BS_MAX_EXTENTS);
         else
             n += 2 * (SR_BS_HDR_LEN + SR_BS_DESC_LEN);
         break;
@@ -209,9 +210,9 @@ int req_alloc_buf(struct req *r, size_t n)
 
 void tx_abort_current(struct conn *c)
 {
-    if (c->cur) {
-        req_free(c->cur);
-        c->cur = NULL;
+    if (c->proto->cur) {
+        req_free(c->proto->cur);
+        c->proto->cur = NULL;
     }
 }
 

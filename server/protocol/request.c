@@ -78,7 +78,7 @@ uint32_t nbd_errno_from(int neg_errno)
  * counted when it arrived, errors in reply_error). */
 static void count_success(const struct req *r)
 {
-    struct export_stats *st = &r->c->exp->st;
+    struct export_stats *st = &r->c->proto->exp->st;
 
     switch (r->type) {
     case NBD_CMD_READ: st->bytes_read += r->len; break;
@@ -105,13 +105,13 @@ static void lib_done(void *opaque, int ret)
         uint32_t e = nbd_errno_from(ret);
         if (e == NBD_EIO || e == NBD_ENOMEM)
             conn_log(c, SRV_LOG_ERROR, "%s at %llu+%u on \"%s\" failed: %s", tx_cmd_name(r->type),
-                     (unsigned long long)r->offset, r->len, c->exp->name, strerror(-ret));
+                     (unsigned long long)r->offset, r->len, c->proto->exp->name, strerror(-ret));
         reply_error(r, e, strerror(-ret));
     } else {
         switch (r->type) {
         case NBD_CMD_READ:
             count_success(r);
-            if (c->structured)
+            if (c->proto->structured)
                 reply_read_structured(r);
             else
                 reply_ok(r);
@@ -133,7 +133,7 @@ static void lib_done(void *opaque, int ret)
 static int submit(struct req *r)
 {
     struct conn *c = r->c;
-    qed_image *img = c->exp->img;
+    qed_image *img = c->proto->exp->img;
     unsigned qf = (r->flags & NBD_CMD_FLAG_FUA) ? QED_REQ_FUA : 0;
     int ret;
 
@@ -207,13 +207,13 @@ static uint32_t tx_check(const struct conn *c, const struct nbd_request *h, cons
     uint16_t type = be16toh(h->type), flags = be16toh(h->flags);
     uint64_t offset = be64toh(h->offset);
     uint32_t len = be32toh(h->len);
-    const struct export *e = c->exp;
+    const struct export *e = c->proto->exp;
     uint16_t allowed = NBD_CMD_FLAG_FUA;   /* FUA is valid on every command */
     bool writes = false;
 
     switch (type) {
     case NBD_CMD_READ:
-        if (c->structured)
+        if (c->proto->structured)
             allowed |= NBD_CMD_FLAG_DF;
         break;
     case NBD_CMD_WRITE:
@@ -256,10 +256,10 @@ static uint32_t tx_check(const struct conn *c, const struct nbd_request *h, cons
     if (type == NBD_CMD_READ && len > SRV_MAX_PAYLOAD) {
         /* Larger than one chunk may carry: refused up front, as the spec allows. */
         *msg = "read larger than the 32 MiB maximum payload";
-        return c->structured ? NBD_EOVERFLOW : NBD_EINVAL;
+        return c->proto->structured ? NBD_EOVERFLOW : NBD_EINVAL;
     }
     if (type == NBD_CMD_BLOCK_STATUS) {
-        if (!c->structured || !(c->meta_base || c->meta_depth)) {
+        if (!c->proto->structured || !(c->proto->meta_base || c->proto->meta_depth)) {
             *msg = "no metadata context was negotiated";
             return NBD_EINVAL;
         }
@@ -318,9 +318,9 @@ static int header_first_checks(struct conn *c, const struct nbd_request *h, bool
         return -1;
     }
     if (!again)
-        count_request(c->exp, type);
+        count_request(c->proto->exp, type);
     if (type == NBD_CMD_WRITE && len > SRV_MAX_PAYLOAD) {
-        c->exp->st.errors++;
+        c->proto->exp->st.errors++;
         /* We will not buffer it, and cannot skip it in step cheaply: the
          * spec allows a hard disconnect for payloads over 32 MiB. */
         conn_log(c, SRV_LOG_INFO, "WRITE payload of %u bytes exceeds 32 MiB", len);
@@ -369,7 +369,7 @@ static struct req *admit_request(struct conn *c, const struct nbd_request *h, ui
  * out of memory) read it anyway and drop it, so the stream stays in step. */
 static void start_write_payload(struct conn *c, struct req *r, uint32_t err, const char *msg)
 {
-    c->cur = r;
+    c->proto->cur = r;
     if (!err && req_alloc_buf(r, r->len) < 0) {
         err = NBD_ENOMEM;
         msg = "out of memory";
@@ -377,8 +377,7 @@ static void start_write_payload(struct conn *c, struct req *r, uint32_t err, con
     if (err) {
         r->err = err;
         r->errmsg = msg;
-        c->skip_left = r->len;
-        conn_expect(c, CONN_TX_SKIP_PAYLOAD, NULL, 0);
+        conn_expect_skip(c, CONN_TX_SKIP_PAYLOAD, r->len);
         return;
     }
     conn_expect(c, CONN_TX_WRITE_PAYLOAD, r->buf, r->len);
@@ -427,9 +426,9 @@ void tx_req_header_done(struct conn *c)
  * wait for the next header. */
 static struct req *take_current(struct conn *c)
 {
-    struct req *r = c->cur;
+    struct req *r = c->proto->cur;
 
-    c->cur = NULL;
+    c->proto->cur = NULL;
     tx_expect_request(c);
     return r;
 }
