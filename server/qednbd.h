@@ -1,7 +1,7 @@
 /*
  * qednbd.h - state shared by the modules of the qednbd server: the exports,
- * the server-wide configuration, logging, and the entry points of the
- * connection module.
+ * the server-wide configuration, logging and statistics.  The connections
+ * are in net/conn.h, the protocol in protocol/protocol.h.
  */
 #ifndef QEDNBD_H
 #define QEDNBD_H
@@ -14,7 +14,7 @@
 #include "qed.h"
 
 struct ev_loop;
-struct conn;
+struct conn;     /* net/conn.h */
 
 /* Tunables of the transmission phase. */
 #define SRV_MAX_PAYLOAD (32u * 1024 * 1024)      /* largest READ/WRITE payload */
@@ -187,29 +187,5 @@ struct export *srv_find_export(const char *name, size_t len);
  * loop ends once the last connection is gone in stdio mode or at shutdown.
  */
 void srv_conn_gone(void);
-
-/* ---- Connections (net/conn.c) ---- */
-
-/**
- * conn_new - start serving a client that reads from @rfd and writes to @wfd
- * (the same socket, or stdin/stdout).  Sends the greeting at once.  When
- * @refuse is set the client is over the connection limit: it gets the
- * greeting, and every option is answered with NBD_REP_ERR_SHUTDOWN.
- * @peer names the client in logs.  Returns the connection or NULL (fds closed).
- */
-struct conn *conn_new(int rfd, int wfd, bool refuse, const char *peer);
-
-/**
- * conn_shutdown - the server is stopping: a connection still negotiating is
- * closed; one in transmission stops reading new requests, finishes the ones
- * in flight, sends their replies and then closes.
- */
-void conn_shutdown(struct conn *c);
-
-/** conn_abort - close @c now; requests in flight complete into the void. */
-void conn_abort(struct conn *c);
-
-/** conn_next - iterate over srv.conns (NULL starts). */
-struct conn *conn_next(struct conn *c);
 
 #endif /* QEDNBD_H */

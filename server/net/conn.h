@@ -115,6 +115,30 @@ struct conn {
     size_t tls_out_len;           /* its bytes not yet accepted by GnuTLS */
 };
 
+/* ---- Entry points for main and the service (net/conn.c) ---- */
+
+/**
+ * conn_new - start serving a client that reads from @rfd and writes to @wfd
+ * (the same socket, or stdin/stdout).  Sends the greeting at once.  When
+ * @refuse is set the client is over the connection limit: it gets the
+ * greeting, and every option is answered with NBD_REP_ERR_SHUTDOWN.
+ * @peer names the client in logs.  Returns the connection or NULL (fds closed).
+ */
+struct conn *conn_new(int rfd, int wfd, bool refuse, const char *peer);
+
+/**
+ * conn_shutdown - the server is stopping: a connection still negotiating is
+ * closed; one in transmission stops reading new requests, finishes the ones
+ * in flight, sends their replies and then closes.
+ */
+void conn_shutdown(struct conn *c);
+
+/** conn_abort - close @c now; requests in flight complete into the void. */
+void conn_abort(struct conn *c);
+
+/** conn_next - iterate over srv.conns (NULL starts). */
+struct conn *conn_next(struct conn *c);
+
 /** conn_log - srv_log with the connection's id in front. */
 void conn_log(struct conn *c, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
