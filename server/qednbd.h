@@ -174,6 +174,8 @@ void srv_log_detach_stderr(void);
 /** stats_print - log every counter (SIGUSR1), one line per export plus a server line. */
 void stats_print(void);
 
+/* ---- Exports (exports.c; the rest of the table is in exports.h) ---- */
+
 /**
  * srv_find_export - the export called @name (@len bytes, not NUL
  * terminated), or NULL.  The empty name selects the first export (the
@@ -181,8 +183,10 @@ void stats_print(void);
  */
 struct export *srv_find_export(const char *name, size_t len);
 
+/* ---- Listening (net/listen.c; the rest is in net/listen.h) ---- */
+
 /**
- * srv_conn_gone - (net/listen.c) called by the connection module whenever a
+ * srv_conn_gone - called by the connection module whenever a
  * connection has been closed: accepting resumes if it was paused, and the
  * loop ends once the last connection is gone in stdio mode or at shutdown.
  */
