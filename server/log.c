@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <syslog.h>
@@ -41,8 +42,10 @@ bool srv_log_enabled(int level)
     case SRV_LOG_WARN:
     case SRV_LOG_NOTICE:
         return true;
+    case SRV_LOG_INFO:
+        return srv.verbose >= 1;
     default:
-        return level <= srv.verbose;
+        return srv.verbose >= 2;
     }
 }
 
@@ -106,17 +109,27 @@ static void emit(int level, const char *msg)
         write_all(2, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
-void srv_log(int level, const char *fmt, ...)
+void srv_vlog(int level, const char *prefix, const char *fmt, va_list ap)
 {
     char buf[4096];
-    va_list ap;
+    int n;
 
     if (!srv_log_enabled(level))
         return;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
+    n = snprintf(buf, sizeof(buf), "%s", prefix);
+    if (n < 0 || (size_t)n >= sizeof(buf))
+        n = 0;
+    vsnprintf(buf + n, sizeof(buf) - (size_t)n, fmt, ap);
     emit(level, buf);
+}
+
+void srv_log(int level, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    srv_vlog(level, "", fmt, ap);
+    va_end(ap);
 }
 
 void srv_vdie(const char *fmt, va_list ap)
@@ -133,6 +146,16 @@ void srv_vdie(const char *fmt, va_list ap)
         if (n > 0)
             write_all(2, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
     }
+}
+
+void srv_die(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    srv_vdie(fmt, ap);
+    va_end(ap);
+    exit(1);
 }
 
 /* Open the log file for appending: the fd, or a negative errno. */
@@ -166,11 +189,6 @@ int srv_log_open(enum srv_log_target target, const char *path, char *err, size_t
     }
     lg.target = target;
     return 0;
-}
-
-enum srv_log_target srv_log_target(void)
-{
-    return lg.target;
 }
 
 int srv_log_reopen(void)

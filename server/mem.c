@@ -47,13 +47,13 @@
  * stays under --max-memory plus the buffers that never wait: 16 KiB per TLS
  * connection and the replies of one option per negotiating connection (a
  * negotiating client whose socket is full gets no further option read:
- * conn.c, hs_output_blocked).  What it does not hold is stated next to it
- * there: free lists (tx.c, conn.c), the option payload being read (at most
+ * net/input.c, hs_output_blocked).  What it does not hold is stated next to it
+ * there: free lists (protocol/req-mem.c, net/input.c), the option payload being read (at most
  * 64 KiB per negotiating connection), GnuTLS's own session state and struct
  * conn.
  *
  * The images' tables.  The L1 tables and the L2 caches of the library are
- * bounded per image at open (qed_table_memory_max); main.c reserves that
+ * bounded per image at open (qed_table_memory_max); exports.c reserves that
  * bound out of --max-memory (srv.mem_tables) and the connections share the
  * rest, so --max-memory covers both.
  */
@@ -69,7 +69,7 @@ static uint64_t mem_cap(void)
 {
     uint64_t cap = srv.max_memory ? srv.max_memory : SRV_MAX_MEMORY_DEFAULT;
 
-    /* main.c (reserve_table_memory) refused to start unless the images'
+    /* exports.c (reserve_table_memory) refused to start unless the images'
      * tables leave at least one connection's cap. */
     return cap > srv.mem_tables ? cap - srv.mem_tables : 0;
 }

@@ -1,7 +1,7 @@
 /*
  * qednbd.h - state shared by the modules of the qednbd server: the exports,
- * the server-wide configuration, logging, and the entry points of the
- * connection module.
+ * the server-wide configuration, logging and statistics.  The connections
+ * are in net/conn.h, the protocol in protocol/protocol.h.
  */
 #ifndef QEDNBD_H
 #define QEDNBD_H
@@ -14,7 +14,7 @@
 #include "qed.h"
 
 struct ev_loop;
-struct conn;
+struct conn;     /* net/conn.h */
 
 /* Tunables of the transmission phase. */
 #define SRV_MAX_PAYLOAD (32u * 1024 * 1024)      /* largest READ/WRITE payload */
@@ -29,7 +29,7 @@ struct conn;
 #define SRV_READ_BUDGET 16u                      /* requests parsed per read event (fairness) */
 #define SRV_INPUT_BUFFER (64u * 1024)            /* read-ahead buffer per connection */
 
-/* Free lists of the transmission phase (tx.c): steady state without malloc. */
+/* Free lists of the transmission phase (protocol/req-mem.c): steady state without malloc. */
 #define TX_REQ_POOL_MAX 1024u                    /* request structs kept for reuse */
 #define TX_BUF_MIN_SHIFT 12                      /* data buffers pooled: 4 KiB ... */
 #define TX_BUF_MAX_SHIFT 22                      /* ... 4 MiB, powers of two only */
@@ -121,18 +121,21 @@ extern struct server srv;
 /* ---- Logging (log.c) ---- */
 
 /**
- * Log levels of srv_log: ERROR, WARN and NOTICE always print; INFO needs
- * -v, DEBUG -vv.  (The numbers of ERROR, INFO and DEBUG are the verbosity
- * they need; WARN and NOTICE come after them only to stay distinct.)
+ * Log levels of srv_log, most severe first, so that a larger number is
+ * always a less important message: ERROR, WARN and NOTICE always print;
+ * INFO needs -v, DEBUG -vv (srv_log_enabled).  Test a level with
+ * srv_log_enabled, never by comparing it with srv.verbose.
  */
-enum { SRV_LOG_ERROR = 0, SRV_LOG_INFO = 1, SRV_LOG_DEBUG = 2, SRV_LOG_WARN = 3,
-       SRV_LOG_NOTICE = 4 };
+enum { SRV_LOG_ERROR = 0, SRV_LOG_WARN, SRV_LOG_NOTICE, SRV_LOG_INFO, SRV_LOG_DEBUG };
 
 /** Where the log goes: stderr (default), syslog (--log=syslog) or a file (--log-file). */
 enum srv_log_target { SRV_LOG_TO_STDERR, SRV_LOG_TO_SYSLOG, SRV_LOG_TO_FILE };
 
 /** srv_log_enabled - would a message at @level be printed with this verbosity? */
 bool srv_log_enabled(int level);
+
+/** srv_vlog - log one line at @level: @prefix, then @fmt formatted with @ap. */
+void srv_vlog(int level, const char *prefix, const char *fmt, va_list ap);
 
 /** srv_log - log one line at @level (see log.c for the formats). */
 void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -143,15 +146,15 @@ void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
  */
 void srv_vdie(const char *fmt, va_list ap);
 
+/** srv_die - srv_vdie, then exit(1) (start-up errors). */
+void srv_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
 /**
  * srv_log_open - send the log to @target from now on; @path is the file for
  * SRV_LOG_TO_FILE (it should be absolute: the daemon changes directory).
  * Returns 0 or a negative errno with the cause in @err.
  */
 int srv_log_open(enum srv_log_target target, const char *path, char *err, size_t errlen);
-
-/** srv_log_target - the current target. */
-enum srv_log_target srv_log_target(void);
 
 /**
  * srv_log_reopen - SIGHUP: reopen the log file (after logrotate moved it).
@@ -171,6 +174,8 @@ void srv_log_detach_stderr(void);
 /** stats_print - log every counter (SIGUSR1), one line per export plus a server line. */
 void stats_print(void);
 
+/* ---- Exports (exports.c; the rest of the table is in exports.h) ---- */
+
 /**
  * srv_find_export - the export called @name (@len bytes, not NUL
  * terminated), or NULL.  The empty name selects the first export (the
@@ -178,40 +183,13 @@ void stats_print(void);
  */
 struct export *srv_find_export(const char *name, size_t len);
 
+/* ---- Listening (net/listen.c; the rest is in net/listen.h) ---- */
+
 /**
- * srv_conn_gone - called by the connection module whenever a connection has
- * been closed, so that main can end the loop (stdio mode, shutdown).
+ * srv_conn_gone - called by the connection module whenever a
+ * connection has been closed: accepting resumes if it was paused, and the
+ * loop ends once the last connection is gone in stdio mode or at shutdown.
  */
 void srv_conn_gone(void);
-
-/* ---- Connections (conn.c) ---- */
-
-/**
- * conn_new - start serving a client that reads from @rfd and writes to @wfd
- * (the same socket, or stdin/stdout).  Sends the greeting at once.  When
- * @refuse is set the client is over the connection limit: it gets the
- * greeting, and every option is answered with NBD_REP_ERR_SHUTDOWN.
- * @peer names the client in logs.  Returns the connection or NULL (fds closed).
- */
-struct conn *conn_new(int rfd, int wfd, bool refuse, const char *peer);
-
-/**
- * conn_shutdown - the server is stopping: a connection still negotiating is
- * closed; one in transmission stops reading new requests, finishes the ones
- * in flight, sends their replies and then closes.
- */
-void conn_shutdown(struct conn *c);
-
-/** conn_abort - close @c now; requests in flight complete into the void. */
-void conn_abort(struct conn *c);
-
-/** conn_next - iterate over srv.conns (NULL starts). */
-struct conn *conn_next(struct conn *c);
-
-/**
- * nbd_errno_from - map a negative errno from the library (or the server
- * itself) to an NBD error value.  The one place where this mapping lives.
- */
-uint32_t nbd_errno_from(int neg_errno);
 
 #endif /* QEDNBD_H */

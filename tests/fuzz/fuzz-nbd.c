@@ -2,9 +2,9 @@
  * fuzz-nbd.c - libFuzzer target for the qednbd protocol code (issue 4,
  * "Protocol fuzzing").
  *
- * In-process: the binary links the real server (every server/ source, main.c
- * compiled with -Dmain=qednbd_main: it provides srv, srv_find_export and
- * srv_conn_gone) and the real library (every lib/ source).  Each input is
+ * In-process: the binary links the real server (every source of server/ and
+ * its net/ and protocol/ folders; main.c, compiled with -Dmain=qednbd_main,
+ * provides srv) and the real library (every lib/ source).  Each input is
  * the byte stream of one client: it goes into one end of a
  * socketpair, the other end is handed to conn_new() exactly as main() hands
  * it an accepted socket, and the server's libev loop runs until the
@@ -58,6 +58,8 @@
 #include "qed.h"
 #include "qed-io-test.h"
 #include "conn.h"
+#include "nbd-proto.h"
+#include "protocol.h"
 
 #define FUZZ_IMAGE_SIZE (4u * 1024 * 1024)
 #define FUZZ_BIG_SIZE (64u * 1024 * 1024)
@@ -385,7 +387,7 @@ static void run_one(const uint8_t *data, size_t size, bool *tx_out, size_t *out_
         }
         drain_output(sv[1], &out_bytes);
         ev_run(srv.loop, EVRUN_NOWAIT);
-        if (c && c->exp)
+        if (c && c->proto && c->proto->exp)
             tx = true;
         if (!c || (c->state == CONN_DEAD && c->refs == 1))
             break;
@@ -401,9 +403,11 @@ static void run_one(const uint8_t *data, size_t size, bool *tx_out, size_t *out_
         fatal("connection accounting not back to zero: conns=%p nconns=%u nrefused=%u",
               (void *)srv.conns, srv.nconns, srv.nrefused);
     if (c) {
-        if (c->inflight || c->mem_held || c->cur || c->out_head)
+        struct req *cur = c->proto ? c->proto->cur : NULL;
+
+        if (c->inflight || c->mem_held || cur || c->out_head)
             fatal("closed connection still holds work: inflight=%u mem_held=%zu "
-                  "cur=%p out_head=%p", c->inflight, c->mem_held, (void *)c->cur,
+                  "cur=%p out_head=%p", c->inflight, c->mem_held, (void *)cur,
                   (void *)c->out_head);
         conn_unref(c);
     }

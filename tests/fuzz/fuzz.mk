@@ -50,8 +50,9 @@ $(OBJDIR)/srv/%.o: $(top_srcdir)/server/%.c | $(OBJDIR)
 	@mkdir -p $(@D)
 	@$(CLANG) $(CPPFLAGS_FUZZ) $(CFLAGS_FUZZ) -c -o $@ $<
 
-# main.c provides srv, srv_find_export and srv_conn_gone; its main() is
-# renamed out of libFuzzer's way (the harness never calls it).
+# main.c provides srv (srv_find_export is in exports.c, srv_conn_gone in
+# net/listen.c); its main() is renamed out of libFuzzer's way (the harness
+# never calls it).
 $(OBJDIR)/srv/main.o: $(top_srcdir)/server/main.c | $(OBJDIR)
 	@echo "  CLANG    $@"
 	@mkdir -p $(@D)

@@ -33,7 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../../server/nbd-proto.h"
+#include "../../server/protocol/nbd-proto.h"
 
 #define MiB (1024u * 1024u)
 #define IO_TIMEOUT_MS 10000

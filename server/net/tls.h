@@ -1,7 +1,8 @@
 /*
  * tls.h - TLS for qednbd, on GnuTLS: the server-wide credentials (X.509
  * certificates or pre-shared keys) and one non-blocking session per
- * connection.  Only conn.c and handshake.c drive sessions; main.c loads the
+ * connection.  Only net/ (conn.c, input.c, output.c) drives sessions; the
+ * protocol reads the mode (tls_mode) for its policy; main.c loads the
  * credentials.
  *
  * Every I/O function here is non-blocking: it returns -EAGAIN when the

@@ -140,108 +140,104 @@
 
 /* ---- Wire structures -------------------------------------------------- */
 
-/* S: initial greeting of (fixed) newstyle negotiation. */
-struct nbd_greeting {
-    uint64_t magic;        /* NBD_MAGIC */
-    uint64_t opts_magic;   /* NBD_OPTS_MAGIC */
-    uint16_t hs_flags;     /* NBD_FLAG_FIXED_NEWSTYLE | ... */
-} __attribute__((packed));
+#define NBD_PACKED __attribute__((packed))
 
-/* C: an option header, followed by @len bytes of data. */
-struct nbd_opt_header {
-    uint64_t magic;        /* NBD_OPTS_MAGIC */
-    uint32_t option;
-    uint32_t len;
-} __attribute__((packed));
+/* S: initial greeting of (fixed) newstyle negotiation.
+ * magic: NBD_MAGIC; opts_magic: NBD_OPTS_MAGIC; hs_flags: NBD_FLAG_FIXED_NEWSTYLE | ...
+ */
+struct nbd_greeting { uint64_t magic; uint64_t opts_magic; uint16_t hs_flags; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_greeting) == 18, "greeting layout");
 
-/* S: an option reply header, followed by @len bytes of data. */
-struct nbd_opt_reply {
-    uint64_t magic;        /* NBD_REP_MAGIC */
-    uint32_t option;
-    uint32_t type;
-    uint32_t len;
-} __attribute__((packed));
+/* C: the client flags, the client's answer to the greeting.
+ * flags: NBD_FLAG_C_FIXED_NEWSTYLE | ...
+ */
+struct nbd_client_flags { uint32_t flags; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_client_flags) == 4, "client flags layout");
+
+/* C: an option header, followed by @len bytes of data.
+ * magic: NBD_OPTS_MAGIC.
+ */
+struct nbd_opt_header { uint64_t magic; uint32_t option; uint32_t len; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_opt_header) == 16, "option header layout");
+
+/* S: an option reply header, followed by @len bytes of data.
+ * magic: NBD_REP_MAGIC.
+ */
+struct nbd_opt_reply { uint64_t magic; uint32_t option; uint32_t type; uint32_t len; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_opt_reply) == 20, "option reply layout");
 
 /* S: reply to NBD_OPT_EXPORT_NAME (the 124 zero bytes follow unless NO_ZEROES). */
-struct nbd_export_name_reply {
-    uint64_t size;
-    uint16_t tx_flags;
-} __attribute__((packed));
+struct nbd_export_name_reply { uint64_t size; uint16_t tx_flags; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_export_name_reply) == 10, "export name reply layout");
 
-/* NBD_REP_INFO payloads. */
-struct nbd_info_export {
-    uint16_t info;         /* NBD_INFO_EXPORT */
-    uint64_t size;
-    uint16_t tx_flags;
-} __attribute__((packed));
+/* NBD_REP_INFO payload NBD_INFO_EXPORT (info: NBD_INFO_EXPORT). */
+struct nbd_info_export { uint16_t info; uint64_t size; uint16_t tx_flags; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_info_export) == 12, "NBD_INFO_EXPORT layout");
 
+/* Head of the other NBD_REP_INFO payloads (NAME, DESCRIPTION): the text follows.
+ * info: NBD_INFO_NAME, NBD_INFO_DESCRIPTION.
+ */
+struct nbd_info_header { uint16_t info; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_info_header) == 2, "NBD_REP_INFO header layout");
+
+/* NBD_REP_SERVER payload head: the name (name_len bytes), then a description. */
+struct nbd_rep_server { uint32_t name_len; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_rep_server) == 4, "NBD_REP_SERVER layout");
+
+/* NBD_REP_META_CONTEXT payload head: the context name follows.
+ * context_id: 0 in LIST replies.
+ */
+struct nbd_rep_meta_context { uint32_t context_id; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_rep_meta_context) == 4, "NBD_REP_META_CONTEXT layout");
+
+/* NBD_REP_INFO payload NBD_INFO_BLOCK_SIZE (info: NBD_INFO_BLOCK_SIZE). */
 struct nbd_info_block_size {
-    uint16_t info;         /* NBD_INFO_BLOCK_SIZE */
-    uint32_t minimum;
-    uint32_t preferred;
-    uint32_t maximum;
-} __attribute__((packed));
+    uint16_t info; uint32_t minimum; uint32_t preferred; uint32_t maximum;
+} NBD_PACKED;
 
-/* C: a transmission request; a WRITE is followed by @len bytes. */
+/* C: a transmission request; a WRITE is followed by @len bytes.
+ * magic: NBD_REQUEST_MAGIC.
+ */
 struct nbd_request {
-    uint32_t magic;        /* NBD_REQUEST_MAGIC */
-    uint16_t flags;
-    uint16_t type;
-    uint64_t cookie;
-    uint64_t offset;
-    uint32_t len;
-} __attribute__((packed));
+    uint32_t magic; uint16_t flags; uint16_t type;
+    uint64_t cookie; uint64_t offset; uint32_t len;
+} NBD_PACKED;
+_Static_assert(sizeof(struct nbd_request) == 28, "request layout");
+_Static_assert(sizeof(struct nbd_info_block_size) == 14, "NBD_INFO_BLOCK_SIZE layout");
 
-/* S: simple reply; a successful READ is followed by the data. */
-struct nbd_simple_reply {
-    uint32_t magic;        /* NBD_SIMPLE_REPLY_MAGIC */
-    uint32_t error;
-    uint64_t cookie;
-} __attribute__((packed));
+/* S: simple reply; a successful READ is followed by the data.
+ * magic: NBD_SIMPLE_REPLY_MAGIC.
+ */
+struct nbd_simple_reply { uint32_t magic; uint32_t error; uint64_t cookie; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_simple_reply) == 16, "simple reply layout");
 
-/* S: structured reply chunk header, followed by @len bytes of payload. */
+/* S: structured reply chunk header, followed by @len bytes of payload.
+ * magic: NBD_STRUCTURED_REPLY_MAGIC.
+ */
 struct nbd_structured_reply {
-    uint32_t magic;        /* NBD_STRUCTURED_REPLY_MAGIC */
-    uint16_t flags;
-    uint16_t type;
-    uint64_t cookie;
-    uint32_t len;
-} __attribute__((packed));
+    uint32_t magic; uint16_t flags; uint16_t type;
+    uint64_t cookie; uint32_t len;
+} NBD_PACKED;
+_Static_assert(sizeof(struct nbd_structured_reply) == 20, "structured reply layout");
 
 /* Payload of NBD_REPLY_TYPE_OFFSET_DATA (the data follows). */
-struct nbd_chunk_offset_data {
-    uint64_t offset;
-} __attribute__((packed));
+struct nbd_chunk_offset_data { uint64_t offset; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_chunk_offset_data) == 8, "data chunk layout");
 
 /* Payload of NBD_REPLY_TYPE_OFFSET_HOLE. */
-struct nbd_chunk_offset_hole {
-    uint64_t offset;
-    uint32_t length;
-} __attribute__((packed));
+struct nbd_chunk_offset_hole { uint64_t offset; uint32_t length; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_chunk_offset_hole) == 12, "hole chunk layout");
 
 /* Payload of NBD_REPLY_TYPE_ERROR (the message follows). */
-struct nbd_chunk_error {
-    uint32_t error;
-    uint16_t msg_len;
-} __attribute__((packed));
-
-/* NBD_REPLY_TYPE_BLOCK_STATUS: a context id, then descriptors. */
-struct nbd_block_descriptor {
-    uint32_t length;
-    uint32_t status_flags;
-} __attribute__((packed));
-
-_Static_assert(sizeof(struct nbd_greeting) == 18, "greeting layout");
-_Static_assert(sizeof(struct nbd_opt_header) == 16, "option header layout");
-_Static_assert(sizeof(struct nbd_opt_reply) == 20, "option reply layout");
-_Static_assert(sizeof(struct nbd_export_name_reply) == 10, "export name reply layout");
-_Static_assert(sizeof(struct nbd_info_export) == 12, "NBD_INFO_EXPORT layout");
-_Static_assert(sizeof(struct nbd_info_block_size) == 14, "NBD_INFO_BLOCK_SIZE layout");
-_Static_assert(sizeof(struct nbd_request) == 28, "request layout");
-_Static_assert(sizeof(struct nbd_simple_reply) == 16, "simple reply layout");
-_Static_assert(sizeof(struct nbd_structured_reply) == 20, "structured reply layout");
-_Static_assert(sizeof(struct nbd_chunk_offset_hole) == 12, "hole chunk layout");
+struct nbd_chunk_error { uint32_t error; uint16_t msg_len; } NBD_PACKED;
 _Static_assert(sizeof(struct nbd_chunk_error) == 6, "error chunk layout");
+
+/* Payload of NBD_REPLY_TYPE_BLOCK_STATUS: a context id, then descriptors. */
+struct nbd_chunk_block_status { uint32_t context_id; } NBD_PACKED;
+_Static_assert(sizeof(struct nbd_chunk_block_status) == 4, "block status chunk layout");
+
+/* One descriptor of a BLOCK_STATUS chunk. */
+struct nbd_block_descriptor { uint32_t length; uint32_t status_flags; } NBD_PACKED;
 _Static_assert(sizeof(struct nbd_block_descriptor) == 8, "block descriptor layout");
 
 #endif /* NBD_PROTO_H */

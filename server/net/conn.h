@@ -1,6 +1,9 @@
 /*
- * conn.h - one client connection, shared by conn.c (I/O, transmission phase)
- * and handshake.c (option haggling).  Not used outside the server.
+ * conn.h - one client connection, as the network layer (server/net) keeps
+ * it, and what it offers the protocol (server/protocol): reading states,
+ * the input buffer, the output queue, close and drain, memory accounting.
+ * What the protocol keeps per connection is behind c->proto, opaque here.
+ * Not used outside the server.
  */
 #ifndef CONN_H
 #define CONN_H
@@ -11,13 +14,14 @@
 #include <sys/uio.h>
 #include <ev.h>
 
-#include "nbd-proto.h"
 #include "qednbd.h"
 
 /*
  * The states of a connection.  conn_step() runs the state machine: each
- * reading state waits for a fixed number of bytes (conn_fill), and its
- * handler decides the next state.
+ * reading state waits for a fixed number of bytes (conn_fill), then the
+ * protocol (proto_input_ready) decides the next state.  The network layer
+ * knows the states only to read the right way (read-ahead, skipping, TLS,
+ * backpressure at request boundaries).
  */
 enum conn_state {
     CONN_HS_CLIENT_FLAGS,  /* waits for the client's 32-bit flags after our greeting */
@@ -52,7 +56,7 @@ struct outmsg {
     void (*release)(struct outmsg *m);
 };
 
-struct req;
+struct proto_conn;
 struct tls_session;
 
 /* Largest TLS record payload: replies are gathered into records this big. */
@@ -82,20 +86,11 @@ struct conn {
     uint64_t skip_left;           /* bytes still to drop in a SKIP state */
     uint8_t hdr[32];              /* option / request headers, client flags */
 
-    /* Handshake */
-    uint32_t opt, opt_len;        /* option being read */
-    uint8_t *opt_buf;             /* its payload */
-    unsigned nopts;
-    bool no_zeroes;
-    bool structured;              /* NBD_OPT_STRUCTURED_REPLY was acknowledged */
-    struct export *meta_exp;      /* export named by the last SET_META_CONTEXT */
-    bool meta_base;               /* base:allocation selected (context id 1) */
-    bool meta_depth;              /* qemu:allocation-depth selected (context id 2) */
+    /* What the protocol keeps (protocol.h); the network layer never looks
+     * inside.  Set by proto_greeting, freed by proto_free. */
+    struct proto_conn *proto;
 
     /* Transmission */
-    struct export *exp;
-    uint16_t tx_flags;
-    struct req *cur;              /* request whose payload is being read */
     bool stop_reading;            /* shutdown: go DRAINING at the next request boundary */
     unsigned inflight;            /* requests read and not yet answered */
     size_t mem_held;              /* bytes charged to this connection (mem.c) */
@@ -104,7 +99,7 @@ struct conn {
 
     struct outmsg *out_head, *out_tail;
 
-    /* Work for the end of the loop turn (conn.c, on_turn_end); each list
+    /* Work for the end of the loop turn (net/turn.c, on_turn_end); each list
      * holds a reference on the connection. */
     struct conn *flush_next;      /* in the list of connections with batched replies */
     bool flush_listed;
@@ -120,8 +115,29 @@ struct conn {
     size_t tls_out_len;           /* its bytes not yet accepted by GnuTLS */
 };
 
-#define CTX_ID_BASE_ALLOCATION 1u
-#define CTX_ID_ALLOCATION_DEPTH 2u
+/* ---- Entry points for main and the service (net/conn.c) ---- */
+
+/**
+ * conn_new - start serving a client that reads from @rfd and writes to @wfd
+ * (the same socket, or stdin/stdout).  Sends the greeting at once.  When
+ * @refuse is set the client is over the connection limit: it gets the
+ * greeting, and every option is answered with NBD_REP_ERR_SHUTDOWN.
+ * @peer names the client in logs.  Returns the connection or NULL (fds closed).
+ */
+struct conn *conn_new(int rfd, int wfd, bool refuse, const char *peer);
+
+/**
+ * conn_shutdown - the server is stopping: a connection still negotiating is
+ * closed; one in transmission stops reading new requests, finishes the ones
+ * in flight, sends their replies and then closes.
+ */
+void conn_shutdown(struct conn *c);
+
+/** conn_abort - close @c now; requests in flight complete into the void. */
+void conn_abort(struct conn *c);
+
+/** conn_next - iterate over srv.conns (NULL starts). */
+struct conn *conn_next(struct conn *c);
 
 /** conn_log - srv_log with the connection's id in front. */
 void conn_log(struct conn *c, int level, const char *fmt, ...)
@@ -132,6 +148,9 @@ void conn_set_state(struct conn *c, enum conn_state st);
 
 /** conn_expect - the next reading state fills @want bytes at @buf. */
 void conn_expect(struct conn *c, enum conn_state st, void *buf, size_t want);
+
+/** conn_expect_skip - the next reading state (a SKIP state) reads and drops @n bytes. */
+void conn_expect_skip(struct conn *c, enum conn_state st, uint64_t n);
 
 /** conn_queue - append @m to the output queue and try to write at once. */
 void conn_queue(struct conn *c, struct outmsg *m);
@@ -152,35 +171,22 @@ void conn_close(struct conn *c, const char *why);
 /** conn_drain - stop reading; close once everything queued has been written. */
 void conn_drain(struct conn *c, const char *why);
 
-/** conn_enter_transmission - option haggling is over; serve @e. */
-void conn_enter_transmission(struct conn *c, struct export *e);
+/** conn_handshake_over - option haggling is over: stop the handshake timer. */
+void conn_handshake_over(struct conn *c);
 
 /**
- * conn_start_tls - STARTTLS was acknowledged (the ACK is queued): forget
- * every option negotiated so far, and run the TLS handshake on @c->tls as
- * soon as the ACK has been written.
+ * conn_tls_prepare - STARTTLS was asked for: allocate the TLS record buffer
+ * and the session (nothing is sent yet).  Returns 0, -ENOBUFS when the
+ * record buffer cannot be allocated, or another negative errno from
+ * tls_session_new with the cause in @err.
+ */
+int conn_tls_prepare(struct conn *c, char *err, size_t errlen);
+
+/**
+ * conn_start_tls - STARTTLS was acknowledged (the ACK is queued): run the
+ * TLS handshake on @c->tls as soon as the ACK has been written.
  */
 void conn_start_tls(struct conn *c);
-
-/* ---- handshake.c ---- */
-
-/** hs_start - queue the greeting and wait for the client flags. */
-void hs_start(struct conn *c);
-
-/** hs_client_flags_done - the 4 client-flag bytes are in c->hdr. */
-void hs_client_flags_done(struct conn *c);
-
-/** hs_opt_header_done - the 16-byte option header is in c->hdr. */
-void hs_opt_header_done(struct conn *c);
-
-/** hs_opt_payload_done - the option payload is in c->opt_buf. */
-void hs_opt_payload_done(struct conn *c);
-
-/** hs_opt_skip_done - an over-long option payload has been dropped. */
-void hs_opt_skip_done(struct conn *c);
-
-/** hs_tx_flags - the transmission flags @c would get for @e. */
-uint16_t hs_tx_flags(const struct conn *c, const struct export *e);
 
 /** conn_ref / conn_unref - references held by requests inside the library. */
 void conn_ref(struct conn *c);
@@ -221,24 +227,10 @@ bool conn_mem_try(struct conn *c, size_t n);
 void conn_mem_unwait(struct conn *c);
 
 /**
- * conn_mem_wake - (conn.c) memory was given back while connections wait:
+ * conn_mem_wake - (net/turn.c) memory was given back while connections wait:
  * at the end of this loop turn, resume every waiting connection whose
  * request now fits.
  */
 void conn_mem_wake(void);
-
-/* ---- tx.c, transmission phase ---- */
-
-/** tx_req_header_done - a request header is in c->hdr. */
-void tx_req_header_done(struct conn *c);
-
-/** tx_write_payload_done - the payload of c->cur has been read. */
-void tx_write_payload_done(struct conn *c);
-
-/** tx_skip_payload_done - the payload of rejected c->cur has been dropped. */
-void tx_skip_payload_done(struct conn *c);
-
-/** tx_abort_current - free c->cur, the request being read, when closing. */
-void tx_abort_current(struct conn *c);
 
 #endif /* CONN_H */

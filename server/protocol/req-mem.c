@@ -1,0 +1,218 @@
+/*
+ * req-mem.c - the memory of requests: free lists of request structs and
+ * data buffers (so the steady state calls no malloc), what a request costs
+ * (charged at admission, mem.c) and how it is given back piece by piece.
+ */
+#include "config.h"
+
+#include <assert.h>
+#include <endian.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "protocol.h"
+#include "request.h"
+
+/* ---- Request memory ------------------------------------------------------ */
+
+/*
+ * Free lists.  The server runs on one thread, so they need no lock.  Why
+ * bounded: after a burst (many connections, large requests) the memory goes
+ * back to malloc instead of staying cached for ever.
+ */
+static struct req *req_pool;
+static unsigned req_pool_n;
+
+/*
+ * Data buffers whose size is a power of two, TX_BUF_MIN_SHIFT ..
+ * TX_BUF_MAX_SHIFT, one list per size: the sizes clients use (4 KiB, 64 KiB,
+ * 1 MiB ...).  Why not round other sizes up to a class: a buffer would then
+ * hold up to twice what the request needs, and the peak memory with it.
+ */
+struct pooled_buf {
+    struct pooled_buf *next;
+};
+#define TX_BUF_CLASSES (TX_BUF_MAX_SHIFT - TX_BUF_MIN_SHIFT + 1)
+static struct pooled_buf *buf_pool[TX_BUF_CLASSES];
+static size_t buf_pool_bytes;
+
+/* The pool of @n-byte buffers, or -1 when that size is not pooled. */
+static int buf_class(size_t n)
+{
+    int k = 0;
+
+    if (n < (size_t)1 << TX_BUF_MIN_SHIFT || n > (size_t)1 << TX_BUF_MAX_SHIFT ||
+        (n & (n - 1)) != 0)
+        return -1;
+    while (((size_t)1 << (TX_BUF_MIN_SHIFT + k)) < n)
+        k++;
+    return k;
+}
+
+/* A buffer of @n bytes (n > 0), or NULL. */
+static uint8_t *buf_get(size_t n)
+{
+    int k = buf_class(n);
+
+    if (k < 0)
+        return malloc(n);
+    if (buf_pool[k]) {
+        struct pooled_buf *b = buf_pool[k];
+        buf_pool[k] = b->next;
+        buf_pool_bytes -= (size_t)1 << (TX_BUF_MIN_SHIFT + k);
+        return (uint8_t *)b;
+    }
+    return malloc((size_t)1 << (TX_BUF_MIN_SHIFT + k));
+}
+
+/* Give back a buffer of buf_get(@n). */
+void req_buf_put(uint8_t *p, size_t n)
+{
+    int k = buf_class(n);
+    size_t sz;
+
+    if (k < 0) {
+        free(p);
+        return;
+    }
+    sz = (size_t)1 << (TX_BUF_MIN_SHIFT + k);
+    if (!SRV_POOLS || buf_pool_bytes + sz > TX_BUF_POOL_BYTES) {
+        free(p);
+        return;
+    }
+    struct pooled_buf *b = (struct pooled_buf *)p;
+    b->next = buf_pool[k];
+    buf_pool[k] = b;
+    buf_pool_bytes += sz;
+}
+
+/* A cleared request (hdr excepted), or NULL. */
+struct req *req_get(void)
+{
+    struct req *r = req_pool;
+
+    if (r) {
+        req_pool = r->pool_next;
+        req_pool_n--;
+    } else {
+        r = malloc(sizeof(*r));
+        if (!r)
+            return NULL;
+    }
+    memset(r, 0, offsetof(struct req, hdr));
+    return r;
+}
+
+/*
+ * What a request costs, known from its header (@err: it was rejected): the
+ * most it will hold at once, charged when it is admitted (conn_mem_admit).
+ * The request struct itself (it holds small replies, errors included), the
+ * data buffer, and for BLOCK_STATUS the extent array plus the reply built
+ * from it; for a structured READ, the chunk headers of a split reply.
+ */
+size_t req_cost(const struct conn *c, uint16_t type, uint16_t flags, uint32_t len,
+                       uint32_t err)
+{
+    size_t n = sizeof(struct req);
+
+    if (err)
+        return n;
+    switch (type) {
+    case NBD_CMD_READ:
+        n += len;
+        if (len && c->proto->structured && !(flags & NBD_CMD_FLAG_DF))
+            n += READ_META_MAX;
+        break;
+    case NBD_CMD_WRITE:
+        n += len;
+        break;
+    case NBD_CMD_BLOCK_STATUS:
+        if (!(flags & NBD_CMD_FLAG_REQ_ONE))
+            n += BS_MAX_EXTENTS * sizeof(struct qed_extent) +
+                 2 * (SR_BS_HDR_LEN + SR_BS_DESC_LEN * BS_MAX_EXTENTS);
+        else
+            n += 2 * (SR_BS_HDR_LEN + SR_BS_DESC_LEN);
+        break;
+    default:
+        break;
+    }
+    return n;
+}
+
+/* What @r holds now: its struct and whatever it still has allocated. */
+static size_t req_holds(const struct req *r)
+{
+    size_t n = sizeof(*r) + r->meta_bytes;
+
+    if (r->buf)
+        n += r->len;
+    if (r->ext && r->ext != r->ext_inline)
+        n += r->ext_max * sizeof(*r->ext);
+    return n;
+}
+
+/* Give back the part of @r's charge it no longer holds (its reply is built:
+ * nothing it frees from now on until req_free). */
+void req_settle(struct req *r)
+{
+    size_t now = req_holds(r);
+
+    assert(now <= r->charge);
+    conn_mem_release(r->c, r->charge - now);
+    r->charge = now;
+}
+
+void req_free(struct req *r)
+{
+    struct conn *c = r->c;
+    size_t charge = r->charge;
+
+    assert(c->inflight > 0 && srv.nreqs > 0);
+    c->inflight--;
+    srv.nreqs--;
+    if (r->buf)
+        req_buf_put(r->buf, r->len);
+    if (r->ext != r->ext_inline)
+        free(r->ext);
+    free(r->meta);
+    if (SRV_POOLS && req_pool_n < TX_REQ_POOL_MAX) {
+        r->pool_next = req_pool;
+        req_pool = r;
+        req_pool_n++;
+    } else {
+        free(r);
+    }
+    /* Why last: the memory is back (in malloc or a free list) before the
+     * connections waiting for it are told. */
+    conn_mem_release(c, charge);
+}
+
+void req_release(struct outmsg *m)
+{
+    req_free((struct req *)m);  /* out is the first member */
+}
+
+/* The data buffer of @r: r->len bytes (n is r->len or 0); its admission
+ * charged it already. */
+int req_alloc_buf(struct req *r, size_t n)
+{
+    if (n == 0)
+        return 0;
+    assert(n == r->len);
+    r->buf = buf_get(n);
+    if (!r->buf)
+        return -ENOMEM;
+    return 0;
+}
+
+void tx_abort_current(struct conn *c)
+{
+    if (c->proto->cur) {
+        req_free(c->proto->cur);
+        c->proto->cur = NULL;
+    }
+}
+

@@ -1,0 +1,101 @@
+/*
+ * request.h - one NBD request of the transmission phase, shared by
+ * request.c (parse, check, submit), reply.c (the replies) and req-mem.c
+ * (free lists and memory accounting).
+ */
+#ifndef REQUEST_H
+#define REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "protocol.h"
+
+/* Chunks of a sparse structured READ reply at most (the rest goes as data). */
+#define READ_MAX_CHUNKS 128u
+/* Extents asked for one BLOCK_STATUS without REQ_ONE. */
+#define BS_MAX_EXTENTS 4096u
+/* The most the chunk headers and iovecs of a split READ reply take (r->meta). */
+#define READ_META_MAX (READ_MAX_CHUNKS * READ_CHUNK_SLOT + \
+                       2 * READ_MAX_CHUNKS * sizeof(struct iovec))
+
+/* Sizes of the reply headers the server builds (wire layout in nbd-proto.h). */
+#define SR_HDR_LEN sizeof(struct nbd_structured_reply)
+#define SR_DATA_HDR_LEN (SR_HDR_LEN + sizeof(struct nbd_chunk_offset_data))
+#define SR_HOLE_LEN (SR_HDR_LEN + sizeof(struct nbd_chunk_offset_hole))
+#define SR_ERROR_HDR_LEN (SR_HDR_LEN + sizeof(struct nbd_chunk_error))
+#define SR_BS_HDR_LEN (SR_HDR_LEN + sizeof(struct nbd_chunk_block_status))
+#define SR_BS_DESC_LEN sizeof(struct nbd_block_descriptor)
+/* Room for one chunk header of a split READ reply (data or hole) in r->meta;
+ * a multiple of 8 keeps the iovecs stored after them aligned. */
+#define READ_CHUNK_SLOT 32u
+_Static_assert(READ_CHUNK_SLOT >= SR_DATA_HDR_LEN && READ_CHUNK_SLOT >= SR_HOLE_LEN &&
+               READ_CHUNK_SLOT % 8 == 0, "READ chunk slot");
+
+struct req {
+    struct outmsg out;          /* the reply, once built */
+    struct conn *c;
+    uint64_t cookie;
+    uint64_t offset;
+    uint32_t len;
+    uint16_t type;
+    uint16_t flags;
+    uint8_t *buf;               /* READ data or WRITE payload (buf_get), r->len bytes */
+    size_t charge;              /* bytes charged to c for this request (mem.c) */
+    struct qed_extent *ext;     /* block status results (ext_inline or heap) */
+    struct qed_extent ext_inline[4]; /* BLOCK_STATUS with REQ_ONE: no allocation */
+    size_t ext_max;             /* entries of a heap ext */
+    size_t next;
+    uint32_t err;               /* NBD error of a rejected request */
+    const char *errmsg;
+    uint8_t *meta;              /* reply headers (and their iovecs) beyond hdr */
+    size_t meta_bytes;          /* its size */
+    struct iovec iov[2];
+    struct req *pool_next;      /* in the free list */
+    /* Not cleared when a request is reused: written before every use. */
+    uint8_t hdr[64];
+};
+
+/** tx_cmd_name - the command's name, for logs. */
+const char *tx_cmd_name(uint16_t type);
+
+/* ---- req-mem.c ---- */
+
+/** req_get - a cleared request (hdr excepted), or NULL. */
+struct req *req_get(void);
+
+/** req_cost - what a request costs, known from its header (@err: it was rejected). */
+size_t req_cost(const struct conn *c, uint16_t type, uint16_t flags, uint32_t len, uint32_t err);
+
+/** req_settle - give back the part of @r's charge it no longer holds. */
+void req_settle(struct req *r);
+
+/** req_free - free @r (to the free list), and give back its charge. */
+void req_free(struct req *r);
+
+/** req_release - outmsg release function of a reply: the reply was written (or dropped). */
+void req_release(struct outmsg *m);
+
+/** req_alloc_buf - the data buffer of @r: r->len bytes (n is r->len or 0).  0 or -ENOMEM. */
+int req_alloc_buf(struct req *r, size_t n);
+
+/** req_buf_put - give back a data buffer of req_alloc_buf (@n bytes). */
+void req_buf_put(uint8_t *p, size_t n);
+
+/* ---- reply.c ---- */
+
+/** reply_error - reply with NBD error @err (an ERROR chunk with @msg when structured). */
+void reply_error(struct req *r, uint32_t err, const char *msg);
+
+/** reply_ok - a successful reply without data (or a simple READ reply with its data). */
+void reply_ok(struct req *r);
+
+/** reply_read_structured - a structured READ reply cut from the data read. */
+void reply_read_structured(struct req *r);
+
+/** reply_block_status - the BLOCK_STATUS reply from r->ext. */
+void reply_block_status(struct req *r);
+
+#endif /* REQUEST_H */
