@@ -158,11 +158,7 @@ static void test_destroy(qed_aio *aio)
     aio->priv = NULL;
 }
 
-static const struct qed_aio_ops test_ops = {
-    .name = "test",
-    .submit = test_submit,
-    .destroy = test_destroy,
-};
+static const struct qed_aio_ops test_ops = {.name = "test", .submit = test_submit, .destroy = test_destroy};
 
 int qed_aio_test_init(qed_aio *aio)
 {

@@ -151,6 +151,7 @@ static void threads_free_priv(qed_aio *aio, struct threads_priv *p)
         pthread_mutex_destroy(&p->done_lock);
     }
     free(p);
+    aio->priv = NULL;
 }
 
 static void threads_destroy(qed_aio *aio)
@@ -165,14 +166,9 @@ static void threads_destroy(qed_aio *aio)
     if (p->freed)
         *p->freed = true;
     threads_free_priv(aio, p);
-    aio->priv = NULL;
 }
 
-static const struct qed_aio_ops threads_ops = {
-    .name = "threads",
-    .submit = threads_submit,
-    .destroy = threads_destroy,
-};
+static const struct qed_aio_ops threads_ops = {.name = "threads", .submit = threads_submit, .destroy = threads_destroy};
 
 int qed_aio_threads_init(qed_aio *aio)
 {
@@ -220,6 +216,5 @@ int qed_aio_threads_init(qed_aio *aio)
 
 fail:
     threads_free_priv(aio, p);
-    aio->priv = NULL;
     return r;
 }

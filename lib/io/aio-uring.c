@@ -420,6 +420,7 @@ static void uring_free_priv(qed_aio *aio, struct uring_priv *p)
     /* After the ring is gone: the eventfd is registered with it. */
     qed_aio_wake_close(aio, &p->wake);
     free(p);
+    aio->priv = NULL;
 }
 
 static void uring_destroy(qed_aio *aio)
@@ -433,14 +434,9 @@ static void uring_destroy(qed_aio *aio)
     if (p->freed)
         *p->freed = true;
     uring_free_priv(aio, p);
-    aio->priv = NULL;
 }
 
-static const struct qed_aio_ops uring_ops = {
-    .name = "io_uring",
-    .submit = uring_submit,
-    .destroy = uring_destroy,
-};
+static const struct qed_aio_ops uring_ops = {.name = "io_uring", .submit = uring_submit, .destroy = uring_destroy};
 
 /* Check that the kernel implements every opcode we use. */
 static int uring_probe_ops(struct io_uring *ring)
@@ -531,6 +527,5 @@ int qed_aio_uring_init(qed_aio *aio)
 
 fail:
     uring_free_priv(aio, p);
-    aio->priv = NULL;
     return r;
 }
