@@ -43,9 +43,15 @@ for round in 1 2; do
         -c "read -P 4 24T 4k"
 done
 after=$(rss_kib)
-: >"$SERVER_LOG.mark"
+# The first SIGUSR1 already wrote an export line: wait for a second one,
+# not for any (reading the old line raced the new dump).
 kill -USR1 "$SERVER_PID"
-wait_log "$SERVER_LOG" 'stats: export .* l2_cache_peak=[0-9]+'
+for ((i = 0; i < 100; i++)); do
+    [ "$(grep -cE 'stats: export .* l2_cache_peak=' "$SERVER_LOG")" -ge 2 ] && break
+    sleep 0.1
+done
+[ "$(grep -cE 'stats: export .* l2_cache_peak=' "$SERVER_LOG")" -ge 2 ] ||
+    fail "no second statistics dump in $SERVER_LOG after 10 s"
 line=$(grep -E 'stats: export .* l2_cache_peak=' "$SERVER_LOG" | tail -n 1)
 peak=$(stat_field "$line" l2_cache_peak) || fail "no l2_cache_peak"
 held=$(stat_field "$line" l2_cache) || fail "no l2_cache"

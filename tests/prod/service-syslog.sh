@@ -57,7 +57,7 @@ in_ns '
     echo $pid >"$tmp/s.pid"
     for i in $(seq 100); do grep -q "listening on" "$tmp/syslog.out" && break; sleep 0.05; done
     kill -USR1 $pid
-    sleep 0.5
+    for i in $(seq 200); do grep -q "stats: export" "$tmp/syslog.out" && break; sleep 0.05; done
     kill -TERM $pid
     wait $pid
 ' 2>&1 || true
@@ -78,7 +78,7 @@ in_ns '
     "$QEDNBD" --fork --pidfile="$tmp/f.pid" -u "$tmp/f.sock" disk.qed
     pid=$(cat "$tmp/f.pid")
     kill -USR1 $pid
-    sleep 0.5
+    for i in $(seq 200); do grep -q "stats: export" "$tmp/syslog.out" && break; sleep 0.05; done
     kill -TERM $pid
     for i in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
     echo $pid >"$tmp/f.pid.saved"
