@@ -35,20 +35,6 @@ static struct {
     .fd = -1,
 };
 
-bool srv_log_enabled(int level)
-{
-    switch (level) {
-    case SRV_LOG_ERROR:
-    case SRV_LOG_WARN:
-    case SRV_LOG_NOTICE:
-        return true;
-    case SRV_LOG_INFO:
-        return srv.verbose >= 1;
-    default:
-        return srv.verbose >= 2;
-    }
-}
-
 static int syslog_prio(int level)
 {
     switch (level) {

@@ -131,8 +131,14 @@ enum { SRV_LOG_ERROR = 0, SRV_LOG_WARN, SRV_LOG_NOTICE, SRV_LOG_INFO, SRV_LOG_DE
 /** Where the log goes: stderr (default), syslog (--log=syslog) or a file (--log-file). */
 enum srv_log_target { SRV_LOG_TO_STDERR, SRV_LOG_TO_SYSLOG, SRV_LOG_TO_FILE };
 
-/** srv_log_enabled - would a message at @level be printed with this verbosity? */
-bool srv_log_enabled(int level);
+/**
+ * srv_log_enabled - would a message at @level be printed with this
+ * verbosity?  Inline: the hot path asks it for every request.
+ */
+static inline bool srv_log_enabled(int level)
+{
+    return level <= SRV_LOG_NOTICE + srv.verbose;
+}
 
 /** srv_vlog - log one line at @level: @prefix, then @fmt formatted with @ap. */
 void srv_vlog(int level, const char *prefix, const char *fmt, va_list ap);

@@ -46,8 +46,19 @@ enum qed_rs_next {
 #include "request-states.h"
 #undef QED_REQ_STATE
 
-/** Enter state @s, logging the transition when debug logging is on. */
-void qed_req_set_state(struct qed_req *r, enum qed_req_state s);
+/** Log @r's move to state @s (debug logging only; see qed_req_set_state). */
+void qed_req_log_transition(const struct qed_req *r, enum qed_req_state s);
+
+/**
+ * Enter state @s, logging the transition when debug logging is on.  Inline:
+ * every step of every request passes here.
+ */
+static inline void qed_req_set_state(struct qed_req *r, enum qed_req_state s)
+{
+    if (__builtin_expect(qed_log_debug, 0))
+        qed_req_log_transition(r, s);
+    r->state = s;
+}
 /** Name of request type @t, for messages. */
 const char *qed_req_type_name(enum qed_req_type t);
 /**

@@ -82,12 +82,10 @@ const char *qed_req_type_name(enum qed_req_type t)
     return type_names[t];
 }
 
-void qed_req_set_state(struct qed_req *r, enum qed_req_state s)
+void qed_req_log_transition(const struct qed_req *r, enum qed_req_state s)
 {
-    if (qed_log_debug)
-        qed_log(QED_LOG_DEBUG, "%s req %p: %s -> %s", type_names[r->type], (void *)r,
+    qed_log(QED_LOG_DEBUG, "%s req %p: %s -> %s", type_names[r->type], (void *)r,
             req_states[r->state].name, req_states[s].name);
-    r->state = s;
 }
 
 /* ---- The driver ---- */
