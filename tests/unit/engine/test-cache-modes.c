@@ -3,7 +3,8 @@
  *
  * cache=none opens the image with O_DIRECT in a directory on /var/tmp (ext4
  * here; the test skips when the file system refuses O_DIRECT) and drives it
- * with the io_uring engine and the thread pool:
+ * with the io_uring engine, the thread pool, and the test engine
+ * completing the held I/O in a random order:
  *   - rounds of concurrent writes that cut a 20 KiB window into pieces at
  *     random byte offsets: pieces share 4 KiB blocks but no bytes, so every
  *     read-modify-write must keep its neighbours' bytes, and the content is
@@ -42,14 +43,53 @@
 #define ROUNDS 24
 
 static struct test_fixture tf;
+static enum qed_aio_backend kind;
 static uint8_t *model;
 static unsigned seed;
 
+/*
+ * Hold the test engine's I/O (no-op with the real engines): requests
+ * submitted from now on wait for wait_all, which completes their I/O in a
+ * random order (a read-modify-write's read may then run before a
+ * neighbour's write, the order the range lock must make harmless).
+ */
+static void hold(void)
+{
+    if (kind == QED_AIO_TEST)
+        qed_aio_test_set_auto(tf.aio, false);
+}
+
+/* Run until @d[0..n) are done: the held I/O in a random order; auto mode again. */
+static void wait_all(struct tf_done *d, size_t n)
+{
+    unsigned idle = 0;
+
+    if (kind != QED_AIO_TEST) {
+        tf_wait(&tf, d, n);
+        return;
+    }
+    for (unsigned long t = 0; !tf_all_done(d, n); t++) {
+        size_t held;
+
+        cr_assert(t < TF_MAX_TURNS && !tf.timed_out, "seed %u: requests never completed", seed);
+        ev_run(tf.loop, EVRUN_NOWAIT);
+        held = qed_aio_test_pending(tf.aio);
+        if (held == 0) {
+            cr_assert(++idle < 1000, "seed %u: nothing held, requests incomplete", seed);
+            continue;
+        }
+        idle = 0;
+        cr_assert_eq(qed_aio_test_complete(tf.aio, (size_t)rand() % held, 0), 0);
+    }
+    qed_aio_test_set_auto(tf.aio, true);
+}
+
 /* The fixture with its directory on /var/tmp (O_DIRECT needs a real file system). */
-static void setup_dir(enum qed_aio_backend kind)
+static void setup_dir(enum qed_aio_backend k)
 {
     int r;
 
+    kind = k;
     tf_init(&tf, NULL);
     snprintf(tf.dir, sizeof(tf.dir), "/var/tmp/qed-test-cache-XXXXXX");
     cr_assert_not_null(mkdtemp(tf.dir), "mkdtemp: %s", strerror(errno));
@@ -58,7 +98,7 @@ static void setup_dir(enum qed_aio_backend kind)
     if (r < 0) {
         tf_teardown(&tf);
         cr_skip_test("the %s engine is not available here: %s",
-                     kind == QED_AIO_URING ? "io_uring" : "threads", strerror(-r));
+                     k == QED_AIO_URING ? "io_uring" : "threads", strerror(-r));
     }
     tf_watchdog(&tf, 120, true);
     model = calloc(1, IMG_SIZE);
@@ -119,6 +159,7 @@ static void round_disjoint(qed_image *img, uint64_t base, unsigned round)
             cut[j - 1] = t;
         }
     memset(d, 0, sizeof(d));
+    hold();
     for (int i = 0; i < PIECES; i++) {
         size_t n = cut[i + 1] - cut[i];
         /* +1: an unaligned buffer address as well */
@@ -132,7 +173,7 @@ static void round_disjoint(qed_image *img, uint64_t base, unsigned round)
         cr_assert_eq(TF_SUBMIT(qed_write(img, base + cut[i], buf[i] + 1, n, 0, tf_done_cb,
                                          &d[i])), 0);
     }
-    tf_wait(&tf, d, PIECES);
+    wait_all(d, PIECES);
     for (int i = 0; i < PIECES; i++) {
         cr_assert_eq(d[i].ret, 0, "write %d of round %u: %s", i, round, strerror(-d[i].ret));
         free(buf[i]);
@@ -164,6 +205,7 @@ static void check_reads(qed_image *img, uint64_t base, unsigned count)
 
     cr_assert(count <= 8);
     memset(d, 0, sizeof(d));
+    hold();
     for (unsigned i = 0; i < count; i++) {
         off[i] = base + (uint64_t)rand() % (2 * WIN);
         len[i] = 1 + (size_t)rand() % (size_t)(3 * WIN);
@@ -172,7 +214,7 @@ static void check_reads(qed_image *img, uint64_t base, unsigned count)
         buf[i] = malloc(len[i] + 7);
         cr_assert_eq(TF_SUBMIT(qed_read(img, off[i], buf[i] + 7, len[i], tf_done_cb, &d[i])), 0);
     }
-    tf_wait(&tf, d, count);
+    wait_all(d, count);
     for (unsigned i = 0; i < count; i++) {
         cr_assert_eq(d[i].ret, 0);
         cr_assert(memcmp(buf[i] + 7, model + off[i], len[i]) == 0,
@@ -227,6 +269,12 @@ Test(cache_none, uring_unaligned_and_overlapping)
 Test(cache_none, threads_unaligned_and_overlapping)
 {
     setup_dir(QED_AIO_THREADS);
+    run_direct();
+}
+
+Test(cache_none, test_engine_random_order)
+{
+    setup_dir(QED_AIO_TEST);
     run_direct();
 }
 
