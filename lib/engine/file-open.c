@@ -111,7 +111,8 @@ static int reopen_checked(int pfd, const char *path, int flags, struct stat *st,
     if (fd < 0 && errno == EINVAL && (flags & O_DIRECT))
         return qed_errf(err, errlen, -EINVAL,
                         "%s: cannot open with O_DIRECT (cache=none): its file system does "
-                        "not support direct I/O (tmpfs does not); use another cache mode",
+                        "not support direct I/O (tmpfs before Linux 6.6 does not); use "
+                        "--cache=writeback or unsafe",
                         who);
     if (fd < 0)
         return qed_errf(err, errlen, -errno, "%s: cannot open: %s", who, strerror(errno));
