@@ -278,6 +278,63 @@ Test(cache_none, test_engine_random_order)
     run_direct();
 }
 
+/*
+ * An overlay on a raw backing file whose size is not a multiple of 4 KiB,
+ * all opened with O_DIRECT: reads across the backing file's end (an
+ * O_DIRECT read is short there, and must not be retried at the unaligned
+ * offset), and unaligned writes whose copy-on-write reads the backing file.
+ */
+static void run_backing(void)
+{
+    const uint64_t bsize = 3 * CS + 10001; /* the backing file's end, mid-block */
+    struct qed_open_opts o = {.cache = QED_CACHE_NONE};
+    char err[512] = "";
+    qed_image *img = NULL;
+    uint8_t *all = malloc(IMG_SIZE + 1);
+    int r;
+
+    tf_raw_pattern(tf_path(&tf, "base.raw"), bsize);
+    for (uint64_t i = 0; i < bsize; i++)
+        model[i] = tf_raw_byte(i);
+    tf_create(&tf, "d.qed", IMG_SIZE, CS, 4, "base.raw", QED_BACKING_RAW);
+    r = qed_open(tf.aio, tf_path(&tf, "d.qed"), &o, &img, err, sizeof(err));
+    if (r == -EINVAL && strstr(err, "O_DIRECT"))
+        cr_skip_test("O_DIRECT is refused in %s: %s", tf.dir, err);
+    cr_assert_eq(r, 0, "qed_open cache=none: %s", err);
+    cr_assert(fcntl(img->backing_fd, F_GETFL) & O_DIRECT, "the backing file is not O_DIRECT");
+    cr_assert(img->backing_io_flags & QED_IO_F_DIRECT);
+    /* Unaligned writes into clusters that copy the rest from the backing file. */
+    for (unsigned i = 0; i < 8; i++) {
+        uint64_t off = (uint64_t)rand() % (bsize + 2 * CS);
+        size_t n = 1 + (size_t)rand() % 9000;
+        uint8_t *b = malloc(n + 1);
+
+        pattern(b + 1, n, 500 + i);
+        memcpy(model + off, b + 1, n);
+        cr_assert_eq(qed_sync_write(img, off, b + 1, n, 0), 0);
+        free(b);
+    }
+    /* The whole image, into an unaligned buffer, and pieces across the end. */
+    cr_assert_eq(qed_sync_read(img, 0, all + 1, IMG_SIZE), 0);
+    cr_assert(memcmp(all + 1, model, IMG_SIZE) == 0, "read through O_DIRECT differs (seed %u)",
+              seed);
+    check_reads(img, bsize - WIN, 8);
+    cr_assert_eq(qed_close(img), 0);
+    free(all);
+}
+
+Test(cache_none, uring_raw_backing_unaligned_end)
+{
+    setup_dir(QED_AIO_URING);
+    run_backing();
+}
+
+Test(cache_none, threads_raw_backing_unaligned_end)
+{
+    setup_dir(QED_AIO_THREADS);
+    run_backing();
+}
+
 TestSuite(cache_unsafe, .fini = fini, .timeout = 60);
 
 Test(cache_unsafe, flush_acknowledged_and_clean_close)
