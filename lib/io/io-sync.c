@@ -186,7 +186,10 @@ static int rw_full(int fd, enum qed_io_op op, void *buf, size_t len, uint64_t of
     a1 = (off + len + QED_DIO_ALIGN - 1) / QED_DIO_ALIGN * QED_DIO_ALIGN;
     if (posix_memalign((void **)&b, QED_DIO_ALIGN, a1 - a0) != 0)
         return -ENOMEM;
-    r = rw_once(fd, QED_IO_F_DIRECT, QED_IO_READ, b, a1 - a0, a0);
+    /* A write of whole blocks from an unaligned buffer reads nothing first. */
+    r = op == QED_IO_WRITE && off == a0 && off + len == a1
+            ? 0
+            : rw_once(fd, QED_IO_F_DIRECT, QED_IO_READ, b, a1 - a0, a0);
     if (r == 0 && op == QED_IO_READ)
         memcpy(buf, b + (off - a0), len);
     if (r == 0 && op == QED_IO_WRITE) {

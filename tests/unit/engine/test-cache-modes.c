@@ -335,6 +335,40 @@ Test(cache_none, threads_raw_backing_unaligned_end)
     run_backing();
 }
 
+/* An image left NEED_CHECK is checked at a cache=none open: the check's
+ * blocking table reads and writes and the header write go through O_DIRECT
+ * (io-sync.c bounces the 64-byte header through a 4 KiB read-modify-write). */
+Test(cache_none, need_check_open)
+{
+    struct qed_open_opts o = {.cache = QED_CACHE_NONE};
+    uint8_t b[7000], feat[8];
+    qed_image *img;
+    int fd;
+
+    setup_dir(QED_AIO_URING);
+    tf_create(&tf, "d.qed", IMG_SIZE, CS, 4, NULL, QED_BACKING_PROBE);
+    img = tf_open(&tf, "d.qed", NULL);
+    pattern(b, sizeof(b), 77);
+    memcpy(model + 3 * CS - 100, b, sizeof(b));
+    cr_assert_eq(qed_sync_write(img, 3 * CS - 100, b, sizeof(b), 0), 0);
+    cr_assert_eq(qed_close(img), 0);
+    /* Set NEED_CHECK (features, byte 16) behind the library's back. */
+    fd = open(tf_path(&tf, "d.qed"), O_RDWR);
+    cr_assert(fd >= 0);
+    cr_assert_eq(pread(fd, feat, 8, 16), 8);
+    feat[0] |= 2;
+    cr_assert_eq(pwrite(fd, feat, 8, 16), 8);
+    close(fd);
+    img = tf_open(&tf, "d.qed", &o);
+    cr_assert(fcntl(img->fd, F_GETFL) & O_DIRECT);
+    cr_assert_eq(qed_close(img), 0);
+    fd = open(tf_path(&tf, "d.qed"), O_RDONLY);
+    cr_assert_eq(pread(fd, feat, 8, 16), 8);
+    close(fd);
+    cr_assert_eq(feat[0] & 2, 0, "NEED_CHECK is still set after a clean close");
+    check_on_disk();
+}
+
 TestSuite(cache_unsafe, .fini = fini, .timeout = 60);
 
 Test(cache_unsafe, flush_acknowledged_and_clean_close)
