@@ -1,9 +1,12 @@
 #!/bin/bash
 # qednbd --cache=none|writeback|unsafe, with the images on /var/tmp (a real
 # file system: O_DIRECT is the point of cache=none):
-#   - nbd-qemu-io.sh and nbd-nbdcopy.sh pass in every mode (run with
-#     QEDNBD_TEST_ARGS=--cache=MODE; they end with qemu-img check and
-#     NEED_CHECK clear after SIGTERM);
+#   - the interop tests nbd-qemu-io.sh, nbd-nbdcopy.sh, nbd-nbdinfo.sh,
+#     nbd-differential.sh (against qemu-nbd) and nbd-fio.sh pass in every
+#     mode (run with QEDNBD_TEST_ARGS=--cache=MODE; they end with qemu-img
+#     check and NEED_CHECK clear after SIGTERM).  The kill -9 tests take the
+#     same variable: QEDNBD_TEST_ARGS=--cache=none TMPDIR=/var/tmp
+#     tests/faults/kill9.sh (too long to repeat here);
 #   - cache=none opens the image with O_DIRECT (the flags of its descriptor
 #     in /proc/PID/fdinfo), writeback and unsafe do not;
 #   - in every mode, concurrent unaligned aio writes from qemu-io that share
@@ -24,7 +27,7 @@ PY
 
 # 1. The interop tests, each mode.
 for mode in none writeback unsafe; do
-    for t in nbd-qemu-io.sh nbd-nbdcopy.sh; do
+    for t in nbd-qemu-io.sh nbd-nbdcopy.sh nbd-nbdinfo.sh nbd-differential.sh nbd-fio.sh; do
         rc=0
         QEDNBD_TEST_ARGS=--cache=$mode timeout -k 5 600 \
             bash "$top_srcdir/tests/server/$t" >"$tmp/$t.$mode.log" 2>&1 || rc=$?
