@@ -114,19 +114,27 @@ static void fini(void)
     model = NULL;
 }
 
-/* Open the test image with cache=none; skip when O_DIRECT is refused. */
-static qed_image *open_direct(void)
+/* Open d.qed with cache=none; skip when O_DIRECT is refused. */
+static qed_image *open_direct_existing(void)
 {
     struct qed_open_opts o = {.cache = QED_CACHE_NONE};
     char err[512] = "";
     qed_image *img = NULL;
-    int r;
+    int r = qed_open(tf.aio, tf_path(&tf, "d.qed"), &o, &img, err, sizeof(err));
 
-    tf_create(&tf, "d.qed", IMG_SIZE, CS, 4, NULL, QED_BACKING_PROBE);
-    r = qed_open(tf.aio, tf_path(&tf, "d.qed"), &o, &img, err, sizeof(err));
     if (r == -EINVAL && strstr(err, "O_DIRECT"))
         cr_skip_test("O_DIRECT is refused in %s: %s", tf.dir, err);
     cr_assert_eq(r, 0, "qed_open cache=none: %s", err);
+    return img;
+}
+
+/* A new image, opened with cache=none. */
+static qed_image *open_direct(void)
+{
+    qed_image *img;
+
+    tf_create(&tf, "d.qed", IMG_SIZE, CS, 4, NULL, QED_BACKING_PROBE);
+    img = open_direct_existing();
     cr_assert(fcntl(img->fd, F_GETFL) & O_DIRECT, "the image is not open with O_DIRECT");
     cr_assert(img->fd_io_flags & QED_IO_F_DIRECT);
     cr_assert(!(img->fd_io_flags & QED_IO_F_MEMORY));
@@ -287,20 +295,14 @@ Test(cache_none, test_engine_random_order)
 static void run_backing(void)
 {
     const uint64_t bsize = 3 * CS + 10001; /* the backing file's end, mid-block */
-    struct qed_open_opts o = {.cache = QED_CACHE_NONE};
-    char err[512] = "";
-    qed_image *img = NULL;
     uint8_t *all = malloc(IMG_SIZE + 1);
-    int r;
+    qed_image *img;
 
     tf_raw_pattern(tf_path(&tf, "base.raw"), bsize);
     for (uint64_t i = 0; i < bsize; i++)
         model[i] = tf_raw_byte(i);
     tf_create(&tf, "d.qed", IMG_SIZE, CS, 4, "base.raw", QED_BACKING_RAW);
-    r = qed_open(tf.aio, tf_path(&tf, "d.qed"), &o, &img, err, sizeof(err));
-    if (r == -EINVAL && strstr(err, "O_DIRECT"))
-        cr_skip_test("O_DIRECT is refused in %s: %s", tf.dir, err);
-    cr_assert_eq(r, 0, "qed_open cache=none: %s", err);
+    img = open_direct_existing();
     cr_assert(fcntl(img->backing_fd, F_GETFL) & O_DIRECT, "the backing file is not O_DIRECT");
     cr_assert(img->backing_io_flags & QED_IO_F_DIRECT);
     /* Unaligned writes into clusters that copy the rest from the backing file. */
@@ -340,7 +342,6 @@ Test(cache_none, threads_raw_backing_unaligned_end)
  * (io-sync.c bounces the 64-byte header through a 4 KiB read-modify-write). */
 Test(cache_none, need_check_open)
 {
-    struct qed_open_opts o = {.cache = QED_CACHE_NONE};
     uint8_t b[7000], feat[8];
     qed_image *img;
     int fd;
@@ -359,7 +360,7 @@ Test(cache_none, need_check_open)
     feat[0] |= 2;
     cr_assert_eq(pwrite(fd, feat, 8, 16), 8);
     close(fd);
-    img = tf_open(&tf, "d.qed", &o);
+    img = open_direct_existing();
     cr_assert(fcntl(img->fd, F_GETFL) & O_DIRECT);
     cr_assert_eq(qed_close(img), 0);
     fd = open(tf_path(&tf, "d.qed"), O_RDONLY);
