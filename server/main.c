@@ -47,6 +47,7 @@ static struct {
     bool force_share;       /* -U: no image lock (read-only exports only) */
     bool repair;            /* --repair: zero invalid entries of clean images at open */
     enum qed_aio_backend aio_kind;
+    enum qed_cache_mode cache;  /* --cache */
     unsigned l2_cache;
     bool fork;
     const char *pidfile;
@@ -97,7 +98,13 @@ static void usage(FILE *f)
             "                             clean before serving it (those clusters then read\n"
             "                             as zeros); without it such an image is refused\n"
             "  -D, --description TEXT     description of every export (NBD_INFO_DESCRIPTION)\n"
-            "      --aio=uring|threads    file I/O backend (default: uring, else threads)\n"
+            "      --aio=uring|threads    file I/O backend (default: uring, else threads);\n"
+            "                             both serve every --cache mode\n"
+            "      --cache=MODE           writeback (default: page cache, flushes honoured),\n"
+            "                             none (O_DIRECT, flushes honoured; not on tmpfs),\n"
+            "                             unsafe (page cache, FLUSH and FUA acknowledged\n"
+            "                             without being done: NOTHING is durable until a\n"
+            "                             clean shutdown; a crash can lose or corrupt data)\n"
             "      --l2-cache=N           L2 tables cached per image (default: 64 and at\n"
             "                             most 32 MiB of them, at least one table)\n"
             "      --max-connections=N    default 100; extra clients are refused politely\n"
@@ -168,7 +175,7 @@ static unsigned long parse_num(const char *s, const char *what, unsigned long mi
 
 /* Long options without a short letter. */
 enum {
-    OPT_AIO = 256, OPT_L2_CACHE, OPT_MAX_CONNS, OPT_HS_TIMEOUT, OPT_FORK, OPT_PIDFILE,
+    OPT_AIO = 256, OPT_CACHE, OPT_L2_CACHE, OPT_MAX_CONNS, OPT_HS_TIMEOUT, OPT_FORK, OPT_PIDFILE,
     OPT_LOG, OPT_LOG_FILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY,
     OPT_TLS_PRIORITY,
     OPT_REPAIR, OPT_MAX_MEMORY,
@@ -189,6 +196,7 @@ static const struct option longopts[] = {
     { "repair", no_argument, NULL, OPT_REPAIR },
     { "description", required_argument, NULL, 'D' },
     { "aio", required_argument, NULL, OPT_AIO },
+    { "cache", required_argument, NULL, OPT_CACHE },
     { "l2-cache", required_argument, NULL, OPT_L2_CACHE },
     { "backing-dir", required_argument, NULL, OPT_BACKING_DIR },
     { "no-backing", no_argument, NULL, OPT_NO_BACKING },
@@ -277,6 +285,16 @@ static bool parse_image_opt(int ch, const char *arg)
         if (i < 0)
             die("invalid --aio '%s' (expected uring or threads)", arg);
         opt.aio_kind = kinds[i];
+        break;
+    }
+    case OPT_CACHE: {
+        static const char *const names[] = { "writeback", "none", "unsafe", NULL };
+        static const enum qed_cache_mode modes[] = { QED_CACHE_WRITEBACK, QED_CACHE_NONE,
+                                                     QED_CACHE_UNSAFE };
+        int i = parse_choice(arg, names);
+        if (i < 0)
+            die("invalid --cache '%s' (expected writeback, none or unsafe)", arg);
+        opt.cache = modes[i];
         break;
     }
     case OPT_L2_CACHE: opt.l2_cache = (unsigned)parse_num(arg, "--l2-cache", 1, 1u << 20); break;
@@ -553,6 +571,7 @@ int main(int argc, char **argv)
     oo.backing_dir = opt.backing_dir;
     oo.no_backing = opt.no_backing;
     oo.lock_wait_ms = opt.lock_wait * 1000u;
+    oo.cache = opt.cache;
     exports_open(&oo);
     exports_describe(exports_desc, sizeof(exports_desc));
     if (start_serving(exports_desc, activation_n) < 0) {

@@ -61,7 +61,8 @@ int qed_backing_open(struct qed_image *img, qed_aio *aio, const struct qed_open_
         struct qed_open_opts o = {.read_only = true,
                                   .backing_dir = opts->backing_dir,
                                   .no_backing = opts->no_backing,
-                                  .lock_wait_ms = opts->lock_wait_ms};
+                                  .lock_wait_ms = opts->lock_wait_ms,
+                                  .cache = opts->cache};
         r = qed_open_depth(aio, img->backing_path, &o, depth + 1, &img->backing, err, errlen);
         if (r < 0)
             return r;
@@ -69,11 +70,14 @@ int qed_backing_open(struct qed_image *img, qed_aio *aio, const struct qed_open_
         img->backing_size = img->backing->h.image_size;
     } else {
         struct stat st;
-        r = qed_file_open(img->backing_path, O_RDONLY, img->path, opts->backing_dir,
-                          &img->backing_fd, &st, err, errlen);
+        r = qed_file_open(img->backing_path, O_RDONLY | qed_cache_open_flags(opts), img->path,
+                          opts->backing_dir, &img->backing_fd, &st, err, errlen);
         if (r < 0)
             return r;
-        img->backing_io_flags = qed_fd_in_memory(img->backing_fd) ? QED_IO_F_MEMORY : 0;
+        r = qed_cache_io_flags(img->backing_fd, opts, img->backing_path, &img->backing_io_flags,
+                               err, errlen);
+        if (r < 0)
+            return r;
         r = qed_lock_image_wait(img->backing_fd, false, true, opts->lock_wait_ms,
                                 img->backing_path, err, errlen);
         if (r < 0)

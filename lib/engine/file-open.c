@@ -1,6 +1,7 @@
 /*
  * file-open.c - open an image or a backing file without blocking, refuse
- * what cannot hold an image, and confine backing files to a directory.
+ * what cannot hold an image, confine backing files to a directory, and
+ * the open and I/O flags of a cache mode (O_DIRECT, no flushes).
  *
  * A backing file name comes from the image header, that is from whoever
  * wrote the image: it may name a FIFO (an open would block for ever), a
@@ -107,6 +108,12 @@ static int reopen_checked(int pfd, const char *path, int flags, struct stat *st,
     fd = open(link, flags);
     if (fd < 0 && errno == ENOENT && access("/proc/self/fd", F_OK) < 0)
         fd = open(path, flags); /* no /proc: by name, and compared below */
+    if (fd < 0 && errno == EINVAL && (flags & O_DIRECT))
+        return qed_errf(err, errlen, -EINVAL,
+                        "%s: cannot open with O_DIRECT (cache=none): its file system does "
+                        "not support direct I/O (tmpfs before Linux 6.6 does not); use "
+                        "--cache=writeback or unsafe",
+                        who);
     if (fd < 0)
         return qed_errf(err, errlen, -errno, "%s: cannot open: %s", who, strerror(errno));
     if (fstat(fd, &st2) < 0) {
@@ -161,4 +168,32 @@ int qed_file_open(const char *path, int flags, const char *owner, const char *co
 out:
     close(pfd);
     return r;
+}
+
+int qed_cache_open_flags(const struct qed_open_opts *opts)
+{
+    return opts->cache == QED_CACHE_NONE ? O_DIRECT : 0;
+}
+
+int qed_cache_io_flags(int fd, const struct qed_open_opts *opts, const char *path,
+                       unsigned *flags, char *err, size_t errlen)
+{
+    char why[160];
+    int r;
+
+    *flags = 0;
+    if (opts->cache == QED_CACHE_NONE) {
+        r = qed_dio_check(fd, why, sizeof(why));
+        if (r < 0)
+            return qed_errf(err, errlen, r, "%s: cannot use cache=none: %s", path, why);
+        /* Never QED_IO_F_MEMORY: that path copies through the page cache
+         * on the loop, which is what O_DIRECT is asked to bypass. */
+        *flags = QED_IO_F_DIRECT;
+        return 0;
+    }
+    if (opts->cache == QED_CACHE_UNSAFE)
+        *flags |= QED_IO_F_NOSYNC;
+    if (qed_fd_in_memory(fd))
+        *flags |= QED_IO_F_MEMORY;
+    return 0;
 }

@@ -46,7 +46,11 @@ int qed_close(qed_image *img)
         while (img->inflight > 0 || img->clean_queued)
             ev_run(loop, EVRUN_ONCE);
         qed_image_stop_clean(img);
-        /* The final flush, then NEED_CHECK cleared or written back (need-check.c). */
+        /* The final flush, then NEED_CHECK cleared or written back (need-check.c).
+         * Why a real flush even with cache=unsafe (QED_IO_F_NOSYNC): a clean
+         * close must leave a consistent image, and NEED_CHECK may be cleared
+         * only once every metadata write before it is on disk. */
+        img->fd_io_flags &= ~QED_IO_F_NOSYNC;
         if (!img->read_only)
             r = qed_image_close_clean(img);
     }

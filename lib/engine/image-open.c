@@ -45,11 +45,13 @@ static int open_file_and_tables(struct qed_image *img, const struct qed_open_opt
     int r;
 
     /* A backing image (depth > 0) is confined like every backing file. */
-    r = qed_file_open(path, opts->read_only ? O_RDONLY : O_RDWR, NULL,
-                      depth > 0 ? opts->backing_dir : NULL, &img->fd, &st, err, errlen);
+    r = qed_file_open(path, (opts->read_only ? O_RDONLY : O_RDWR) | qed_cache_open_flags(opts),
+                      NULL, depth > 0 ? opts->backing_dir : NULL, &img->fd, &st, err, errlen);
     if (r < 0)
         return r;
-    img->fd_io_flags = qed_fd_in_memory(img->fd) ? QED_IO_F_MEMORY : 0;
+    r = qed_cache_io_flags(img->fd, opts, path, &img->fd_io_flags, err, errlen);
+    if (r < 0)
+        return r;
     if (!opts->no_lock) {
         r = qed_lock_image_wait(img->fd, !opts->read_only, depth > 0, opts->lock_wait_ms, path,
                                 err, errlen);

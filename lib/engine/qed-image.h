@@ -444,4 +444,16 @@ struct stat;
 int qed_file_open(const char *path, int flags, const char *owner, const char *confine_dir,
                   int *out, struct stat *st, char *err, size_t errlen);
 
+/** qed_cache_open_flags - the open(2) flags opts->cache adds: O_DIRECT for QED_CACHE_NONE. */
+int qed_cache_open_flags(const struct qed_open_opts *opts);
+
+/**
+ * qed_cache_io_flags - the QED_IO_F_* flags of @fd, the file @path opened
+ * with opts->cache: QED_IO_F_DIRECT (after qed_dio_check) for
+ * QED_CACHE_NONE, QED_IO_F_NOSYNC for QED_CACHE_UNSAFE, QED_IO_F_MEMORY on
+ * tmpfs unless direct.  Returns 0 or a negative errno with @err set.
+ */
+int qed_cache_io_flags(int fd, const struct qed_open_opts *opts, const char *path,
+                       unsigned *flags, char *err, size_t errlen);
+
 #endif /* QED_IMAGE_H */

@@ -120,6 +120,19 @@ struct qed_create_opts {
  */
 int qed_create(const char *path, const struct qed_create_opts *opts, char *err, size_t errlen);
 
+/*
+ * How an image's file is cached, as qemu-nbd's --cache.  Backing files are
+ * opened the same way (read-only).
+ */
+enum qed_cache_mode {
+    QED_CACHE_WRITEBACK = 0, /* buffered I/O; flushes (and FUA) run fdatasync */
+    QED_CACHE_NONE,          /* O_DIRECT (the page cache bypassed); flushes run fdatasync.
+                                The file system must support O_DIRECT (tmpfs does not) */
+    QED_CACHE_UNSAFE,        /* buffered I/O; flushes and FUA are acknowledged without
+                                fdatasync, so nothing is durable until the image is
+                                closed cleanly (close still flushes) */
+};
+
 struct qed_open_opts {
     bool read_only;             /* never write to the file */
     bool no_lock;               /* take no image lock (like qemu-img -U); read-only only */
@@ -144,6 +157,7 @@ struct qed_open_opts {
     bool no_backing;            /* refuse an image that has a backing file */
     unsigned lock_wait_ms;      /* a lock held by another process: poll this long
                                    (logged once) before -EBUSY; 0 = fail at once */
+    enum qed_cache_mode cache;  /* QED_CACHE_WRITEBACK by default (zeroed opts) */
 };
 
 /**

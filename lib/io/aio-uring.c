@@ -205,7 +205,10 @@ static bool uring_try_inline(qed_aio *aio, struct qed_io *io)
     int first, cnt;
     ssize_t n;
 
-    if (!(is_read ? p->nowait_read : p->nowait_write) || io->length == 0)
+    /* Why not O_DIRECT: there is no page cache to hit, and a synchronous
+     * direct read or write waits for the device even with RWF_NOWAIT. */
+    if (!(is_read ? p->nowait_read : p->nowait_write) || io->length == 0 ||
+        (io->flags & QED_IO_F_DIRECT))
         return false;
     first = qed_iov_first(io->iov, io->iovcnt);
     cnt = io->iovcnt - first;
@@ -292,6 +295,10 @@ static void uring_handle(qed_aio *aio, struct qed_io *io, int res)
             res = (int)remaining;  /* cannot happen; never run past the vector */
         io->done_bytes += (uint64_t)res;
         qed_iov_consume(io->iov + first, io->iovcnt - first, (size_t)res);
+        if (io->done_bytes < io->length && qed_dio_eof(io)) {
+            qed_iov_zero_rest(io->iov + first, io->iovcnt - first);
+            io->done_bytes = io->length;
+        }
         if (io->done_bytes < io->length) {
             /* Short transfer: continue with the remainder. */
             uring_queue(aio, io);

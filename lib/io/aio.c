@@ -202,7 +202,8 @@ void qed_aio_free(qed_aio *aio)
     free(aio);
 }
 
-void qed_aio_submit(qed_aio *aio, struct qed_io *io)
+/* What every submission does first: length, progress, number, in flight. */
+static void aio_prepare(qed_aio *aio, struct qed_io *io)
 {
     if (io->op == QED_IO_READ || io->op == QED_IO_WRITE) {
         uint64_t len = 0;
@@ -215,6 +216,24 @@ void qed_aio_submit(qed_aio *aio, struct qed_io *io)
     io->next = NULL;
     io->seq = aio->next_seq++;
     aio->inflight++;
+}
+
+void qed_aio_submit(qed_aio *aio, struct qed_io *io)
+{
+    aio_prepare(aio, io);
+    if (io->op == QED_IO_FSYNC && (io->flags & QED_IO_F_NOSYNC)) {
+        /* cache=unsafe: acknowledged, not made durable. */
+        qed_aio_complete_later(aio, io);
+        return;
+    }
+    if ((io->flags & QED_IO_F_DIRECT) && qed_dio_submit(aio, io))
+        return; /* bounced, or ordered behind an overlapping write (direct-io.c) */
+    aio->ops->submit(aio, io);
+}
+
+void qed_aio_submit_backend(qed_aio *aio, struct qed_io *io)
+{
+    aio_prepare(aio, io);
     aio->ops->submit(aio, io);
 }
 

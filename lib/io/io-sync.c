@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/uio.h>
@@ -111,6 +112,10 @@ static int64_t sync_rw(struct qed_io *io)
         }
         io->done_bytes += (uint64_t)n;
         qed_iov_consume(io->iov + first, io->iovcnt - first, (size_t)n);
+        if (io->done_bytes < io->length && qed_dio_eof(io)) {
+            qed_iov_zero_rest(io->iov + first, io->iovcnt - first);
+            io->done_bytes = io->length;
+        }
     }
     return (int64_t)io->length;
 }
@@ -148,14 +153,51 @@ static int64_t sync_punch(struct qed_io *io)
 }
 
 /* One blocking transfer of @len bytes at @off through sync_rw's loop. */
-static int rw_full(int fd, enum qed_io_op op, void *buf, size_t len, uint64_t off)
+static int rw_once(int fd, unsigned flags, enum qed_io_op op, void *buf, size_t len,
+                   uint64_t off)
 {
     struct iovec iov = {.iov_base = buf, .iov_len = len};
     struct qed_io io = {.op = op, .fd = fd, .iov = &iov, .iovcnt = 1, .offset = off,
-                        .length = len};
+                        .length = len, .flags = flags};
     int64_t r = sync_rw(&io);
 
     return r < 0 ? (int)r : 0;
+}
+
+/*
+ * rw_once, on a descriptor open with O_DIRECT (cache=none) too: what is not
+ * aligned goes through an aligned bounce buffer, a write by reading the
+ * whole blocks around it first.  The set-up paths that use this run with
+ * no other I/O of the file in flight (or, for the header, none to its block).
+ */
+static int rw_full(int fd, enum qed_io_op op, void *buf, size_t len, uint64_t off)
+{
+    int fl = fcntl(fd, F_GETFL);
+    uint64_t a0, a1;
+    char *b;
+    int r;
+
+    if (fl < 0 || !(fl & O_DIRECT))
+        return rw_once(fd, 0, op, buf, len, off);
+    if (off % QED_DIO_ALIGN == 0 && len % QED_DIO_ALIGN == 0 &&
+        (uintptr_t)buf % QED_DIO_MEM_ALIGN == 0)
+        return rw_once(fd, QED_IO_F_DIRECT, op, buf, len, off);
+    a0 = off / QED_DIO_ALIGN * QED_DIO_ALIGN;
+    a1 = (off + len + QED_DIO_ALIGN - 1) / QED_DIO_ALIGN * QED_DIO_ALIGN;
+    if (posix_memalign((void **)&b, QED_DIO_ALIGN, a1 - a0) != 0)
+        return -ENOMEM;
+    /* A write of whole blocks from an unaligned buffer reads nothing first. */
+    r = op == QED_IO_WRITE && off == a0 && off + len == a1
+            ? 0
+            : rw_once(fd, QED_IO_F_DIRECT, QED_IO_READ, b, a1 - a0, a0);
+    if (r == 0 && op == QED_IO_READ)
+        memcpy(buf, b + (off - a0), len);
+    if (r == 0 && op == QED_IO_WRITE) {
+        memcpy(b + (off - a0), buf, len);
+        r = rw_once(fd, QED_IO_F_DIRECT, QED_IO_WRITE, b, a1 - a0, a0);
+    }
+    free(b);
+    return r;
 }
 
 int qed_pread_full(int fd, void *buf, size_t len, uint64_t off)

@@ -54,6 +54,22 @@ struct qed_io {
  * thread-pool backends run them on the loop thread (see qed_aio_run_memory).
  */
 #define QED_IO_F_MEMORY 1u
+/*
+ * The file is open with O_DIRECT (cache=none): qed_aio_submit passes I/O
+ * that is not aligned to QED_DIO_ALIGN (offset, length, each buffer) through
+ * bounce buffers, and serializes writes per block range so that the
+ * read-modify-write of a partial block never loses a neighbour's bytes
+ * (direct-io.c).  Never together with QED_IO_F_MEMORY: tmpfs refuses O_DIRECT.
+ */
+#define QED_IO_F_DIRECT 2u
+/*
+ * FSYNC is acknowledged at once without fdatasync (cache=unsafe): nothing
+ * is made durable.  The engine's own set-up and close paths call fdatasync
+ * directly and are not affected.
+ */
+#define QED_IO_F_NOSYNC 4u
+
+struct qed_dio;
 
 struct qed_aio_ops {
     const char *name;
@@ -87,6 +103,10 @@ struct qed_aio {
     struct qed_defer ready_defer;
     bool ready_scheduled;
     bool *freed;             /* set by qed_aio_free while deferred calls run */
+
+    /* O_DIRECT writes and punches (direct-io.c): running, and waiting for an
+     * overlapping one to finish (in submission order) */
+    struct qed_dio *dio_active, *dio_waiting;
 };
 
 /* ---- The engine, deferred calls, memory files (aio.c) ---- */
@@ -172,6 +192,54 @@ bool qed_aio_run_memory(qed_aio *aio, struct qed_io *io);
  * ramfs), whose I/O may carry QED_IO_F_MEMORY.
  */
 bool qed_fd_in_memory(int fd);
+
+/**
+ * qed_aio_submit_backend - qed_aio_submit without the cache-mode handling
+ * (QED_IO_F_DIRECT, QED_IO_F_NOSYNC): for direct-io.c's own aligned I/O.
+ */
+void qed_aio_submit_backend(qed_aio *aio, struct qed_io *io);
+
+/* ---- O_DIRECT: alignment, bounce buffers, per-block write order (direct-io.c) ---- */
+
+/*
+ * What this library aligns O_DIRECT I/O to.  Why 4096 and 512: a device's
+ * logical block is 512 or 4096 bytes almost everywhere, and buffer
+ * addresses need the DMA alignment (511 on most devices); being
+ * conservative costs one bounce copy at worst.  qed_dio_check refuses a
+ * file that needs more.
+ */
+#define QED_DIO_ALIGN 4096u
+#define QED_DIO_MEM_ALIGN 512u
+
+/**
+ * qed_dio_check - can @fd (open with O_DIRECT) be driven with QED_DIO_ALIGN
+ * offsets and lengths and QED_DIO_MEM_ALIGN buffers?  Asks the device
+ * (ioctl BLKSSZGET on a block device; statx STATX_DIOALIGN on a file when
+ * the kernel has it).  Returns 0, or -EINVAL with @why filled.
+ */
+int qed_dio_check(int fd, char *why, size_t whylen);
+
+/** qed_dio_aligned - is @io (READ/WRITE) aligned for O_DIRECT: offset, length, each buffer? */
+bool qed_dio_aligned(const struct qed_io *io);
+
+/**
+ * qed_dio_submit - for qed_aio_submit, @io with QED_IO_F_DIRECT: take it
+ * (bounce, read-modify-write, write ordering) and return true, or return
+ * false when the backend may run it as it is (an aligned read, a flush).
+ */
+bool qed_dio_submit(qed_aio *aio, struct qed_io *io);
+
+/**
+ * qed_dio_eof - for a backend, after a short read: a QED_IO_F_DIRECT read
+ * whose next offset is not block aligned stopped at the end of the file
+ * (O_DIRECT reads are short only there), and must not be retried at that
+ * offset (O_DIRECT refuses it with EINVAL): the rest reads as zeros.
+ */
+static inline bool qed_dio_eof(const struct qed_io *io)
+{
+    return (io->flags & QED_IO_F_DIRECT) && io->op == QED_IO_READ &&
+           ((io->offset + io->done_bytes) % QED_DIO_ALIGN) != 0;
+}
 
 /* ---- Backends (aio-uring.c, aio-threads.c, aio-test.c) ---- */
 

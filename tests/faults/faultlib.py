@@ -9,6 +9,7 @@ and judges the image with `qemu-img check` (the reference) and
 import atexit
 import errno
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -202,7 +203,10 @@ class Server:
     def start_once(self, timeout):
         if os.path.exists(self.sock):
             os.unlink(self.sock)
-        cmd = [qednbd_path()] + self.args + ["-u", self.sock, self.image]
+        # QEDNBD_TEST_ARGS: extra options for every server, e.g. --cache=none
+        # (tests/server/cache-modes.sh runs the kill -9 tests with it).
+        cmd = ([qednbd_path()] + shlex.split(os.environ.get("QEDNBD_TEST_ARGS", "")) +
+               self.args + ["-u", self.sock, self.image])
         env = dict(os.environ)
         if self.env:
             env.update(self.env)

@@ -212,7 +212,9 @@ start_server() {
                     [ -n "$xname" ] && args+=(-x "$xname")
                     args+=("$image")
                 fi
-                set -- "$QEDNBD" "${args[@]}"
+                # QEDNBD_TEST_ARGS: extra options, e.g. --cache=none (cache-modes.sh).
+                # shellcheck disable=SC2206
+                set -- "$QEDNBD" ${QEDNBD_TEST_ARGS:-} "${args[@]}"
                 ;;
             qemu-nbd)
                 [ "${#exports[@]}" -le 1 ] ||

@@ -1,0 +1,285 @@
+/*
+ * direct-io.c - O_DIRECT for the asynchronous engine (cache=none): the
+ * alignment check of a file, bounce buffers for I/O that is not aligned,
+ * read-modify-write of partial blocks, and the per-block-range order of
+ * writes that keeps that read-modify-write safe.
+ *
+ * O_DIRECT refuses (EINVAL) an offset, a length or a buffer address that is
+ * not aligned to the device.  The engine issues such I/O all the time (a
+ * client writes 512 bytes; the header is 64 bytes), so qed_aio_submit sends
+ * every QED_IO_F_DIRECT read, write and punch here:
+ *  - an aligned read goes to the backend unchanged;
+ *  - another read reads the aligned blocks around it into a bounce buffer
+ *    and copies its part out;
+ *  - a write (or punch) first takes its block range, widened to
+ *    QED_DIO_ALIGN: it waits while an earlier write or punch overlapping that
+ *    range is running or waiting.  Why all writes and not only the partial
+ *    ones: a read-modify-write writes back the bytes of its edge blocks that
+ *    it read, and an overlapping write that completed between its read and
+ *    its write would lose them (two 512-byte writes into one 4 KiB block
+ *    must both survive).  Then an aligned write goes to the backend as it is;
+ *    one with unaligned buffers is copied into a bounce buffer; one with an
+ *    unaligned offset or length reads its first and last block (once when
+ *    they are the same block), copies its bytes in, and writes whole blocks.
+ * Knows nothing of QED: only files, offsets and blocks.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <linux/fs.h>
+
+#include "qed-io.h"
+#include "qed-log.h"
+
+enum dio_step { DIO_PASS, DIO_READ, DIO_HEAD, DIO_TAIL, DIO_WRITE };
+
+/* One O_DIRECT I/O taken from its submitter (the outer io). */
+struct qed_dio {
+    qed_aio *aio;
+    struct qed_io *outer;
+    struct qed_io inner;       /* the step in flight */
+    struct iovec iov;
+    enum dio_step step;
+    char *buf;                 /* bounce buffer for [a0, a1), or NULL */
+    uint64_t a0, a1;           /* the range widened to whole blocks */
+    bool locked;               /* a write or punch: on dio_active */
+    struct qed_dio *next;      /* on dio_active or dio_waiting */
+};
+
+#define ALIGN_DOWN(x) ((x) / QED_DIO_ALIGN * QED_DIO_ALIGN)
+#define ALIGN_UP(x) ALIGN_DOWN((x) + QED_DIO_ALIGN - 1)
+
+int qed_dio_check(int fd, char *why, size_t whylen)
+{
+    struct stat st;
+    unsigned long need = 0, mem = 0;
+
+    if (fstat(fd, &st) < 0)
+        return snprintf(why, whylen, "cannot stat: %s", strerror(errno)), -errno;
+    if (S_ISBLK(st.st_mode)) {
+        int bs = 0;
+        if (ioctl(fd, BLKSSZGET, &bs) == 0 && bs > 0)
+            need = (unsigned long)bs;
+    }
+#if defined(STATX_DIOALIGN)
+    {
+        struct statx sx;
+        if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 &&
+            (sx.stx_mask & STATX_DIOALIGN)) {
+            if (sx.stx_dio_offset_align > need)
+                need = sx.stx_dio_offset_align;
+            mem = sx.stx_dio_mem_align;
+        }
+    }
+#endif
+    if (need > QED_DIO_ALIGN || QED_DIO_ALIGN % (need ? need : 1) != 0 ||
+        mem > QED_DIO_MEM_ALIGN) {
+        snprintf(why, whylen,
+                 "direct I/O needs %lu-byte offsets and %lu-byte buffers here, more than the "
+                 "%u and %u supported", need, mem, QED_DIO_ALIGN, QED_DIO_MEM_ALIGN);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+bool qed_dio_aligned(const struct qed_io *io)
+{
+    if (io->offset % QED_DIO_ALIGN || io->length % QED_DIO_ALIGN)
+        return false;
+    for (int i = 0; i < io->iovcnt; i++)
+        if ((uintptr_t)io->iov[i].iov_base % QED_DIO_MEM_ALIGN ||
+            io->iov[i].iov_len % QED_DIO_ALIGN)
+            return false;
+    return true;
+}
+
+/* Copy the outer vector into the bounce buffer (@to_buf) or out of it. */
+static void dio_copy(struct qed_dio *d, bool to_buf)
+{
+    char *p = d->buf + (d->outer->offset - d->a0);
+
+    for (int i = 0; i < d->outer->iovcnt; i++) {
+        struct iovec *v = &d->outer->iov[i];
+        if (to_buf)
+            memcpy(p, v->iov_base, v->iov_len);
+        else
+            memcpy(v->iov_base, p, v->iov_len);
+        p += v->iov_len;
+    }
+}
+
+static void dio_done(struct qed_io *io);
+
+/* Run the next step: @op on [@off, @off + @len) of the bounce buffer. */
+static void dio_step(struct qed_dio *d, enum dio_step step, enum qed_io_op op, uint64_t off,
+                     uint64_t len)
+{
+    d->step = step;
+    d->iov = (struct iovec){.iov_base = d->buf + (off - d->a0), .iov_len = len};
+    qed_io_set(&d->inner, op, d->outer->fd, d->outer->flags, &d->iov, 1, off, len, dio_done, d);
+    qed_aio_submit_backend(d->aio, &d->inner);
+}
+
+/* Does @a overlap @b (both on the same file)? */
+static bool dio_overlap(const struct qed_dio *a, const struct qed_dio *b)
+{
+    return a->outer->fd == b->outer->fd && a->a0 < b->a1 && b->a0 < a->a1;
+}
+
+/* Does @d overlap any of the list @l (up to, not including, @stop)? */
+static bool dio_overlaps_list(const struct qed_dio *d, const struct qed_dio *l,
+                              const struct qed_dio *stop)
+{
+    for (; l && l != stop; l = l->next)
+        if (dio_overlap(d, l))
+            return true;
+    return false;
+}
+
+/* The first step of @d, which holds its range if it needs one. */
+static void dio_start(struct qed_dio *d)
+{
+    struct qed_io *o = d->outer;
+
+    if (d->step == DIO_PASS) {
+        /* An aligned write or a punch: the backend runs the outer io's own
+         * parameters through inner, so that completion comes back here. */
+        qed_io_set(&d->inner, o->op, o->fd, o->flags, o->iov, o->iovcnt, o->offset, o->length,
+                   dio_done, d);
+        qed_aio_submit_backend(d->aio, &d->inner);
+    } else if (d->step == DIO_READ) {
+        dio_step(d, DIO_READ, QED_IO_READ, d->a0, d->a1 - d->a0);
+    } else if (o->offset != d->a0) {
+        dio_step(d, DIO_HEAD, QED_IO_READ, d->a0, QED_DIO_ALIGN);
+    } else if (o->offset + o->length != d->a1) {
+        dio_step(d, DIO_TAIL, QED_IO_READ, d->a1 - QED_DIO_ALIGN, QED_DIO_ALIGN);
+    } else {
+        dio_copy(d, true);
+        dio_step(d, DIO_WRITE, QED_IO_WRITE, d->a0, d->a1 - d->a0);
+    }
+}
+
+/* Release @d's range and start the waiting writes it no longer blocks, in order. */
+static void dio_unlock(struct qed_dio *d)
+{
+    qed_aio *aio = d->aio;
+    struct qed_dio **pp = &aio->dio_active, *w, *prev = NULL;
+
+    while (*pp != d)
+        pp = &(*pp)->next;
+    *pp = d->next;
+    w = aio->dio_waiting;
+    while (w) {
+        struct qed_dio *next = w->next;
+        if (!dio_overlaps_list(w, aio->dio_active, NULL) &&
+            !dio_overlaps_list(w, aio->dio_waiting, w)) {
+            if (prev)
+                prev->next = next;
+            else
+                aio->dio_waiting = next;
+            w->next = aio->dio_active;
+            aio->dio_active = w;
+            dio_start(w);
+        } else {
+            prev = w;
+        }
+        w = next;
+    }
+}
+
+/* Finish @d with @res: release its range, then complete the outer io. */
+static void dio_finish(struct qed_dio *d, int64_t res)
+{
+    struct qed_io *outer = d->outer;
+    qed_aio *aio = d->aio;
+
+    if (d->locked)
+        dio_unlock(d);
+    free(d->buf);
+    free(d);
+    outer->res = res;
+    qed_aio_complete(aio, outer);
+}
+
+static void dio_done(struct qed_io *io)
+{
+    struct qed_dio *d = io->opaque;
+    struct qed_io *o = d->outer;
+
+    if (io->res < 0 || d->step == DIO_PASS) {
+        dio_finish(d, io->res < 0 ? io->res : (int64_t)o->length);
+        return;
+    }
+    switch (d->step) {
+    case DIO_READ:
+        dio_copy(d, false);
+        dio_finish(d, (int64_t)o->length);
+        return;
+    case DIO_HEAD:
+        /* The last block still to read, unless the head was it. */
+        if (o->offset + o->length != d->a1 && d->a1 - d->a0 > QED_DIO_ALIGN) {
+            dio_step(d, DIO_TAIL, QED_IO_READ, d->a1 - QED_DIO_ALIGN, QED_DIO_ALIGN);
+            return;
+        }
+        /* fall through */
+    case DIO_TAIL:
+        dio_copy(d, true);
+        dio_step(d, DIO_WRITE, QED_IO_WRITE, d->a0, d->a1 - d->a0);
+        return;
+    default:
+        dio_finish(d, (int64_t)o->length);
+    }
+}
+
+bool qed_dio_submit(qed_aio *aio, struct qed_io *io)
+{
+    struct qed_dio *d;
+    bool aligned;
+
+    if ((io->op != QED_IO_READ && io->op != QED_IO_WRITE && io->op != QED_IO_PUNCH) ||
+        io->length == 0)
+        return false;
+    aligned = io->op == QED_IO_PUNCH || qed_dio_aligned(io);
+    if (io->op == QED_IO_READ && aligned)
+        return false;
+    d = calloc(1, sizeof(*d));
+    if (!d) {
+        io->res = -ENOMEM;
+        qed_aio_complete_later(aio, io);
+        return true;
+    }
+    d->aio = aio;
+    d->outer = io;
+    d->a0 = ALIGN_DOWN(io->offset);
+    d->a1 = ALIGN_UP(io->offset + io->length);
+    d->step = aligned ? DIO_PASS : io->op == QED_IO_READ ? DIO_READ : DIO_WRITE;
+    if (!aligned && posix_memalign((void **)&d->buf, QED_DIO_ALIGN, d->a1 - d->a0) != 0) {
+        free(d);
+        io->res = -ENOMEM;
+        qed_aio_complete_later(aio, io);
+        return true;
+    }
+    if (io->op == QED_IO_READ) {
+        dio_start(d);
+        return true;
+    }
+    d->locked = true;
+    if (dio_overlaps_list(d, aio->dio_active, NULL) ||
+        dio_overlaps_list(d, aio->dio_waiting, NULL)) {
+        struct qed_dio **pp = &aio->dio_waiting;
+        while (*pp)
+            pp = &(*pp)->next;
+        *pp = d; /* last: writes start in submission order */
+        return true;
+    }
+    d->next = aio->dio_active;
+    aio->dio_active = d;
+    dio_start(d);
+    return true;
+}
