@@ -52,20 +52,30 @@ static int buf_class(size_t n)
     return k;
 }
 
+/*
+ * Memory for a data buffer of @n bytes.  Why 4 KiB-aligned when the size
+ * allows it: with --cache=none the library hands an aligned buffer straight
+ * to O_DIRECT; any other buffer costs a bounce copy on the loop thread.
+ */
+static void *data_alloc(size_t n)
+{
+    return n % 4096 == 0 ? aligned_alloc(4096, n) : malloc(n);
+}
+
 /* A buffer of @n bytes (n > 0), or NULL. */
 static uint8_t *buf_get(size_t n)
 {
     int k = buf_class(n);
 
     if (k < 0)
-        return malloc(n);
+        return data_alloc(n);
     if (buf_pool[k]) {
         struct pooled_buf *b = buf_pool[k];
         buf_pool[k] = b->next;
         buf_pool_bytes -= (size_t)1 << (TX_BUF_MIN_SHIFT + k);
         return (uint8_t *)b;
     }
-    return malloc((size_t)1 << (TX_BUF_MIN_SHIFT + k));
+    return data_alloc((size_t)1 << (TX_BUF_MIN_SHIFT + k));
 }
 
 /* Give back a buffer of buf_get(@n). */
