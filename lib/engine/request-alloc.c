@@ -82,8 +82,25 @@ static bool alloc_new_l2(struct qed_req *r)
  *    its clusters, so they can be handed back (below) and the image stays
  *    as it was, without even a leak; the client gets the ENOSPC.  A data
  *    write in parallel would have extended the file over clusters that are
- *    then leaked.  The cost is one fallocate before the data write, per
- *    sparse run (about a page-cache write of a few KiB; see doc/qednbd.pod).
+ *    then leaked.
+ *  - Why ahead (RESERVE_AHEAD past the run's first cluster): one fallocate
+ *    per sparse run, waited for before the data write, cost more than half
+ *    the rate of 4 KiB writes into a fresh image on ext4 (2.5x fewer IOPS,
+ *    twice the server CPU per write).  A reservation reaching past the
+ *    run's own clusters covers those that the next runs take (clusters come
+ *    from the end of the file, in order), and a run whose clusters end
+ *    below img->resv_end -- the farthest end of a completed reservation --
+ *    skips its own.  That skip is sound: it is decided when the clusters
+ *    are taken, and a reservation completed before then was made by a run
+ *    that took its clusters earlier, so lower down, from there to its end.
+ *    Measured (contrib/bench, randwrite-fresh on ext4, interleaved, on a
+ *    busy 2-core machine): as fast as not reserving, or faster (one large
+ *    unwritten extent instead of one allocation per 4 KiB write).
+ *    When the reservation ahead does not fit (ENOSPC), the run reserves
+ *    only its own clusters (its reservation started with them, so what a
+ *    partial one took is theirs), and fails only when that fails.  At most
+ *    RESERVE_AHEAD of blocks past the end of the file stay reserved after
+ *    close.
  *  - Why per run and not once per group commit batch: the batch starts only
  *    after its members' data writes, too late to keep a failed run from
  *    leaving data in clusters nothing will map.
@@ -95,21 +112,43 @@ static bool alloc_new_l2(struct qed_req *r)
  *  - Only sparse runs: every other run writes each byte of its clusters,
  *    which allocates them (or fails that write with ENOSPC).
  */
+#define RESERVE_AHEAD (4ull << 20) /* bytes a reservation covers from a run's first cluster */
+
+/* Reserve @len bytes from the run's first cluster and wait. */
+static enum qed_rs_next reserve_submit(struct qed_req *r, uint64_t len)
+{
+    qed_req_set_state(r, RS_ALLOC_RESERVE_WAIT);
+    qed_req_submit_io(r, 0, QED_IO_ALLOCATE, r->img->fd, NULL, 0, r->alloc_host, len);
+    return QED_RS_STOP;
+}
+
 static enum qed_rs_next alloc_reserve(struct qed_req *r)
 {
     struct qed_image *img = r->img;
+    uint64_t cs = img->g.cluster_size;
+    uint64_t len = r->alloc_n * cs;
 
-    qed_req_set_state(r, RS_ALLOC_RESERVE_WAIT);
-    qed_req_submit_io(r, 0, QED_IO_ALLOCATE, img->fd, NULL, 0, r->alloc_host,
-                      r->alloc_n * img->g.cluster_size);
-    return QED_RS_STOP;
+    if (r->alloc_host + len <= img->resv_end)
+        return qed_rs_go(r, RS_ALLOC_WRITE); /* reserved ahead by an earlier run */
+    if (len < RESERVE_AHEAD)
+        len = (RESERVE_AHEAD + cs - 1) & ~(cs - 1); /* cluster sizes are powers of two */
+    return reserve_submit(r, len);
 }
 
 enum qed_rs_next qed_rs_alloc_reserve_wait(struct qed_req *r)
 {
     struct qed_image *img = r->img;
-    uint64_t end = r->alloc_host + r->alloc_n * img->g.cluster_size;
+    uint64_t own = r->alloc_n * img->g.cluster_size;
+    uint64_t end = r->alloc_host + own;
+    const struct qed_io *io = &r->io[0];
 
+    if (r->err == -ENOSPC && io->length > own) {
+        /* The reservation ahead did not fit: just the run's own clusters. */
+        r->err = 0;
+        return reserve_submit(r, own);
+    }
+    if (!r->err && io->offset + io->length > img->resv_end)
+        img->resv_end = io->offset + io->length;
     if (r->err == -EOPNOTSUPP) {
         /* The file system cannot reserve (reserve=on where it is not
          * supported): write sparsely, as without reserving. */

@@ -9,9 +9,11 @@
 # ENOSPC, and then
 #   - overwriting the whole of those clusters through NBD succeeds, and a
 #     flush too (the clusters were reserved when they were allocated);
-#   - a write into a new cluster fails with ENOSPC at the client: not a
-#     dropped connection, not EIO; the connection still serves, and the data
-#     reads back;
+#   - writes into new clusters succeed while the reservation made ahead
+#     (4 MiB, before the file system filled) covers them, and overwrites of
+#     the rest of those clusters too; the next one fails with ENOSPC at the
+#     client: not a dropped connection, not EIO; the connection still
+#     serves, and the data reads back;
 #   - after a clean shutdown, qemu-img check and qed-img check are clean (no
 #     corruption, no leak: the cluster that could not be reserved was handed
 #     back), and a restarted server reads the same data.
@@ -45,7 +47,8 @@ K = 1024
 CLUSTER = 64 * K
 SIZE = 16 * 1024 * K
 SPARSE = [2, 4, 6, 8, 10]       # clusters written in part, then overwritten whole
-NEW = 20                        # a new cluster, once the file system is full
+NEW = 20                        # new clusters from here, once the file system is full
+AHEAD = 4 * 1024 * K            # RESERVE_AHEAD (lib/engine/request-alloc.c)
 
 
 def fill(path):
@@ -115,21 +118,39 @@ def run(mnt, tmp, aio, reserve):
     if failed:
         raise Fail("%s: overwrites of allocated clusters failed: %s" % (what, failed))
 
-    try:
-        h.pwrite(pattern(NEW, 1)[:4 * K], NEW * CLUSTER + 8 * K)
-        raise Fail("%s: a write into a new cluster succeeded on a full file system" % what)
-    except nbd.Error as e:
-        if fl.nbd_errno(e) != errno.ENOSPC:
-            raise Fail("%s: a new cluster on a full file system: %s, expected ENOSPC (%s)" %
-                       (what, fl.errname(fl.nbd_errno(e)), e))
+    # New clusters: those the reservation ahead covers (taken before the file
+    # system filled) succeed, and so do overwrites of the rest of them; past
+    # it, a new cluster fails with ENOSPC.
+    ok = []
+    for c in range(NEW, NEW + AHEAD // CLUSTER + 2):
+        try:
+            h.pwrite(pattern(c, 0)[8 * K:12 * K], c * CLUSTER + 8 * K)
+        except nbd.Error as e:
+            if fl.nbd_errno(e) != errno.ENOSPC:
+                raise Fail("%s: a new cluster on a full file system: %s, expected ENOSPC (%s)" %
+                           (what, fl.errname(fl.nbd_errno(e)), e))
+            failed_c = c
+            break
+        ok.append(c)
+    else:
+        raise Fail("%s: %d writes into new clusters succeeded on a full file system" %
+                   (what, len(ok)))
     if not srv.alive():
         raise Fail("%s: the server died on ENOSPC:\n%s" % (what, srv.log_tail()))
+    for c in ok:
+        try:
+            h.pwrite(pattern(c, 1), c * CLUSTER)
+        except nbd.Error as e:
+            raise Fail("%s: overwrite of new cluster %d: %s" % (what, c, fl.errname(fl.nbd_errno(e))))
+    h.flush()
+    fl.log("%s: %d new clusters fitted in the reservation ahead, cluster %d got ENOSPC" %
+           (what, len(ok), failed_c))
 
     def verify(h, when):
-        for c in SPARSE:
+        for c in SPARSE + ok:
             if h.pread(CLUSTER, c * CLUSTER) != pattern(c, 1):
                 raise Fail("%s: cluster %d reads wrong %s" % (what, c, when))
-        if h.pread(CLUSTER, NEW * CLUSTER) != bytes(CLUSTER):
+        if h.pread(CLUSTER, failed_c * CLUSTER) != bytes(CLUSTER):
             raise Fail("%s: the failed cluster does not read as zeros %s" % (what, when))
     verify(h, "after the ENOSPC")
     fl.close_handle(h)
@@ -140,7 +161,7 @@ def run(mnt, tmp, aio, reserve):
     verify(h, "after a restart")
     fl.close_handle(h)
     srv.stop()
-    fl.log("%s: overwrites on the full file system succeeded, the new cluster got ENOSPC" % what)
+    fl.log("%s: overwrites on the full file system succeeded, checks clean" % what)
 
 
 def main():

@@ -6,12 +6,15 @@
  * existing table is sparse (only its data is written).  A warm-up write of
  * a whole cluster creates the table first.
  *
- *   - with reserve on, a sparse write fallocates its whole cluster
- *     (KEEP_SIZE) before its data write, and the file's blocks cover the
- *     cluster afterwards, on the test backend and on a real one;
+ *   - with reserve on, a sparse write fallocates (KEEP_SIZE) 4 MiB from its
+ *     cluster on, before its data write, and the file's blocks cover that
+ *     afterwards, on the test backend and on a real one; the next sparse
+ *     writes, whose clusters lie inside, reserve nothing more;
  *   - a write of whole clusters, and any write with reserve off, does not;
  *   - auto follows the file system of the image (ext4/XFS: on);
- *   - an injected ENOSPC on the reservation fails the write with ENOSPC
+ *   - an injected ENOSPC on the reservation ahead makes the run reserve
+ *     only its own cluster, and the write succeeds;
+ *   - an injected ENOSPC on that one too fails the write with ENOSPC
  *     before any data reaches the file: no L2 entry, the range reads as
  *     zeros, the live and the on-disk check find neither corruption nor
  *     leak, the file size is unchanged, and the retried write takes the
@@ -39,6 +42,7 @@
 #define MiB (1024ull * 1024)
 #define CS (64 * KiB)
 #define IMG_SIZE (64 * MiB)
+#define AHEAD (4 * MiB) /* RESERVE_AHEAD in request-alloc.c */
 
 struct alloc_rec {
     uint64_t off, len;
@@ -55,16 +59,21 @@ struct fixture {
     struct alloc_rec alloc[16];
     unsigned data_writes;        /* writes outside the first 4 clusters' metadata */
     unsigned first_data_pos;     /* position of the first data write after reset */
+    bool fail_retry;             /* when a reservation fails, fail the next one too */
 };
 
 static struct fixture F;
 
 static void observer(struct qed_io *io, int err, void *opaque)
 {
-    (void)err;
     (void)opaque;
     if (io->op == QED_IO_ALLOCATE && F.nalloc < 16)
         F.alloc[F.nalloc++] = (struct alloc_rec){io->offset, io->length, io->flags, F.seen};
+    if (io->op == QED_IO_ALLOCATE && err == -ENOSPC && F.fail_retry) {
+        /* Armed before done runs, so the retry it submits fails too. */
+        F.fail_retry = false;
+        qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_ALLOCATE, 0, -ENOSPC);
+    }
     /* A write of at most 4 KiB at a cluster-aligned offset + 8 KiB is the
      * data of the sparse writes below (metadata lies at other offsets). */
     if (io->op == QED_IO_WRITE && io->offset % CS == 8 * KiB) {
@@ -199,16 +208,24 @@ Test(reserve, sparse_write_reserves_its_cluster_first)
 
     cr_assert_eq(F.nalloc, 1, "%u reservations", F.nalloc);
     cr_assert_eq(F.alloc[0].off, host);
-    cr_assert_eq(F.alloc[0].len, CS);
+    cr_assert_eq(F.alloc[0].len, AHEAD);
     cr_assert(F.alloc[0].flags & QED_IO_F_KEEP_SIZE);
     cr_assert_eq(F.data_writes, 1);
     cr_assert_lt(F.alloc[0].seq_pos, F.first_data_pos, "the data was written before the reservation");
-    /* The test backend performs the reservation for real. */
+    /* The test backend performs the reservation for real, keeping the size. */
     struct stat after = file_stat();
-    cr_assert_geq((uint64_t)(after.st_blocks - before.st_blocks) * 512, CS,
+    cr_assert_geq((uint64_t)(after.st_blocks - before.st_blocks) * 512, AHEAD,
                   "blocks grew by %lld only", (long long)(after.st_blocks - before.st_blocks));
     cr_assert_eq((uint64_t)after.st_size, host + CS, "the file ends at %lld", (long long)after.st_size);
     expect_cluster(3, 0xa1);
+
+    /* The next clusters were reserved ahead. */
+    cr_assert_eq(sparse_write(5, 0xa2), 0);
+    cr_assert_eq(sparse_write(9, 0xa3), 0);
+    cr_assert_eq(F.nalloc, 1, "reserved again inside the reservation ahead");
+    cr_assert_eq(host_of(9 * CS), host + 2 * CS);
+    expect_cluster(5, 0xa2);
+    expect_cluster(9, 0xa3);
     expect_clean();
     close_and_check();
 }
@@ -243,14 +260,35 @@ Test(reserve, auto_follows_the_file_system)
     close_and_check();
 }
 
+Test(reserve, enospc_ahead_reserves_just_the_run)
+{
+    make_image("a.qed", QED_RESERVE_ON);
+    qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_ALLOCATE, 0, -ENOSPC);
+    cr_assert_eq(sparse_write(3, 0xd3), 0);
+    uint64_t host = host_of(3 * CS);
+    cr_assert_eq(F.nalloc, 2, "%u reservations", F.nalloc);
+    cr_assert_eq(F.alloc[0].len, AHEAD);
+    cr_assert_eq(F.alloc[1].off, host);
+    cr_assert_eq(F.alloc[1].len, CS, "the retry reserved %" PRIu64 " bytes", F.alloc[1].len);
+    /* Nothing was reserved ahead: the next sparse write reserves again. */
+    cr_assert_eq(sparse_write(4, 0xd4), 0);
+    cr_assert_eq(F.nalloc, 3);
+    expect_cluster(3, 0xd3);
+    expect_cluster(4, 0xd4);
+    expect_clean();
+    close_and_check();
+}
+
 Test(reserve, enospc_fails_the_write_cleanly)
 {
     make_image("a.qed", QED_RESERVE_ON);
     struct stat before = file_stat();
 
+    F.fail_retry = true;
     qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_ALLOCATE, 0, -ENOSPC);
     cr_assert_eq(sparse_write(3, 0xd4), -ENOSPC);
-    cr_assert_eq(F.nalloc, 1);
+    cr_assert_eq(F.nalloc, 2);
+    cr_assert_eq(F.alloc[1].len, CS);
     cr_assert_eq(F.data_writes, 0, "the data was written after a failed reservation");
     cr_assert_eq(host_of(3 * CS), 0, "a cluster that could not be reserved has an L2 entry");
     expect_cluster(3, 0);
@@ -279,6 +317,7 @@ Test(reserve, enospc_beside_another_allocation)
     make_image("a.qed", QED_RESERVE_ON);
     memset(a, 0xe1, sizeof(a));
     memset(b2, 0xe2, sizeof(b2));
+    F.fail_retry = true;
     qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_ALLOCATE, 0, -ENOSPC);
     cr_assert_eq(TF_SUBMIT(qed_write(F.img, 5 * CS + 8 * KiB, a, sizeof(a), 0, tf_done_cb, &d[0])), 0);
     cr_assert_eq(TF_SUBMIT(qed_write(F.img, 7 * CS + 8 * KiB, b2, sizeof(b2), 0, tf_done_cb, &d[1])), 0);
