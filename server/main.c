@@ -58,6 +58,7 @@ static struct {
     const char *backing_dir;    /* --backing-dir: confine backing files */
     bool no_backing;            /* --no-backing: refuse images with one */
     unsigned lock_wait;         /* --lock-wait: seconds to wait for a held image lock */
+    enum qed_reserve reserve;   /* --reserve: fallocate partly written new clusters */
 } opt = {
     .aio_kind = QED_AIO_AUTO,
     .log_target = -1,
@@ -115,6 +116,9 @@ static void usage(FILE *f)
             "                             included) are dropped\n"
             "      --lock-wait=SECONDS    an image locked by another process: wait this long\n"
             "                             for the lock before failing (default 5; 0: at once)\n"
+            "      --reserve=auto|on|off  reserve (fallocate) new clusters that are written\n"
+            "                             in part, so that overwrites never fail with ENOSPC\n"
+            "                             (default auto: on ext4 and XFS, not on tmpfs)\n"
             "Backing files (default: followed anywhere, as QEMU does; see SECURITY in qednbd(8)):\n"
             "      --backing-dir=DIR      allow backing files only under DIR, symlinks and\n"
             "                             \"..\" resolved, along the whole chain\n"
@@ -179,7 +183,8 @@ enum {
     OPT_LOG, OPT_LOG_FILE, OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_VERIFY,
     OPT_TLS_PRIORITY,
     OPT_REPAIR, OPT_MAX_MEMORY,
-    OPT_BACKING_DIR = 400, OPT_NO_BACKING, OPT_LOCK_WAIT, /* own range: fewer merge clashes */
+    OPT_BACKING_DIR = 400, OPT_NO_BACKING, OPT_LOCK_WAIT,
+    OPT_RESERVE = 420, /* own range: fewer merge clashes */
 };
 
 static const struct option longopts[] = {
@@ -201,6 +206,7 @@ static const struct option longopts[] = {
     { "backing-dir", required_argument, NULL, OPT_BACKING_DIR },
     { "no-backing", no_argument, NULL, OPT_NO_BACKING },
     { "lock-wait", required_argument, NULL, OPT_LOCK_WAIT },
+    { "reserve", required_argument, NULL, OPT_RESERVE },
     /* Limits */
     { "max-connections", required_argument, NULL, OPT_MAX_CONNS },
     { "max-memory", required_argument, NULL, OPT_MAX_MEMORY },
@@ -318,6 +324,16 @@ static bool parse_image_opt(int ch, const char *arg)
         break;
     case OPT_NO_BACKING: opt.no_backing = true; break;
     case OPT_LOCK_WAIT: opt.lock_wait = (unsigned)parse_num(arg, "--lock-wait", 0, 3600); break;
+    case OPT_RESERVE:
+        if (strcmp(arg, "auto") == 0)
+            opt.reserve = QED_RESERVE_AUTO;
+        else if (strcmp(arg, "on") == 0)
+            opt.reserve = QED_RESERVE_ON;
+        else if (strcmp(arg, "off") == 0)
+            opt.reserve = QED_RESERVE_OFF;
+        else
+            die("--reserve: expected auto, on or off, not '%s'", arg);
+        break;
     default: return false;
     }
     return true;
@@ -572,6 +588,7 @@ int main(int argc, char **argv)
     oo.no_backing = opt.no_backing;
     oo.lock_wait_ms = opt.lock_wait * 1000u;
     oo.cache = opt.cache;
+    oo.reserve = opt.reserve;
     exports_open(&oo);
     exports_describe(exports_desc, sizeof(exports_desc));
     if (start_serving(exports_desc, activation_n) < 0) {

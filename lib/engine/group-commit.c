@@ -90,6 +90,11 @@
  *    check at open (NEED_CHECK is set) drops entries past the end of the
  *    file, exactly as it does for lost data writes (rule 1).
  *
+ * Where the image reserves space (request-alloc.c, "Reserving"), a sparse
+ * run's clusters were fallocated, keeping the file size, before its data
+ * write: none of the above changes, and the extension writes into blocks
+ * already reserved.
+ *
  * New L2 tables and the L1 entries pointing at them do not take part: a run
  * needing one is exclusive (see needs_exclusive, alloc-queue.c) and writes the table, the
  * flush (rule 4) and the L1 entry itself.

@@ -52,6 +52,8 @@ static int open_file_and_tables(struct qed_image *img, const struct qed_open_opt
     r = qed_cache_io_flags(img->fd, opts, path, &img->fd_io_flags, err, errlen);
     if (r < 0)
         return r;
+    if (!opts->read_only && opts->reserve != QED_RESERVE_OFF)
+        img->reserve = opts->reserve == QED_RESERVE_ON || qed_fd_reserve_pays(img->fd);
     if (!opts->no_lock) {
         r = qed_lock_image_wait(img->fd, !opts->read_only, depth > 0, opts->lock_wait_ms, path,
                                 err, errlen);

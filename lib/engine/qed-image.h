@@ -221,6 +221,8 @@ struct qed_image {
     char *path;
     int fd;
     unsigned fd_io_flags;      /* QED_IO_F_MEMORY when fd is on tmpfs */
+    bool reserve;              /* fallocate sparse new clusters (qed_open_opts.reserve) */
+    uint64_t resv_end;         /* a completed reservation reached this far (request-alloc.c) */
     qed_aio *aio;              /* NULL for a check-only open */
     bool read_only;
     struct qed_header h;       /* CPU byte order, always current */

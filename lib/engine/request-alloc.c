@@ -71,6 +71,101 @@ static bool alloc_new_l2(struct qed_req *r)
 }
 
 /*
+ * Reserving.  A sparse run (below) writes only its data into its fresh
+ * clusters; the rest of them stays a hole, which a later overwrite must
+ * allocate, and on a full file system that overwrite would fail with
+ * ENOSPC although the client sees an allocated cluster.  So where the image
+ * reserves (img->reserve, decided at open), the run first fallocates its
+ * clusters, and only then writes its data.
+ *  - Why before the data write and not beside it: when the reservation
+ *    fails, nothing of the run has reached the file and nothing points at
+ *    its clusters, so they can be handed back (below) and the image stays
+ *    as it was, without even a leak; the client gets the ENOSPC.  A data
+ *    write in parallel would have extended the file over clusters that are
+ *    then leaked.
+ *  - Why ahead (RESERVE_AHEAD past the run's first cluster): one fallocate
+ *    per sparse run, waited for before the data write, cost more than half
+ *    the rate of 4 KiB writes into a fresh image on ext4 (2.5x fewer IOPS,
+ *    twice the server CPU per write).  A reservation reaching past the
+ *    run's own clusters covers those that the next runs take (clusters come
+ *    from the end of the file, in order), and a run whose clusters end
+ *    below img->resv_end -- the farthest end of a completed reservation --
+ *    skips its own.  That skip is sound: it is decided when the clusters
+ *    are taken, and a reservation completed before then was made by a run
+ *    that took its clusters earlier, so lower down, from there to its end.
+ *    Measured (contrib/bench, randwrite-fresh on ext4, interleaved, on a
+ *    busy 2-core machine): as fast as not reserving, or faster (one large
+ *    unwritten extent instead of one allocation per 4 KiB write).
+ *    When the reservation ahead does not fit (ENOSPC), the run reserves
+ *    only its own clusters (its reservation started with them, so what a
+ *    partial one took is theirs), and fails only when that fails.  At most
+ *    RESERVE_AHEAD of blocks past the end of the file stay reserved after
+ *    close.
+ *  - Why per run and not once per group commit batch: the batch starts only
+ *    after its members' data writes, too late to keep a failed run from
+ *    leaving data in clusters nothing will map.
+ *  - Why FALLOC_FL_KEEP_SIZE: the file size stays what the data writes and
+ *    the batch's extension make it ("Sparse allocation", group-commit.c), so
+ *    every file-end rule holds unchanged, and a reservation that fails part
+ *    way leaves no trace in the size.  The blocks past the end of the file
+ *    stay reserved for the writes that later reach them.
+ *  - Only sparse runs: every other run writes each byte of its clusters,
+ *    which allocates them (or fails that write with ENOSPC).
+ */
+#define RESERVE_AHEAD (4ull << 20) /* bytes a reservation covers from a run's first cluster */
+
+/* Reserve @len bytes from the run's first cluster and wait. */
+static enum qed_rs_next reserve_submit(struct qed_req *r, uint64_t len)
+{
+    qed_req_set_state(r, RS_ALLOC_RESERVE_WAIT);
+    qed_req_submit_io(r, 0, QED_IO_ALLOCATE, r->img->fd, NULL, 0, r->alloc_host, len);
+    return QED_RS_STOP;
+}
+
+static enum qed_rs_next alloc_reserve(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+    uint64_t cs = img->g.cluster_size;
+    uint64_t len = r->alloc_n * cs;
+
+    if (r->alloc_host + len <= img->resv_end)
+        return qed_rs_go(r, RS_ALLOC_WRITE); /* reserved ahead by an earlier run */
+    if (len < RESERVE_AHEAD)
+        len = (RESERVE_AHEAD + cs - 1) & ~(cs - 1); /* cluster sizes are powers of two */
+    return reserve_submit(r, len);
+}
+
+enum qed_rs_next qed_rs_alloc_reserve_wait(struct qed_req *r)
+{
+    struct qed_image *img = r->img;
+    uint64_t own = r->alloc_n * img->g.cluster_size;
+    uint64_t end = r->alloc_host + own;
+    const struct qed_io *io = &r->io[0];
+
+    if (r->err == -ENOSPC && io->length > own) {
+        /* The reservation ahead did not fit: just the run's own clusters. */
+        r->err = 0;
+        return reserve_submit(r, own);
+    }
+    if (!r->err && io->offset + io->length > img->resv_end)
+        img->resv_end = io->offset + io->length;
+    if (r->err == -EOPNOTSUPP) {
+        /* The file system cannot reserve (reserve=on where it is not
+         * supported): write sparsely, as without reserving. */
+        qed_log(QED_LOG_WARN, "%s: fallocate not supported; clusters are not reserved",
+                img->path);
+        img->reserve = false;
+        r->err = 0;
+    }
+    if (r->err && img->file_size == end) {
+        /* Nothing was written into the clusters and nothing points at
+         * them: the next allocation takes them again (still fresh). */
+        img->file_size = r->alloc_host;
+    }
+    return qed_rs_then(r, RS_ALLOC_WRITE);
+}
+
+/*
  * Fill the parts of the first and last cluster the write does not cover:
  * from the backing file, or with zeros when there is none or the cluster
  * was a zero cluster (never backing data there).
@@ -91,7 +186,7 @@ static enum qed_rs_next alloc_fill_ends(struct qed_req *r)
         /* Zeros come from the shared zero buffer at write time,
          * or, in fresh clusters, are not written at all. */
         r->sparse = qed_req_alloc_can_be_sparse(r);
-        return qed_rs_go(r, RS_ALLOC_WRITE);
+        return r->sparse && img->reserve ? alloc_reserve(r) : qed_rs_go(r, RS_ALLOC_WRITE);
     }
     /* Each allocating write has its own copy buffer: several run at once. */
     r->cow = malloc(r->head_len + r->tail_len);

@@ -58,6 +58,9 @@ void qed_req_submit_io(struct qed_req *r, int slot, enum qed_io_op op, int fd, s
     struct qed_io *io = &r->io[slot];
     unsigned flags = fd == r->img->fd ? r->img->fd_io_flags : r->img->backing_io_flags;
 
+    if (op == QED_IO_ALLOCATE)
+        flags |= QED_IO_F_KEEP_SIZE; /* why: see "Reserving" in request-alloc.c */
+
     qed_io_set(io, op, fd, flags, iov, iovcnt, offset, length, req_io_done, r);
     r->pending++;
     qed_image_submit_io(r->img, io); /* fdatasyncs one at a time (flush-latch.c) */

@@ -41,6 +41,8 @@ QED_REQ_STATE(RS_HDR_FLUSH_WAIT, "HDR_FLUSH_WAIT", qed_rs_hdr_flush_wait)
 QED_REQ_STATE(RS_ALLOC_CLUSTERS, "ALLOC_CLUSTERS", qed_rs_alloc_clusters)
 /* Waits for the backing reads that fill a partial cluster. */
 QED_REQ_STATE(RS_COW_WAIT, "COW_WAIT", qed_rs_cow_wait)
+/* Waits for the reservation (fallocate) of fresh clusters written sparsely. */
+QED_REQ_STATE(RS_ALLOC_RESERVE_WAIT, "ALLOC_RESERVE_WAIT", qed_rs_alloc_reserve_wait)
 /* Action: write head + data + tail into the new clusters. */
 QED_REQ_STATE(RS_ALLOC_WRITE, "ALLOC_WRITE", qed_rs_alloc_write)
 /* Waits for that data write. */

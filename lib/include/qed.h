@@ -158,6 +158,12 @@ struct qed_open_opts {
     unsigned lock_wait_ms;      /* a lock held by another process: poll this long
                                    (logged once) before -EBUSY; 0 = fail at once */
     enum qed_cache_mode cache;  /* QED_CACHE_WRITEBACK by default (zeroed opts) */
+    /* Reserve (fallocate) the clusters a write allocates but fills only in
+     * part, so that overwriting the rest never fails with ENOSPC; a full
+     * file system then fails the allocating write itself with -ENOSPC.
+     * AUTO: where that is cheap and keeps its promise (ext4, XFS); not on
+     * tmpfs/ramfs (it would only cost memory) nor on copy-on-write btrfs. */
+    enum qed_reserve { QED_RESERVE_AUTO = 0, QED_RESERVE_ON, QED_RESERVE_OFF } reserve;
 };
 
 /**

@@ -44,7 +44,7 @@ struct test_priv {
     void (*observer)(struct qed_io *io, int err, void *opaque);
     void *observer_opaque;
 
-    uint64_t counts[QED_IO_PUNCH + 1];
+    uint64_t counts[QED_IO_ALLOCATE + 1];
     bool *freed;                  /* set by destroy while the idle callback runs */
 };
 
@@ -109,7 +109,7 @@ static void test_finish(qed_aio *aio, size_t i, int err)
     p->nheld--;
     test_update_idle(aio);
 
-    if ((unsigned)io->op <= QED_IO_PUNCH)
+    if ((unsigned)io->op <= QED_IO_ALLOCATE)
         p->counts[io->op]++;
     if (p->observer)
         p->observer(io, err, p->observer_opaque);
@@ -231,5 +231,5 @@ uint64_t qed_aio_test_count(qed_aio *aio, enum qed_io_op op)
 {
     struct test_priv *p = test_priv(aio);
 
-    return (unsigned)op <= QED_IO_PUNCH ? p->counts[op] : 0;
+    return (unsigned)op <= QED_IO_ALLOCATE ? p->counts[op] : 0;
 }

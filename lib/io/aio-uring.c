@@ -87,13 +87,14 @@ static void uring_prep(struct io_uring_sqe *sqe, struct qed_io *io)
         io_uring_prep_fsync(sqe, io->fd, IORING_FSYNC_DATASYNC);
         break;
     case QED_IO_PUNCH:
+    case QED_IO_ALLOCATE:
         if (io->length == 0) {
             /* fallocate refuses a zero length; an empty range is already
-             * punched.  A NOP still completes through the CQ, later. */
+             * done.  A NOP still completes through the CQ, later. */
             io_uring_prep_nop(sqe);
         } else {
-            io_uring_prep_fallocate(sqe, io->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                                    (off_t)io->offset, (off_t)io->length);
+            io_uring_prep_fallocate(sqe, io->fd, qed_io_falloc_mode(io), (off_t)io->offset,
+                                    (off_t)io->length);
         }
         break;
     default:
@@ -309,14 +310,17 @@ static void uring_handle(qed_aio *aio, struct qed_io *io, int res)
     }
     case QED_IO_FSYNC:
     case QED_IO_PUNCH:
+    case QED_IO_ALLOCATE:
         if (res < 0) {
             if (uring_retryable(res)) {
                 uring_queue(aio, io);
                 return;
             }
             qed_log(QED_LOG_DEBUG, "io_uring %s(fd %d): %s",
-                    io->op == QED_IO_FSYNC ? "fsync" : "fallocate(PUNCH_HOLE)", io->fd,
-                    strerror(-res));
+                    io->op == QED_IO_FSYNC  ? "fsync"
+                    : io->op == QED_IO_PUNCH ? "fallocate(PUNCH_HOLE)"
+                                             : "fallocate",
+                    io->fd, strerror(-res));
             io->res = res;
         } else {
             io->res = io->op == QED_IO_FSYNC ? 0 : (int64_t)io->length;

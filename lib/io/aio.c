@@ -79,6 +79,16 @@ bool qed_fd_in_memory(int fd)
     return sfs.f_type == TMPFS_MAGIC || sfs.f_type == RAMFS_MAGIC;
 }
 
+bool qed_fd_reserve_pays(int fd)
+{
+    struct statfs sfs;
+
+    if (fstatfs(fd, &sfs) < 0)
+        return false;
+    /* EXT4_SUPER_MAGIC is also ext2's and ext3's. */
+    return sfs.f_type == EXT4_SUPER_MAGIC || sfs.f_type == XFS_SUPER_MAGIC;
+}
+
 /* Deliver the I/O that finished before this turn (qed_aio_complete_later). */
 static void aio_ready_defer_fn(struct qed_defer *d)
 {

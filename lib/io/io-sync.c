@@ -133,20 +133,29 @@ static int64_t sync_fsync(struct qed_io *io)
     return 0;
 }
 
-static int64_t sync_punch(struct qed_io *io)
+int qed_io_falloc_mode(const struct qed_io *io)
 {
-    /* fallocate refuses a zero length; an empty range is trivially punched. */
+    if (io->op == QED_IO_PUNCH)
+        return FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    return io->flags & QED_IO_F_KEEP_SIZE ? FALLOC_FL_KEEP_SIZE : 0;
+}
+
+/* PUNCH and ALLOCATE: one fallocate over the range. */
+static int64_t sync_falloc(struct qed_io *io)
+{
+    int mode = qed_io_falloc_mode(io);
+
+    /* fallocate refuses a zero length; an empty range is trivially done. */
     if (io->length == 0)
         return 0;
-    while (fallocate(io->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)io->offset,
-                     (off_t)io->length) < 0) {
+    while (fallocate(io->fd, mode, (off_t)io->offset, (off_t)io->length) < 0) {
         int err = errno;
 
         if (err == EINTR)
             continue;
-        qed_log(QED_LOG_DEBUG, "fallocate(fd %d, PUNCH_HOLE, offset %llu, %llu bytes): %s",
-                io->fd, (unsigned long long)io->offset, (unsigned long long)io->length,
-                strerror(err));
+        qed_log(QED_LOG_DEBUG, "fallocate(fd %d, mode %#x, offset %llu, %llu bytes): %s",
+                io->fd, (unsigned)mode, (unsigned long long)io->offset,
+                (unsigned long long)io->length, strerror(err));
         return -err;
     }
     return (int64_t)io->length;
@@ -221,7 +230,8 @@ void qed_io_run_sync(struct qed_io *io)
         io->res = sync_fsync(io);
         break;
     case QED_IO_PUNCH:
-        io->res = sync_punch(io);
+    case QED_IO_ALLOCATE:
+        io->res = sync_falloc(io);
         break;
     default:
         qed_log(QED_LOG_ERROR, "unknown I/O op %d", (int)io->op);

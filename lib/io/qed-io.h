@@ -25,6 +25,7 @@ enum qed_io_op {
     QED_IO_WRITE,  /* pwritev; short writes are retried, res = full length */
     QED_IO_FSYNC,  /* fdatasync(fd) */
     QED_IO_PUNCH,  /* fallocate(PUNCH_HOLE|KEEP_SIZE) over [offset, offset+length) */
+    QED_IO_ALLOCATE, /* fallocate(0, or KEEP_SIZE with QED_IO_F_KEEP_SIZE) over the range */
 };
 
 struct qed_io {
@@ -34,7 +35,7 @@ struct qed_io {
     struct iovec *iov;       /* READ/WRITE; the backend may modify it while retrying */
     int iovcnt;
     uint64_t offset;
-    uint64_t length;         /* PUNCH: bytes; READ/WRITE: set by qed_aio_submit to sum(iov) */
+    uint64_t length;         /* PUNCH/ALLOCATE: bytes; READ/WRITE: set by qed_aio_submit to sum(iov) */
     void (*done)(struct qed_io *io);
     void *opaque;
     unsigned flags;          /* QED_IO_F_* */
@@ -70,6 +71,8 @@ struct qed_io {
 #define QED_IO_F_NOSYNC 4u
 
 struct qed_dio;
+/* QED_IO_ALLOCATE: reserve the blocks without changing the file size. */
+#define QED_IO_F_KEEP_SIZE 8u
 
 struct qed_aio_ops {
     const char *name;
@@ -241,6 +244,14 @@ static inline bool qed_dio_eof(const struct qed_io *io)
            ((io->offset + io->done_bytes) % QED_DIO_ALIGN) != 0;
 }
 
+/**
+ * qed_fd_reserve_pays - true when @fd is on a file system where fallocate
+ * is cheap and makes later overwrites of the range safe from ENOSPC (ext4,
+ * XFS).  Not tmpfs (pages would be taken early for nothing), nor btrfs (an
+ * overwrite is copy-on-write, so a reservation does not keep its promise).
+ */
+bool qed_fd_reserve_pays(int fd);
+
 /* ---- Backends (aio-uring.c, aio-threads.c, aio-test.c) ---- */
 
 /* Constructors: set aio->ops and aio->priv, return 0 or -errno. */
@@ -257,6 +268,9 @@ int qed_aio_test_init(qed_aio *aio);
  * test backend.
  */
 void qed_io_run_sync(struct qed_io *io);
+
+/** qed_io_falloc_mode - the fallocate(2) mode of a PUNCH or ALLOCATE @io (io-sync.c). */
+int qed_io_falloc_mode(const struct qed_io *io);
 
 /**
  * qed_pread_full - read @len bytes at @off from @fd, blocking, retrying short

@@ -276,6 +276,12 @@ class Runner:
                     # is then loaded again.  Success is right if the data is.
                     self.expect_bytes(res, old, label + ": read result after a recovered failure")
                     self.recovered.append(label + " (" + step + ")")
+                elif (got_err == 0 and err == "ENOSPC" and len(injected) == 1 and
+                      injected[0][1] == "fallocate" and int(injected[0][4]) > CLUSTER):
+                    # A reservation ahead (4 MiB, lib/engine/request-alloc.c)
+                    # that did not fit: the run reserves just its own
+                    # clusters and succeeds.  B's read below checks the data.
+                    self.recovered.append(label + " (" + step + ")")
                 elif got_err != want_err:
                     raise Fail("%s: failed call %s: the client got %s, expected %s%s" %
                                (label, step, fl.errname(got_err), fl.errname(want_err),

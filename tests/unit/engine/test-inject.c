@@ -50,7 +50,9 @@
 #define MiB (1024ull * 1024)
 #define MAX_REQ 4
 #define MAX_IOS 256
-#define ALL_OPS ((1u << QED_IO_READ) | (1u << QED_IO_WRITE) | (1u << QED_IO_FSYNC) | (1u << QED_IO_PUNCH))
+#define ALL_OPS                                                                              \
+    ((1u << QED_IO_READ) | (1u << QED_IO_WRITE) | (1u << QED_IO_FSYNC) | (1u << QED_IO_PUNCH) | \
+     (1u << QED_IO_ALLOCATE))
 
 /* ---- fixture ---- */
 
@@ -123,6 +125,7 @@ enum step {
     ST_L1_WRITE,
     ST_FSYNC,
     ST_PUNCH,
+    ST_RESERVE, /* fallocate of sparse new clusters (only where the file system reserves) */
     ST_COUNT
 };
 
@@ -131,7 +134,7 @@ static const char *step_names[ST_COUNT] = {
     [ST_BACKING_READ] = "backing read", [ST_HDR_WRITE] = "header write",
     [ST_DATA_WRITE] = "data write",   [ST_L2_WRITE] = "L2 update",
     [ST_L1_WRITE] = "L1 update",      [ST_FSYNC] = "flush",
-    [ST_PUNCH] = "punch",
+    [ST_PUNCH] = "punch",             [ST_RESERVE] = "reservation",
 };
 
 #define S(x) (1u << (x))
@@ -171,6 +174,8 @@ static enum step classify(const qed_image *img, const struct rec *x)
         return ST_FSYNC;
     if (x->op == QED_IO_PUNCH)
         return ST_PUNCH;
+    if (x->op == QED_IO_ALLOCATE)
+        return ST_RESERVE;
     if (x->fd != img->fd)
         return ST_BACKING_READ;
     if (x->op == QED_IO_WRITE && x->off == 0)
@@ -187,7 +192,11 @@ static enum step classify(const qed_image *img, const struct rec *x)
 
 static const char *op_name(enum qed_io_op op)
 {
-    return op == QED_IO_READ ? "read" : op == QED_IO_WRITE ? "write" : op == QED_IO_FSYNC ? "fsync" : "punch";
+    return op == QED_IO_READ    ? "read"
+           : op == QED_IO_WRITE ? "write"
+           : op == QED_IO_FSYNC ? "fsync"
+           : op == QED_IO_PUNCH ? "punch"
+                                : "allocate";
 }
 
 /* ---- workloads ---- */
