@@ -51,12 +51,12 @@ for attempt in 1 2; do
     echo "--- bench.sh messages:"
     cat "$tmp/err"
     if [ "$rc" -ne 0 ] && [ "$attempt" -eq 1 ] && ! grep -q 'qednbd[a-z-]* [a-z-]* failed' "$tmp/err" &&
-       grep -q 'nbdkit-file [a-z-]* failed: server exited' "$tmp/err"; then
+       grep -qE 'nbdkit-file [a-z-]* failed: server (exited|died)' "$tmp/err"; then
         echo "--- the reference server (nbdkit) failed, not qednbd: running again"
         continue
     fi
     if [ "$rc" -eq 1 ] && ! grep -q 'qednbd[a-z-]* [a-z-]* failed' "$tmp/err" &&
-       grep -q 'nbdkit-file [a-z-]* failed: server exited' "$tmp/err"; then
+       grep -qE 'nbdkit-file [a-z-]* failed: server (exited|died)' "$tmp/err"; then
         echo "--- the reference server (nbdkit) failed again; checking qednbd's results only there"
         ref_failed=1
         rc=0
