@@ -1,15 +1,18 @@
 #!/bin/bash
 # bench.sh - measure qednbd against qemu-nbd, nbdkit file and nbdkit null,
-# side by side, with fio's nbd engine (built on libnbd).
+# side by side, with fio's nbd engine (built on libnbd); buffered and
+# O_DIRECT variants of each, over Unix sockets and TCP, with 1 to N
+# connections.
 #
 # Needs only Debian packages: qemu-utils, nbdkit, fio (and python3 to read
 # fio's JSON reports).  Run `bench.sh --help` for the options; contrib/bench/
 # README.md explains what is measured and how.
 #
-# Layout of one invocation: for every repetition, for every workload group,
-# every server runs the group in turn; the server order alternates from one
-# repetition to the next (forward, reversed, forward, ...) so that a drift of
-# the machine (other load, thermal, page cache) does not favour one server.
+# Layout of one invocation: for every repetition, for every configuration
+# (transport x number of fio jobs), for every workload group, every server
+# runs the group in turn; the server order alternates from one repetition to
+# the next (forward, reversed, forward, ...) so that a drift of the machine
+# (other load, thermal, page cache) does not favour one server.
 # Workload groups:
 #   seqwrite-fresh   fresh image, sequential 1 MiB writes, QD8
 #   randwrite-fresh  fresh image, random 4 KiB writes, QD32, one per cluster
@@ -24,7 +27,8 @@ set -u -o pipefail
 PROG=${0##*/}
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 
-ALL_SERVERS=(qednbd qemu-nbd nbdkit-file nbdkit-null)
+ALL_SERVERS=(qednbd qednbd-direct qemu-nbd qemu-nbd-direct nbdkit-file nbdkit-file-direct nbdkit-null)
+DEFAULT_SERVERS=qednbd,qemu-nbd,nbdkit-file,nbdkit-null
 ALL_WORKLOADS=(seqwrite-fresh randwrite-fresh randwrite randread seqread)
 
 # ---- options -----------------------------------------------------------------
@@ -32,10 +36,11 @@ SIZE=1G
 FRESH_SIZE=4G
 RUNTIME=10
 REPS=3
-NUMJOBS=1
+NUMJOBS_ARG=1
+TRANSPORTS=unix
 CLUSTER=64K
 DIR=
-SERVERS=$(IFS=,; echo "${ALL_SERVERS[*]}")
+SERVERS=$DEFAULT_SERVERS
 WORKLOADS=$(IFS=,; echo "${ALL_WORKLOADS[*]}")
 OUT=
 RAW=
@@ -64,8 +69,9 @@ usage() {
 Usage: $PROG [OPTIONS]
 
 Run five fio workloads against qednbd, qemu-nbd (QED image), nbdkit file
-(raw image) and nbdkit null (protocol ceiling); print medians, ratios,
-server CPU time per I/O and server peak RSS.
+(raw image) and nbdkit null (protocol ceiling), and their O_DIRECT
+variants; print medians, ratios, server CPU time per I/O, server peak RSS
+and the ratios issue 14 targets.
 
   --runtime SEC        seconds per timed fio run (default $RUNTIME); the two
                        fresh-image runs stop earlier when their single pass
@@ -76,9 +82,17 @@ server CPU time per I/O and server peak RSS.
                        $FRESH_SIZE); each makes one pass over it, so a larger
                        size means longer runs and more memory in --dir
   --cluster-size SIZE  QED cluster size of the images (default $CLUSTER)
-  --numjobs N          fio jobs, each on its own connection (default $NUMJOBS);
-                       the image is split into N regions, one per job
-  --servers LIST       comma-separated subset of: ${ALL_SERVERS[*]}
+  --numjobs LIST       fio jobs, each on its own connection (default
+                       $NUMJOBS_ARG); the image is split into N regions, one per
+                       job.  A list (1,2,4) runs every count in turn
+  --transport LIST     unix, tcp or both (unix,tcp; default $TRANSPORTS); TCP
+                       listens on 127.0.0.1, on a free port
+  --servers LIST       comma-separated subset of (default $DEFAULT_SERVERS):
+                       ${ALL_SERVERS[*]}
+                       (the -direct variants: qednbd --cache=none, qemu-nbd
+                       --cache=none --aio=io_uring, nbdkit file cache=none;
+                       a variant this machine cannot run is skipped, with
+                       the reason printed)
   --workloads LIST     comma-separated subset of: ${ALL_WORKLOADS[*]}
   --dir DIR            where images and sockets go (default /dev/shm when it
                        exists, else \$TMPDIR or /tmp)
@@ -126,8 +140,10 @@ while [ $# -gt 0 ]; do
         --fresh-size=*) FRESH_SIZE=${1#*=}; FRESH_SET=1; shift ;;
         --cluster-size) need_arg "$@"; CLUSTER=$2; shift 2 ;;
         --cluster-size=*) CLUSTER=${1#*=}; shift ;;
-        --numjobs) need_arg "$@"; NUMJOBS=$2; shift 2 ;;
-        --numjobs=*) NUMJOBS=${1#*=}; shift ;;
+        --numjobs) need_arg "$@"; NUMJOBS_ARG=$2; shift 2 ;;
+        --numjobs=*) NUMJOBS_ARG=${1#*=}; shift ;;
+        --transport) need_arg "$@"; TRANSPORTS=$2; shift 2 ;;
+        --transport=*) TRANSPORTS=${1#*=}; shift ;;
         --servers) need_arg "$@"; SERVERS=$2; shift 2 ;;
         --servers=*) SERVERS=${1#*=}; shift ;;
         --workloads) need_arg "$@"; WORKLOADS=$2; shift 2 ;;
@@ -180,7 +196,18 @@ is_uint() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
 
 is_uint "$RUNTIME" || die "--runtime must be a positive integer (seconds), not '$RUNTIME'"
 is_uint "$REPS" || die "--reps must be a positive integer, not '$REPS'"
-is_uint "$NUMJOBS" || die "--numjobs must be a positive integer, not '$NUMJOBS'"
+IFS=, read -r -a NUMJOBS_LIST <<<"$NUMJOBS_ARG"
+[ "${#NUMJOBS_LIST[@]}" -gt 0 ] || die "--numjobs is empty"
+MAX_JOBS=0
+for n in "${NUMJOBS_LIST[@]}"; do
+    is_uint "$n" || die "--numjobs must be positive integers, not '$n'"
+    [ "$n" -le "$MAX_JOBS" ] || MAX_JOBS=$n
+done
+IFS=, read -r -a TRANSPORT_LIST <<<"$TRANSPORTS"
+[ "${#TRANSPORT_LIST[@]}" -gt 0 ] || die "--transport is empty"
+for t in "${TRANSPORT_LIST[@]}"; do
+    case "$t" in unix|tcp) ;; *) die "unknown transport '$t' (known: unix tcp)" ;; esac
+done
 SIZE_B=$(to_bytes "$SIZE") || die "bad --size '$SIZE'"
 FRESH_B=$(to_bytes "$FRESH_SIZE") || die "bad --fresh-size '$FRESH_SIZE'"
 CLUSTER_B=$(to_bytes "$CLUSTER") || die "bad --cluster-size '$CLUSTER'"
@@ -191,11 +218,16 @@ MIB=1048576
 # clusters (the allocating workload writes one 4k block per cluster).
 ALIGN=$((CLUSTER_B > MIB ? CLUSTER_B : MIB))
 for v in SIZE_B FRESH_B; do
-    per=$(( ${!v} / NUMJOBS / ALIGN * ALIGN ))
-    [ "$per" -gt 0 ] || die "image size too small for $NUMJOBS job(s) (${!v} bytes)"
+    per=$(( ${!v} / MAX_JOBS / ALIGN * ALIGN ))
+    [ "$per" -gt 0 ] || die "image size too small for $MAX_JOBS job(s) (${!v} bytes)"
 done
-PER_JOB=$((SIZE_B / NUMJOBS / ALIGN * ALIGN))
-FRESH_PER_JOB=$((FRESH_B / NUMJOBS / ALIGN * ALIGN))
+# set_numjobs N - the per-configuration job count and region sizes.
+set_numjobs() {
+    NUMJOBS=$1
+    PER_JOB=$((SIZE_B / NUMJOBS / ALIGN * ALIGN))
+    FRESH_PER_JOB=$((FRESH_B / NUMJOBS / ALIGN * ALIGN))
+}
+set_numjobs "${NUMJOBS_LIST[0]}"
 
 IFS=, read -r -a SERVER_LIST <<<"$SERVERS"
 for s in "${SERVER_LIST[@]}"; do
@@ -208,7 +240,8 @@ for w in "${WORKLOAD_LIST[@]}"; do
 done
 [ "${#WORKLOAD_LIST[@]}" -gt 0 ] || die "--workloads is empty"
 want_workload() { case ",$WORKLOADS," in *",$1,"*) return 0 ;; esac; return 1; }
-want_server() { case ",$SERVERS," in *",$1,"*) return 0 ;; esac; return 1; }
+# want_server NAME - NAME or its -direct variant is among the servers.
+want_server() { case ",$SERVERS," in *",$1,"*|*",$1-direct,"*) return 0 ;; esac; return 1; }
 
 # ---- tools -------------------------------------------------------------------
 need_prog() { command -v "$1" >/dev/null 2>&1 || die "$1 is not installed ($2)"; }
@@ -259,6 +292,40 @@ if [ -n "$avail_b" ] && [ "$avail_b" -lt "$need_b" ]; then
     die "$DIR has $((avail_b / MIB)) MiB free, the runs need about $((need_b / MIB)) MiB (use --dir, --size or --fresh-size)"
 fi
 
+# Variants this machine cannot run are dropped here, with the reason printed
+# and kept for the report ("skipped" lines of meta.tsv).
+SKIPPED=()
+skip_server() {
+    local s=$1 keep=() x
+    shift
+    warn "skipping $s: $*"
+    SKIPPED+=("$s	$*")
+    for x in "${SERVER_LIST[@]}"; do [ "$x" = "$s" ] || keep+=("$x"); done
+    SERVER_LIST=("${keep[@]}")
+}
+# o_direct_ok - an O_DIRECT write of 4 KiB works in $DIR.
+o_direct_ok() {
+    local f=$DIR/.qednbd-bench-odirect.$$ rc=0
+    dd if=/dev/zero of="$f" bs=4096 count=1 oflag=direct status=none 2>/dev/null || rc=1
+    rm -f "$f"
+    return "$rc"
+}
+for s in "${SERVER_LIST[@]}"; do
+    case "$s" in
+        qednbd-direct)
+            "$QEDNBD" --help 2>&1 | grep -q -- --cache= ||
+                { skip_server "$s" "$QEDNBD has no --cache option"; continue; }
+            o_direct_ok || skip_server "$s" "$DIR does not take O_DIRECT" ;;
+        qemu-nbd-direct)
+            o_direct_ok || skip_server "$s" "$DIR does not take O_DIRECT" ;;
+        nbdkit-file-direct)
+            nbdkit file --help 2>&1 | grep -q '^cache=' ||
+                skip_server "$s" "this nbdkit's file plugin has no cache= parameter" ;;
+    esac
+done
+[ "${#SERVER_LIST[@]}" -gt 0 ] || die "no server left to run"
+SERVERS=$(IFS=,; echo "${SERVER_LIST[*]}")
+
 case "$WARM" in
     auto) if [ "$(stat -f -c %T "$DIR" 2>/dev/null)" = tmpfs ]; then WARM=yes; else WARM=no; fi ;;
     yes|no) ;;
@@ -272,6 +339,8 @@ RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 SPID=
 SOCK=
+PORT=
+TRANSPORT=${TRANSPORT_LIST[0]}
 NFAIL=0
 
 cleanup() {
@@ -290,7 +359,7 @@ trap 'exit 143' TERM
 
 # make_image SERVER FILE BYTES - a fresh image of the kind SERVER serves.
 make_image() {
-    local server=$1 file=$2 bytes=$3
+    local server=${1%-direct} file=$2 bytes=$3
     rm -f "$file"
     case "$server" in
         qednbd|qemu-nbd)
@@ -307,12 +376,14 @@ make_image() {
     esac
 }
 
-# wait_listen PID SOCKET - wait (15 s at most) until SOCKET accepts a
-# connection; fail early when PID has exited.
+# wait_listen PID ADDRESS - wait (15 s at most) until ADDRESS (a Unix
+# socket path, or a TCP port on 127.0.0.1) accepts a connection; fail early
+# when PID has exited.
 wait_listen() {
     python3 - "$1" "$2" <<'PY'
 import os, socket, sys, time
-pid, path = int(sys.argv[1]), sys.argv[2]
+pid, addr = int(sys.argv[1]), sys.argv[2]
+tcp = addr.isdigit()
 deadline = time.monotonic() + 15
 while time.monotonic() < deadline:
     try:
@@ -320,50 +391,87 @@ while time.monotonic() < deadline:
     except OSError:
         sys.exit("server %d exited before listening" % pid)
     try:
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(path)
+        s = socket.socket(socket.AF_INET if tcp else socket.AF_UNIX)
+        s.connect(('127.0.0.1', int(addr)) if tcp else addr)
         s.close()
         sys.exit(0)
     except OSError:
         time.sleep(0.02)
-sys.exit("server %d did not listen on %s within 15 s" % (pid, path))
+sys.exit("server %d did not listen on %s within 15 s" % (pid, addr))
 PY
 }
 
+# free_port - a TCP port on 127.0.0.1 that nobody listens on right now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# server_cmd SERVER IMAGE BYTES - the command line of SERVER in CMD, for the
+# current transport ($SOCK or $PORT) and job count.
+server_cmd() {
+    local server=$1 image=$2 bytes=$3 listen=()
+    case "$server" in
+        qednbd*)
+            if [ "$TRANSPORT" = tcp ]; then listen=(-b 127.0.0.1 -p "$PORT"); else listen=(-u "$SOCK"); fi
+            CMD=("$QEDNBD" "${listen[@]}")
+            [ "$server" = qednbd-direct ] && CMD+=(--cache=none)
+            [ -n "$QEDNBD_AIO" ] && CMD+=(--aio="$QEDNBD_AIO")
+            # shellcheck disable=SC2206
+            [ -n "$QEDNBD_EXTRA" ] && CMD+=($QEDNBD_EXTRA)
+            CMD+=("$image")
+            ;;
+        qemu-nbd*)
+            # -t: stay up across fio's connections; -e: one connection per
+            # fio job plus fio's size probe.  --cache=writeback honours
+            # flushes like qednbd does (unsafe would drop them).  The
+            # -direct variant is what VM disks usually get: O_DIRECT through
+            # io_uring.  --aio=threads is as fast as io_uring on tmpfs (see
+            # README.md).
+            if [ "$TRANSPORT" = tcp ]; then listen=(-b 127.0.0.1 -p "$PORT"); else listen=(-k "$SOCK"); fi
+            CMD=(qemu-nbd -f qed -t -e $((NUMJOBS + 1)))
+            if [ "$server" = qemu-nbd-direct ]; then
+                CMD+=(--cache=none --aio=io_uring)
+            else
+                CMD+=(--cache="$QEMU_NBD_CACHE" --aio="$QEMU_NBD_AIO")
+            fi
+            CMD+=("${listen[@]}" "$image")
+            ;;
+        nbdkit-*)
+            if [ "$TRANSPORT" = tcp ]; then listen=(-i 127.0.0.1 -p "$PORT"); else listen=(-U "$SOCK"); fi
+            case "$server" in
+                nbdkit-file) CMD=(nbdkit -f "${listen[@]}" file "$image") ;;
+                # nbdkit 1.32's cache=none is not O_DIRECT: it evicts the
+                # pages it has read or written (posix_fadvise DONTNEED, and
+                # sync_file_range after writes); see README.md.
+                nbdkit-file-direct) CMD=(nbdkit -f "${listen[@]}" file "$image" cache=none) ;;
+                nbdkit-null) CMD=(nbdkit -f "${listen[@]}" null size="$bytes") ;;
+            esac
+            ;;
+    esac
+}
+
 SERVER_SEQ=0
-# start_server SERVER IMAGE BYTES - start SERVER on a Unix socket; sets SPID,
-# SOCK, SLOG.  Returns 1 (with the log shown) when it does not come up.
+# start_server SERVER IMAGE BYTES - start SERVER on the current transport;
+# sets SPID, SOCK or PORT, SLOG.  Returns 1 (with the log shown) when it
+# does not come up.
 start_server() {
-    local server=$1 image=$2 bytes=$3 cmd=()
+    local server=$1 image=$2 bytes=$3 cmd=() addr
     SERVER_SEQ=$((SERVER_SEQ + 1))
     SOCK=$WORK/s$SERVER_SEQ.sock
     SLOG=$WORK/server$SERVER_SEQ-$server.log
     rm -f "$SOCK"
-    case "$server" in
-        qednbd)
-            cmd=("$QEDNBD" -u "$SOCK")
-            [ -n "$QEDNBD_AIO" ] && cmd+=(--aio="$QEDNBD_AIO")
-            # shellcheck disable=SC2206
-            [ -n "$QEDNBD_EXTRA" ] && cmd+=($QEDNBD_EXTRA)
-            cmd+=("$image")
-            ;;
-        qemu-nbd)
-            # -t: stay up across fio's connections; -e: one connection per
-            # fio job plus fio's size probe.  --cache=writeback honours
-            # flushes like qednbd does (unsafe would drop them); O_DIRECT
-            # modes do not apply to a tmpfs image.  --aio=threads is as fast
-            # as io_uring here (see README.md).
-            cmd=(qemu-nbd -f qed -t -e $((NUMJOBS + 1)) --cache="$QEMU_NBD_CACHE"
-                 --aio="$QEMU_NBD_AIO" -k "$SOCK" "$image")
-            ;;
-        nbdkit-file) cmd=(nbdkit -f -U "$SOCK" file "$image") ;;
-        nbdkit-null) cmd=(nbdkit -f -U "$SOCK" null size="$bytes") ;;
-    esac
+    addr=$SOCK
+    if [ "$TRANSPORT" = tcp ]; then
+        PORT=$(free_port) || { warn "no free TCP port"; return 1; }
+        addr=$PORT
+    fi
+    server_cmd "$server" "$image" "$bytes"
+    cmd=("${CMD[@]}")
     echo "+ ${cmd[*]}" >"$SLOG"
     # A simple command in the background: $! is the server itself.
     "${cmd[@]}" </dev/null >>"$SLOG" 2>&1 &
     SPID=$!
-    if ! wait_listen "$SPID" "$SOCK" 2>>"$SLOG"; then
+    if ! wait_listen "$SPID" "$addr" 2>>"$SLOG"; then
         warn "$server did not start; its log:"
         tail -n 20 "$SLOG" >&2
         stop_server quiet
@@ -417,7 +525,9 @@ reset_hwm() {
 
 # ---- fio ---------------------------------------------------------------------
 
-uri() { echo "nbd+unix:///?socket=$SOCK"; }
+uri() {
+    if [ "$TRANSPORT" = tcp ]; then echo "nbd://127.0.0.1:$PORT/"; else echo "nbd+unix:///?socket=$SOCK"; fi
+}
 
 # fio_job JSON ARGS... - run fio on the current server (bounded); ARGS hold
 # the job sections (--name=... and their options).
@@ -436,7 +546,7 @@ fio_job() {
 # the same sequence).  fio's own random mode cannot do this: --blockalign
 # turns its random map off, so writes would hit some clusters twice.
 make_alloc_logs() {
-    python3 - "$WORK/alloc" "$NUMJOBS" "$FRESH_PER_JOB" "$CLUSTER_B" <<'PY'
+    python3 - "$WORK/alloc-j$NUMJOBS" "$NUMJOBS" "$FRESH_PER_JOB" "$CLUSTER_B" <<'PY'
 import random, sys
 prefix, jobs, per_job, cluster = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rnd = random.Random(20240501)
@@ -491,7 +601,7 @@ workload_args() {
             # One 4k write per cluster in random order (see make_alloc_logs):
             # every write allocates, until the pass ends or --runtime.
             for ((j = 0; j < NUMJOBS; j++)); do
-                echo --name="$1.$j" --iodepth=32 --read_iolog="$WORK/alloc.$j.iolog" \
+                echo --name="$1.$j" --iodepth=32 --read_iolog="$WORK/alloc-j$NUMJOBS.$j.iolog" \
                     --runtime=$RUNTIME
             done ;;
         randwrite)
@@ -508,10 +618,11 @@ workload_args() {
 
 # timed_run REP SERVER WORKLOAD - one measured fio run on the running
 # server; appends a line to $RESULTS:
-#   rep server workload status ios iops bw_bytes cpu_ticks hwm_kib
+#   rep transport numjobs server workload status ios iops bw_bytes
+#   cpu_ticks hwm_kib
 timed_run() {
     local rep=$1 server=$2 wl=$3 json t0 t1 h sum msg
-    json=$WORK/r$rep-$server-$wl.json
+    json=$WORK/r$rep-$TRANSPORT-j$NUMJOBS-$server-$wl.json
     reset_hwm "$SPID"
     t0=$(cpu_ticks "$SPID") || t0=
     # shellcheck disable=SC2046
@@ -522,9 +633,9 @@ timed_run() {
             msg="server exited during the run"
         else
             # shellcheck disable=SC2086
-            printf '%s\t%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$server" "$wl" \
-                $sum "$((t1 - t0))" "${h:-0}" >>"$RESULTS"
-            [ "$VERBOSE" -eq 1 ] && log "  rep $rep $server $wl: ios iops bw = $sum, cpu $((t1 - t0)) ticks, hwm ${h:-?} KiB"
+            printf '%s\t%s\t%s\t%s\t%s\tok\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$TRANSPORT" \
+                "$NUMJOBS" "$server" "$wl" $sum "$((t1 - t0))" "${h:-0}" >>"$RESULTS"
+            [ "$VERBOSE" -eq 1 ] && log "  rep $rep $TRANSPORT j$NUMJOBS $server $wl: ios iops bw = $sum, cpu $((t1 - t0)) ticks, hwm ${h:-?} KiB"
             return 0
         fi
     else
@@ -532,9 +643,14 @@ timed_run() {
         kill -0 "$SPID" 2>/dev/null || msg="server died: $(tail -n 3 "$SLOG") ${msg}"
     fi
     NFAIL=$((NFAIL + 1))
-    warn "rep $rep: $server $wl failed: $(echo "$msg" | tr '\n' ' ')"
-    printf '%s\t%s\t%s\tfail\t0\t0\t0\t0\t0\n' "$rep" "$server" "$wl" >>"$RESULTS"
+    warn "rep $rep: $TRANSPORT j$NUMJOBS: $server $wl failed: $(echo "$msg" | tr '\n' ' ')"
+    fail_line "$rep" "$server" "$wl"
     return 1
+}
+
+# fail_line REP SERVER WORKLOAD - a failed run's line in $RESULTS.
+fail_line() {
+    printf '%s\t%s\t%s\t%s\t%s\tfail\t0\t0\t0\t0\t0\n' "$1" "$TRANSPORT" "$NUMJOBS" "$2" "$3" >>"$RESULTS"
 }
 
 # record_fail REP SERVER WORKLOAD... - the server did not start.
@@ -543,7 +659,7 @@ record_fail() {
     shift 2
     for wl in "$@"; do
         NFAIL=$((NFAIL + 1))
-        printf '%s\t%s\t%s\tfail\t0\t0\t0\t0\t0\n' "$rep" "$server" "$wl" >>"$RESULTS"
+        fail_line "$rep" "$server" "$wl"
     done
 }
 
@@ -590,7 +706,7 @@ run_allocated() {
         if ! fio_job "$WORK/prefill.json" --name=prefill --numjobs=$NUMJOBS --rw=write --bs=1M --iodepth=8 \
                 --size=$PER_JOB --offset_increment=$PER_JOB ||
             ! fio_summary "$WORK/prefill.json" >/dev/null; then
-            warn "rep $rep: $server: the prefill write failed: $(tail -n 3 "$WORK/prefill.json.stderr")"
+            warn "rep $rep: $TRANSPORT j$NUMJOBS: $server: the prefill write failed: $(tail -n 3 "$WORK/prefill.json.stderr")"
             stop_server
             record_fail "$rep" "$server" "${wls[@]}"
             rm -f "$img"
@@ -611,24 +727,39 @@ run_allocated() {
 # ---- the runs ----------------------------------------------------------------
 server_version() {
     case "$1" in
-        qednbd) "$QEDNBD" --version 2>&1 | head -n 1 ;;
-        qemu-nbd) qemu-nbd --version 2>&1 | head -n 1 ;;
+        qednbd*) "$QEDNBD" --version 2>&1 | head -n 1 ;;
+        qemu-nbd*) qemu-nbd --version 2>&1 | head -n 1 ;;
         nbdkit-*) nbdkit --version 2>&1 | head -n 1 ;;
     esac
 }
 
-{
+# write_meta - the machine, the versions, the settings and every server's
+# command line (as for the first configuration) for the report.
+write_meta() {
+    local s
     echo "date	$(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "host	nproc=$(nproc), kernel $(uname -r), $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "load	$(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min) at the start"
     echo "fio	$(fio --version)"
     for s in "${SERVER_LIST[@]}"; do echo "$s	$(server_version "$s")"; done
-    echo "settings	size=$SIZE_B fresh_size=$FRESH_B cluster=$CLUSTER_B runtime=${RUNTIME}s reps=$REPS numjobs=$NUMJOBS dir=$DIR warm=$WARM"
-} >"$WORK/meta.tsv"
+    echo "settings	size=$SIZE_B fresh_size=$FRESH_B cluster=$CLUSTER_B runtime=${RUNTIME}s reps=$REPS numjobs=$NUMJOBS_ARG transport=$TRANSPORTS dir=$DIR ($(stat -f -c %T "$DIR")) warm=$WARM"
+    for s in "${SERVER_LIST[@]}"; do
+        SOCK=SOCKET PORT=PORT
+        server_cmd "$s" IMAGE SIZE
+        echo "flags $s	${CMD[*]}"
+    done
+    for s in "${SKIPPED[@]}"; do echo "skipped ${s%%	*}	${s#*	}"; done
+}
 
-if want_workload randwrite-fresh; then
-    make_alloc_logs || die "cannot write the replay logs in $WORK"
-fi
-log "qednbd benchmark: servers ${SERVER_LIST[*]}; $REPS rep(s), ${RUNTIME} s per run, images in $DIR"
+TRANSPORT=unix
+write_meta >"$WORK/meta.tsv"
+for nj in "${NUMJOBS_LIST[@]}"; do
+    set_numjobs "$nj"
+    if want_workload randwrite-fresh; then
+        make_alloc_logs || die "cannot write the replay logs in $WORK"
+    fi
+done
+log "qednbd benchmark: servers ${SERVER_LIST[*]}; transport ${TRANSPORT_LIST[*]}; jobs ${NUMJOBS_LIST[*]}; $REPS rep(s), ${RUNTIME} s per run, images in $DIR"
 start_s=$(date +%s)
 for ((rep = 1; rep <= REPS; rep++)); do
     order=("${SERVER_LIST[@]}")
@@ -636,185 +767,30 @@ for ((rep = 1; rep <= REPS; rep++)); do
         order=()
         for ((i = ${#SERVER_LIST[@]} - 1; i >= 0; i--)); do order+=("${SERVER_LIST[i]}"); done
     fi
-    log "rep $rep/$REPS: order ${order[*]}"
-    for wl in seqwrite-fresh randwrite-fresh; do
-        want_workload "$wl" || continue
-        for s in "${order[@]}"; do run_fresh "$rep" "$s" "$wl"; done
+    for TRANSPORT in "${TRANSPORT_LIST[@]}"; do
+        for nj in "${NUMJOBS_LIST[@]}"; do
+            set_numjobs "$nj"
+            log "rep $rep/$REPS, $TRANSPORT, $NUMJOBS job(s): order ${order[*]}"
+            for wl in seqwrite-fresh randwrite-fresh; do
+                want_workload "$wl" || continue
+                for s in "${order[@]}"; do run_fresh "$rep" "$s" "$wl"; done
+            done
+            for s in "${order[@]}"; do run_allocated "$rep" "$s"; done
+        done
     done
-    for s in "${order[@]}"; do run_allocated "$rep" "$s"; done
 done
-echo "elapsed	$(( $(date +%s) - start_s )) s" >>"$WORK/meta.tsv"
-echo "rss_reset	$HWM_RESET" >>"$WORK/meta.tsv"
-echo "command	$CMDLINE" >>"$WORK/meta.tsv"
-echo "qemu_nbd_flags	-f qed -t -e $((NUMJOBS + 1)) --cache=$QEMU_NBD_CACHE --aio=$QEMU_NBD_AIO" >>"$WORK/meta.tsv"
+{
+    echo "elapsed	$(( $(date +%s) - start_s )) s"
+    echo "load after	$(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min) at the end"
+    echo "rss_reset	$HWM_RESET"
+    echo "command	$CMDLINE"
+} >>"$WORK/meta.tsv"
 
 [ -z "$RAW" ] || cp "$RESULTS" "$RAW" || warn "cannot write $RAW"
 
 # ---- report ------------------------------------------------------------------
-python3 - "$WORK/meta.tsv" "$RESULTS" "$CLK_TCK" "$SERVERS" "$WORKLOADS" "${OUT:-}" <<'PY'
-import statistics, sys
-
-meta_file, res_file, clk_tck, servers, workloads, out = sys.argv[1:7]
-clk_tck = int(clk_tck)
-servers = servers.split(',')
-workloads = workloads.split(',')
-meta = []
-for line in open(meta_file):
-    k, _, v = line.rstrip('\n').partition('\t')
-    meta.append((k, v))
-md = dict(meta)
-
-LABEL = {
-    'seqwrite-fresh': ('seq write 1M QD8, fresh image', 'MiB/s'),
-    'randwrite-fresh': ('rand write 4k QD32, fresh image (allocating)', 'IOPS'),
-    'randwrite': ('rand write 4k QD32, allocated', 'IOPS'),
-    'randread': ('rand read 4k QD32', 'IOPS'),
-    'seqread': ('seq read 1M QD8', 'MiB/s'),
-}
-ORDER = ['seqwrite-fresh', 'randwrite-fresh', 'randwrite', 'randread', 'seqread']
-workloads = [w for w in ORDER if w in workloads]
-
-runs = {}    # (server, workload) -> list of dicts; None for a failed run
-for line in open(res_file):
-    f = line.rstrip('\n').split('\t')
-    if len(f) != 9:
-        continue
-    rep, srv, wl, status, ios, iops, bw, ticks, hwm = f
-    r = None
-    if status == 'ok':
-        ios = int(ios)
-        r = {
-            'tput': float(bw) / 1048576 if LABEL[wl][1] == 'MiB/s' else float(iops),
-            'ios': ios,
-            'cpu_us': int(ticks) * 1e6 / clk_tck / ios,
-            'hwm_mib': int(hwm) / 1024,
-        }
-    runs.setdefault((srv, wl), []).append(r)
-
-def med(srv, wl, key):
-    rs = runs.get((srv, wl), [])
-    vals = [r[key] for r in rs if r]
-    if not rs:
-        return None          # not run
-    if not vals:
-        return 'fail'
-    return statistics.median(vals)
-
-def peak(srv, wl):
-    rs = runs.get((srv, wl), [])
-    vals = [r['hwm_mib'] for r in rs if r]
-    if not rs:
-        return None
-    return max(vals) if vals else 'fail'
-
-def fmt(v, kind):
-    if v is None:
-        return '-'
-    if v == 'fail':
-        return 'fail'
-    if kind == 'tput':
-        return '%.0f' % v if v >= 100 else '%.1f' % v
-    if kind == 'cpu':
-        return '%.1f' % v if v < 100 else '%.0f' % v
-    if kind == 'rss':
-        return '%.1f' % v
-    if kind == 'ratio':
-        return '%.2fx' % v
-    return str(v)
-
-def ratio(a, b):
-    if isinstance(a, float) and isinstance(b, float) and b > 0:
-        return a / b
-    return None
-
-def tput_unit(wl):
-    return LABEL[wl][1]
-
-tables = []
-# Throughput, with ratios.
-ratio_cols = [(d, 'qednbd/' + d) for d in ('qemu-nbd', 'nbdkit-file')
-              if 'qednbd' in servers and d in servers]
-head = ['workload', 'unit'] + servers + [c for _, c in ratio_cols]
-rows = []
-for wl in workloads:
-    row = [LABEL[wl][0], tput_unit(wl)]
-    row += [fmt(med(s, wl, 'tput'), 'tput') for s in servers]
-    for d, _ in ratio_cols:
-        row.append(fmt(ratio(med('qednbd', wl, 'tput'), med(d, wl, 'tput')), 'ratio'))
-    rows.append(row)
-tables.append(('Throughput (median of %s)' % md['settings'].split('reps=')[1].split()[0], head, rows))
-
-# CPU per I/O.
-head = ['workload'] + servers + [c for _, c in ratio_cols]
-rows = []
-for wl in workloads:
-    row = [LABEL[wl][0]] + [fmt(med(s, wl, 'cpu_us'), 'cpu') for s in servers]
-    for d, _ in ratio_cols:
-        row.append(fmt(ratio(med('qednbd', wl, 'cpu_us'), med(d, wl, 'cpu_us')), 'ratio'))
-    rows.append(row)
-tables.append(('Server CPU time per I/O, µs (utime+stime / I/Os, median)', head, rows))
-
-# Peak RSS.
-head = ['workload'] + servers
-rows = [[LABEL[wl][0]] + [fmt(peak(s, wl), 'rss') for s in servers] for wl in workloads]
-note = ('VmHWM reset before each run' if md.get('rss_reset') == 'yes'
-        else 'VmHWM since the server started; this kernel cannot reset it')
-tables.append(('Server peak RSS, MiB (max over runs; %s)' % note, head, rows))
-
-def text_table(title, head, rows):
-    w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    out = [title + ':']
-    line = lambda r: '  ' + '  '.join(
-        str(x).ljust(w[i]) if i == 0 else str(x).rjust(w[i]) for i, x in enumerate(r))
-    out.append(line(head))
-    for r in rows:
-        out.append(line(r))
-    return '\n'.join(out)
-
-def md_table(title, head, rows):
-    out = ['**%s**' % title, '', '| ' + ' | '.join(head) + ' |',
-           '|' + '|'.join('---' if i == 0 else '---:' for i in range(len(head))) + '|']
-    for r in rows:
-        out.append('| ' + ' | '.join(str(x) for x in r) + ' |')
-    return '\n'.join(out)
-
-info_keys = ['date', 'host', 'fio'] + servers + ['settings', 'qemu_nbd_flags', 'elapsed']
-print()
-print('%-15s %s' % ('command:', md['command']))
-for k in info_keys:
-    if k in md and (k != 'qemu_nbd_flags' or 'qemu-nbd' in servers):
-        print('%-15s %s' % (k + ':', md[k]))
-for t in tables:
-    print()
-    print(text_table(*t))
-nfail = sum(1 for v in runs.values() for r in v if r is None)
-if nfail:
-    print('\n%d run(s) failed; see the messages above.' % nfail)
-
-if out:
-    with open(out, 'w') as fh:
-        fh.write('Command: `%s`\n\n' % md['command'])
-        for k in info_keys:
-            if k in md and (k != 'qemu_nbd_flags' or 'qemu-nbd' in servers):
-                fh.write('- %s: %s\n' % (k, md[k]))
-        for t in tables:
-            fh.write('\n' + md_table(*t) + '\n')
-        # Every run, for the record.
-        fh.write('\n**All runs**\n\n| rep | server | workload | result | I/Os | CPU µs/I/O | peak RSS MiB |\n'
-                 '|---:|---|---|---:|---:|---:|---:|\n')
-        for line in open(res_file):
-            f = line.rstrip('\n').split('\t')
-            if len(f) != 9:
-                continue
-            rep, srv, wl, status, ios, iops, bw, ticks, hwm = f
-            if status != 'ok':
-                fh.write('| %s | %s | %s | fail | | | |\n' % (rep, srv, wl))
-                continue
-            t = float(bw) / 1048576 if LABEL[wl][1] == 'MiB/s' else float(iops)
-            fh.write('| %s | %s | %s | %s %s | %s | %.1f | %.1f |\n' % (
-                rep, srv, wl, fmt(t, 'tput'), LABEL[wl][1], ios,
-                int(ticks) * 1e6 / clk_tck / int(ios), int(hwm) / 1024))
-PY
+python3 "$SCRIPT_DIR/bench-report.py" "$WORK/meta.tsv" "$RESULTS" "$CLK_TCK" "$SERVERS" \
+    "$WORKLOADS" "$TRANSPORTS" "$NUMJOBS_ARG" "${OUT:-}"
 py_rc=$?
 [ "$py_rc" -eq 0 ] || { warn "the report could not be made"; exit 1; }
 [ -z "$OUT" ] || log "markdown written to $OUT"

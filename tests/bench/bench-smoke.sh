@@ -2,17 +2,15 @@
 # bench-smoke.sh - a short run of contrib/bench/bench.sh against qednbd and
 # nbdkit file, so that the benchmark harness cannot rot.
 #
-# The run uses --quick (64 MiB allocated image, 1 repetition), 2 s per timed
-# run and a 16 MiB fresh image (256 clusters of 64 KiB).  It checks:
-#   - bench.sh exits 0 and prints the machine (nproc, kernel);
-#   - the throughput table has one row per workload with a positive number
-#     for both servers and the qednbd/nbdkit-file ratio;
-#   - the CPU-per-I/O and peak-RSS tables have a number in every cell, and
-#     every peak RSS is positive;
-#   - every run in the --raw TSV succeeded with I/Os counted, and the two
-#     fresh-image runs made exactly one pass: 16 writes of 1 MiB, and 256
-#     writes of 4 KiB (one per cluster, so each one allocated);
-#   - the --out markdown file holds the same tables.
+# The run uses --quick (64 MiB allocated image, 1 repetition), 1 s per timed
+# run and a 16 MiB fresh image (256 clusters of 64 KiB), over Unix sockets
+# and TCP (--transport unix,tcp) with 1 and 2 connections (--numjobs 1,2),
+# with qednbd's O_DIRECT variant (qednbd-direct) where qednbd has --cache
+# and the directory takes O_DIRECT.  bench-smoke-check.py then checks the
+# report (see there).  A second, tiny run with a qednbd whose --help has no
+# --cache checks that qednbd-direct is skipped cleanly: exit 0, the reason
+# printed and reported, no run recorded, the other server run.  Last,
+# loop-busy.sh prints its six lines.
 # No timing is asserted.  Skips when fio (with its nbd engine), nbdkit or
 # python3 is missing.
 set -u
@@ -44,135 +42,50 @@ bench=$top_srcdir/contrib/bench/bench.sh
 ref_failed=0
 for attempt in 1 2; do
     rc=0
-    timeout -k 10 120 bash "$bench" --quick --runtime 2 --fresh-size 16M \
-        --servers qednbd,nbdkit-file --builddir "$top_builddir" --dir "$tmp" \
+    timeout -k 10 240 bash "$bench" --quick --runtime 1 --fresh-size 16M \
+        --servers qednbd,qednbd-direct,nbdkit-file --numjobs 1,2 --transport unix,tcp \
+        --builddir "$top_builddir" --dir "$tmp" \
         --out "$tmp/bench.md" --raw "$tmp/raw.tsv" >"$tmp/out" 2>"$tmp/err" || rc=$?
     echo "--- bench.sh output (attempt $attempt):"
     cat "$tmp/out"
     echo "--- bench.sh messages:"
     cat "$tmp/err"
-    if [ "$rc" -ne 0 ] && [ "$attempt" -eq 1 ] && ! grep -q 'qednbd [a-z-]* failed' "$tmp/err" &&
-       grep -q 'nbdkit-file [a-z-]* failed: server exited' "$tmp/err"; then
+    if [ "$rc" -ne 0 ] && [ "$attempt" -eq 1 ] && ! grep -q 'qednbd[a-z-]* [a-z-]* failed' "$tmp/err" &&
+       grep -qE 'nbdkit-file [a-z-]* failed: server (exited|died)' "$tmp/err"; then
         echo "--- the reference server (nbdkit) failed, not qednbd: running again"
         continue
     fi
-    if [ "$rc" -eq 1 ] && ! grep -q 'qednbd [a-z-]* failed' "$tmp/err" &&
-       grep -q 'nbdkit-file [a-z-]* failed: server exited' "$tmp/err"; then
+    if [ "$rc" -eq 1 ] && ! grep -q 'qednbd[a-z-]* [a-z-]* failed' "$tmp/err" &&
+       grep -qE 'nbdkit-file [a-z-]* failed: server (exited|died)' "$tmp/err"; then
         echo "--- the reference server (nbdkit) failed again; checking qednbd's results only there"
         ref_failed=1
         rc=0
     fi
     break
 done
-[ "$rc" -ne 124 ] || fail "bench.sh did not finish within 120 s"
+[ "$rc" -ne 124 ] || fail "bench.sh did not finish within 240 s"
 [ "$rc" -eq 0 ] || fail "bench.sh exited $rc"
 
-REF_FAILED=$ref_failed python3 - "$tmp/out" "$tmp/raw.tsv" "$tmp/bench.md" <<'PY' || fail "the benchmark report is incomplete"
-import os, re, sys
+REF_FAILED=$ref_failed python3 "$top_srcdir/tests/bench/bench-smoke-check.py" \
+    "$tmp/out" "$tmp/err" "$tmp/raw.tsv" "$tmp/bench.md" || fail "the benchmark report is incomplete"
 
-out = open(sys.argv[1]).read()
-raw = [l.split('\t') for l in open(sys.argv[2]).read().splitlines() if l]
-md = open(sys.argv[3]).read()
-errors = []
-# The reference server failed twice (see above): its cells may say "fail".
-ref_failed = os.environ.get('REF_FAILED') == '1'
-
-if not re.search(r'^host:\s+nproc=\d+, kernel \S+', out, re.M):
-    errors.append('no "host: nproc=N, kernel K" line')
-
-labels = ['seq write 1M QD8, fresh image',
-          'rand write 4k QD32, fresh image (allocating)',
-          'rand write 4k QD32, allocated',
-          'rand read 4k QD32',
-          'seq read 1M QD8']
-num = r'(\d+(?:\.\d+)?)'
-
-def section(title):
-    """The rows of the text table whose title starts with @title."""
-    m = re.search(r'^' + re.escape(title) + r'.*:\n((?:  .*\n?)+)', out, re.M)
-    if not m:
-        errors.append('no table "%s"' % title)
-        return []
-    return m.group(1).splitlines()
-
-def row(lines, label):
-    for l in lines:
-        if l.strip().startswith(label):
-            return l.strip()[len(label):].split()
-    errors.append('no row "%s"' % label)
-    return None
-
-tput = section('Throughput')
-for lab in labels:
-    cells = row(tput, lab)
-    if cells is None:
-        continue
-    # unit, qednbd, nbdkit-file, qednbd/nbdkit-file
-    if len(cells) != 4:
-        errors.append('throughput row "%s" has %d cells: %s' % (lab, len(cells), cells))
-        continue
-    unit, a, b, ratio = cells
-    if unit not in ('MiB/s', 'IOPS'):
-        errors.append('throughput row "%s": unit %s' % (lab, unit))
-    for name, v in (('qednbd', a), ('nbdkit-file', b)):
-        if name == 'nbdkit-file' and ref_failed and v == 'fail':
-            continue
-        if not re.fullmatch(num, v) or float(v) <= 0:
-            errors.append('throughput "%s" %s: %r is not a positive number' % (lab, name, v))
-    if ref_failed and b == 'fail' and ratio == '-':
-        continue
-    if not re.fullmatch(num + 'x', ratio) or float(ratio[:-1]) <= 0:
-        errors.append('throughput "%s": ratio %r' % (lab, ratio))
-
-for title, positive in (('Server CPU time per I/O', False), ('Server peak RSS', True)):
-    lines = section(title)
-    for lab in labels:
-        cells = row(lines, lab)
-        if cells is None:
-            continue
-        for k, v in enumerate(cells[:2]):
-            if k == 1 and ref_failed and v == 'fail':
-                continue
-            v = v.rstrip('x')
-            if not re.fullmatch(num, v) or (positive and float(v) <= 0):
-                errors.append('%s "%s": %r' % (title, lab, cells))
-
-# Every run: status ok, I/Os counted; the fresh-image runs made one pass.
-want = {'seqwrite-fresh': 16, 'randwrite-fresh': 256}
-seen = set()
-for f in raw:
-    if len(f) != 9:
-        errors.append('raw line with %d fields: %s' % (len(f), f))
-        continue
-    rep, srv, wl, status, ios = f[:5]
-    seen.add((srv, wl))
-    if status != 'ok' and ref_failed and srv == 'nbdkit-file':
-        continue
-    if status != 'ok':
-        errors.append('run %s %s: %s' % (srv, wl, status))
-    elif int(ios) <= 0:
-        errors.append('run %s %s: %s I/Os' % (srv, wl, ios))
-    elif wl in want and int(ios) != want[wl]:
-        errors.append('run %s %s: %s I/Os, one pass is %d' % (srv, wl, ios, want[wl]))
-    elif int(f[8]) <= 0:
-        errors.append('run %s %s: peak RSS %s KiB' % (srv, wl, f[8]))
-wls = ['seqwrite-fresh', 'randwrite-fresh', 'randwrite', 'randread', 'seqread']
-for s in ('qednbd', 'nbdkit-file'):
-    for w in wls:
-        if (s, w) not in seen:
-            errors.append('no run of %s %s' % (s, w))
-
-for lab in labels:
-    if '| %s |' % lab not in md:
-        errors.append('markdown file lacks the row "%s"' % lab)
-if '| workload | unit | qednbd | nbdkit-file | qednbd/nbdkit-file |' not in md:
-    errors.append('markdown file lacks the throughput header')
-
-if errors:
-    print('\n'.join(errors))
-    sys.exit(1)
-print('report complete: %d runs' % len(raw))
-PY
+# A qednbd without --cache: qednbd-direct is skipped with its reason, and
+# the other server still runs.
+printf '#!/bin/sh\necho "Usage: qednbd [OPTIONS] IMAGE"\necho "  --aio=uring|threads"\n' >"$tmp/old-qednbd"
+chmod +x "$tmp/old-qednbd"
+rc=0
+timeout -k 10 60 bash "$bench" --quick --runtime 1 --workloads randread \
+    --servers qednbd-direct,nbdkit-null --qednbd "$tmp/old-qednbd" \
+    --qed-img "$top_builddir/contrib/qed-img/qed-img" --dir "$tmp" \
+    --raw "$tmp/raw2.tsv" >"$tmp/out2" 2>"$tmp/err2" || rc=$?
+echo "--- bench.sh with a qednbd lacking --cache:"
+cat "$tmp/out2" "$tmp/err2"
+[ "$rc" -eq 0 ] || fail "bench.sh with a qednbd lacking --cache exited $rc"
+grep -qF "bench.sh: skipping qednbd-direct: $tmp/old-qednbd has no --cache option" "$tmp/err2" ||
+    fail "no reason printed for skipping qednbd-direct"
+grep -q '^skipped qednbd-direct: ' "$tmp/out2" || fail "the report does not list the skipped variant"
+! grep -q 'qednbd-direct' "$tmp/raw2.tsv" || fail "a skipped variant has runs"
+grep -qP '^1\tunix\t1\tnbdkit-null\trandread\tok\t' "$tmp/raw2.tsv" || fail "nbdkit-null did not run"
 
 # loop-busy.sh: six lines, each with a positive rate and two percentages.
 "$top_srcdir/contrib/bench/loop-busy.sh" --builddir "$top_builddir" --dir "$tmp" \
