@@ -24,6 +24,11 @@ src=$(cd "$top_srcdir" && pwd)
 build=$(cd "$top_builddir" && pwd)
 command -v git >/dev/null 2>&1 || skip "git is not installed"
 git -C "$src" rev-parse --is-inside-work-tree >/dev/null 2>&1 || skip "$src is not a git checkout"
+# make check-sanitizers builds a copy of the sources inside the checkout
+# (build-san/src), a folder .gitignore rightly ignores whole: the rules
+# can only be checked on the checkout itself.
+[ "$(git -C "$src" rev-parse --show-toplevel)" = "$(realpath "$src")" ] ||
+    skip "$src is not the top of its git checkout (a copy inside one, as in make check-sanitizers)"
 [ -f "$build/Makefile" ] || skip "$build is not configured"
 
 # made DIR - what the Makefile in DIR builds, one name a line, relative to DIR.
