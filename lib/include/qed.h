@@ -399,6 +399,100 @@ int qed_sync_resize(qed_image *img, uint64_t new_size);
 int qed_sync_block_status(qed_image *img, uint64_t off, uint64_t len, struct qed_extent *ext,
                           size_t max, size_t *n);
 
+/* ---- Persistent dirty bitmaps (doc/qed-bitmaps.md) -------------------- */
+
+/*
+ * A QED image may carry named dirty bitmaps, stored in its header area and
+ * guarded by the autoclear feature bit QED_AF_BITMAPS, so that QEMU (which
+ * clears unknown autoclear bits when it opens an image read-write) makes
+ * them inconsistent by writing the image.  Each bit covers @granularity
+ * bytes of the virtual disk.  While an image is open read-write, every
+ * qed_write, qed_write_zeroes and qed_discard marks the range it touches in
+ * every enabled bitmap when it is submitted (so also when it fails part-way).
+ * Bitmaps are loaded at qed_open and kept in memory; a read-write open marks
+ * them in use on disk before the first write, and qed_close stores them and
+ * clears the mark.  A bitmap found in use at open (a crash, a kill -9), or
+ * whose image lost QED_AF_BITMAPS, is inconsistent: it is reported, never
+ * trusted, and may only be removed.  The functions below run on the loop
+ * thread that owns the image, do no I/O and never block; changes are stored
+ * at qed_close.  Names are 1 to QED_BITMAP_NAME_MAX bytes of printable
+ * ASCII other than space, '"' and '\\' (so that they pass through NBD
+ * context names, JSON and shell words unchanged).
+ */
+#define QED_BITMAP_NAME_MAX 255
+#define QED_BITMAP_MAX 64                              /* per image */
+#define QED_BITMAP_DEFAULT_GRANULARITY (64u * 1024)
+#define QED_BITMAP_MIN_GRANULARITY 512u                /* a power of two between these */
+#define QED_BITMAP_MAX_GRANULARITY (2u * 1024 * 1024 * 1024)
+
+struct qed_bitmap_info {
+    const char *name;     /* valid until the bitmap is removed or the image closed */
+    uint32_t granularity; /* bytes per bit */
+    bool enabled;         /* records writes */
+    bool inconsistent;    /* never trust; may only be removed */
+    uint64_t dirty_bytes; /* bytes of the virtual disk marked dirty (at most the size) */
+};
+
+/** qed_bitmap_name_valid - whether @name may name a bitmap. */
+bool qed_bitmap_name_valid(const char *name);
+
+/** qed_bitmap_count - how many bitmaps the image has (consistent or not). */
+unsigned qed_bitmap_count(const qed_image *img);
+
+/**
+ * qed_bitmap_info - describe bitmap number @idx (0 <= @idx < count, in the
+ * order they are stored).  Returns 0, or -ENOENT for a bad index.
+ */
+int qed_bitmap_info(const qed_image *img, unsigned idx, struct qed_bitmap_info *out);
+
+/** qed_bitmap_find - the index of bitmap @name, or -ENOENT. */
+int qed_bitmap_find(const qed_image *img, const char *name);
+
+/**
+ * qed_bitmap_add - add an empty bitmap, enabled unless @disabled.
+ * @granularity 0 means QED_BITMAP_DEFAULT_GRANULARITY.  -EEXIST, -EINVAL
+ * (name or granularity), -EROFS (read-only image), -ENOSPC (QED_BITMAP_MAX
+ * reached), -ENOMEM.
+ */
+int qed_bitmap_add(qed_image *img, const char *name, uint32_t granularity, bool disabled);
+
+/** qed_bitmap_remove - remove bitmap @name (also an inconsistent one). */
+int qed_bitmap_remove(qed_image *img, const char *name);
+
+/** qed_bitmap_clear - mark every bit clean.  -EUCLEAN if inconsistent. */
+int qed_bitmap_clear(qed_image *img, const char *name);
+
+/** qed_bitmap_enable - start (@enable) or stop recording writes.  -EUCLEAN if inconsistent. */
+int qed_bitmap_enable(qed_image *img, const char *name, bool enable);
+
+/**
+ * qed_bitmap_merge - @dst |= @src, where @src is a bitmap of @src_img (which
+ * may be @img itself, or another open image of the same virtual size, as
+ * `qemu-img bitmap --merge SRC -b SRC_FILE` does).  The granularities may
+ * differ: every @dst bit that covers a dirty byte of @src becomes dirty.
+ * -EUCLEAN if either is inconsistent, -EINVAL for different sizes.
+ */
+int qed_bitmap_merge(qed_image *img, const char *dst, const qed_image *src_img,
+                     const char *src);
+
+/** A run of equally dirty bytes, as qed_bitmap_status reports it. */
+struct qed_dirty_extent {
+    uint64_t start;
+    uint64_t length;
+    bool dirty;
+};
+
+/**
+ * qed_bitmap_status - describe [@off, @off+@len) of bitmap @name as runs of
+ * dirty and clean bytes (the last run ends at the virtual size at most).  At
+ * most @max runs go to @ext; *@n receives the count; the runs start at @off,
+ * are contiguous and maximal, and may stop short of @len when @max is
+ * reached.  -ENOENT, -EUCLEAN if inconsistent, -EINVAL for a range outside
+ * the disk.
+ */
+int qed_bitmap_status(const qed_image *img, const char *name, uint64_t off, uint64_t len,
+                      struct qed_dirty_extent *ext, size_t max, size_t *n);
+
 /* ---- Check and repair -------------------------------------------------- */
 
 struct qed_check_result {
