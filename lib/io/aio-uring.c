@@ -59,30 +59,76 @@ struct uring_priv {
     bool *freed;             /* set by destroy while a callback runs */
 
     bool nowait_read, nowait_write; /* the file system takes RWF_NOWAIT */
+    bool big_split;          /* QED_AIO_BIG=split: see uring_prep_rw */
 };
 
 /* ---- submission ---- */
 
+/*
+ * Fill @sqe for what remains of the read or write @io (a capped vector is a
+ * short transfer that uring_handle continues).
+ *
+ * Why more than a readv: io_uring_enter, on the loop thread, first tries
+ * each request without blocking, and a buffered read the page cache holds
+ * (or a write the file system takes without waiting) is copied right there.
+ * Above QED_IO_LOOP_COPY_MAX (qed-io.h) that copy must not happen on the
+ * loop, so the request goes straight to an io-wq worker (IOSQE_ASYNC).
+ * O_DIRECT requests are not copied by the CPU and go as they are.  With
+ * QED_AIO_BIG=split (for comparisons) the request is cut instead into
+ * steps of at most the bound, one in the ring at a time, each a short
+ * transfer continued from uring_handle: the copies stay on the loop, one
+ * bounded step per loop turn.
+ */
+static void uring_prep_rw(qed_aio *aio, struct io_uring_sqe *sqe, struct qed_io *io)
+{
+    struct uring_priv *p = aio->priv;
+    bool is_read = io->op == QED_IO_READ;
+    uint64_t off = io->offset + io->done_bytes, len = 0;
+    int first = qed_iov_first(io->iov, io->iovcnt);
+    int cnt = io->iovcnt - first;
+    struct iovec *v = io->iov + first;
+
+    if (cnt > IOV_MAX)
+        cnt = IOV_MAX;
+    for (int i = 0; i < cnt; i++)
+        len += v[i].iov_len;
+    if (!(io->flags & QED_IO_F_DIRECT) && len > QED_IO_LOOP_COPY_MAX && p->big_split) {
+        /* As many whole iovecs as fit in the bound, or a piece of the first. */
+        uint64_t sum = 0;
+        int k = 0;
+        while (k < cnt && sum + v[k].iov_len <= QED_IO_LOOP_COPY_MAX)
+            sum += v[k++].iov_len;
+        if (k == 0) {
+            if (is_read)
+                io_uring_prep_read(sqe, io->fd, v->iov_base, QED_IO_LOOP_COPY_MAX, off);
+            else
+                io_uring_prep_write(sqe, io->fd, v->iov_base, QED_IO_LOOP_COPY_MAX, off);
+            qed_aio_loop_copy_note(aio, QED_IO_LOOP_COPY_MAX);
+            return;
+        }
+        cnt = k;
+        len = sum;
+    }
+    if (is_read)
+        io_uring_prep_readv(sqe, io->fd, v, (unsigned)cnt, off);
+    else
+        io_uring_prep_writev(sqe, io->fd, v, (unsigned)cnt, off);
+    if (io->flags & QED_IO_F_DIRECT)
+        return;
+    if (len > QED_IO_LOOP_COPY_MAX)
+        io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
+    else
+        qed_aio_loop_copy_note(aio, len); /* the kernel may copy it inline */
+}
+
 /* Fill @sqe for what remains of @io. */
-static void uring_prep(struct io_uring_sqe *sqe, struct qed_io *io)
+static void uring_prep(qed_aio *aio, struct io_uring_sqe *sqe, struct qed_io *io)
 {
     switch (io->op) {
     case QED_IO_READ:
-    case QED_IO_WRITE: {
-        int first = qed_iov_first(io->iov, io->iovcnt);
-        int cnt = io->iovcnt - first;
-
-        /* A capped vector is a short transfer that uring_handle continues. */
-        if (cnt > IOV_MAX)
-            cnt = IOV_MAX;
-        if (io->op == QED_IO_READ)
-            io_uring_prep_readv(sqe, io->fd, io->iov + first, (unsigned)cnt,
-                                io->offset + io->done_bytes);
-        else
-            io_uring_prep_writev(sqe, io->fd, io->iov + first, (unsigned)cnt,
-                                 io->offset + io->done_bytes);
+    case QED_IO_WRITE:
+        uring_prep_rw(aio, sqe, io);
         break;
-    }
     case QED_IO_FSYNC:
         io_uring_prep_fsync(sqe, io->fd, IORING_FSYNC_DATASYNC);
         break;
@@ -144,7 +190,7 @@ static bool uring_try_enqueue(qed_aio *aio, struct qed_io *io)
         if (!sqe)
             return false;
     }
-    uring_prep(sqe, io);
+    uring_prep(aio, sqe, io);
     p->in_ring++;
     return true;
 }
@@ -208,8 +254,9 @@ static bool uring_try_inline(qed_aio *aio, struct qed_io *io)
 
     /* Why not O_DIRECT: there is no page cache to hit, and a synchronous
      * direct read or write waits for the device even with RWF_NOWAIT. */
+    /* Why the bound: the copy happens here, on the loop (QED_IO_LOOP_COPY_MAX). */
     if (!(is_read ? p->nowait_read : p->nowait_write) || io->length == 0 ||
-        (io->flags & QED_IO_F_DIRECT))
+        io->length > QED_IO_LOOP_COPY_MAX || (io->flags & QED_IO_F_DIRECT))
         return false;
     first = qed_iov_first(io->iov, io->iovcnt);
     cnt = io->iovcnt - first;
@@ -227,6 +274,7 @@ static bool uring_try_inline(qed_aio *aio, struct qed_io *io)
         }
         return false; /* EAGAIN and real errors: the ring retries and reports */
     }
+    qed_aio_loop_copy_note(aio, (uint64_t)n);
     if ((uint64_t)n < io->length) {
         io->done_bytes = (uint64_t)n;
         qed_iov_consume(io->iov + first, cnt, (size_t)n);
@@ -457,6 +505,7 @@ static int uring_probe_ops(struct io_uring *ring)
         const char *name;
     } needed[] = {
         { IORING_OP_READV, "READV" },     { IORING_OP_WRITEV, "WRITEV" },
+        { IORING_OP_READ, "READ" },       { IORING_OP_WRITE, "WRITE" },
         { IORING_OP_FSYNC, "FSYNC" },     { IORING_OP_FALLOCATE, "FALLOCATE" },
         { IORING_OP_NOP, "NOP" },
     };
@@ -490,6 +539,9 @@ int qed_aio_uring_init(qed_aio *aio)
     /* QED_AIO_NOWAIT=0 turns the inline attempt off (for comparisons). */
     p->nowait_read = p->nowait_write = !(getenv("QED_AIO_NOWAIT") &&
                                          strcmp(getenv("QED_AIO_NOWAIT"), "0") == 0);
+    /* QED_AIO_BIG=split cuts large buffered transfers instead of handing
+     * them to workers (uring_prep_rw; for comparisons). */
+    p->big_split = getenv("QED_AIO_BIG") && strcmp(getenv("QED_AIO_BIG"), "split") == 0;
     aio->priv = p;
 
     r = io_uring_queue_init(URING_QUEUE_DEPTH, &p->ring, 0);

@@ -119,22 +119,20 @@ void qed_aio_complete_later(qed_aio *aio, struct qed_io *io)
     }
 }
 
-/*
- * Why a bound: the hand-off costs about the same whatever the size, so it
- * matters for small transfers only; a large copy is better done by a worker
- * while the loop serves other requests (and it keeps the loop's longest
- * stall short: a 32 MiB request would hold it for milliseconds).
- */
-#define MEMORY_INLINE_MAX (128 * 1024)
-
 bool qed_aio_run_memory(qed_aio *aio, struct qed_io *io)
 {
     if (!(io->flags & QED_IO_F_MEMORY) || !aio->memory_inline)
         return false;
     /* PUNCH too: a TRIM can span gigabytes, and freeing that many pages
      * takes the kernel a while. */
-    if (io->op != QED_IO_FSYNC && io->length > MEMORY_INLINE_MAX)
+    /* Why the bound (QED_IO_LOOP_COPY_MAX, qed-io.h): the hand-off costs
+     * about the same whatever the size, so it matters for small transfers
+     * only; a large copy is better done by a worker while the loop serves
+     * other requests. */
+    if (io->op != QED_IO_FSYNC && io->length > QED_IO_LOOP_COPY_MAX)
         return false;
+    if (io->op == QED_IO_READ || io->op == QED_IO_WRITE)
+        qed_aio_loop_copy_note(aio, io->length);
     qed_io_run_sync(io);
     qed_aio_complete_later(aio, io);
     return true;
@@ -188,6 +186,15 @@ int qed_aio_new(struct ev_loop *loop, enum qed_aio_backend kind, qed_aio **out)
     }
     *out = aio;
     return 0;
+}
+
+uint64_t qed_aio_test_loop_copy_max(qed_aio *aio, bool reset)
+{
+    uint64_t n = aio->loop_copy_max;
+
+    if (reset)
+        aio->loop_copy_max = 0;
+    return n;
 }
 
 const char *qed_aio_backend_name(const qed_aio *aio)

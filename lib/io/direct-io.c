@@ -21,6 +21,11 @@
  *    one with unaligned buffers is copied into a bounce buffer; one with an
  *    unaligned offset or length reads its first and last block (once when
  *    they are the same block), copies its bytes in, and writes whole blocks.
+ * Bounce copies run on the loop thread, so they are cut into steps of at
+ * most QED_IO_LOOP_COPY_MAX (qed-io.h), one step per loop turn (a deferred
+ * call each): a 32 MiB unaligned request never stalls the loop for one
+ * long copy.  A write holds its block range through all of its steps, so
+ * the write order above is unchanged.
  * Knows nothing of QED: only files, offsets and blocks.
  */
 #include "config.h"
@@ -28,6 +33,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -50,6 +56,11 @@ struct qed_dio {
     uint64_t a0, a1;           /* the range widened to whole blocks */
     bool locked;               /* a write or punch: on dio_active */
     struct qed_dio *next;      /* on dio_active or dio_waiting */
+
+    /* The bounce copy in progress (dio_copy_step) */
+    struct qed_defer copy_defer; /* runs the next step on a later loop turn */
+    uint64_t copied;           /* bytes of the outer vector copied so far */
+    bool to_buf;               /* into the bounce buffer (a write), or out of it */
 };
 
 #define ALIGN_DOWN(x) ((x) / QED_DIO_ALIGN * QED_DIO_ALIGN)
@@ -99,22 +110,69 @@ bool qed_dio_aligned(const struct qed_io *io)
     return true;
 }
 
-/* Copy the outer vector into the bounce buffer (@to_buf) or out of it. */
-static void dio_copy(struct qed_dio *d, bool to_buf)
-{
-    char *p = d->buf + (d->outer->offset - d->a0);
+static void dio_done(struct qed_io *io);
+static void dio_step(struct qed_dio *d, enum dio_step step, enum qed_io_op op, uint64_t off,
+                     uint64_t len);
+static void dio_finish(struct qed_dio *d, int64_t res);
 
-    for (int i = 0; i < d->outer->iovcnt; i++) {
+/* Copy up to QED_IO_LOOP_COPY_MAX bytes of the outer vector, from d->copied
+ * on, into the bounce buffer or out of it.  Returns the bytes copied. */
+static uint64_t dio_copy_some(struct qed_dio *d)
+{
+    uint64_t skip = d->copied, left = QED_IO_LOOP_COPY_MAX, n = 0;
+    char *p = d->buf + (d->outer->offset - d->a0) + d->copied;
+
+    for (int i = 0; i < d->outer->iovcnt && left; i++) {
         struct iovec *v = &d->outer->iov[i];
-        if (to_buf)
-            memcpy(p, v->iov_base, v->iov_len);
+        uint64_t take;
+
+        if (skip >= v->iov_len) {
+            skip -= v->iov_len;
+            continue;
+        }
+        take = v->iov_len - skip < left ? v->iov_len - skip : left;
+        if (d->to_buf)
+            memcpy(p, (char *)v->iov_base + skip, take);
         else
-            memcpy(v->iov_base, p, v->iov_len);
-        p += v->iov_len;
+            memcpy((char *)v->iov_base + skip, p, take);
+        p += take;
+        n += take;
+        left -= take;
+        skip = 0;
     }
+    qed_aio_loop_copy_note(d->aio, n);
+    return n;
 }
 
-static void dio_done(struct qed_io *io);
+/* One step of the bounce copy; the next runs on a later loop turn.  When the
+ * copy is whole: a write writes the bounce buffer, a read completes. */
+static void dio_copy_step(struct qed_dio *d)
+{
+    d->copied += dio_copy_some(d);
+    if (d->copied < d->outer->length) {
+        qed_aio_defer(d->aio, &d->copy_defer);
+        return;
+    }
+    if (d->to_buf)
+        dio_step(d, DIO_WRITE, QED_IO_WRITE, d->a0, d->a1 - d->a0);
+    else
+        dio_finish(d, (int64_t)d->outer->length);
+}
+
+static void dio_copy_defer_fn(struct qed_defer *df)
+{
+    dio_copy_step((struct qed_dio *)((char *)df - offsetof(struct qed_dio, copy_defer)));
+}
+
+/* Copy the outer vector into the bounce buffer (@to_buf) and write it, or
+ * out of it and complete: in bounded steps (dio_copy_step). */
+static void dio_copy(struct qed_dio *d, bool to_buf)
+{
+    d->copied = 0;
+    d->to_buf = to_buf;
+    d->copy_defer.fn = dio_copy_defer_fn;
+    dio_copy_step(d);
+}
 
 /* Run the next step: @op on [@off, @off + @len) of the bounce buffer. */
 static void dio_step(struct qed_dio *d, enum dio_step step, enum qed_io_op op, uint64_t off,
@@ -160,8 +218,7 @@ static void dio_start(struct qed_dio *d)
     } else if (o->offset + o->length != d->a1) {
         dio_step(d, DIO_TAIL, QED_IO_READ, d->a1 - QED_DIO_ALIGN, QED_DIO_ALIGN);
     } else {
-        dio_copy(d, true);
-        dio_step(d, DIO_WRITE, QED_IO_WRITE, d->a0, d->a1 - d->a0);
+        dio_copy(d, true); /* then writes */
     }
 }
 
@@ -218,8 +275,7 @@ static void dio_done(struct qed_io *io)
     }
     switch (d->step) {
     case DIO_READ:
-        dio_copy(d, false);
-        dio_finish(d, (int64_t)o->length);
+        dio_copy(d, false); /* then completes */
         return;
     case DIO_HEAD:
         /* The last block still to read, unless the head was it. */
@@ -229,8 +285,7 @@ static void dio_done(struct qed_io *io)
         }
         /* fall through */
     case DIO_TAIL:
-        dio_copy(d, true);
-        dio_step(d, DIO_WRITE, QED_IO_WRITE, d->a0, d->a1 - d->a0);
+        dio_copy(d, true); /* then writes */
         return;
     default:
         dio_finish(d, (int64_t)o->length);

@@ -55,4 +55,12 @@ void qed_aio_test_set_observer(qed_aio *aio, void (*fn)(struct qed_io *io, int e
 /** Counts of I/Os performed so far, by op. */
 uint64_t qed_aio_test_count(qed_aio *aio, enum qed_io_op op);
 
+/**
+ * The largest copy of file data that @aio's loop thread did, or let the
+ * kernel do inline in a system call it made, since the engine was made or
+ * the last reset (@reset true sets it back to 0 after reading).  Any
+ * backend.  Never more than QED_IO_LOOP_COPY_MAX (qed-io.h).
+ */
+uint64_t qed_aio_test_loop_copy_max(qed_aio *aio, bool reset);
+
 #endif /* QED_IO_TEST_H */

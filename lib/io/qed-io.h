@@ -20,6 +20,24 @@
 
 /* ---- One I/O, the engine and its backends ---- */
 
+/*
+ * The longest single copy of file data the loop thread may do: 128 KiB.
+ * Why a bound: a copy on the loop stalls every connection it serves (a
+ * 32 MiB copy holds it for milliseconds), while the hand-off to a worker
+ * costs about the same whatever the size, so only small copies pay for
+ * staying on the loop.  Every path that copies on the loop keeps to it:
+ *  - the memory-file path (qed_aio_run_memory, aio.c) runs only transfers
+ *    up to this size on the loop;
+ *  - io_uring (aio-uring.c) tries RWF_NOWAIT inline only up to it, and a
+ *    buffered read or write above it is handed to io_uring's workers
+ *    (IOSQE_ASYNC), so that the kernel's own inline attempt inside
+ *    io_uring_enter does not copy it on the loop;
+ *  - O_DIRECT bounce copies (direct-io.c) run in steps of at most this
+ *    size, one step per loop turn.
+ * qed_aio_loop_copy_note records the largest such copy (qed-io-test.h).
+ */
+#define QED_IO_LOOP_COPY_MAX (128u * 1024)
+
 enum qed_io_op {
     QED_IO_READ,   /* preadv; a read past EOF is zero-filled, res = full length */
     QED_IO_WRITE,  /* pwritev; short writes are retried, res = full length */
@@ -110,6 +128,10 @@ struct qed_aio {
     /* O_DIRECT writes and punches (direct-io.c): running, and waiting for an
      * overlapping one to finish (in submission order) */
     struct qed_dio *dio_active, *dio_waiting;
+
+    /* The largest copy of file data done (or, for io_uring, allowed to be
+     * done inline by the kernel) on the loop thread (qed_aio_loop_copy_note) */
+    uint64_t loop_copy_max;
 };
 
 /* ---- The engine, deferred calls, memory files (aio.c) ---- */
@@ -189,6 +211,18 @@ void qed_aio_complete_later(qed_aio *aio, struct qed_io *io);
  * the backend runs @io as usual.
  */
 bool qed_aio_run_memory(qed_aio *aio, struct qed_io *io);
+
+/**
+ * qed_aio_loop_copy_note - the loop thread copies (or lets the kernel copy,
+ * inside a system call it makes) @n bytes of file data at once: keep the
+ * largest such @n for qed_aio_test_loop_copy_max.  Every copy on the loop
+ * must stay within QED_IO_LOOP_COPY_MAX.
+ */
+static inline void qed_aio_loop_copy_note(qed_aio *aio, uint64_t n)
+{
+    if (n > aio->loop_copy_max)
+        aio->loop_copy_max = n;
+}
 
 /**
  * qed_fd_in_memory - true when @fd is a file on a memory file system (tmpfs,
