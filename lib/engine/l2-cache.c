@@ -94,8 +94,16 @@ static void lru_push_front(struct qed_l2_cache *c, struct qed_l2 *e)
 
 static uint64_t *l2_table_alloc(uint64_t bytes)
 {
-    if (bytes < L2_MMAP_MIN)
-        return calloc(1, bytes);
+    if (bytes < L2_MMAP_MIN) {
+        /* Why aligned: with cache=none (O_DIRECT) a table whose buffer is
+         * not QED_DIO_ALIGN-aligned goes through a bounce buffer and a copy
+         * on the loop at every load and write (direct-io.c); the mapped ones
+         * are page-aligned already. */
+        void *p;
+        if (posix_memalign(&p, QED_DIO_ALIGN, bytes) != 0)
+            return NULL;
+        return memset(p, 0, bytes);
+    }
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? NULL : p; /* anonymous mappings are zeroed */
 }

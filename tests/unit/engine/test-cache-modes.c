@@ -370,6 +370,35 @@ Test(cache_none, need_check_open)
     check_on_disk();
 }
 
+/* An L2 table load under cache=none needs no bounce: the tables are
+ * allocated aligned (l2-cache.c), so the loop copies nothing for it
+ * (qed_aio_test_loop_copy_max; a bounced 256 KiB table would show 128 KiB). */
+Test(cache_none, table_load_does_not_bounce)
+{
+    uint8_t b[4096], *r = NULL;
+    qed_image *img;
+
+    setup_dir(QED_AIO_URING);
+    tf_create(&tf, "d.qed", IMG_SIZE, CS, 4, NULL, QED_BACKING_PROBE);
+    img = tf_open(&tf, "d.qed", NULL);
+    pattern(b, sizeof(b), 5);
+    cr_assert_eq(qed_sync_write(img, 0, b, sizeof(b), 0), 0); /* allocates the table */
+    cr_assert_eq(qed_close(img), 0);
+    img = open_direct_existing();
+    cr_assert(posix_memalign((void **)&r, 4096, sizeof(b)) == 0);
+    qed_aio_test_loop_copy_max(tf.aio, true);
+    /* An unallocated cluster under that table: the table is loaded, no data read. */
+    cr_assert_eq(qed_sync_read(img, CS, r, sizeof(b)), 0);
+    cr_assert_eq(qed_aio_test_loop_copy_max(tf.aio, false), 0,
+                 "the table load was bounced (%llu bytes copied on the loop)",
+                 (unsigned long long)qed_aio_test_loop_copy_max(tf.aio, false));
+    cr_assert_eq(qed_sync_read(img, 0, r, sizeof(b)), 0);
+    cr_assert(memcmp(r, b, sizeof(b)) == 0);
+    cr_assert_eq(qed_aio_test_loop_copy_max(tf.aio, false), 0);
+    free(r);
+    cr_assert_eq(qed_close(img), 0);
+}
+
 TestSuite(cache_unsafe, .fini = fini, .timeout = 60);
 
 Test(cache_unsafe, flush_acknowledged_and_clean_close)

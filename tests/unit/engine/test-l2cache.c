@@ -10,9 +10,10 @@
  * each pointer, so a test can tell exactly which entries were released.
  *
  * The memory bound (issue 11, item 9) is measured independently of the
- * cache's own counter too: calloc(), mmap() and munmap() are wrapped as
- * well, and the tables (the only callocs or anonymous mappings of exactly
- * one table's size) are summed while they live.
+ * cache's own counter too: calloc(), posix_memalign(), mmap() and munmap()
+ * are wrapped as well, and the tables (the only such allocations or
+ * anonymous mappings of exactly one table's size; tables under 1 MiB come
+ * from posix_memalign, aligned for O_DIRECT) are summed while they live.
  */
 #include "config.h"
 
@@ -62,6 +63,19 @@ void *__wrap_calloc(size_t n, size_t size)
     if (p && track_size && n == 1 && size == track_size)
         track_add(p, size);
     return p;
+}
+
+/* Tables under 1 MiB are aligned allocations (l2-cache.c): the same tracking. */
+int __real_posix_memalign(void **p, size_t align, size_t size);
+int __wrap_posix_memalign(void **p, size_t align, size_t size);
+
+int __wrap_posix_memalign(void **p, size_t align, size_t size)
+{
+    int r = __real_posix_memalign(p, align, size);
+
+    if (r == 0 && track_size && size == track_size)
+        track_add(*p, size);
+    return r;
 }
 
 /* Tables of 1 MiB and more are mapped instead (l2-cache.c): the same
