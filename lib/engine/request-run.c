@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,40 @@
 #define BS_TMP_EXTENTS 64
 
 /* ---- Read, write, discard ---- */
+
+/* The next step of a long zero fill, one loop turn later. */
+static void zero_step_defer_fn(struct qed_defer *d)
+{
+    struct qed_req *r = (struct qed_req *)((char *)d - offsetof(struct qed_req, defer));
+
+    r->pending--;
+    qed_req_resume(r);
+}
+
+/*
+ * A run that reads as zeros (unallocated without a backing file, or a zero
+ * cluster): fill the caller's buffer.  Why in steps: a read of a long hole
+ * would otherwise zero up to a whole request (32 MiB) in one loop turn while
+ * every other client waits; each step zeroes at most QED_IO_LOOP_COPY_MAX
+ * bytes and the next one runs on a later turn (r->defer is free until the
+ * request finishes, which sets it back).
+ */
+static enum qed_rs_next run_read_zeros(struct qed_req *r, uint8_t *dst)
+{
+    uint64_t n = qed_min64(r->run_len, QED_IO_LOOP_COPY_MAX);
+    bool more = n < r->run_len;
+
+    memset(dst, 0, n);
+    qed_aio_loop_copy_note(r->img->aio, n);
+    r->run_len = n;
+    qed_req_run_advance(r);
+    if (!more)
+        return QED_RS_GO;
+    r->defer.fn = zero_step_defer_fn;
+    r->pending++; /* stepped again only by zero_step_defer_fn */
+    qed_aio_defer(r->img->aio, &r->defer);
+    return QED_RS_STOP;
+}
 
 static enum qed_rs_next run_read(struct qed_req *r)
 {
@@ -39,9 +74,7 @@ static enum qed_rs_next run_read(struct qed_req *r)
          * submit): RS_DATA_WAIT runs at once. */
         return r->pending ? QED_RS_STOP : QED_RS_GO;
     }
-    memset(dst, 0, r->run_len);
-    qed_req_run_advance(r);
-    return QED_RS_GO;
+    return run_read_zeros(r, dst);
 }
 
 static enum qed_rs_next run_write(struct qed_req *r)

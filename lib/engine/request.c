@@ -163,8 +163,10 @@ void qed_req_finish(struct qed_req *r, int err)
         qed_queue_leave(r);
     /* Why defer inside a submit call: the callback must never run from
      * inside the call that submitted its request. */
-    if (img->submitting)
+    if (img->submitting) {
+        r->defer.fn = req_defer_fn; /* a zero fill may have used it (request-run.c) */
         qed_aio_defer(img->aio, &r->defer);
+    }
     else
         req_deliver(r);
 

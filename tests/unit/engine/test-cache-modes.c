@@ -372,7 +372,8 @@ Test(cache_none, need_check_open)
 
 /* An L2 table load under cache=none needs no bounce: the tables are
  * allocated aligned (l2-cache.c), so the loop copies nothing for it
- * (qed_aio_test_loop_copy_max; a bounced 256 KiB table would show 128 KiB). */
+ * (qed_aio_test_loop_copy_max; a bounced 256 KiB table would show 128 KiB;
+ * only the zero fill of the read itself is allowed). */
 Test(cache_none, table_load_does_not_bounce)
 {
     uint8_t b[4096], *r = NULL;
@@ -389,9 +390,12 @@ Test(cache_none, table_load_does_not_bounce)
     qed_aio_test_loop_copy_max(tf.aio, true);
     /* An unallocated cluster under that table: the table is loaded, no data read. */
     cr_assert_eq(qed_sync_read(img, CS, r, sizeof(b)), 0);
-    cr_assert_eq(qed_aio_test_loop_copy_max(tf.aio, false), 0,
+    /* The one loop copy allowed is the zero fill of the 4 KiB read itself;
+     * a bounced table would show the whole table, or 128 KiB of it. */
+    cr_assert_leq(qed_aio_test_loop_copy_max(tf.aio, false), sizeof(b),
                  "the table load was bounced (%llu bytes copied on the loop)",
                  (unsigned long long)qed_aio_test_loop_copy_max(tf.aio, false));
+    qed_aio_test_loop_copy_max(tf.aio, true);
     cr_assert_eq(qed_sync_read(img, 0, r, sizeof(b)), 0);
     cr_assert(memcmp(r, b, sizeof(b)) == 0);
     cr_assert_eq(qed_aio_test_loop_copy_max(tf.aio, false), 0);

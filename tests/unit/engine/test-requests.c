@@ -410,6 +410,46 @@ Test(read, unallocated_reads_zeros)
     free(zero);
 }
 
+/*
+ * A read of a long hole zeroes the buffer in steps of at most
+ * QED_IO_LOOP_COPY_MAX, one per loop turn (issue 14): the loop's largest
+ * copy stays within the bound, and a small read submitted after the long one
+ * completes first, which it could not if the long fill ran in one turn.
+ */
+Test(read, long_hole_is_zeroed_in_bounded_steps)
+{
+    const size_t len = 32 * MiB;
+    uint8_t *buf = malloc(len), small[4096];
+    struct tf_done d[2] = {{0}};
+    qed_image *img;
+
+    cr_assert_not_null(buf);
+    tf_create(&F.tf, "a.qed", 64 * MiB, 64 * KiB, 4, NULL, 0);
+    img = open_img("a.qed");
+    memset(buf, 0xa5, len);
+    memset(small, 0xa5, sizeof(small));
+    (void)qed_aio_test_loop_copy_max(F.tf.aio, true);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, 4096, buf, len, tf_done_cb, &d[0])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_read(img, 40 * MiB, small, sizeof(small), tf_done_cb, &d[1])), 0);
+    for (unsigned long t = 0; d[1].calls == 0; t++) {
+        cr_assert(t < TF_MAX_TURNS && !F.tf.timed_out, "the small read never completed");
+        ev_run(F.tf.loop, EVRUN_ONCE);
+    }
+    cr_assert_eq(d[0].calls, 0, "the 32 MiB hole was zeroed in one loop turn");
+    tf_wait(&F.tf, d, 2);
+    cr_assert_eq(d[0].ret, 0);
+    cr_assert_eq(d[1].ret, 0);
+    for (size_t i = 0; i < len; i++)
+        cr_assert_eq(buf[i], 0, "byte %zu of the hole is %#x", i, buf[i]);
+    for (size_t i = 0; i < sizeof(small); i++)
+        cr_assert_eq(small[i], 0);
+    cr_assert_leq(qed_aio_test_loop_copy_max(F.tf.aio, false), QED_IO_LOOP_COPY_MAX);
+    cr_assert_geq(qed_aio_test_loop_copy_max(F.tf.aio, false), 64 * KiB,
+                  "the zero fill was not recorded");
+    close_img(img);
+    free(buf);
+}
+
 Test(read, zero_cluster_reads_zeros_and_hides_backing)
 {
     uint8_t *back = malloc(MiB), *want = malloc(MiB);
