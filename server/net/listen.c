@@ -218,10 +218,17 @@ void listen_unix(const char *path)
         if (!S_ISSOCK(st.st_mode))
             srv_die("'%s' exists and is not a socket", path);
         /* Someone still answering there is a live server, not a leftover:
-         * never pull its socket from under it. */
-        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+         * never pull its socket from under it.  Why a second socket: after
+         * a failed connect() a socket's state is unspecified, and @fd is
+         * the one we bind. */
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (probe < 0)
+            srv_die("socket: %s", strerror(errno));
+        if (connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0)
             srv_die("another server is listening on '%s'", path);
-        unlink(unix_path);  /* a stale socket from an earlier run */
+        close(probe);
+        if (unlink(path) < 0 && errno != ENOENT) /* a stale socket from an earlier run */
+            srv_die("cannot remove the stale socket '%s': %s", path, strerror(errno));
     }
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
         srv_die("bind '%s': %s", path, strerror(errno));
