@@ -29,6 +29,7 @@ void qed_image_free(struct qed_image *img)
         free(r);
     }
     qed_meta_free(img);
+    qed_bitmap_free_all(img);
     free(img->l1);
     free(img->path);
     free(img);
