@@ -6,7 +6,9 @@
 # (per granularity; a disabled bitmap stays clean), with REQ_ONE too; the
 # removal of a selected bitmap refused (EBUSY); a bitmap added while a
 # client writes records from then on; `nbdinfo --map` and QEMU's NBD client
-# (`qemu-img map` with x-dirty-bitmap) read the same dirty ranges.
+# (`qemu-img map` with x-dirty-bitmap) read the same dirty ranges; the map
+# survives a restart; after kill -9 the bitmaps are inconsistent, not
+# offered (logged), cannot be cleared, and can be removed.
 . "$top_srcdir/tests/server/server-common.sh"
 need qemu-img nbdinfo
 need_nbd_python
@@ -248,6 +250,51 @@ PY
 run 30 nbdinfo --map=qemu:dirty-bitmap:b64k "$uri"
 grep -q 'dirty$' "$tmp/out" && grep -q 'clean$' "$tmp/out" || fail "nbdinfo --map text: $(cat "$tmp/out")"
 
+stop_server TERM
+[ "$SERVER_RC" -eq 0 ] || fail "server exited $SERVER_RC"
+
+# ---- Stored with the image: the same map after a restart -----------------------
+QEDNBD_TEST_ARGS="-v --control=$CSOCK" start_server -x disk disk.qed
+uri="nbd+unix:///disk?socket=$SERVER_SOCK"
+run 30 nbdinfo --json --map=qemu:dirty-bitmap:b64k "$uri"
+cp "$tmp/out" nbdinfo-b64k.json
+"$PY" - <<'PY' || fail "b64k after a restart"
+import json, sys
+want = json.load(open("want.json"))["want_b64k"]
+got = []
+for e in json.load(open("nbdinfo-b64k.json")):
+    d = e["type"] == 1
+    if got and got[-1][2] == d:
+        got[-1][1] += e["length"]
+    else:
+        got.append([e["offset"], e["length"], d])
+if got != want:
+    sys.exit("after a restart: %r, expected %r" % (got, want))
+PY
+
+# ---- Killed while in use: inconsistent, never offered, only removable ---------
+qemu-io -f raw -c "write -P 0x33 0 4k" "$uri" >/dev/null 2>&1 || fail "write before kill"
+kill -KILL "$SERVER_PID"    # leaves a stale control socket: replaced at start
+wait "$SERVER_PID" 2>/dev/null
+QEDNBD_TEST_ARGS="-v --control=$CSOCK" start_server -x disk disk.qed
+uri="nbd+unix:///disk?socket=$SERVER_SOCK"
+ctl bitmap-list disk
+"$PY" -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+bad = [b["name"] for b in r["bitmaps"] if not b["inconsistent"]]
+sys.exit("consistent after kill -9: %s" % bad if bad else 0)' "$tmp/out" ||
+    fail "bitmaps after kill -9: $(cat "$tmp/out")"
+run 30 nbdinfo --json "$uri"
+grep -q 'dirty-bitmap' "$tmp/out" && fail "an inconsistent bitmap is offered: $(cat "$tmp/out")"
+grep -q 'not offering qemu:dirty-bitmap:b64k: the bitmap is inconsistent' "$SERVER_LOG" ||
+    fail "no INFO line about the inconsistent bitmap"
+rc=0
+"$CTL" -s "$CSOCK" bitmap-clear disk b64k >"$tmp/out" 2>&1 || rc=$?
+[ "$rc" -eq 1 ] && grep -q EUCLEAN "$tmp/out" || fail "clear of an inconsistent bitmap: $(cat "$tmp/out")"
+ctl bitmap-remove disk b64k
+ctl bitmap-add disk fresh
+run 30 nbdinfo --json "$uri"
+grep -q 'qemu:dirty-bitmap:fresh' "$tmp/out" || fail "a new bitmap is not offered"
 stop_server TERM
 [ "$SERVER_RC" -eq 0 ] || fail "server exited $SERVER_RC"
 echo "dirty bitmaps over NBD: ok"
