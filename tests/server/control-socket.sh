@@ -4,7 +4,8 @@
 # malformed JSON answered and survived, an overlong line, one client over
 # the limit, a client that never reads (it stops being read, others are
 # served, the idle timeout frees it), and the socket path at start-up (a
-# stale socket is replaced; a file or a live socket is refused).
+# stale socket is replaced; a file or a live socket is refused); on a
+# read-only export bitmaps are listed and every change is EROFS.
 . "$top_srcdir/tests/server/server-common.sh"
 need qemu-img
 [ "$SERVER_KIND" = qednbd ] || skip "the control socket is qednbd's"
@@ -284,6 +285,17 @@ print("sent %d requests, %d answered before the idle timeout" % (sent // len(req
 PY
 grep -q "idle timeout" "$SERVER_LOG" || fail "no idle timeout in the log"
 server_alive || fail "the server died"
+stop_server TERM
+[ "$SERVER_RC" -eq 0 ] || fail "server exited $SERVER_RC"
+
+# ---- A read-only export: its bitmaps are listed, never changed ----------------
+SOCK=$tmp/ro.sock
+QEDNBD_TEST_ARGS="--control=$SOCK" start_server -r -e b=b.qed
+ctl 0 bitmap-list b
+reply_is '[b["name"] for b in r["bitmaps"]] == ["b1"]'
+ctl 1 bitmap-add b b9;      reply_is 'r["errno"] == "EROFS"'
+ctl 1 bitmap-clear b b1;    reply_is 'r["errno"] == "EROFS"'
+ctl 1 bitmap-remove b b1;   reply_is 'r["errno"] == "EROFS"'
 stop_server TERM
 [ "$SERVER_RC" -eq 0 ] || fail "server exited $SERVER_RC"
 echo "control socket: ok"
