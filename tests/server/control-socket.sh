@@ -142,6 +142,16 @@ assert r["ok"] is True, r
 line = b'{"cmd":"stats"}'.ljust(4095)
 r = ask(s, f, line)
 assert r["ok"] is True, r
+# Escapes are decoded: \u0062 is "b", \/ is "/"; white space anywhere.
+r = ask(s, f, b' { "cmd" : "bitmap-add" ,\t"export":"a", "name":"\\u0062x\\/1" } ')
+assert r["ok"] is True, r
+r = ask(s, f, b'{"cmd":"bitmap-list","export":"a"}')
+assert "bx/1" in [b["name"] for b in r["bitmaps"]], r
+r = ask(s, f, b'{"cmd":"bitmap-remove","export":"a","name":"bx/1"}')
+assert r["ok"] is True, r
+# A valid surrogate pair decodes (to a name that is not ASCII: refused as a name).
+r = ask(s, f, b'{"cmd":"bitmap-add","export":"a","name":"\\ud83d\\ude00"}')
+assert r["errno"] == "EINVAL" and "name" in r["error"], r
 # Several requests in one write: answered in order.
 s.sendall(b'{"cmd":"bitmap-list","export":"a"}\n{"cmd":"frob"}\n{"cmd":"stats"}\n')
 got = [json.loads(f.readline()) for _ in range(3)]
