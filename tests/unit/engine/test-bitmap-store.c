@@ -248,12 +248,20 @@ Test(bmstore, in_use_after_crash)
     close_img(&F.img);
 
     F.img = open_ro("crash.qed");
+    {
+        struct qed_info info;
+
+        qed_get_info(F.img, &info);
+        cr_assert(info.dirty, "the crash copy should need a check (NEED_CHECK set)");
+    }
     cr_assert_eq(qed_bitmap_count(F.img), 3);
     cr_assert(info_of(F.img, "a").inconsistent);
     cr_assert_eq(info_of(F.img, "a").dirty_bytes, 0);
     cr_assert_eq(qed_bitmap_status(F.img, "a", 0, 512, ext, 4, &n), -EUCLEAN);
     close_img(&F.img);
+    /* The read-write open repairs (NEED_CHECK) and keeps the bitmaps. */
     F.img = open_rw("crash.qed");
+    cr_assert_eq(qed_bitmap_count(F.img), 3, "the repair lost bitmaps");
     cr_assert_eq(qed_bitmap_clear(F.img, "a"), -EUCLEAN);
     cr_assert_eq(qed_bitmap_enable(F.img, "a", true), -EUCLEAN);
     cr_assert_eq(qed_bitmap_merge(F.img, "b", F.img, "a"), -EUCLEAN);
