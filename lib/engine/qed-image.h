@@ -24,6 +24,11 @@
  *   image.c         the synchronous header write, the information getters
  *   request.c       the request machines -> need-check.c, flush-latch.c,
  *                   metadata.c, l2-cache.c
+ *   bitmap.c        dirty bitmaps in memory (the qed_bitmap_* API, marking
+ *                   writes, resizing) -> bitmap-store.c (room on disk)
+ *   bitmap-store.c  loading, marking in use, storing -> image.c (header),
+ *                   header-grow.c, bitmap.c
+ *   header-grow.c   growing the header area (relocation) -> image.c
  *   sync.c          blocking wrappers -> the public request calls (request.c)
  *   l2-cache.c      -> request.c (qed_req_l2_room wakes requests waiting for
  *                   room); metadata.c, lock.c, file-open.c, size.c: leaves
@@ -41,6 +46,8 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "bitmap-dir.h"
+#include "dirty-bits.h"
 #include "qed-format.h"
 #include "qed-io.h"
 #include "qed-log.h"
@@ -215,7 +222,27 @@ struct qed_req {
     struct qed_req *next;      /* queue / waiter links */
 };
 
-/* ---- The image ---- */
+/* ---- Dirty bitmaps (bitmap.c) ---- */
+
+/*
+ * Memory limits, checked before a bitmap is allocated (add, load, resize):
+ * one bitmap at most 512 MiB (2^32 bits: 2 GiB granularity over the
+ * largest disk, or 64 KiB granularity over 256 TiB), all of an image's at
+ * most 1 GiB.  They also keep the stored bitmaps well inside the header
+ * area's 4 GiB cap (doc/qed-bitmaps.md).
+ */
+#define QED_BITMAP_MAX_BYTES (512ull << 20)
+#define QED_BITMAP_TOTAL_BYTES (1024ull << 20)
+
+/** One dirty bitmap in memory. */
+struct qed_bitmap {
+    char *name;
+    uint32_t granularity;      /* bytes per bit */
+    bool enabled;              /* records writes */
+    bool inconsistent;         /* never trusted; only removal allowed */
+    struct qed_bits bits;      /* qed_bm_nbits(image size, granularity) bits */
+};
+
 
 struct qed_image {
     char *path;
@@ -283,6 +310,13 @@ struct qed_image {
     uint8_t *meta_scanned;     /* per meta table: its entries were checked once */
     struct qed_bogus { uint64_t table, index, value; } *bogus; /* entries found invalid */
     size_t nbogus, bogus_cap;
+
+    /* Dirty bitmaps, in the order they are stored (bitmap.c) */
+    struct qed_bitmap *bitmaps[QED_BITMAP_MAX];
+    unsigned nbitmaps;
+    uint64_t bitmap_bytes;     /* memory of their bits, <= QED_BITMAP_TOTAL_BYTES */
+    struct qed_bmdir *bmdir;   /* the current directory on disk, NULL when none */
+    int bmdir_slot;            /* the slot (0 or 1) that holds it */
 
     /* Finished requests kept for reuse: no malloc on the steady-state path. */
     struct qed_req *free_reqs;
@@ -405,6 +439,69 @@ bool qed_req_state_has_handler(unsigned s);
 const char *qed_gc_state_name(unsigned s);
 /** Does group commit state @s have a handler in the batch driver's table? */
 bool qed_gc_state_has_handler(unsigned s);
+
+/* ---- Dirty bitmaps (bitmap.c) ---- */
+
+/** Bytes of memory (whole 64-bit words) that @nbits bits take. */
+uint64_t qed_bitmap_bytes(uint64_t nbits);
+/**
+ * A new clean, disabled bitmap sized for @img (the caller checked the
+ * memory limits), or NULL when out of memory.
+ */
+struct qed_bitmap *qed_bitmap_new(struct qed_image *img, const char *name, uint32_t granularity);
+/** Free @bm (NULL is fine). */
+void qed_bitmap_free(struct qed_bitmap *bm);
+/** Append @bm to @img's bitmaps (-ENOSPC past QED_BITMAP_MAX). */
+int qed_bitmap_insert(struct qed_image *img, struct qed_bitmap *bm);
+/**
+ * Mark [@off, @off + @len) dirty in every enabled, consistent bitmap (at the
+ * submission of a write, write-zeroes or discard; @off + @len <= size).
+ */
+void qed_bitmap_mark(struct qed_image *img, uint64_t off, uint64_t len);
+/**
+ * Resize every bitmap for a virtual size of @new_size (new bits clean).
+ * Checks the memory limits first (-EFBIG, logged, nothing changed);
+ * -ENOMEM may leave some grown, and a resize back to the old size (which
+ * never fails) undoes that.
+ */
+int qed_bitmap_resize(struct qed_image *img, uint64_t new_size);
+/** Free every bitmap of @img. */
+void qed_bitmap_free_all(struct qed_image *img);
+
+/* ---- Dirty bitmaps on disk (bitmap-store.c, header-grow.c) ---- */
+
+/**
+ * Load the bitmaps of @img (at open, read-only opens too): none when the
+ * header area has no directory; inconsistent ones when they are in use or
+ * the autoclear bit is clear.  A malformed directory of an image with the
+ * bit set is refused: -EINVAL with a message naming the file and the
+ * problem in @err.
+ */
+int qed_bitmap_load(struct qed_image *img, char *err, size_t errlen);
+/**
+ * Read-write open: write a directory saying every bitmap is in use, and
+ * flush, before the open returns (so before any write can change the disk).
+ */
+int qed_bitmap_mark_in_use(struct qed_image *img, char *err, size_t errlen);
+/**
+ * Would the bitmaps, plus @extra bytes of bits, fit in the largest header
+ * area the format allows?  0 or -EFBIG.
+ */
+int qed_bitmap_store_fits(const struct qed_image *img, uint64_t extra);
+/**
+ * Close of a read-write image, nothing in flight, after the final flush:
+ * store the bitmaps (growing the header area when needed) and clear their
+ * in-use flags.  Returns 0 or a negative errno (logged); on failure the
+ * bitmaps on disk stay in use, so the next open finds them inconsistent.
+ */
+int qed_bitmap_store(struct qed_image *img);
+/**
+ * Grow the header area to @header_size clusters: relocate the clusters in
+ * the way to the end of the file, repoint every reference, and write the
+ * header (with QED_AF_BITMAPS cleared), each step flushed.  img->h, img->g
+ * and img->file_size follow.  Returns 0 or a negative errno (logged).
+ */
+int qed_header_grow(struct qed_image *img, uint32_t header_size);
 
 /* ---- Check and repair (check.c) ---- */
 

@@ -23,6 +23,7 @@ enum qed_rs_next qed_rs_flush_wait(struct qed_req *r)
 enum qed_rs_next qed_rs_resize_begin(struct qed_req *r)
 {
     struct qed_image *img = r->img;
+    int rc;
 
     if (img->flush_err) {
         /* Why refuse before writing: the header in memory may lack a
@@ -34,14 +35,24 @@ enum qed_rs_next qed_rs_resize_begin(struct qed_req *r)
         return qed_rs_finish(r, -EIO);
     }
     r->old_size = img->h.image_size;
+    /* Why the bitmaps grow before the size changes: a write to the new
+     * range may be submitted as soon as image_size says it is inside the
+     * disk, and its submission marks the bitmaps. */
+    rc = qed_bitmap_resize(img, r->new_size);
+    if (rc < 0) {
+        qed_bitmap_resize(img, r->old_size);
+        return qed_rs_finish(r, rc);
+    }
     img->h.image_size = r->new_size;
     return qed_rs_wait_header_write(r, RS_RESIZE_HDR_WAIT);
 }
 
 enum qed_rs_next qed_rs_resize_hdr_wait(struct qed_req *r)
 {
-    if (r->err)
+    if (r->err) {
         r->img->h.image_size = r->old_size;
+        qed_bitmap_resize(r->img, r->old_size); /* shrinking never fails */
+    }
     if (qed_rs_failed(r))
         return QED_RS_STOP;
     return qed_rs_wait_fsync(r, RS_FLUSH_WAIT);

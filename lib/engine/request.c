@@ -300,6 +300,8 @@ int qed_write(qed_image *img, uint64_t off, const void *buf, size_t len, unsigne
 
     if (rc == 0)
         rc = submit_new(img, REQ_WRITE, off, len, (void *)buf, flags, cb, opaque, &r);
+    if (rc == 0)
+        qed_bitmap_mark(img, off, len);
     return rc < 0 ? rc : req_submit(r);
 }
 
@@ -312,6 +314,8 @@ int qed_write_zeroes(qed_image *img, uint64_t off, uint64_t len, unsigned flags,
 
     if (rc == 0)
         rc = submit_new(img, REQ_WZERO, off, len, NULL, flags, cb, opaque, &r);
+    if (rc == 0)
+        qed_bitmap_mark(img, off, len);
     return rc < 0 ? rc : req_submit(r);
 }
 
@@ -323,6 +327,8 @@ int qed_discard(qed_image *img, uint64_t off, uint64_t len, unsigned flags, qed_
 
     if (rc == 0)
         rc = submit_new(img, REQ_DISCARD, off, len, NULL, flags, cb, opaque, &r);
+    if (rc == 0)
+        qed_bitmap_mark(img, off, len);
     return rc < 0 ? rc : req_submit(r);
 }
 

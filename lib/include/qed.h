@@ -452,7 +452,10 @@ int qed_bitmap_find(const qed_image *img, const char *name);
  * qed_bitmap_add - add an empty bitmap, enabled unless @disabled.
  * @granularity 0 means QED_BITMAP_DEFAULT_GRANULARITY.  -EEXIST, -EINVAL
  * (name or granularity), -EROFS (read-only image), -ENOSPC (QED_BITMAP_MAX
- * reached), -ENOMEM.
+ * reached), -EFBIG (the bitmap would pass the memory limit, 512 MiB for one
+ * bitmap and 1 GiB for all of an image's, or could not be stored in the
+ * image: logged, naming the file; use a larger granularity), -ENOMEM.
+ * Every call below that changes a bitmap returns -EROFS on a read-only image.
  */
 int qed_bitmap_add(qed_image *img, const char *name, uint32_t granularity, bool disabled);
 
