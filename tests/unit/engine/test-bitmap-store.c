@@ -557,3 +557,33 @@ Test(bmstore, no_bitmaps_no_change)
     cr_assert_eq(h.header_size, 1);
     cr_assert_eq(h.autoclear_features, 0);
 }
+
+/* A damaged directory ignored (the bit clear) never comes back: the next
+ * store zeroes both slots before writing its own, even over a damaged one
+ * of a higher generation. */
+Test(bmstore, ignored_directory_never_comes_back)
+{
+    struct qed_bmdir d, bad;
+    struct qed_header h;
+    int s;
+
+    make_image(64 * MiB);
+    close_img(&F.img);
+    s = current_dir(&d);
+    bad = d;
+    bad.generation = d.generation + 100;
+    bad.e[0].granularity = 1000;
+    poke_slot(1 - s, &bad);
+    rw_header("a.qed", &h, false);
+    h.autoclear_features = 0;
+    rw_header("a.qed", &h, true);
+    F.img = open_rw("a.qed");
+    cr_assert_eq(qed_bitmap_count(F.img), 0);
+    cr_assert_eq(qed_bitmap_add(F.img, "n", 0, false), 0);
+    close_img(&F.img);
+    F.img = open_ro("a.qed");
+    cr_assert_eq(qed_bitmap_count(F.img), 1);
+    cr_assert(!info_of(F.img, "n").inconsistent);
+    close_img(&F.img);
+    assert_check_clean("a.qed");
+}
