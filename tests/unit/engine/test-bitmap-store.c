@@ -587,3 +587,23 @@ Test(bmstore, ignored_directory_never_comes_back)
     close_img(&F.img);
     assert_check_clean("a.qed");
 }
+
+/* After a failed flush nothing is stored: the bitmaps stay in use on disk. */
+Test(bmstore, failed_flush_leaves_them_inconsistent)
+{
+    uint8_t buf[512] = {3};
+
+    make_image(64 * MiB);
+    close_img(&F.img);
+    F.img = open_rw("a.qed");
+    cr_assert_eq(qed_sync_write(F.img, 9 * MiB, buf, 512, 0), 0);
+    qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_FSYNC, 0, -EIO);
+    cr_assert_neq(qed_sync_flush(F.img), 0);
+    qed_aio_test_fail_nth(F.tf.aio, 0, 0, 0);
+    cr_assert_neq(qed_close(F.img), 0, "close after a failed flush must fail");
+    F.img = NULL;
+    F.img = open_ro("a.qed");
+    cr_assert_eq(qed_bitmap_count(F.img), 3);
+    cr_assert(info_of(F.img, "a").inconsistent);
+    cr_assert(info_of(F.img, "c").inconsistent);
+}
