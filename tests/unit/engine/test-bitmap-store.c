@@ -9,6 +9,7 @@
  */
 #include "config.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -606,4 +607,36 @@ Test(bmstore, failed_flush_leaves_them_inconsistent)
     cr_assert_eq(qed_bitmap_count(F.img), 3);
     cr_assert(info_of(F.img, "a").inconsistent);
     cr_assert(info_of(F.img, "c").inconsistent);
+}
+
+/* A repair that zeroes an entry changes what the cluster reads (an error
+ * before, zeros now): the bitmaps record it. */
+Test(bmstore, repair_marks_the_repaired_clusters)
+{
+    struct qed_open_opts o = {.repair_corrupt = true};
+    struct qed_dirty_extent ext[4];
+    struct qed_info info;
+    uint64_t l1e, bad = (uint64_t)1 << 40;
+    size_t n = 0;
+    int fd;
+
+    make_image(64 * MiB);
+    close_img(&F.img);
+    F.img = open_ro("a.qed");
+    qed_get_info(F.img, &info);
+    close_img(&F.img);
+    fd = open(tf_path(&F.tf, "a.qed"), O_RDWR);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(pread(fd, &l1e, 8, (off_t)info.l1_table_offset), 8);
+    cr_assert_neq(l1e, 0, "no L2 table for the first 2 GiB");
+    /* L2 entry 100: guest bytes [100 * 64 KiB, 101 * 64 KiB), unwritten so far. */
+    cr_assert_eq(pwrite(fd, &bad, 8, (off_t)(le64toh(l1e) + 100 * 8)), 8);
+    close(fd);
+    F.img = tf_open(&F.tf, "a.qed", &o);
+    cr_assert_eq(qed_bitmap_status(F.img, "a", 100 * CS, CS, ext, 4, &n), 0);
+    cr_assert(n == 1 && ext[0].dirty, "the repaired cluster is not marked dirty");
+    cr_assert_eq(qed_bitmap_status(F.img, "a", 101 * CS, CS, ext, 4, &n), 0);
+    cr_assert(n == 1 && !ext[0].dirty);
+    close_img(&F.img);
+    assert_check_clean("a.qed");
 }
