@@ -26,6 +26,7 @@
 #include <ev.h>
 
 #include "conn.h"
+#include "control.h"
 #include "daemon.h"
 #include "exports.h"
 #include "listen.h"
@@ -59,10 +60,13 @@ static struct {
     bool no_backing;            /* --no-backing: refuse images with one */
     unsigned lock_wait;         /* --lock-wait: seconds to wait for a held image lock */
     enum qed_reserve reserve;   /* --reserve: fallocate partly written new clusters */
+    const char *control;        /* --control: the control socket's path */
+    unsigned control_timeout;   /* --control-timeout: seconds a control client may idle */
 } opt = {
     .aio_kind = QED_AIO_AUTO,
     .log_target = -1,
     .lock_wait = 5,
+    .control_timeout = CTL_DEFAULT_TIMEOUT,
 };
 
 static void lib_log(enum qed_log_level level, const char *msg, void *opaque)
@@ -138,6 +142,10 @@ static void usage(FILE *f)
             "      --pidfile=FILE         write the server's pid to FILE (locked while running)\n"
             "      --log=stderr|syslog    where messages go (default: stderr; syslog with --fork)\n"
             "      --log-file=FILE        append messages to FILE; SIGHUP reopens it\n"
+            "      --control=PATH         control socket (mode 0600): statistics and dirty\n"
+            "                             bitmaps at run time, one JSON object per line\n"
+            "                             (see qednbd-ctl(1))\n"
+            "      --control-timeout=S    drop control clients idle this long (default 60)\n"
             "Other:\n"
             "  -v, --verbose              log connections and options (-vv: every request)\n"
             "  -h, --help                 this help\n"
@@ -185,6 +193,7 @@ enum {
     OPT_REPAIR, OPT_MAX_MEMORY,
     OPT_BACKING_DIR = 400, OPT_NO_BACKING, OPT_LOCK_WAIT,
     OPT_RESERVE = 420, /* own range: fewer merge clashes */
+    OPT_CONTROL = 440, OPT_CONTROL_TIMEOUT,
 };
 
 static const struct option longopts[] = {
@@ -222,6 +231,8 @@ static const struct option longopts[] = {
     { "pidfile", required_argument, NULL, OPT_PIDFILE },
     { "log", required_argument, NULL, OPT_LOG },
     { "log-file", required_argument, NULL, OPT_LOG_FILE },
+    { "control", required_argument, NULL, OPT_CONTROL },
+    { "control-timeout", required_argument, NULL, OPT_CONTROL_TIMEOUT },
     /* Other */
     { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' },
@@ -386,6 +397,14 @@ static bool parse_service_opt(int ch, const char *arg)
             die("--log-file: empty file name");
         opt.log_file = arg;
         break;
+    case OPT_CONTROL:
+        if (!*arg)
+            die("--control: empty path");
+        opt.control = arg;
+        break;
+    case OPT_CONTROL_TIMEOUT:
+        opt.control_timeout = (unsigned)parse_num(arg, "--control-timeout", 1, 86400);
+        break;
     case 'v': srv.verbose++; break;
     case 'h': usage(stdout); exit(0);
     case 'V': printf("qednbd %s\n", PACKAGE_VERSION); exit(0);
@@ -457,6 +476,8 @@ static void make_paths_absolute(void)
         opt.tls.psk_file = absolute(opt.tls.psk_file);  /* GnuTLS rereads it per handshake */
     if (opt.tls.cert_dir)
         opt.tls.cert_dir = absolute(opt.tls.cert_dir);
+    if (opt.control && opt.fork)
+        opt.control = absolute(opt.control);
     if (opt.unix_path && opt.fork) {
         opt.unix_path = absolute(opt.unix_path);
         if (strlen(opt.unix_path) >= UNIX_PATH_MAX)
@@ -591,7 +612,11 @@ int main(int argc, char **argv)
     oo.reserve = opt.reserve;
     exports_open(&oo);
     exports_describe(exports_desc, sizeof(exports_desc));
+    /* Before the NBD socket: ready (and --fork's parent gone) means both answer. */
+    if (opt.control)
+        control_listen(opt.control, opt.control_timeout);
     if (start_serving(exports_desc, activation_n) < 0) {
+        control_stop();
         exports_close(&status);
         qed_aio_free(srv.aio);
         daemon_remove_pidfile();
@@ -603,6 +628,8 @@ int main(int argc, char **argv)
     /* Leaving: stop our own watchers before qed_close runs the loop again. */
     daemon_signals_stop();
     stop_listening();
+    /* Before qed_close runs the loop again: no bitmap change while closing. */
+    control_stop();
     while (srv.conns)
         conn_abort(srv.conns);
     exports_close(&status);

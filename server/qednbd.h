@@ -79,6 +79,7 @@ struct export {
     bool read_only;
     uint64_t alloc_at_open;  /* the image's allocation point when it was opened */
     struct export_stats st;
+    struct export_bitmap_use *bm_uses; /* bitmaps NBD clients selected (exports.c) */
 };
 
 /** Server-wide state; there is exactly one, `srv`. */
@@ -180,6 +181,21 @@ void srv_log_detach_stderr(void);
 /** stats_print - log every counter (SIGUSR1), one line per export plus a server line. */
 void stats_print(void);
 
+/** One counter: its name (as in the log line) and value. */
+struct stats_field {
+    const char *key;
+    uint64_t value;
+};
+#define STATS_MAX_FIELDS 24     /* the most either function below fills */
+
+/**
+ * stats_server_fields - the server-wide counters into @f; returns how many.
+ * stats_export_fields - those of export @e (its name apart).  stats_print
+ * and the control socket's "stats" are both made from these.
+ */
+size_t stats_server_fields(struct stats_field *f);
+size_t stats_export_fields(const struct export *e, struct stats_field *f);
+
 /* ---- Exports (exports.c; the rest of the table is in exports.h) ---- */
 
 /**
@@ -188,6 +204,27 @@ void stats_print(void);
  * default export), as the protocol reserves it for that.
  */
 struct export *srv_find_export(const char *name, size_t len);
+
+/**
+ * A dirty bitmap of an export's image that NBD clients selected as a meta
+ * context (qemu:dirty-bitmap:NAME), with how many hold it.  While held,
+ * the control socket refuses to remove it (as qemu-nbd refuses to remove
+ * a bitmap it exports).  Runs on the thread that owns the export's image.
+ */
+struct export_bitmap_use {
+    struct export_bitmap_use *next;
+    unsigned users;
+    char name[];
+};
+
+/**
+ * export_bitmap_hold - one more user of bitmap @name of @e; returns the
+ * record to give back with export_bitmap_release, or NULL (out of memory).
+ * export_bitmap_users - how many hold bitmap @name of @e.
+ */
+struct export_bitmap_use *export_bitmap_hold(struct export *e, const char *name);
+void export_bitmap_release(struct export *e, struct export_bitmap_use *u);
+unsigned export_bitmap_users(const struct export *e, const char *name);
 
 /* ---- Listening (net/listen.c; the rest is in net/listen.h) ---- */
 

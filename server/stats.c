@@ -25,6 +25,10 @@
  *
  * flush_failed is 1 once a flush of the image failed (qed_flush_error):
  * from then on every FLUSH and FUA write of the export fails with EIO.
+ *
+ * The same counters, by the same names, are what the control socket's
+ * "stats" command answers in JSON (control-ops.c): both are made from
+ * stats_server_fields and stats_export_fields.
  */
 #include "config.h"
 
@@ -50,57 +54,98 @@ static void escape_name(const char *s, char *out, size_t n)
     out[used] = '\0';
 }
 
-void stats_print(void)
+/* The server's counters (the names are those of the log line). */
+size_t stats_server_fields(struct stats_field *f)
 {
-    uint64_t total_conns = srv.next_conn_id;
     unsigned io = 0;
+    size_t n = 0;
 
     for (size_t i = 0; i < srv.nexports; i++)
         if (srv.exports[i].img)
             io += qed_inflight(srv.exports[i].img);
+#define F(k, v) f[n++] = (struct stats_field){ k, (uint64_t)(v) }
+    /* Rounded as "%.0f" rounded it when the line was printed from a double. */
+    F("uptime", ev_time() - srv.start_time + 0.5);
+    F("connections", srv.next_conn_id);
+    F("active", srv.nconns);
+    F("refused", srv.conns_refused);
+    F("tls_handshakes", srv.tls_ok);
+    F("tls_failures", srv.tls_failed);
+    F("mem_held", srv.mem_held);
+    F("mem_peak", srv.mem_peak);
+    F("mem_waits", srv.mem_waits);
+    F("mem_waiting", srv.mem_waiters);
+    F("requests_held", srv.nreqs);
+    F("io_in_flight", io);
+    F("mem_tables", srv.mem_tables);
+    return n;
+}
 
-    srv_log(SRV_LOG_NOTICE,
-            "stats: server uptime=%.0f connections=%llu active=%u refused=%llu "
-            "tls_handshakes=%llu tls_failures=%llu mem_held=%llu mem_peak=%llu mem_waits=%llu "
-            "mem_waiting=%u requests_held=%u io_in_flight=%u mem_tables=%llu",
-            ev_time() - srv.start_time, (unsigned long long)total_conns, srv.nconns,
-            (unsigned long long)srv.conns_refused, (unsigned long long)srv.tls_ok,
-            (unsigned long long)srv.tls_failed, (unsigned long long)srv.mem_held,
-            (unsigned long long)srv.mem_peak, (unsigned long long)srv.mem_waits,
-            srv.mem_waiters, srv.nreqs, io, (unsigned long long)srv.mem_tables);
+/* The counters of export @e (its name apart). */
+size_t stats_export_fields(const struct export *e, struct stats_field *f)
+{
+    const struct export_stats *s = &e->st;
+    struct qed_info info;
+    uint64_t appended = 0, file_clusters = 0;
+    int flush_failed = 0;
+    size_t n = 0;
+
+    memset(&info, 0, sizeof(info));
+    if (e->img) {
+        qed_get_info(e->img, &info);
+        if (info.file_size > e->alloc_at_open)
+            appended = (info.file_size - e->alloc_at_open) / info.cluster_size;
+        file_clusters = info.file_size / info.cluster_size;
+        flush_failed = info.flush_error != 0;
+    }
+    F("connections", s->connections);
+    F("requests", s->requests);
+    F("reads", s->reads);
+    F("writes", s->writes);
+    F("flushes", s->flushes);
+    F("trims", s->trims);
+    F("zeroes", s->zeroes);
+    F("cache", s->caches);
+    F("block_status", s->block_status);
+    F("bytes_read", s->bytes_read);
+    F("bytes_written", s->bytes_written);
+    F("bytes_zeroed", s->bytes_zeroed);
+    F("bytes_trimmed", s->bytes_trimmed);
+    F("errors", s->errors);
+    F("cluster_size", info.cluster_size);
+    F("clusters_appended", appended);
+    F("file_clusters", file_clusters);
+    F("flush_failed", flush_failed);
+    F("l2_cache", info.l2_cache_bytes);
+    F("l2_cache_peak", info.l2_cache_peak_bytes);
+#undef F
+    return n;
+}
+
+/* " key=value" for each of the @n fields at @f, into @out. */
+static void format_fields(const struct stats_field *f, size_t n, char *out, size_t len)
+{
+    size_t used = 0;
+
+    out[0] = '\0';
+    for (size_t i = 0; i < n && used < len; i++)
+        used += (size_t)snprintf(out + used, len - used, " %s=%llu", f[i].key,
+                                 (unsigned long long)f[i].value);
+}
+
+void stats_print(void)
+{
+    struct stats_field f[STATS_MAX_FIELDS];
+    char line[STATS_MAX_FIELDS * 48];
+
+    format_fields(f, stats_server_fields(f), line, sizeof(line));
+    srv_log(SRV_LOG_NOTICE, "stats: server%s", line);
     for (size_t i = 0; i < srv.nexports; i++) {
         const struct export *e = &srv.exports[i];
-        const struct export_stats *s = &e->st;
-        struct qed_info info;
         char name[4 * 4096 + 1];
-        uint64_t appended = 0, file_clusters = 0;
-        int flush_failed = 0;
 
-        memset(&info, 0, sizeof(info));
-        if (e->img) {
-            qed_get_info(e->img, &info);
-            if (info.file_size > e->alloc_at_open)
-                appended = (info.file_size - e->alloc_at_open) / info.cluster_size;
-            file_clusters = info.file_size / info.cluster_size;
-            flush_failed = info.flush_error != 0;
-        }
         escape_name(e->name, name, sizeof(name));
-        srv_log(SRV_LOG_NOTICE,
-                "stats: export name=\"%s\" connections=%llu requests=%llu reads=%llu "
-                "writes=%llu flushes=%llu trims=%llu zeroes=%llu cache=%llu "
-                "block_status=%llu bytes_read=%llu bytes_written=%llu bytes_zeroed=%llu "
-                "bytes_trimmed=%llu errors=%llu cluster_size=%u clusters_appended=%llu "
-                "file_clusters=%llu flush_failed=%d l2_cache=%llu l2_cache_peak=%llu",
-                name, (unsigned long long)s->connections, (unsigned long long)s->requests,
-                (unsigned long long)s->reads, (unsigned long long)s->writes,
-                (unsigned long long)s->flushes, (unsigned long long)s->trims,
-                (unsigned long long)s->zeroes, (unsigned long long)s->caches,
-                (unsigned long long)s->block_status, (unsigned long long)s->bytes_read,
-                (unsigned long long)s->bytes_written, (unsigned long long)s->bytes_zeroed,
-                (unsigned long long)s->bytes_trimmed, (unsigned long long)s->errors,
-                info.cluster_size, (unsigned long long)appended,
-                (unsigned long long)file_clusters, flush_failed,
-                (unsigned long long)info.l2_cache_bytes,
-                (unsigned long long)info.l2_cache_peak_bytes);
+        format_fields(f, stats_export_fields(e, f), line, sizeof(line));
+        srv_log(SRV_LOG_NOTICE, "stats: export name=\"%s\"%s", name, line);
     }
 }

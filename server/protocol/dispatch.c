@@ -46,14 +46,19 @@ void proto_tls_ready(struct conn *c)
 
 void proto_closed(struct conn *c)
 {
-    if (c->proto)
+    if (c->proto) {
         tx_abort_current(c);
+        /* Why here and not in proto_free: a closed client no longer uses
+         * its bitmaps, so the control socket may remove them at once. */
+        hs_forget_meta(c);
+    }
 }
 
 void proto_free(struct conn *c)
 {
     if (!c->proto)
         return;
+    hs_forget_meta(c);
     free(c->proto->opt_buf);
     free(c->proto);
     c->proto = NULL;

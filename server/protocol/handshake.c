@@ -248,8 +248,19 @@ void hs_expect_option(struct conn *c)
 
 void hs_forget_meta(struct conn *c)
 {
-    c->proto->meta_exp = NULL;
-    c->proto->meta_base = c->proto->meta_depth = false;
+    struct proto_conn *p = c->proto;
+
+    for (unsigned i = 0; i < p->meta_nbitmaps; i++)
+        export_bitmap_release(p->meta_exp, p->meta_bitmaps[i]);
+    p->meta_nbitmaps = 0;
+    p->meta_exp = NULL;
+    p->meta_base = p->meta_depth = false;
+}
+
+unsigned proto_meta_count(const struct conn *c)
+{
+    return (unsigned)c->proto->meta_base + (unsigned)c->proto->meta_depth +
+           c->proto->meta_nbitmaps;
 }
 
 void hs_enter_transmission(struct conn *c, struct export *e)
@@ -265,11 +276,12 @@ void hs_enter_transmission(struct conn *c, struct export *e)
     conn_handshake_over(c);
     e->st.connections++;
     conn_log(c, SRV_LOG_INFO,
-             "serving export \"%s\" (%s, %llu bytes, flags 0x%x, %s replies%s%s)", e->name,
+             "serving export \"%s\" (%s, %llu bytes, flags 0x%x, %s replies%s%s, "
+             "%u dirty bitmaps)", e->name,
              e->path, (unsigned long long)e->size, c->proto->tx_flags,
              c->proto->structured ? "structured" : "simple",
              c->proto->meta_base ? ", base:allocation" : "",
-             c->proto->meta_depth ? ", qemu:allocation-depth" : "");
+             c->proto->meta_depth ? ", qemu:allocation-depth" : "", c->proto->meta_nbitmaps);
     tx_expect_request(c);
 }
 

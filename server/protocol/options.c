@@ -226,7 +226,7 @@ static void opt_list(struct conn *c)
     hs_reply(c, NBD_REP_ACK, NULL, 0);
 }
 
-/* Contexts we know, in id order. */
+/* Contexts we know, in id order; then the image's dirty bitmaps. */
 static const struct {
     const char *name;
     uint32_t id;
@@ -236,30 +236,175 @@ static const struct {
 };
 #define NCONTEXTS (sizeof(contexts) / sizeof(contexts[0]))
 
+/* What a meta context option selects: bit i of @fixed is contexts[i], bit i
+ * of @bitmaps the image's bitmap number i (QED_BITMAP_MAX is 64). */
+struct meta_sel {
+    unsigned fixed;
+    uint64_t bitmaps;
+};
+_Static_assert(QED_BITMAP_MAX <= 64, "one bit per bitmap");
+
 /*
- * Which contexts does @q (@len bytes) select?  Sets bits in *mask (bit i =
- * contexts[i]).  Returns false when the query is malformed (no colon, or an
- * empty namespace).  Rules: "base:allocation" and "qemu:allocation-depth"
- * select themselves; the wildcards "base:" and "qemu:" select their whole
- * namespace in LIST only (the spec: SET must ignore them); anything else is
+ * The bitmaps of @e offered as qemu:dirty-bitmap:NAME: every consistent
+ * one, enabled or not (a disabled bitmap is still a valid record of what
+ * changed).  An inconsistent one is never offered: its bits cannot be
+ * trusted (the server was killed, or QEMU wrote the image).
+ */
+static uint64_t offered_bitmaps(struct conn *c, const struct export *e)
+{
+    unsigned n = qed_bitmap_count(e->img);
+    uint64_t mask = 0;
+
+    for (unsigned i = 0; i < n && i < QED_BITMAP_MAX; i++) {
+        struct qed_bitmap_info bi;
+
+        if (qed_bitmap_info(e->img, i, &bi) < 0)
+            continue;
+        if (bi.inconsistent) {
+            conn_log(c, SRV_LOG_INFO, "not offering " CTX_BITMAP_PREFIX "%s: the bitmap is "
+                     "inconsistent (the image was not closed cleanly, or QEMU wrote it); "
+                     "remove it and add a new one", bi.name);
+            continue;
+        }
+        mask |= (uint64_t)1 << i;
+    }
+    return mask;
+}
+
+/* The offered bitmap of @e called @name (@len bytes), as a bit of @offered, or 0. */
+static uint64_t bitmap_named(const struct export *e, uint64_t offered, const char *name,
+                             size_t len)
+{
+    char buf[QED_BITMAP_NAME_MAX + 1];
+    int i;
+
+    if (len == 0 || len > QED_BITMAP_NAME_MAX)
+        return 0;
+    memcpy(buf, name, len);
+    buf[len] = '\0';
+    i = qed_bitmap_find(e->img, buf);
+    if (i < 0 || i >= QED_BITMAP_MAX)
+        return 0;
+    return offered & ((uint64_t)1 << i);
+}
+
+/*
+ * Which contexts does @q (@len bytes) select, among those of @e (@offered
+ * bitmaps)?  Adds them to *@sel.  Returns false when the query is
+ * malformed (no colon, or an empty namespace); @e is NULL for that check
+ * alone.  Rules, as qemu-nbd has them: "base:allocation",
+ * "qemu:allocation-depth" and "qemu:dirty-bitmap:NAME" select themselves;
+ * the wildcards "base:", "qemu:" and "qemu:dirty-bitmap:" select what they
+ * cover in LIST only (the spec: SET must ignore them); anything else is
  * ignored, as the spec requires for unknown namespaces and leaf names.
  */
-static bool match_query(const char *q, size_t len, bool list, unsigned *mask)
+static bool match_query(const char *q, size_t len, bool list, const struct export *e,
+                        uint64_t offered, struct meta_sel *sel)
 {
     const char *colon = memchr(q, ':', len);
+    size_t plen = strlen(CTX_BITMAP_PREFIX);
 
     if (!colon || colon == q)
         return false;
+    if (!e)
+        return true;
     for (size_t i = 0; i < NCONTEXTS; i++) {
         const char *n = contexts[i].name;
         size_t nslen = (size_t)(strchr(n, ':') - n) + 1;  /* including the colon */
 
         if (len == strlen(n) && memcmp(q, n, len) == 0)
-            *mask |= 1u << i;
+            sel->fixed |= 1u << i;
         else if (list && len == nslen && memcmp(q, n, nslen) == 0)
-            *mask |= 1u << i;
+            sel->fixed |= 1u << i;
+    }
+    if (list && ((len == 5 && memcmp(q, "qemu:", 5) == 0) ||
+                 (len == plen && memcmp(q, CTX_BITMAP_PREFIX, plen) == 0)))
+        sel->bitmaps |= offered;
+    else if (len > plen && memcmp(q, CTX_BITMAP_PREFIX, plen) == 0)
+        sel->bitmaps |= bitmap_named(e, offered, q + plen, len - plen);
+    return true;
+}
+
+/*
+ * Run every query of the option (at @k, @nq of them) through match_query:
+ * with @e NULL only to check them (an error reply is queued and false
+ * returned for a malformed one), then again to select.
+ */
+static bool match_queries(struct conn *c, struct cursor k, uint32_t nq, bool list,
+                          const struct export *e, uint64_t offered, struct meta_sel *sel)
+{
+    for (uint32_t i = 0; i < nq; i++) {
+        uint32_t qlen;
+        const char *q;
+
+        if (!cur_be(&k, 4, &qlen) || qlen > k.left || !cur_bytes(&k, qlen, &q)) {
+            hs_reply_err(c, NBD_REP_ERR_INVALID, "meta context query runs past the option data");
+            return false;
+        }
+        if (qlen > NBD_MAX_STRING || !match_query(q, qlen, list, e, offered, sel)) {
+            hs_reply_err(c, NBD_REP_ERR_INVALID, "malformed meta context query");
+            return false;
+        }
+    }
+    if (k.left) {
+        hs_reply_err(c, NBD_REP_ERR_INVALID, "trailing bytes after the meta context queries");
+        return false;
     }
     return true;
+}
+
+/* Send one NBD_REP_META_CONTEXT: @prefix @name, with @id (0 in LIST). */
+static void send_context(struct conn *c, bool list, uint32_t id, const char *prefix,
+                         const char *name)
+{
+    size_t pl = strlen(prefix), n = strlen(name);
+    struct nbd_rep_meta_context mc = { .context_id = htobe32(list ? 0 : id) };
+    uint8_t buf[sizeof(mc) + sizeof(CTX_BITMAP_PREFIX) + QED_BITMAP_NAME_MAX];
+
+    if (pl + n > sizeof(buf) - sizeof(mc))
+        return;         /* cannot happen: names are at most QED_BITMAP_NAME_MAX */
+    memcpy(buf, &mc, sizeof(mc));
+    memcpy(buf + sizeof(mc), prefix, pl);
+    memcpy(buf + sizeof(mc) + pl, name, n);
+    conn_log(c, SRV_LOG_INFO, "%s meta context %s%s", list ? "list" : "select", prefix, name);
+    hs_reply(c, NBD_REP_META_CONTEXT, buf, sizeof(mc) + pl + n);
+}
+
+/*
+ * Reply with every context of @sel; with SET, make it the selection (the
+ * bitmaps are held on @e from now on, see export_bitmap_hold).
+ */
+static void reply_contexts(struct conn *c, bool list, struct export *e,
+                           const struct meta_sel *sel)
+{
+    struct proto_conn *p = c->proto;
+    unsigned n = qed_bitmap_count(e->img);
+
+    for (size_t i = 0; i < NCONTEXTS && c->state != CONN_DEAD; i++)
+        if (sel->fixed & (1u << i))
+            send_context(c, list, contexts[i].id, "", contexts[i].name);
+    if (!list) {
+        p->meta_exp = sel->fixed || sel->bitmaps ? e : NULL;
+        p->meta_base = sel->fixed & 1u;
+        p->meta_depth = sel->fixed & 2u;
+    }
+    for (unsigned i = 0; i < n && i < QED_BITMAP_MAX && c->state != CONN_DEAD; i++) {
+        struct qed_bitmap_info bi;
+
+        if (!(sel->bitmaps & ((uint64_t)1 << i)) || qed_bitmap_info(e->img, i, &bi) < 0)
+            continue;
+        if (!list) {
+            struct export_bitmap_use *u = export_bitmap_hold(e, bi.name);
+            if (!u) {
+                conn_close(c, "out of memory");
+                return;
+            }
+            p->meta_bitmaps[p->meta_nbitmaps++] = u;
+        }
+        send_context(c, list, CTX_ID_BITMAP0 + (list ? 0 : p->meta_nbitmaps - 1),
+                     CTX_BITMAP_PREFIX, bi.name);
+    }
+    hs_reply(c, NBD_REP_ACK, NULL, 0);
 }
 
 /* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. */
@@ -270,7 +415,8 @@ static void opt_meta_context(struct conn *c)
     uint32_t namelen, nq;
     const char *name;
     struct export *e;
-    unsigned mask = 0;
+    struct meta_sel sel = { 0, 0 };
+    uint64_t offered;
 
     if (!list) {
         /* SET replaces the selection even when it fails. */
@@ -289,48 +435,20 @@ static void opt_meta_context(struct conn *c)
         hs_reply_err(c, NBD_REP_ERR_INVALID, "export name longer than 4096 bytes");
         return;
     }
-    for (uint32_t i = 0; i < nq; i++) {
-        uint32_t qlen;
-        const char *q;
-
-        if (!cur_be(&k, 4, &qlen) || qlen > k.left || !cur_bytes(&k, qlen, &q)) {
-            hs_reply_err(c, NBD_REP_ERR_INVALID, "meta context query runs past the option data");
-            return;
-        }
-        if (qlen > NBD_MAX_STRING || !match_query(q, qlen, list, &mask)) {
-            hs_reply_err(c, NBD_REP_ERR_INVALID, "malformed meta context query");
-            return;
-        }
-    }
-    if (k.left) {
-        hs_reply_err(c, NBD_REP_ERR_INVALID, "trailing bytes after the meta context queries");
+    if (!match_queries(c, k, nq, list, NULL, 0, &sel))
         return;
-    }
     e = find_named_export(c, name, namelen);
     if (!e)
         return;
-    if (list && nq == 0)
-        mask = (1u << NCONTEXTS) - 1;     /* no query: everything available */
-
-    for (size_t i = 0; i < NCONTEXTS && c->state != CONN_DEAD; i++) {
-        size_t n = strlen(contexts[i].name);
-        struct nbd_rep_meta_context mc = { .context_id = htobe32(list ? 0 : contexts[i].id) };
-        uint8_t buf[sizeof(mc) + 64];
-
-        if (!(mask & (1u << i)))
-            continue;
-        memcpy(buf, &mc, sizeof(mc));
-        memcpy(buf + sizeof(mc), contexts[i].name, n);
-        conn_log(c, SRV_LOG_INFO, "%s meta context %s", list ? "list" : "select",
-                 contexts[i].name);
-        hs_reply(c, NBD_REP_META_CONTEXT, buf, sizeof(mc) + n);
+    offered = offered_bitmaps(c, e);
+    if (list && nq == 0) {
+        /* No query: everything available. */
+        sel.fixed = (1u << NCONTEXTS) - 1;
+        sel.bitmaps = offered;
+    } else {
+        match_queries(c, k, nq, list, e, offered, &sel);
     }
-    if (!list) {
-        c->proto->meta_exp = mask ? e : NULL;
-        c->proto->meta_base = mask & 1u;
-        c->proto->meta_depth = mask & 2u;
-    }
-    hs_reply(c, NBD_REP_ACK, NULL, 0);
+    reply_contexts(c, list, e, &sel);
 }
 
 /* NBD_OPT_ABORT: data is ignored, as the spec asks; reply, then close once written. */

@@ -27,6 +27,8 @@ struct proto_conn {
     struct export *meta_exp;      /* export named by the last SET_META_CONTEXT */
     bool meta_base;               /* base:allocation selected (context id 1) */
     bool meta_depth;              /* qemu:allocation-depth selected (context id 2) */
+    unsigned meta_nbitmaps;       /* qemu:dirty-bitmap:NAME selected (ids CTX_ID_BITMAP0 + i) */
+    struct export_bitmap_use *meta_bitmaps[QED_BITMAP_MAX]; /* held on meta_exp (exports.c) */
 
     /* Transmission */
     struct export *exp;           /* the export served (NULL while negotiating) */
@@ -37,6 +39,11 @@ struct proto_conn {
 /* Metadata context ids we hand out in SET_META_CONTEXT. */
 #define CTX_ID_BASE_ALLOCATION 1u
 #define CTX_ID_ALLOCATION_DEPTH 2u
+#define CTX_ID_BITMAP0 3u       /* the i-th selected dirty bitmap: CTX_ID_BITMAP0 + i */
+#define CTX_BITMAP_PREFIX "qemu:dirty-bitmap:"
+
+/** proto_meta_count - how many metadata contexts @c selected (0: BLOCK_STATUS is refused). */
+unsigned proto_meta_count(const struct conn *c);
 
 /*
  * The handlers of the reading states, run by dispatch.c once the bytes the
@@ -77,7 +84,7 @@ const char *hs_opt_name(uint32_t opt);
 
 /**
  * hs_forget_meta - forget the metadata contexts selected (STARTTLS, SET,
- * another export).  hs_enter_transmission - option haggling is over;
+ * another export, the connection closing), and let go of its bitmaps.  hs_enter_transmission - option haggling is over;
  * serve @e.
  */
 void hs_forget_meta(struct conn *c);

@@ -274,6 +274,41 @@ static uint32_t depth_flags(const struct qed_extent *x)
     return x->present ? x->depth + 1 : 0;
 }
 
+/*
+ * Add the descriptor (@len, @f) after the *@n at @d, merged into the last
+ * one when its flags are equal (fewer, larger descriptors).  Returns false
+ * when it does not go in: with REQ_ONE (@one) only the first run does.
+ */
+static bool add_desc(uint8_t *d, size_t *n, uint32_t len, uint32_t f, bool one)
+{
+    if (*n) {
+        struct nbd_block_descriptor prev;
+        memcpy(&prev, d + SR_BS_DESC_LEN * (*n - 1), SR_BS_DESC_LEN);
+        if (be32toh(prev.status_flags) == f) {
+            prev.length = htobe32(be32toh(prev.length) + len);
+            memcpy(d + SR_BS_DESC_LEN * (*n - 1), &prev, SR_BS_DESC_LEN);
+            return true;
+        }
+        if (one)
+            return false;
+    }
+    struct nbd_block_descriptor bd = { htobe32(len), htobe32(f) };
+    memcpy(d + SR_BS_DESC_LEN * *n, &bd, SR_BS_DESC_LEN);
+    (*n)++;
+    return true;
+}
+
+/* The header of a BLOCK_STATUS chunk of @n descriptors at @p; returns the chunk's size. */
+static size_t put_bs_header(struct req *r, uint8_t *p, uint32_t ctx, size_t n, bool last)
+{
+    struct nbd_chunk_block_status bs = { .context_id = htobe32(ctx) };
+
+    put_sr_header(p, last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
+                  (uint32_t)(sizeof(bs) + SR_BS_DESC_LEN * n));
+    memcpy(p + SR_HDR_LEN, &bs, sizeof(bs));
+    return SR_BS_HDR_LEN + SR_BS_DESC_LEN * n;
+}
+
 /* Append one context's BLOCK_STATUS chunk at @p; returns its size. */
 static size_t put_bs_chunk(struct req *r, uint8_t *p, uint32_t ctx,
                            uint32_t (*fl)(const struct qed_extent *), bool last)
@@ -285,27 +320,12 @@ static size_t put_bs_chunk(struct req *r, uint8_t *p, uint32_t ctx,
 
     for (size_t i = 0; i < r->next && total < r->len; i++) {
         uint64_t len = r->ext[i].length;
-        uint32_t f = fl(&r->ext[i]);
         if (len > r->len - total)
             len = r->len - total;
         if (len == 0)
             continue;
-        /* Merge equal neighbours: fewer, larger descriptors. */
-        if (n) {
-            struct nbd_block_descriptor prev;
-            memcpy(&prev, d + SR_BS_DESC_LEN * (n - 1), SR_BS_DESC_LEN);
-            if (be32toh(prev.status_flags) == f) {
-                prev.length = htobe32(be32toh(prev.length) + (uint32_t)len);
-                memcpy(d + SR_BS_DESC_LEN * (n - 1), &prev, SR_BS_DESC_LEN);
-                total += len;
-                continue;
-            }
-            if (one)
-                break;
-        }
-        struct nbd_block_descriptor bd = { htobe32((uint32_t)len), htobe32(f) };
-        memcpy(d + SR_BS_DESC_LEN * n, &bd, SR_BS_DESC_LEN);
-        n++;
+        if (!add_desc(d, &n, (uint32_t)len, fl(&r->ext[i]), one))
+            break;
         total += len;
     }
     if (n == 0) {
@@ -314,35 +334,112 @@ static size_t put_bs_chunk(struct req *r, uint8_t *p, uint32_t ctx,
         memcpy(d, &bd, SR_BS_DESC_LEN);
         n = 1;
     }
-    struct nbd_chunk_block_status bs = { .context_id = htobe32(ctx) };
-    put_sr_header(p, last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, r->cookie,
-                  (uint32_t)(sizeof(bs) + SR_BS_DESC_LEN * n));
-    memcpy(p + SR_HDR_LEN, &bs, sizeof(bs));
-    return SR_BS_HDR_LEN + SR_BS_DESC_LEN * n;
+    return put_bs_header(r, p, ctx, n, last);
 }
 
+/*
+ * Append the chunk of the dirty bitmap @name (context @ctx) at @p, from at
+ * most @max runs of qed_bitmap_status (in @x): flag NBD_STATE_DIRTY (1) on
+ * dirty bytes, 0 on clean ones, as qemu-nbd encodes qemu:dirty-bitmap.
+ * Returns its size, or 0 when the bitmap cannot be read.  Why 0 is an
+ * error here and not "status 0": for this context 0 means clean, and a
+ * backup that trusted it would miss changed blocks.
+ */
+static size_t put_bitmap_chunk(struct req *r, uint8_t *p, uint32_t ctx, const char *name,
+                               struct qed_dirty_extent *x, size_t max, bool last)
+{
+    size_t n = 0, got = 0;
+    uint8_t *d = p + SR_BS_HDR_LEN;
+    uint64_t total = 0;
+    bool one = r->flags & NBD_CMD_FLAG_REQ_ONE;
+
+    if (qed_bitmap_status(r->c->proto->exp->img, name, r->offset, r->len, x, max, &got) < 0)
+        return 0;
+    for (size_t i = 0; i < got && total < r->len; i++) {
+        uint64_t len = x[i].length;
+        if (len > r->len - total)
+            len = r->len - total;
+        if (len == 0)
+            continue;
+        if (!add_desc(d, &n, (uint32_t)len, x[i].dirty ? NBD_STATE_DIRTY : 0, one))
+            break;
+        total += len;
+    }
+    return n ? put_bs_header(r, p, ctx, n, last) : 0;
+}
+
+/* Append a chunk per selected bitmap at @p; returns their size, or 0 on a failure. */
+static size_t put_bitmap_chunks(struct req *r, uint8_t *p)
+{
+    const struct proto_conn *pc = r->c->proto;
+    size_t max = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS;
+    struct qed_dirty_extent one, *x = max == 1 ? &one : malloc(max * sizeof(*x));
+    size_t used = 0;
+
+    if (!x)
+        return 0;
+    for (unsigned i = 0; i < pc->meta_nbitmaps; i++) {
+        size_t n = put_bitmap_chunk(r, p + used, CTX_ID_BITMAP0 + i, pc->meta_bitmaps[i]->name,
+                                    x, max, i + 1 == pc->meta_nbitmaps);
+        if (n == 0) {
+            conn_log(r->c, SRV_LOG_ERROR, "BLOCK_STATUS of bitmap \"%s\" on \"%s\" failed",
+                     pc->meta_bitmaps[i]->name, pc->exp->name);
+            used = 0;
+            break;
+        }
+        used += n;
+    }
+    if (x != &one)
+        free(x);
+    return used;
+}
+
+/*
+ * The BLOCK_STATUS reply: one chunk per selected context, base:allocation
+ * and qemu:allocation-depth from r->ext (the library's extents), then the
+ * dirty bitmaps, read now from memory.
+ */
 void reply_block_status(struct req *r)
 {
     struct conn *c = r->c;
+    const struct proto_conn *pc = c->proto;
     size_t per = SR_BS_HDR_LEN + SR_BS_DESC_LEN * (r->next ? r->next : 1);
-    uint8_t *meta = malloc(2 * per);
+    size_t per_bm = SR_BS_HDR_LEN +
+                    SR_BS_DESC_LEN * ((r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS);
+    size_t bytes = 2 * per + pc->meta_nbitmaps * per_bm;
+    uint8_t *meta = malloc(bytes);
     size_t used = 0;
 
     if (!meta) {
         reply_error(r, NBD_ENOMEM, "out of memory");
         return;
     }
-    r->meta = meta;
-    r->meta_bytes = 2 * per;
-    if (c->proto->meta_base)
+    if (pc->meta_base)
         used += put_bs_chunk(r, meta + used, CTX_ID_BASE_ALLOCATION, base_flags,
-                             !c->proto->meta_depth);
-    if (c->proto->meta_depth)
-        used += put_bs_chunk(r, meta + used, CTX_ID_ALLOCATION_DEPTH, depth_flags, true);
-    conn_log(c, SRV_LOG_DEBUG, "reply BLOCK_STATUS cookie=0x%llx ok: %zu extents",
-             (unsigned long long)r->cookie, r->next);
+                             !pc->meta_depth && !pc->meta_nbitmaps);
+    if (pc->meta_depth)
+        used += put_bs_chunk(r, meta + used, CTX_ID_ALLOCATION_DEPTH, depth_flags,
+                             !pc->meta_nbitmaps);
+    if (pc->meta_nbitmaps) {
+        size_t n = put_bitmap_chunks(r, meta + used);
+        if (n == 0) {
+            free(meta);
+            reply_error(r, NBD_EIO, "cannot read the dirty bitmap");
+            return;
+        }
+        used += n;
+        /* Bitmap chunks were sized for BS_MAX_EXTENTS runs: give back the rest. */
+        uint8_t *shrunk = realloc(meta, used);
+        if (shrunk) {
+            meta = shrunk;
+            bytes = used;
+        }
+    }
+    r->meta = meta;
+    r->meta_bytes = bytes;
+    conn_log(c, SRV_LOG_DEBUG, "reply BLOCK_STATUS cookie=0x%llx ok: %zu extents, %u bitmaps",
+             (unsigned long long)r->cookie, r->next, pc->meta_nbitmaps);
     r->iov[0].iov_base = meta;
     r->iov[0].iov_len = used;
     queue_reply(r, r->iov, 1);
 }
-

@@ -140,11 +140,15 @@ size_t req_cost(const struct conn *c, uint16_t type, uint16_t flags, uint32_t le
         n += len;
         break;
     case NBD_CMD_BLOCK_STATUS:
+        /* The library's extents (base:allocation, qemu:allocation-depth),
+         * the runs of one bitmap at a time (reply.c), and a chunk per
+         * selected context. */
         if (!(flags & NBD_CMD_FLAG_REQ_ONE))
             n += BS_MAX_EXTENTS * sizeof(struct qed_extent) +
-                 2 * (SR_BS_HDR_LEN + SR_BS_DESC_LEN * BS_MAX_EXTENTS);
+                 (c->proto->meta_nbitmaps ? BS_MAX_EXTENTS * sizeof(struct qed_dirty_extent) : 0) +
+                 (2 + c->proto->meta_nbitmaps) * (SR_BS_HDR_LEN + SR_BS_DESC_LEN * BS_MAX_EXTENTS);
         else
-            n += 2 * (SR_BS_HDR_LEN + SR_BS_DESC_LEN);
+            n += (2 + c->proto->meta_nbitmaps) * (SR_BS_HDR_LEN + SR_BS_DESC_LEN);
         break;
     default:
         break;

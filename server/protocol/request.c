@@ -185,7 +185,16 @@ static int submit(struct req *r)
 /* Submit, or answer at once when the library refuses. */
 static void submit_or_fail(struct req *r)
 {
-    int ret = submit(r);
+    int ret;
+
+    if (r->type == NBD_CMD_BLOCK_STATUS && !r->c->proto->meta_base &&
+        !r->c->proto->meta_depth) {
+        /* Dirty bitmaps only: they are in memory (qed_bitmap_status does
+         * no I/O), so the reply is built now, without a library request. */
+        reply_block_status(r);
+        return;
+    }
+    ret = submit(r);
 
     if (ret < 0) {
         uint32_t e = nbd_errno_from(ret);
@@ -259,7 +268,7 @@ static uint32_t tx_check(const struct conn *c, const struct nbd_request *h, cons
         return c->proto->structured ? NBD_EOVERFLOW : NBD_EINVAL;
     }
     if (type == NBD_CMD_BLOCK_STATUS) {
-        if (!c->proto->structured || !(c->proto->meta_base || c->proto->meta_depth)) {
+        if (!c->proto->structured || proto_meta_count(c) == 0) {
             *msg = "no metadata context was negotiated";
             return NBD_EINVAL;
         }
