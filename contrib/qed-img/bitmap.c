@@ -221,6 +221,7 @@ static int bm_usable(const qed_image *img, const char *name)
 static int bm_stage_sources(const struct bm_args *a, struct tool_image *stage)
 {
     struct tool_image src;
+    struct qed_info info;
     struct qed_create_opts co = { .size = 0 };
     const char *tmpdir = getenv("TMPDIR");
     char dir[4096], path[4200], err[1024] = "";
@@ -230,7 +231,11 @@ static int bm_stage_sources(const struct bm_args *a, struct tool_image *stage)
     stage->aio = NULL;
     if (tool_open(&src, a->src_file, true, false, false) < 0)
         return -1;
-    co.size = qed_size(src.img);
+    /* The source's geometry, so that its size fits. */
+    qed_get_info(src.img, &info);
+    co.size = info.size;
+    co.cluster_size = info.cluster_size;
+    co.table_size = info.table_size;
     snprintf(dir, sizeof(dir), "%s/qed-img-bitmap.XXXXXX", tmpdir && *tmpdir ? tmpdir : "/tmp");
     if (!mkdtemp(dir)) {
         errmsg("cannot make a temporary directory for the merge sources: %s", strerror(errno));
