@@ -16,23 +16,7 @@
 
 bool qed_bitmap_name_valid(const char *name)
 {
-    size_t n = 0;
-
-    if (!name)
-        return false;
-    for (; name[n]; n++) {
-        unsigned char c = (unsigned char)name[n];
-
-        if (n >= QED_BITMAP_NAME_MAX || c <= ' ' || c > '~' || c == '"' || c == '\\')
-            return false;
-    }
-    return n > 0;
-}
-
-/** Is @g a valid granularity (a power of two in [512 B, 2 GiB])? */
-bool qed_bitmap_granularity_valid(uint64_t g)
-{
-    return qed_is_pow2(g) && g >= QED_BITMAP_MIN_GRANULARITY && g <= QED_BITMAP_MAX_GRANULARITY;
+    return qed_bmdir_name_valid(name);
 }
 
 unsigned qed_bitmap_count(const qed_image *img)
@@ -82,11 +66,6 @@ int qed_bitmap_info(const qed_image *img, unsigned idx, struct qed_bitmap_info *
     return 0;
 }
 
-uint64_t qed_bitmap_nbits(uint64_t size, uint32_t granularity)
-{
-    return size / granularity + (size % granularity != 0);
-}
-
 uint64_t qed_bitmap_bytes(uint64_t nbits)
 {
     return qed_bits_words(nbits) * sizeof(uint64_t);
@@ -97,7 +76,7 @@ uint64_t qed_bitmap_bytes(uint64_t nbits)
 static int check_memory(const struct qed_image *img, const char *name, uint32_t granularity,
                         uint64_t size, uint64_t bytes_now)
 {
-    uint64_t bytes = qed_bitmap_bytes(qed_bitmap_nbits(size, granularity));
+    uint64_t bytes = qed_bitmap_bytes(qed_bm_nbits(size, granularity));
 
     if (bytes > QED_BITMAP_MAX_BYTES || img->bitmap_bytes - bytes_now + bytes >
                                             QED_BITMAP_TOTAL_BYTES) {
@@ -119,7 +98,7 @@ struct qed_bitmap *qed_bitmap_new(struct qed_image *img, const char *name, uint3
         return NULL;
     bm->name = strdup(name);
     bm->granularity = granularity;
-    bm->bits.nbits = qed_bitmap_nbits(img->h.image_size, granularity);
+    bm->bits.nbits = qed_bm_nbits(img->h.image_size, granularity);
     /* calloc: clean bits; a large one comes from mmap, so untouched words cost nothing. */
     bm->bits.w = calloc(qed_bits_words(bm->bits.nbits) ? qed_bits_words(bm->bits.nbits) : 1,
                         sizeof(uint64_t));
@@ -157,7 +136,7 @@ int qed_bitmap_add(qed_image *img, const char *name, uint32_t granularity, bool 
         return -EINVAL;
     if (granularity == 0)
         granularity = QED_BITMAP_DEFAULT_GRANULARITY;
-    if (!qed_bitmap_name_valid(name) || !qed_bitmap_granularity_valid(granularity))
+    if (!qed_bitmap_name_valid(name) || !qed_bmdir_granularity_valid(granularity))
         return -EINVAL;
     if (img->read_only)
         return -EROFS;
@@ -166,6 +145,12 @@ int qed_bitmap_add(qed_image *img, const char *name, uint32_t granularity, bool 
     if (img->nbitmaps >= QED_BITMAP_MAX)
         return -ENOSPC;
     r = check_memory(img, name, granularity, img->h.image_size, 0);
+    if (r == 0 &&
+        qed_bitmap_store_fits(img, qed_bm_data_bytes(img->h.image_size, granularity)) < 0) {
+        qed_log(QED_LOG_ERROR, "%s: bitmap %s would not fit in the image's header area "
+                "(at most 4 GiB); use a larger granularity", img->path, name);
+        r = -EFBIG;
+    }
     if (r < 0)
         return r;
     bm = qed_bitmap_new(img, name, granularity);
@@ -324,7 +309,7 @@ int qed_bitmap_resize(struct qed_image *img, uint64_t new_size)
     /* Check every limit before changing any bitmap, so a refusal changes nothing. */
     for (unsigned i = 0; i < img->nbitmaps; i++) {
         struct qed_bitmap *bm = img->bitmaps[i];
-        uint64_t bytes = qed_bitmap_bytes(qed_bitmap_nbits(new_size, bm->granularity));
+        uint64_t bytes = qed_bitmap_bytes(qed_bm_nbits(new_size, bm->granularity));
         int r = check_memory(img, bm->name, bm->granularity, new_size,
                              qed_bitmap_bytes(bm->bits.nbits));
 
@@ -340,7 +325,7 @@ int qed_bitmap_resize(struct qed_image *img, uint64_t new_size)
     }
     for (unsigned i = 0; i < img->nbitmaps; i++) {
         struct qed_bitmap *bm = img->bitmaps[i];
-        int r = resize_one(img, bm, qed_bitmap_nbits(new_size, bm->granularity));
+        int r = resize_one(img, bm, qed_bm_nbits(new_size, bm->granularity));
 
         /* The ones grown so far have clean bits past the old size; the
          * caller shrinks them back (which cannot fail). */

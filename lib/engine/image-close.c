@@ -30,6 +30,7 @@ void qed_image_free(struct qed_image *img)
     }
     qed_meta_free(img);
     qed_bitmap_free_all(img);
+    free(img->bmdir);
     free(img->l1);
     free(img->path);
     free(img);
@@ -55,6 +56,12 @@ int qed_close(qed_image *img)
         if (!img->read_only)
             r = qed_image_close_clean(img);
     }
+    /* Why the bitmaps last: the final flush above made every write they
+     * recorded durable, and nothing else is in flight to race the header
+     * area (or the clusters a growth relocates).  Never after a failed
+     * flush: left in use on disk, they are inconsistent at the next open. */
+    if (r == 0 && !img->read_only && !img->flush_err)
+        r = qed_bitmap_store(img);
     if (r < 0)
         qed_log(QED_LOG_ERROR, "%s: closing failed: %s", img->path, strerror(-r));
     if (img->backing)

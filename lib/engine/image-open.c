@@ -151,14 +151,17 @@ static int open_for_writing(struct qed_image *img, const struct qed_open_opts *o
 {
     const char *path = img->path;
     bool write_header = false;
+    /* Ours (QED_AF_BITMAPS) stays while there is a bitmap directory: we
+     * keep the bitmaps up to date.  Without one it guards nothing. */
+    uint64_t keep = img->bmdir ? QED_AF_KNOWN : 0;
     int r;
 
-    if (img->h.autoclear_features) {
-        /* No autoclear bits are defined: whatever is set belongs to a
-         * writer we do not know, and clearing says we did not keep it up. */
-        qed_log(QED_LOG_INFO, "%s: clearing unknown autoclear feature bits 0x%" PRIx64, path,
-                img->h.autoclear_features);
-        img->h.autoclear_features = 0;
+    if (img->h.autoclear_features & ~keep) {
+        /* Bits we do not know belong to a writer we do not know, and
+         * clearing says we did not keep its data up to date. */
+        qed_log(QED_LOG_INFO, "%s: clearing autoclear feature bits 0x%" PRIx64, path,
+                img->h.autoclear_features & ~keep);
+        img->h.autoclear_features &= keep;
         write_header = true;
     }
     if (img->h.features & QED_F_NEED_CHECK) {
@@ -213,8 +216,19 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
     if (r < 0)
         goto fail;
 
+    /* The bitmaps of the image asked for (a backing image's are never
+     * asked about), before a repair: it leaves the header area alone. */
+    if (depth == 0) {
+        r = qed_bitmap_load(img, err, errlen);
+        if (r < 0)
+            goto fail;
+    }
     if (!img->read_only) {
         r = open_for_writing(img, opts, err, errlen);
+        /* Why before returning: the first write may come right after the
+         * open, and the disk must say "in use" before anything changes. */
+        if (r == 0)
+            r = qed_bitmap_mark_in_use(img, err, errlen);
         if (r < 0)
             goto fail;
     } else if (img->h.features & QED_F_NEED_CHECK) {

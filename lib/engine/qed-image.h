@@ -25,7 +25,10 @@
  *   request.c       the request machines -> need-check.c, flush-latch.c,
  *                   metadata.c, l2-cache.c
  *   bitmap.c        dirty bitmaps in memory (the qed_bitmap_* API, marking
- *                   writes, resizing): a leaf
+ *                   writes, resizing) -> bitmap-store.c (room on disk)
+ *   bitmap-store.c  loading, marking in use, storing -> image.c (header),
+ *                   header-grow.c, bitmap.c
+ *   header-grow.c   growing the header area (relocation) -> image.c
  *   sync.c          blocking wrappers -> the public request calls (request.c)
  *   l2-cache.c      -> request.c (qed_req_l2_room wakes requests waiting for
  *                   room); metadata.c, lock.c, file-open.c, size.c: leaves
@@ -43,6 +46,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "bitmap-dir.h"
 #include "dirty-bits.h"
 #include "qed-format.h"
 #include "qed-io.h"
@@ -236,7 +240,7 @@ struct qed_bitmap {
     uint32_t granularity;      /* bytes per bit */
     bool enabled;              /* records writes */
     bool inconsistent;         /* never trusted; only removal allowed */
-    struct qed_bits bits;      /* qed_bitmap_nbits(image size, granularity) bits */
+    struct qed_bits bits;      /* qed_bm_nbits(image size, granularity) bits */
 };
 
 
@@ -311,6 +315,8 @@ struct qed_image {
     struct qed_bitmap *bitmaps[QED_BITMAP_MAX];
     unsigned nbitmaps;
     uint64_t bitmap_bytes;     /* memory of their bits, <= QED_BITMAP_TOTAL_BYTES */
+    struct qed_bmdir *bmdir;   /* the current directory on disk, NULL when none */
+    int bmdir_slot;            /* the slot (0 or 1) that holds it */
 
     /* Finished requests kept for reuse: no malloc on the steady-state path. */
     struct qed_req *free_reqs;
@@ -436,10 +442,6 @@ bool qed_gc_state_has_handler(unsigned s);
 
 /* ---- Dirty bitmaps (bitmap.c) ---- */
 
-/** Is @g a power of two in [QED_BITMAP_MIN_GRANULARITY, QED_BITMAP_MAX_GRANULARITY]? */
-bool qed_bitmap_granularity_valid(uint64_t g);
-/** Bits a bitmap of @granularity needs over @size bytes (rounded up). */
-uint64_t qed_bitmap_nbits(uint64_t size, uint32_t granularity);
 /** Bytes of memory (whole 64-bit words) that @nbits bits take. */
 uint64_t qed_bitmap_bytes(uint64_t nbits);
 /**
@@ -465,6 +467,41 @@ void qed_bitmap_mark(struct qed_image *img, uint64_t off, uint64_t len);
 int qed_bitmap_resize(struct qed_image *img, uint64_t new_size);
 /** Free every bitmap of @img. */
 void qed_bitmap_free_all(struct qed_image *img);
+
+/* ---- Dirty bitmaps on disk (bitmap-store.c, header-grow.c) ---- */
+
+/**
+ * Load the bitmaps of @img (at open, read-only opens too): none when the
+ * header area has no directory; inconsistent ones when they are in use or
+ * the autoclear bit is clear.  A malformed directory of an image with the
+ * bit set is refused: -EINVAL with a message naming the file and the
+ * problem in @err.
+ */
+int qed_bitmap_load(struct qed_image *img, char *err, size_t errlen);
+/**
+ * Read-write open: write a directory saying every bitmap is in use, and
+ * flush, before the open returns (so before any write can change the disk).
+ */
+int qed_bitmap_mark_in_use(struct qed_image *img, char *err, size_t errlen);
+/**
+ * Would the bitmaps, plus @extra bytes of bits, fit in the largest header
+ * area the format allows?  0 or -EFBIG.
+ */
+int qed_bitmap_store_fits(const struct qed_image *img, uint64_t extra);
+/**
+ * Close of a read-write image, nothing in flight, after the final flush:
+ * store the bitmaps (growing the header area when needed) and clear their
+ * in-use flags.  Returns 0 or a negative errno (logged); on failure the
+ * bitmaps on disk stay in use, so the next open finds them inconsistent.
+ */
+int qed_bitmap_store(struct qed_image *img);
+/**
+ * Grow the header area to @header_size clusters: relocate the clusters in
+ * the way to the end of the file, repoint every reference, and write the
+ * header (with QED_AF_BITMAPS cleared), each step flushed.  img->h, img->g
+ * and img->file_size follow.  Returns 0 or a negative errno (logged).
+ */
+int qed_header_grow(struct qed_image *img, uint32_t header_size);
 
 /* ---- Check and repair (check.c) ---- */
 

@@ -11,56 +11,34 @@
 #include "checked.h"
 #include "qed-format.h"
 
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)v);
-    put32(p + 4, (uint32_t)(v >> 32));
-}
-
 void qed_header_decode(const uint8_t raw[QED_HEADER_BYTES], struct qed_header *h)
 {
-    h->magic = get32(raw + 0);
-    h->cluster_size = get32(raw + 4);
-    h->table_size = get32(raw + 8);
-    h->header_size = get32(raw + 12);
-    h->features = get64(raw + 16);
-    h->compat_features = get64(raw + 24);
-    h->autoclear_features = get64(raw + 32);
-    h->l1_table_offset = get64(raw + 40);
-    h->image_size = get64(raw + 48);
-    h->backing_filename_offset = get32(raw + 56);
-    h->backing_filename_size = get32(raw + 60);
+    h->magic = qed_get32(raw + 0);
+    h->cluster_size = qed_get32(raw + 4);
+    h->table_size = qed_get32(raw + 8);
+    h->header_size = qed_get32(raw + 12);
+    h->features = qed_get64(raw + 16);
+    h->compat_features = qed_get64(raw + 24);
+    h->autoclear_features = qed_get64(raw + 32);
+    h->l1_table_offset = qed_get64(raw + 40);
+    h->image_size = qed_get64(raw + 48);
+    h->backing_filename_offset = qed_get32(raw + 56);
+    h->backing_filename_size = qed_get32(raw + 60);
 }
 
 void qed_header_encode(const struct qed_header *h, uint8_t raw[QED_HEADER_BYTES])
 {
-    put32(raw + 0, h->magic);
-    put32(raw + 4, h->cluster_size);
-    put32(raw + 8, h->table_size);
-    put32(raw + 12, h->header_size);
-    put64(raw + 16, h->features);
-    put64(raw + 24, h->compat_features);
-    put64(raw + 32, h->autoclear_features);
-    put64(raw + 40, h->l1_table_offset);
-    put64(raw + 48, h->image_size);
-    put32(raw + 56, h->backing_filename_offset);
-    put32(raw + 60, h->backing_filename_size);
+    qed_put32(raw + 0, h->magic);
+    qed_put32(raw + 4, h->cluster_size);
+    qed_put32(raw + 8, h->table_size);
+    qed_put32(raw + 12, h->header_size);
+    qed_put64(raw + 16, h->features);
+    qed_put64(raw + 24, h->compat_features);
+    qed_put64(raw + 32, h->autoclear_features);
+    qed_put64(raw + 40, h->l1_table_offset);
+    qed_put64(raw + 48, h->image_size);
+    qed_put32(raw + 56, h->backing_filename_offset);
+    qed_put32(raw + 60, h->backing_filename_size);
 }
 
 bool qed_is_pow2(uint64_t v)

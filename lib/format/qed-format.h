@@ -63,6 +63,34 @@ static inline bool qed_entry_is_offset(uint64_t e)
 int qed_errf(char *err, size_t errlen, int ret, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* ---- Little-endian fields ---------------------------------------------- */
+
+/** qed_get32 - the little-endian u32 at @p. */
+static inline uint32_t qed_get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/** qed_get64 - the little-endian u64 at @p. */
+static inline uint64_t qed_get64(const uint8_t *p)
+{
+    return (uint64_t)qed_get32(p) | (uint64_t)qed_get32(p + 4) << 32;
+}
+
+/** qed_put32 - store @v at @p, little-endian. */
+static inline void qed_put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/** qed_put64 - store @v at @p, little-endian. */
+static inline void qed_put64(uint8_t *p, uint64_t v)
+{
+    qed_put32(p, (uint32_t)v);
+    qed_put32(p + 4, (uint32_t)(v >> 32));
+}
+
 /* ---- On-disk header (header.c) ---------------------------------------- */
 
 #define QED_HEADER_BYTES 64
