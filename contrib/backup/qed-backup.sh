@@ -101,11 +101,21 @@ virtual_size() {
         'import json, sys; print(json.load(sys.stdin)["virtual-size"])'
 }
 
+# running PID - is process PID alive?  A zombie is not: it has exited (and
+# closed its image), only not been reaped yet, which an init that is slow
+# to reap the orphaned --fork servers may take a while to do.
+running() {
+    local state
+    kill -0 "$1" 2>/dev/null || return 1
+    state=$(sed -E 's/^[0-9]+ \(.*\) (.).*/\1/' "/proc/$1/stat" 2>/dev/null) || return 0
+    [ "$state" != Z ]
+}
+
 # wait_gone PID WHAT - wait until process PID has exited (at most STOP_TIMEOUT s).
 wait_gone() {
     local i
     for ((i = 0; i < STOP_TIMEOUT * 20; i++)); do
-        kill -0 "$1" 2>/dev/null || return 0
+        running "$1" || return 0
         sleep 0.05
     done
     die "$2 (pid $1) did not stop within ${STOP_TIMEOUT}s"
@@ -138,11 +148,28 @@ writer_image() {
     if [ -e "$TOP" ]; then echo "$TOP"; else echo "$BASE"; fi
 }
 
+# remove_stale_socket - a writer that was killed leaves its Unix socket
+# behind, and a new one could not bind it: remove it (the writer is known not
+# to run here).
+remove_stale_socket() {
+    local i path=
+    for ((i = 0; i < ${#LISTEN[@]}; i++)); do
+        case "${LISTEN[i]}" in
+            -u|--unix) path=${LISTEN[i + 1]:-} ;;
+            --unix=*) path=${LISTEN[i]#--unix=} ;;
+        esac
+    done
+    if [ -n "$path" ] && [ -S "$path" ]; then
+        rm -f "$path"
+    fi
+}
+
 cmd_start() {
     [ -e "$BASE" ] || die "$BASE does not exist"
-    if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+    if [ -s "$PIDFILE" ] && running "$(cat "$PIDFILE")"; then
         die "the writer of $BASE runs already (pid $(cat "$PIDFILE"))"
     fi
+    remove_stale_socket
     # shellcheck disable=SC2086
     serve "$PIDFILE" "${LISTEN[@]}" ${QED_BACKUP_ARGS:-} "$(writer_image)"
 }
