@@ -307,15 +307,14 @@ static int store(struct qed_image *img, struct qed_bmdir *d)
         if (r < 0)
             return r;
         header = true; /* the grown header has the bit cleared */
-        /* Without a directory before, the slots held whatever clusters were
-         * there (guest data too): zero them, so that none can pass for a
-         * directory once the bit is set. */
-        if (!img->bmdir)
-            r = zero_slots(img);
-        if (r < 0)
-            return r;
     }
-    r = write_bits(img, d);
+    /* Without a current directory, the slots hold whatever was there: the
+     * clusters a growth relocated (guest data too), or a directory an open
+     * ignored as damaged, maybe of a higher generation.  Zero both, so that
+     * nothing but ours can pass for a directory once the bit is set. */
+    r = img->bmdir ? 0 : zero_slots(img);
+    if (r == 0)
+        r = write_bits(img, d);
     /* Why flush before the directory: it makes the bits reachable, so
      * they must be on stable storage first. */
     if (r == 0 && fdatasync(img->fd) < 0)
@@ -340,7 +339,8 @@ int qed_bitmap_store(struct qed_image *img)
     struct qed_bmdir *d;
     int r;
 
-    if (img->nbitmaps == 0 && !img->bmdir)
+    /* Nothing to store, and nothing on disk to mark clean. */
+    if (img->nbitmaps == 0 && (!img->bmdir || img->bmdir->nb == 0))
         return 0;
     d = malloc(sizeof(*d));
     if (!d)

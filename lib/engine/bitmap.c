@@ -263,8 +263,12 @@ int qed_bitmap_status(const qed_image *img, const char *name, uint64_t off, uint
 
 void qed_bitmap_mark(struct qed_image *img, uint64_t off, uint64_t len)
 {
-    if (len == 0)
+    uint64_t size = img->h.image_size;
+
+    if (len == 0 || off >= size)
         return;
+    if (len > size - off)
+        len = size - off; /* (a repair's L1 entry covers past the end) */
     for (unsigned i = 0; i < img->nbitmaps; i++) {
         struct qed_bitmap *bm = img->bitmaps[i];
         uint64_t first = off / bm->granularity, last = (off + len - 1) / bm->granularity;

@@ -59,6 +59,20 @@ static int l2_io(struct check *c, uint64_t *t, uint64_t table_off, bool write)
     return r;
 }
 
+/*
+ * A repair zeroed the entry for [L1 index @l1i, L2 index @j] covering @len
+ * bytes: what read as an error now reads through, so the content changed
+ * and the dirty bitmaps must say so.  An index past the virtual size covers
+ * nothing (and its offset could wrap past 2^64).
+ */
+static void mark_repaired(struct qed_image *img, uint64_t l1i, uint64_t j, uint64_t len)
+{
+    const struct qed_geom *g = &img->g;
+
+    if (img->h.image_size && l1i <= (img->h.image_size - 1) >> g->l1_shift)
+        qed_bitmap_mark(img, (l1i << g->l1_shift) + (j << g->l2_shift), len);
+}
+
 /* Check one L2 table; returns 0 or -errno for an I/O error. */
 static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t *t)
 {
@@ -88,6 +102,7 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
                 t[j] = htole64(QED_ENTRY_UNALLOCATED);
                 dirty = true;
                 c->res->corruptions_fixed++;
+                mark_repaired(img, l1i, j, g->cluster_size);
             }
             continue;
         }
@@ -127,6 +142,7 @@ static void check_l1(struct check *c, uint64_t *l1)
                 img->l1[i] = htole64(QED_ENTRY_UNALLOCATED);
                 c->l1_dirty = true;
                 c->res->corruptions_fixed++;
+                mark_repaired(img, i, 0, qed_l2_coverage(g));
             }
             continue;
         }

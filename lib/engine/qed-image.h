@@ -455,7 +455,8 @@ void qed_bitmap_free(struct qed_bitmap *bm);
 int qed_bitmap_insert(struct qed_image *img, struct qed_bitmap *bm);
 /**
  * Mark [@off, @off + @len) dirty in every enabled, consistent bitmap (at the
- * submission of a write, write-zeroes or discard; @off + @len <= size).
+ * submission of a write, write-zeroes or discard, and for each entry a
+ * repair zeroes); the part past the virtual size is ignored.
  */
 void qed_bitmap_mark(struct qed_image *img, uint64_t off, uint64_t len);
 /**

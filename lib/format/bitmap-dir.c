@@ -64,7 +64,7 @@ static uint32_t crc_update(uint32_t crc, const uint8_t *p, size_t len)
     for (size_t i = 0; i < len; i++) {
         crc ^= p[i];
         for (int k = 0; k < 8; k++)
-            crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1)));
+            crc = (crc >> 1) ^ ((crc & 1) ? 0x82f63b78u : 0);
     }
     return crc;
 }

@@ -182,13 +182,18 @@ struct qed_open_opts {
  * status) through an invalid entry fail with -EIO.
  * @aio may be NULL for a read-only open used only for qed_check(); such an
  * image cannot take requests.
+ * The image's dirty bitmaps are loaded (read-only opens too); a malformed
+ * bitmap directory refuses the open with -EINVAL and a message naming the
+ * file and the problem, and a read-write open marks the bitmaps in use on
+ * disk before it returns (see "Persistent dirty bitmaps" below).
  */
 int qed_open(qed_aio *aio, const char *path, const struct qed_open_opts *opts,
              qed_image **out, char *err, size_t errlen);
 
 /**
- * qed_close - finish in-flight requests, flush, clear NEED_CHECK, and free
- * the image (blocking: runs the loop until done).  Must not be called from a
+ * qed_close - finish in-flight requests, flush, clear NEED_CHECK, store the
+ * dirty bitmaps of a read-write image (growing its header area when they do
+ * not fit), and free the image (blocking: runs the loop until done).  Must not be called from a
  * loop callback.  Returns the first error met while flushing; the image is
  * freed either way.  After a failed flush (qed_flush_error) it leaves
  * NEED_CHECK set on disk and returns -EIO.

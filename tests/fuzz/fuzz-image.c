@@ -5,7 +5,8 @@
  * Templates: at start-up the target builds a few valid images with the
  * library itself (4 KiB clusters and table size 1 or 2, 64 KiB clusters;
  * no backing file, a raw one, a QED one; data, zero and trimmed clusters,
- * several L2 tables, one at the end of a maximum-size image) and keeps their
+ * several L2 tables, one at the end of a maximum-size image; one with dirty
+ * bitmaps, whose header area grew over its first tables) and keeps their
  * bytes.  An input picks a template, then lists mutations: a header field,
  * an L1 or L2 entry set to an interesting value (0, 1, misaligned, the
  * header, the L1 table, another table or data cluster, the end of the file
@@ -31,8 +32,10 @@
  * L1 offset are sane); each L2 table an L1 entry points to that is aligned,
  * past the header, inside the file and overlaps neither the L1 table nor
  * another table; each data cluster such a table's entry points to, under
- * the same conditions; and anything at or past the start of B0's last,
- * partial cluster (new allocations extend the file from there).  Every
+ * the same conditions; anything at or past the start of B0's last,
+ * partial cluster (new allocations extend the file from there); and, when
+ * B0 holds a dirty-bitmap directory, the bitmap area of its header
+ * (doc/qed-bitmaps.md; up to B1's header end when a store grew it).  Every
  * byte of [0, len(B0)) outside those regions must be the same in B1, and
  * B1 may grow past B0 by at most what the input's operations could
  * allocate.  The backing templates must be unchanged.  This catches a
@@ -90,7 +93,7 @@ struct tmpl {
 
 static struct ev_loop *loop;
 static qed_aio *aio;
-static struct tmpl T[4];
+static struct tmpl T[5];
 static unsigned ntmpl;
 static struct blob bk_raw, bk_qed;    /* the backing templates, to check they never change */
 
@@ -210,6 +213,13 @@ static void make_template(uint32_t cs, uint32_t ts, uint64_t size, const char *b
         t_write(img, size - 4096, 4096);              /* the end of the image */
     if (layout == 2)
         must(qed_sync_write_zeroes(img, 8 * (uint64_t)cs, cs, QED_REQ_NO_HOLE), "zero");
+    if (layout == 3) {
+        /* Dirty bitmaps: the close grows the header area over the L1
+         * table, the tables and the data, and stores a directory there. */
+        must(qed_bitmap_add(img, "fz", 64 * 1024, false), "bitmap");
+        must(qed_bitmap_add(img, "fz2", 4096, true), "bitmap");
+        t_write(img, 9 * (uint64_t)cs, 512);
+    }
     must(qed_close(img), "close");
     t->b = slurp("tmpl.qed");
     unlink(fz_path("tmpl.qed"));
@@ -239,6 +249,7 @@ static void make_templates(void)
     make_template(4096, 2, 1024 * MiB * 4, "b.raw", QED_BACKING_RAW, 1);
     make_template(64 * 1024, 1, 1024 * MiB, "b.qed", QED_BACKING_QED, 2);
     make_template(4096, 1, 1024 * MiB, "b.raw", QED_BACKING_PROBE, 1);
+    make_template(4096, 2, 64 * MiB, NULL, QED_BACKING_PROBE, 3);
 }
 
 /* ---- Mutations ------------------------------------------------------------- */
@@ -490,6 +501,45 @@ static uint64_t allowed_regions(const struct blob *b)
     return aliases;
 }
 
+/* The header area end of image bytes @b (0 when its geometry is not sane). */
+static uint64_t header_end(const struct blob *b)
+{
+    uint64_t cs, hs;
+
+    if (b->n < 64)
+        return 0;
+    cs = get32(b->p + 4);
+    hs = get32(b->p + 12);
+    return pow2(cs) && cs >= 4096 && cs <= 64 * MiB && hs && hs <= 65536 ? cs * hs : 0;
+}
+
+/*
+ * The dirty-bitmap area (doc/qed-bitmaps.md) of @b0, which the library
+ * writes (in-use marking at open, store at close) when @b0 holds a bitmap
+ * directory, up to the header end of @b0 or of @b1 when a store grew it;
+ * [0, 0) otherwise.  Its start: the first cluster after the header and the
+ * backing file name.
+ */
+static void bitmap_area(const struct blob *b0, const struct blob *b1, uint64_t *s, uint64_t *e)
+{
+    uint64_t h0 = header_end(b0), h1 = header_end(b1), cs, a;
+
+    *s = *e = 0;
+    if (!h0)
+        return;
+    cs = get32(b0->p + 4);
+    a = 64;
+    if (get64(b0->p + 16) & 1)
+        a = (uint64_t)get32(b0->p + 56) + get32(b0->p + 60);
+    a = (a < 64 ? 64 : a + cs - 1) / cs * cs;
+    a = a < cs ? cs : a;
+    for (uint64_t slot = a; slot <= a + 32 * KiB; slot += 32 * KiB)
+        if (slot + 8 <= b0->n && memcmp(b0->p + slot, "QEDBITMP", 8) == 0) {
+            *s = a;
+            *e = h1 > h0 ? h1 : h0;
+        }
+}
+
 static bool r_contains(uint64_t at)
 {
     for (size_t i = 0; i < R.n; i++)
@@ -502,11 +552,15 @@ static void check_confined(const struct blob *b0, uint64_t grow_bound)
 {
     struct blob b1 = slurp(IMG);
     struct blob r = slurp("b.raw"), q = slurp("b.qed");
-    uint64_t a0, a1;
+    uint64_t a0, a1, bm_s, bm_e;
 
     if (r.n != bk_raw.n || memcmp(r.p, bk_raw.p, r.n) || q.n != bk_qed.n ||
         memcmp(q.p, bk_qed.p, q.n))
         fz_fail("a backing template file was changed");
+    bitmap_area(b0, &b1, &bm_s, &bm_e);
+    /* A store that grew the header area relocated what lay in the way. */
+    if (bm_e > header_end(b0))
+        grow_bound += 2 * (bm_e - header_end(b0));
     if (b1.n > b0->n + grow_bound)
         fz_fail("the image grew from %zu to %zu bytes, more than the operations could "
                 "allocate (%" PRIu64 ")", b0->n, b1.n, grow_bound);
@@ -518,6 +572,8 @@ static void check_confined(const struct blob *b0, uint64_t grow_bound)
     if (a1 > a0)
         fz_fail("the image had %" PRIu64 " aliased tables or clusters before and %" PRIu64
                 " after", a0, a1);
+    if (bm_e)
+        r_add(bm_s, bm_e);
     if (b1.n != b0->n || memcmp(b1.p, b0->p, b0->n))
         fz_stats[ST_CHANGED]++;
     for (size_t i = 0; i < b0->n; i++) {

@@ -9,6 +9,7 @@
  */
 #include "config.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -67,6 +68,9 @@ static void setup(void)
 
 static void setup_var_tmp(void)
 {
+    /* Criterion may run the suite's .init first: drop its /tmp directory. */
+    if (F.tf.loop)
+        tf_teardown(&F.tf);
     setup_in("/var/tmp");
 }
 
@@ -248,12 +252,20 @@ Test(bmstore, in_use_after_crash)
     close_img(&F.img);
 
     F.img = open_ro("crash.qed");
+    {
+        struct qed_info info;
+
+        qed_get_info(F.img, &info);
+        cr_assert(info.dirty, "the crash copy should need a check (NEED_CHECK set)");
+    }
     cr_assert_eq(qed_bitmap_count(F.img), 3);
     cr_assert(info_of(F.img, "a").inconsistent);
     cr_assert_eq(info_of(F.img, "a").dirty_bytes, 0);
     cr_assert_eq(qed_bitmap_status(F.img, "a", 0, 512, ext, 4, &n), -EUCLEAN);
     close_img(&F.img);
+    /* The read-write open repairs (NEED_CHECK) and keeps the bitmaps. */
     F.img = open_rw("crash.qed");
+    cr_assert_eq(qed_bitmap_count(F.img), 3, "the repair lost bitmaps");
     cr_assert_eq(qed_bitmap_clear(F.img, "a"), -EUCLEAN);
     cr_assert_eq(qed_bitmap_enable(F.img, "a", true), -EUCLEAN);
     cr_assert_eq(qed_bitmap_merge(F.img, "b", F.img, "a"), -EUCLEAN);
@@ -548,4 +560,86 @@ Test(bmstore, no_bitmaps_no_change)
     rw_header("a.qed", &h, false);
     cr_assert_eq(h.header_size, 1);
     cr_assert_eq(h.autoclear_features, 0);
+}
+
+/* A damaged directory ignored (the bit clear) never comes back: the next
+ * store zeroes both slots before writing its own, even over a damaged one
+ * of a higher generation. */
+Test(bmstore, ignored_directory_never_comes_back)
+{
+    struct qed_bmdir d, bad;
+    struct qed_header h;
+    int s;
+
+    make_image(64 * MiB);
+    close_img(&F.img);
+    s = current_dir(&d);
+    bad = d;
+    bad.generation = d.generation + 100;
+    bad.e[0].granularity = 1000;
+    poke_slot(1 - s, &bad);
+    rw_header("a.qed", &h, false);
+    h.autoclear_features = 0;
+    rw_header("a.qed", &h, true);
+    F.img = open_rw("a.qed");
+    cr_assert_eq(qed_bitmap_count(F.img), 0);
+    cr_assert_eq(qed_bitmap_add(F.img, "n", 0, false), 0);
+    close_img(&F.img);
+    F.img = open_ro("a.qed");
+    cr_assert_eq(qed_bitmap_count(F.img), 1);
+    cr_assert(!info_of(F.img, "n").inconsistent);
+    close_img(&F.img);
+    assert_check_clean("a.qed");
+}
+
+/* After a failed flush nothing is stored: the bitmaps stay in use on disk. */
+Test(bmstore, failed_flush_leaves_them_inconsistent)
+{
+    uint8_t buf[512] = {3};
+
+    make_image(64 * MiB);
+    close_img(&F.img);
+    F.img = open_rw("a.qed");
+    cr_assert_eq(qed_sync_write(F.img, 9 * MiB, buf, 512, 0), 0);
+    qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_FSYNC, 0, -EIO);
+    cr_assert_neq(qed_sync_flush(F.img), 0);
+    qed_aio_test_fail_nth(F.tf.aio, 0, 0, 0);
+    cr_assert_neq(qed_close(F.img), 0, "close after a failed flush must fail");
+    F.img = NULL;
+    F.img = open_ro("a.qed");
+    cr_assert_eq(qed_bitmap_count(F.img), 3);
+    cr_assert(info_of(F.img, "a").inconsistent);
+    cr_assert(info_of(F.img, "c").inconsistent);
+}
+
+/* A repair that zeroes an entry changes what the cluster reads (an error
+ * before, zeros now): the bitmaps record it. */
+Test(bmstore, repair_marks_the_repaired_clusters)
+{
+    struct qed_open_opts o = {.repair_corrupt = true};
+    struct qed_dirty_extent ext[4];
+    struct qed_info info;
+    uint64_t l1e, bad = (uint64_t)1 << 40;
+    size_t n = 0;
+    int fd;
+
+    make_image(64 * MiB);
+    close_img(&F.img);
+    F.img = open_ro("a.qed");
+    qed_get_info(F.img, &info);
+    close_img(&F.img);
+    fd = open(tf_path(&F.tf, "a.qed"), O_RDWR);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(pread(fd, &l1e, 8, (off_t)info.l1_table_offset), 8);
+    cr_assert_neq(l1e, 0, "no L2 table for the first 2 GiB");
+    /* L2 entry 100: guest bytes [100 * 64 KiB, 101 * 64 KiB), unwritten so far. */
+    cr_assert_eq(pwrite(fd, &bad, 8, (off_t)(le64toh(l1e) + 100 * 8)), 8);
+    close(fd);
+    F.img = tf_open(&F.tf, "a.qed", &o);
+    cr_assert_eq(qed_bitmap_status(F.img, "a", 100 * CS, CS, ext, 4, &n), 0);
+    cr_assert(n == 1 && ext[0].dirty, "the repaired cluster is not marked dirty");
+    cr_assert_eq(qed_bitmap_status(F.img, "a", 101 * CS, CS, ext, 4, &n), 0);
+    cr_assert(n == 1 && !ext[0].dirty);
+    close_img(&F.img);
+    assert_check_clean("a.qed");
 }

@@ -458,3 +458,25 @@ Test(bitmap, resize_over_the_limit)
     cr_assert_eq(qed_sync_resize(F.img, 2048 * GiB), 0);
     cr_assert_eq(qed_size(F.img), 2048 * GiB);
 }
+
+/* A resize whose header write fails shrinks the bitmaps back. */
+Test(bitmap, failed_resize_shrinks_back)
+{
+    uint8_t buf[512];
+    uint64_t size = 10 * MiB + 512;
+    struct qed_dirty_extent ext[4];
+    size_t n = 0;
+
+    memset(buf, 6, sizeof(buf));
+    F.img = open_new("a.qed", size);
+    cr_assert_eq(qed_bitmap_add(F.img, "b", 1 * MiB, false), 0);
+    cr_assert_eq(qed_sync_write(F.img, size - 512, buf, 512, 0), 0);
+    qed_aio_test_fail_nth(F.tf.aio, 1u << QED_IO_WRITE, 0, -EIO);
+    cr_assert_neq(qed_sync_resize(F.img, 100 * MiB), 0);
+    qed_aio_test_fail_nth(F.tf.aio, 0, 0, 0);
+    cr_assert_eq(qed_size(F.img), size);
+    cr_assert_eq(dirty_bytes(F.img, "b"), 512, "the last granule still ends at the old size");
+    cr_assert_eq(qed_bitmap_status(F.img, "b", 0, size, ext, 4, &n), 0);
+    cr_assert_eq(n, 2);
+    cr_assert_eq(ext[1].start + ext[1].length, size);
+}
