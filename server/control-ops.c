@@ -20,7 +20,8 @@
 
 #include "control.h"
 
-/* The commands: name, what they ask of ctl_apply, which members they take. */
+/* The commands: name, what they ask of ctl_apply, which members they take.
+ * In enum ctl_kind order: ctl_apply names an operation by its kind. */
 static const struct {
     const char *cmd;
     enum ctl_kind kind;
@@ -37,6 +38,7 @@ static const struct {
     { "bitmap-disable", CTL_BITMAP_DISABLE, true, true, false },
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+_Static_assert(NCOMMANDS == CTL_BITMAP_DISABLE + 1, "one command per kind, in order");
 
 void ctl_error_reply(struct jbuf *b, int err, const char *msg)
 {

@@ -43,7 +43,8 @@ struct ctl_client {
     bool busy;                  /* @rq runs */
     bool starting;              /* inside ctl_request_start */
     bool eof;                   /* the client sent everything it will */
-    bool closing;               /* close once @out is written */
+    bool closing;               /* close once @out is written (and the client closed) */
+    bool shut;                  /* closing: our side is shut down, input is dropped */
     bool dead;                  /* closed; freed when @rq is done */
 };
 
@@ -189,8 +190,21 @@ static void client_update(struct ctl_client *cl)
     }
     if (!client_flush(cl))
         return;
-    if (cl->out.len == 0 && (cl->closing || (cl->eof && !cl->busy && !cl->in_len))) {
+    if (cl->out.len == 0 && cl->closing && !cl->shut) {
+        /* Why not close at once: closing a socket with unread input resets
+         * it, and the client could lose the error reply.  Shut our side,
+         * drop what it still sends until it closes (or the idle timeout). */
+        shutdown(cl->fd, SHUT_WR);
+        cl->shut = true;
+    }
+    if (cl->out.len == 0 && cl->eof && (cl->closing || (!cl->busy && !cl->in_len))) {
         client_close(cl, cl->closing ? "closed after an error" : "disconnected");
+        return;
+    }
+    if (cl->shut) {
+        ev_io_stop(srv.loop, &cl->io);
+        ev_io_set(&cl->io, cl->fd, EV_READ);
+        ev_io_start(srv.loop, &cl->io);
         return;
     }
     if (cl->out.len)
@@ -211,6 +225,8 @@ static void on_client_io(struct ev_loop *loop, ev_io *w, int revents)
 
     (void)loop;
     if (revents & EV_READ) {
+        if (cl->shut)
+            cl->in_len = 0;     /* closing: input is dropped */
         n = recv(cl->fd, cl->in + cl->in_len, sizeof(cl->in) - cl->in_len, 0);
         if (n > 0) {
             cl->in_len += (size_t)n;

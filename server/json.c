@@ -372,7 +372,7 @@ const struct json_member *json_get(const struct json_obj *o, const char *key)
 
 void jb_raw(struct jbuf *b, const char *s, size_t n)
 {
-    if (b->overflow)
+    if (b->overflow || n == 0)
         return;
     if (b->len + n > b->max) {
         b->overflow = true;

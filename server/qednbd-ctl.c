@@ -261,5 +261,9 @@ int main(int argc, char **argv)
     ok = json_get(&o, "ok");
     if (!ok || ok->type != JSON_BOOL)
         die("the reply has no \"ok\"");
-    return ok->b ? 0 : 1;
+    ch = ok->b ? 0 : 1;
+    free(reply);
+    free(arena);
+    jb_free(&b);
+    return ch;
 }

@@ -191,6 +191,11 @@ static void open_export(struct export *e)
         e->pref_block = SRV_MAX_PREFERRED;
     if (e->pref_block < 512)
         e->pref_block = 512;
+    /* A dirty bitmap on the writable exports, so that qemu:dirty-bitmap:fz
+     * is offered and BLOCK_STATUS reads it (it may exist already once the
+     * library stores bitmaps: then EEXIST is fine). */
+    if (!e->read_only)
+        (void)qed_bitmap_add(e->img, "fz", 4096, false);
 }
 
 static void close_export(struct export *e)

@@ -30,7 +30,7 @@ CFLAGS_FUZZ := -std=gnu11 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-li
 CPPFLAGS_FUZZ := -I$(top_builddir) -I$(top_srcdir)/lib/include -I$(top_srcdir)/lib/format -I$(top_srcdir)/lib/io -I$(top_srcdir)/lib/engine -I$(top_srcdir)/server $(addprefix -I,$(wildcard $(top_srcdir)/server/*/)) $(DEP_CFLAGS)
 
 LIB_SRCS := $(sort $(wildcard $(top_srcdir)/lib/*/*.c))
-SRV_SRCS := $(filter-out %/server/main.c,$(sort $(wildcard $(top_srcdir)/server/*.c $(top_srcdir)/server/*/*.c)))
+SRV_SRCS := $(filter-out %/server/main.c %/server/qednbd-ctl.c,$(sort $(wildcard $(top_srcdir)/server/*.c $(top_srcdir)/server/*/*.c)))
 # Objects keep the folder: $(OBJDIR)/lib/engine/check.o, $(OBJDIR)/srv/net/conn.o
 LIB_OBJS := $(patsubst $(top_srcdir)/lib/%.c,$(OBJDIR)/lib/%.o,$(LIB_SRCS))
 SRV_OBJS := $(patsubst $(top_srcdir)/server/%.c,$(OBJDIR)/srv/%.o,$(SRV_SRCS))
