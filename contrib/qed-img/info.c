@@ -1,7 +1,9 @@
 /*
  * info.c - qed-img info: the header's fields, the disk usage, the backing
- * file, the bytes allocated in the image itself and the dirty flag, as text
- * in qemu-img's words or as a JSON object with qemu-img's key names.
+ * file, the bytes allocated in the image itself, the dirty flag and the
+ * dirty bitmaps, as text in qemu-img's words or as a JSON object with
+ * qemu-img's key names (the bitmaps as qemu-img shows qcow2's, in its
+ * "format-specific" part, with "dirty bytes" added).
  */
 #include "config.h"
 
@@ -30,7 +32,68 @@ static int sum_allocated(const struct qed_extent *e, void *opaque)
     return 0;
 }
 
-static void info_print_json(const struct info_view *v)
+/*
+ * The bitmaps, shaped as qemu-img's format-specific "bitmaps" list for
+ * qcow2: its flags are "in-use" (qcow2's mark of a bitmap that was not
+ * stored cleanly: ours are the inconsistent ones) and "auto" (recording
+ * writes: enabled).  "dirty-bytes" is ours; an inconsistent bitmap has
+ * none to show.  Printed only when there are bitmaps, as qemu-img does.
+ */
+static void info_bitmaps_json(qed_image *img)
+{
+    unsigned n = qed_bitmap_count(img);
+
+    if (n == 0)
+        return;
+    printf("    \"format-specific\": {\n        \"type\": \"qed\",\n"
+           "        \"data\": {\n            \"bitmaps\": [\n");
+    for (unsigned i = 0; i < n; i++) {
+        struct qed_bitmap_info bi;
+
+        if (qed_bitmap_info(img, i, &bi) < 0)
+            continue;
+        printf("                {\n                    \"flags\": [");
+        if (bi.inconsistent)
+            printf("\n                        \"in-use\"%s", bi.enabled ? "," : "");
+        if (bi.enabled)
+            printf("\n                        \"auto\"");
+        printf("\n                    ],\n                    \"name\": ");
+        json_string(stdout, bi.name);
+        printf(",\n                    \"granularity\": %" PRIu32, bi.granularity);
+        if (!bi.inconsistent)
+            printf(",\n                    \"dirty-bytes\": %" PRIu64, bi.dirty_bytes);
+        printf("\n                }%s\n", i + 1 < n ? "," : "");
+    }
+    printf("            ]\n        }\n    },\n");
+}
+
+/* The same for the text output, as qemu-img's "Format specific information". */
+static void info_bitmaps_human(qed_image *img)
+{
+    unsigned n = qed_bitmap_count(img);
+
+    if (n == 0)
+        return;
+    printf("Format specific information:\n    bitmaps:\n");
+    for (unsigned i = 0; i < n; i++) {
+        struct qed_bitmap_info bi;
+        unsigned f = 0;
+
+        if (qed_bitmap_info(img, i, &bi) < 0)
+            continue;
+        printf("        [%u]:\n            flags:\n", i);
+        if (bi.inconsistent)
+            printf("                [%u]: in-use\n", f++);
+        if (bi.enabled)
+            printf("                [%u]: auto\n", f++);
+        printf("            name: %s\n            granularity: %" PRIu32 "\n", bi.name,
+               bi.granularity);
+        if (!bi.inconsistent)
+            printf("            dirty bytes: %" PRIu64 "\n", bi.dirty_bytes);
+    }
+}
+
+static void info_print_json(const struct info_view *v, qed_image *img)
 {
     const struct qed_info *info = &v->info;
 
@@ -56,10 +119,11 @@ static void info_print_json(const struct info_view *v)
     }
     if (v->known)
         printf("    \"allocated-size\": %" PRIu64 ",\n", v->allocated);
+    info_bitmaps_json(img);
     printf("    \"dirty-flag\": %s\n}\n", info->dirty ? "true" : "false");
 }
 
-static void info_print_human(const struct info_view *v)
+static void info_print_human(const struct info_view *v, qed_image *img)
 {
     const struct qed_info *info = &v->info;
     char a[32], b[32], d[32];
@@ -87,6 +151,7 @@ static void info_print_human(const struct info_view *v)
     else
         printf("allocated: unknown\n");
     printf("dirty flag: %s\n", info->dirty ? "yes" : "no");
+    info_bitmaps_human(img);
 }
 
 /*
@@ -128,9 +193,9 @@ int cmd_info(int argc, char **argv)
     if (stat(v.path, &st) == 0)
         v.disk = (uint64_t)st.st_blocks * 512;
     if (json) {
-        info_print_json(&v);
+        info_print_json(&v, t.img);
     } else {
-        info_print_human(&v);
+        info_print_human(&v, t.img);
         if (v.info.dirty)
             info_explain_dirty(v.path, no_lock);
     }

@@ -1,15 +1,19 @@
 /*
- * qed-img - create, inspect, check, map and grow QED images, in the command
- * style of qemu-img.
+ * qed-img - create, inspect, check, map and grow QED images and manage their
+ * dirty bitmaps, in the command style of qemu-img.
  *
  *   qed-img create [-c CLUSTER] [-t TABLE] [-b BACKING [-F raw|qed]] FILE [SIZE]
  *   qed-img info [--json] [-U] FILE
  *   qed-img check [-r] [-U] FILE
  *   qed-img map [--json] [-U] FILE
  *   qed-img resize FILE [+]SIZE
+ *   qed-img bitmap (--merge SOURCE | --add | --remove | --clear | --enable |
+ *                   --disable)... [-b SOURCE_FILE [-F qed]] [-g GRANULARITY]
+ *                  [--disabled] FILE BITMAP
  *
  * main.c holds the help text and the dispatcher; each sub-command lives in
- * the file named after it (create.c, info.c, check.c, map.c, resize.c), and
+ * the file named after it (create.c, info.c, check.c, map.c, resize.c,
+ * bitmap.c), and
  * qed-img.h lists what they share (tool.c, view.c).
  *
  * Everything goes through libqed: the image is opened with an I/O engine on
@@ -29,7 +33,8 @@ void usage(FILE *f)
 {
     fputs("Usage: " PROG " COMMAND [OPTIONS] ...\n"
           "\n"
-          "Create, inspect, check, map and grow QED (QEMU Enhanced Disk) images.\n"
+          "Create, inspect, check, map and grow QED (QEMU Enhanced Disk) images,\n"
+          "and manage their persistent dirty bitmaps.\n"
           "\n"
           "Commands:\n"
           "  create [-c CLUSTER] [-t TABLE] [-b BACKING [-F raw|qed]] FILE [SIZE]\n"
@@ -39,8 +44,8 @@ void usage(FILE *f)
           "        resolved relative to FILE's directory; without -F its format is\n"
           "        probed.  SIZE defaults to the backing file's size.\n"
           "  info [--json] [-U] FILE\n"
-          "        Show size, cluster size, table size, backing file, dirty flag\n"
-          "        and allocated bytes.\n"
+          "        Show size, cluster size, table size, backing file, dirty flag,\n"
+          "        allocated bytes and the dirty bitmaps.\n"
           "  check [-r] [-U] FILE\n"
           "        Check the metadata; -r repairs.  Exit status: 0 clean,\n"
           "        2 corruption, 3 leaked clusters only, 1 the check failed.\n"
@@ -49,14 +54,21 @@ void usage(FILE *f)
           "        format of `qemu-img map --output=json`.\n"
           "  resize FILE [+]SIZE\n"
           "        Grow FILE to SIZE (or by +SIZE).  Shrinking is refused.\n"
+          "  bitmap (--merge SOURCE | --add | --remove | --clear | --enable |\n"
+          "          --disable)... [-b SOURCE_FILE [-F qed]] [-g GRANULARITY]\n"
+          "         [--disabled] FILE BITMAP\n"
+          "        Change the dirty bitmap BITMAP of FILE; the actions run in the\n"
+          "        order given.  --add makes it (granularity -g, default 64K;\n"
+          "        --disabled: not recording), --merge SOURCE ORs bitmap SOURCE\n"
+          "        (of SOURCE_FILE with -b) into it.\n"
           "\n"
           "Options:\n"
           "  -U, --force-share   open without taking the image lock (read-only\n"
           "                      commands only; the image may be in use)\n"
-          "  --backing-dir=DIR   (info, check, map, resize) allow backing files\n"
+          "  --backing-dir=DIR   (info, check, map, resize, bitmap) allow backing files\n"
           "                      only under DIR, symlinks and \"..\" resolved,\n"
           "                      along the whole chain\n"
-          "  --no-backing        (info, check, map, resize) refuse an image that\n"
+          "  --no-backing        (info, check, map, resize, bitmap) refuse an image that\n"
           "                      has a backing file\n"
           "  -h, --help          show this help\n"
           "  -V, --version       show the version\n"
@@ -73,7 +85,7 @@ int main(int argc, char **argv)
         int (*fn)(int, char **);
     } cmds[] = {
         { "create", cmd_create }, { "info", cmd_info },     { "check", cmd_check },
-        { "map", cmd_map },       { "resize", cmd_resize },
+        { "map", cmd_map },       { "resize", cmd_resize }, { "bitmap", cmd_bitmap },
     };
     int ret = -1;
 

@@ -33,7 +33,7 @@ int parse_size_arg(const char *what, const char *s, uint64_t *out);
 
 /*
  * Backing-file confinement (--backing-dir=DIR, --no-backing), taken by every
- * command that opens an image (info, check, map, resize) and applied to the
+ * command that opens an image (info, check, map, resize, bitmap) and applied to the
  * whole backing chain by the library.  Default: backing names are followed
  * as QEMU follows them.
  */
@@ -121,5 +121,6 @@ int cmd_info(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_resize(int argc, char **argv);
+int cmd_bitmap(int argc, char **argv);
 
 #endif /* QED_IMG_H */
