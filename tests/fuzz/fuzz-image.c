@@ -33,9 +33,9 @@
  * past the header and inside the file (also one that overlaps the L1
  * table or another table: a repair zeroes the invalid entries of its own
  * clusters); each data cluster the entries of a table that overlaps
- * neither point to, under
- * the same conditions; anything at or past the start of B0's last,
- * partial cluster (new allocations extend the file from there); and, when
+ * neither point to, under the same conditions; anything at or past the
+ * start of B0's last, partial cluster (new allocations extend the file
+ * from there); and, when
  * B0 holds a dirty-bitmap directory, the bitmap area of its header
  * (doc/qed-bitmaps.md; up to B1's header end when a store grew it).  Every
  * byte of [0, len(B0)) outside those regions must be the same in B1, and
