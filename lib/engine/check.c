@@ -26,6 +26,9 @@ struct check {
     uint8_t *used;      /* bitmap of referenced host clusters */
     uint8_t *judged;    /* bitmap of host clusters whose entries were judged */
     uint8_t *tocheck;   /* bitmap of L1 indexes whose table pass 2 checks */
+    uint64_t *zeroed;   /* host offsets of the entries the repair zeroed */
+    size_t nzeroed, zcap;
+    bool zsorted;       /* zeroed[] is sorted (for bsearch) */
     bool l1_dirty;      /* a repair changed the L1 table */
     uint64_t last_data; /* previous data cluster, for fragmentation */
 };
@@ -84,6 +87,40 @@ static void mark_repaired(struct qed_image *img, uint64_t l1i, uint64_t j, uint6
         qed_bitmap_mark(img, (l1i << g->l1_shift) + (j << g->l2_shift), len);
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Remember that the repair zeroed the entry at host offset @at. */
+static int note_zeroed(struct check *c, uint64_t at)
+{
+    if (c->nzeroed == c->zcap) {
+        size_t cap = c->zcap ? 2 * c->zcap : 64;
+        uint64_t *z = realloc(c->zeroed, cap * sizeof(*z));
+        if (!z)
+            return -ENOMEM;
+        c->zeroed = z;
+        c->zcap = cap;
+    }
+    c->zeroed[c->nzeroed++] = at;
+    c->zsorted = false;
+    return 0;
+}
+
+/* Did the repair zero the entry at host offset @at (through another table)? */
+static bool was_zeroed(struct check *c, uint64_t at)
+{
+    if (!c->nzeroed)
+        return false;
+    if (!c->zsorted) {
+        qsort(c->zeroed, c->nzeroed, sizeof(uint64_t), cmp_u64);
+        c->zsorted = true;
+    }
+    return bsearch(&at, c->zeroed, c->nzeroed, sizeof(uint64_t), cmp_u64) != NULL;
+}
+
 /* Judge the entries of one L2 table in the clusters of it that no other
  * table (nor the L1 table) has had judged; returns 0 or -errno for an I/O
  * error. */
@@ -105,8 +142,13 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
         uint64_t e = le64toh(t[j]);
         if (j % per_cluster == 0)
             mine = claim(c, (table_off >> g->cluster_bits) + j / per_cluster);
-        if (!mine)
-            continue; /* the same bytes were judged as another table's entries */
+        if (!mine) {
+            /* The same bytes were judged as another table's entries.  One
+             * the repair zeroed changed this table's guest range too. */
+            if (e == QED_ENTRY_UNALLOCATED && was_zeroed(c, table_off + 8 * j))
+                mark_repaired(img, l1i, j, g->cluster_size);
+            continue;
+        }
         if (e == QED_ENTRY_UNALLOCATED || e == QED_ENTRY_ZERO)
             continue;
         if (!qed_check_cluster_offset(g, e, img->file_size)) {
@@ -121,6 +163,10 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
                 dirty = true;
                 c->res->corruptions_fixed++;
                 mark_repaired(img, l1i, j, g->cluster_size);
+                if (note_zeroed(c, table_off + 8 * j) < 0) {
+                    c->res->check_errors++;
+                    return -ENOMEM;
+                }
             }
             continue;
         }
@@ -298,6 +344,7 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
 out:
     free(c.tocheck);
     free(c.judged);
+    free(c.zeroed);
     free(c.used);
     free(t);
     free(l1);

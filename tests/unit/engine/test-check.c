@@ -1198,15 +1198,23 @@ static void build_entry_naming_a_table(uint64_t *bad)
     wr64(l2_at(1, 0), *bad);                /* B's first entry: past the end */
 }
 
+/* The check sees one past-EOF entry (@what) besides one cluster referenced
+ * twice, and so a read-write open refuses the image; returns the result. */
+static struct qed_check_result expect_past_eof_entry_seen(const char *what)
+{
+    struct qed_check_result r = check_ro();
+    cr_assert_eq(r.repairable, 1, "%s was not seen: repairable %" PRIu64, what, r.repairable);
+    cr_assert_eq(r.corruptions, 2, "a cluster referenced twice and %s: %" PRIu64 " corruptions",
+                 what, r.corruptions);
+    expect_rw_refused("1 invalid table entry");
+    return r;
+}
+
 Test(check, table_named_by_a_data_entry_still_has_its_entries_checked)
 {
     uint64_t bad;
     build_entry_naming_a_table(&bad);
-    struct qed_check_result r = check_ro();
-    cr_assert_eq(r.repairable, 1, "B's past-EOF entry was not seen: repairable %" PRIu64,
-                 r.repairable);
-    cr_assert_eq(r.corruptions, 2, "A's entry (a cluster referenced twice) and B's entry");
-    expect_rw_refused("1 invalid table entry");
+    expect_past_eof_entry_seen("B's past-EOF entry");
 }
 
 Test(check, table_named_by_a_data_entry_is_repaired)
@@ -1243,13 +1251,8 @@ Test(check, table_overlapping_another_has_its_own_entries_checked)
 {
     uint64_t bad;
     build_overlapping_tables(&bad);
-    struct qed_check_result r = check_ro();
-    cr_assert_eq(r.repairable, 1, "C's past-EOF entry was not seen: repairable %" PRIu64,
-                 r.repairable);
-    cr_assert_eq(r.corruptions, 2, "the overlap and the past-EOF entry: %" PRIu64,
-                 r.corruptions);
+    struct qed_check_result r = expect_past_eof_entry_seen("the past-EOF entry of C'");
     cr_assert_eq(r.allocated_clusters, 3, "the shared cluster is counted once");
-    expect_rw_refused("1 invalid table entry");
 }
 
 /* After the repair, allocating writes that grow the file past the old
@@ -1263,7 +1266,7 @@ Test(check, table_overlapping_another_gains_no_alias_after_repair)
     write_clusters(img, 8, 8, 2);
     cr_assert_eq(qed_close(img), 0);
     cr_assert_gt(fsize(), bad, "the writes did not grow the file past the entry");
-    /* Read through C''s entry: zeros, not the data the writes just put at
+    /* Read through the entry of C': zeros, not the data the writes just put at
      * the entry's old value. */
     expect_cluster_zero(i * COVER / CS + CS / 8);
     struct qed_check_result r = check_ro();
@@ -1271,6 +1274,6 @@ Test(check, table_overlapping_another_gains_no_alias_after_repair)
                  " corruptions: an allocation added an alias", r.corruptions);
     cr_assert_eq(r.repairable, 0);
     cr_assert_eq(fixed.corruptions_fixed, 1);
-    cr_assert_eq(l2(i, CS / 8), 0, "C's past-EOF entry survived the repair");
+    cr_assert_eq(l2(i, CS / 8), 0, "the past-EOF entry of C' survived the repair");
     expect_cluster_data(8, 2);
 }
