@@ -24,7 +24,11 @@ struct check {
     bool repair;
     uint64_t nclusters;
     uint8_t *used;      /* bitmap of referenced host clusters */
+    uint8_t *judged;    /* bitmap of host clusters whose entries were judged */
     uint8_t *tocheck;   /* bitmap of L1 indexes whose table pass 2 checks */
+    uint64_t *zeroed;   /* host offsets of the entries the repair zeroed */
+    size_t nzeroed, zcap;
+    bool zsorted;       /* zeroed[] is sorted (for bsearch) */
     bool l1_dirty;      /* a repair changed the L1 table */
     uint64_t last_data; /* previous data cluster, for fragmentation */
 };
@@ -41,6 +45,16 @@ static bool mark_used(struct check *c, uint64_t off, uint64_t n)
         c->used[i / 8] |= (uint8_t)(1u << (i % 8));
     }
     return fresh;
+}
+
+/* Claim host cluster @i for judging: false if its entries were judged already
+ * (as part of the L1 table or of another L2 table overlapping this one). */
+static bool claim(struct check *c, uint64_t i)
+{
+    if (i >= c->nclusters || (c->judged[i / 8] & (1u << (i % 8))))
+        return false;
+    c->judged[i / 8] |= (uint8_t)(1u << (i % 8));
+    return true;
 }
 
 /* Read (or, after a repair, write) the L2 table at @table_off into @t; an
@@ -73,12 +87,49 @@ static void mark_repaired(struct qed_image *img, uint64_t l1i, uint64_t j, uint6
         qed_bitmap_mark(img, (l1i << g->l1_shift) + (j << g->l2_shift), len);
 }
 
-/* Check one L2 table; returns 0 or -errno for an I/O error. */
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Remember that the repair zeroed the entry at host offset @at. */
+static int note_zeroed(struct check *c, uint64_t at)
+{
+    if (c->nzeroed == c->zcap) {
+        size_t cap = c->zcap ? 2 * c->zcap : 64;
+        uint64_t *z = realloc(c->zeroed, cap * sizeof(*z));
+        if (!z)
+            return -ENOMEM;
+        c->zeroed = z;
+        c->zcap = cap;
+    }
+    c->zeroed[c->nzeroed++] = at;
+    c->zsorted = false;
+    return 0;
+}
+
+/* Did the repair zero the entry at host offset @at (through another table)? */
+static bool was_zeroed(struct check *c, uint64_t at)
+{
+    if (!c->nzeroed)
+        return false;
+    if (!c->zsorted) {
+        qsort(c->zeroed, c->nzeroed, sizeof(uint64_t), cmp_u64);
+        c->zsorted = true;
+    }
+    return bsearch(&at, c->zeroed, c->nzeroed, sizeof(uint64_t), cmp_u64) != NULL;
+}
+
+/* Judge the entries of one L2 table in the clusters of it that no other
+ * table (nor the L1 table) has had judged; returns 0 or -errno for an I/O
+ * error. */
 static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t *t)
 {
     struct qed_image *img = c->img;
     const struct qed_geom *g = &img->g;
-    bool dirty = false;
+    const uint64_t per_cluster = g->cluster_size / 8;
+    bool dirty = false, mine = false;
     int r;
 
     /* Fragmentation is judged within one table, as QEMU does: the first data
@@ -89,6 +140,15 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
         return r;
     for (uint64_t j = 0; j < g->table_entries; j++) {
         uint64_t e = le64toh(t[j]);
+        if (j % per_cluster == 0)
+            mine = claim(c, (table_off >> g->cluster_bits) + j / per_cluster);
+        if (!mine) {
+            /* The same bytes were judged as another table's entries.  One
+             * the repair zeroed changed this table's guest range too. */
+            if (e == QED_ENTRY_UNALLOCATED && was_zeroed(c, table_off + 8 * j))
+                mark_repaired(img, l1i, j, g->cluster_size);
+            continue;
+        }
         if (e == QED_ENTRY_UNALLOCATED || e == QED_ENTRY_ZERO)
             continue;
         if (!qed_check_cluster_offset(g, e, img->file_size)) {
@@ -103,6 +163,10 @@ static int check_l2(struct check *c, uint64_t l1i, uint64_t table_off, uint64_t 
                 dirty = true;
                 c->res->corruptions_fixed++;
                 mark_repaired(img, l1i, j, g->cluster_size);
+                if (note_zeroed(c, table_off + 8 * j) < 0) {
+                    c->res->check_errors++;
+                    return -ENOMEM;
+                }
             }
             continue;
         }
@@ -150,9 +214,14 @@ static void check_l1(struct check *c, uint64_t *l1)
             qed_log(QED_LOG_WARN, "%s: ERROR L2 table at 0x%" PRIx64 " is referenced twice",
                     img->path, off);
             c->res->corruptions++;
-            continue;
         }
-        c->tocheck[i / 8] |= (uint8_t)(1u << (i % 8)); /* a table to check in pass 2 */
+        /* Checked in pass 2 even when it overlaps another table or the L1
+         * table: the engine reads its entries all the same.  Skipping it
+         * left an entry past the end of the file that the repair never
+         * zeroed; once the file grew, it named a new cluster, a new alias
+         * (found by tests/fuzz/fuzz-image).  Clusters shared with a table
+         * checked before are judged once (check_l2). */
+        c->tocheck[i / 8] |= (uint8_t)(1u << (i % 8));
     }
 }
 
@@ -249,11 +318,17 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
      * the end of the file survived a repair and, once the file grew, named
      * another cluster's data (found by tests/fuzz/fuzz-image). */
     c.tocheck = calloc(1, g->table_entries / 8 + 1);
-    if (!c.tocheck) {
+    c.judged = calloc(1, c.nclusters / 8 + 1);
+    if (!c.tocheck || !c.judged) {
         res->check_errors++;
         r = -ENOMEM;
         goto out;
     }
+    /* The L1 table's own bytes are judged as L1 entries: an L2 table over
+     * them needs no second look (an offset invalid for a data cluster is
+     * invalid for a table too, so check_l1 catches it). */
+    for (uint64_t k = 0; k < g->table_size; k++)
+        claim(&c, (img->h.l1_table_offset >> g->cluster_bits) + k);
     check_l1(&c, l1);
     for (uint64_t i = 0; i < g->table_entries; i++) {
         if (!(c.tocheck[i / 8] & (1u << (i % 8))))
@@ -268,6 +343,8 @@ int qed_check_image(struct qed_image *img, bool repair, struct qed_check_result 
 
 out:
     free(c.tocheck);
+    free(c.judged);
+    free(c.zeroed);
     free(c.used);
     free(t);
     free(l1);

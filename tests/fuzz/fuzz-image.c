@@ -30,10 +30,12 @@
  * From B0 the target computes, with its own parser, where the library may
  * write: the 64-byte header; the L1 table (when the header's geometry and
  * L1 offset are sane); each L2 table an L1 entry points to that is aligned,
- * past the header, inside the file and overlaps neither the L1 table nor
- * another table; each data cluster such a table's entry points to, under
- * the same conditions; anything at or past the start of B0's last,
- * partial cluster (new allocations extend the file from there); and, when
+ * past the header and inside the file (also one that overlaps the L1
+ * table or another table: a repair zeroes the invalid entries of its own
+ * clusters); each data cluster the entries of a table that overlaps
+ * neither point to, under the same conditions; anything at or past the
+ * start of B0's last, partial cluster (new allocations extend the file
+ * from there); and, when
  * B0 holds a dirty-bitmap directory, the bitmap area of its header
  * (doc/qed-bitmaps.md; up to B1's header end when a store grew it).  Every
  * byte of [0, len(B0)) outside those regions must be the same in B1, and
@@ -493,6 +495,15 @@ static uint64_t allowed_regions(const struct blob *b)
             else
                 r_add(d, d + cs);
         }
+    }
+    /* A table that overlaps the L1 table or another table is an alias, but
+     * the library reads its entries like any table's, and a repair zeroes
+     * the invalid ones in its clusters that no table before it holds: its
+     * bytes are the library's to write too (added after the counting). */
+    for (uint64_t i = 0; i < tb / 8; i++) {
+        uint64_t e = get64(b->p + l1 + 8 * i);
+        if (sane_cluster(e, tb, cs, hdr, n) && r_overlaps(e, e + tb, meta))
+            r_add(e, e + tb);
     }
     /* The partial cluster at the end of the file is nobody's (a valid table
      * or cluster lies wholly inside the file): allocation may start there. */

@@ -51,6 +51,10 @@ key=value fields:
                table QEMU skips as a duplicate has data clusters: QEMU
                checks tables and data entries in one pass, qed_check marks
                every table first and so still counts that table's clusters)
+  qemu_left=   (serve) invalid entries QEMU's check neither counts nor
+               repairs: those of a table that overlaps another, which QEMU
+               skips whole and qed_check judges in the table's own clusters
+               (0 elsewhere; when not 0 the two repairs differ there)
   repair_may_change= (serve) byte ranges OFF+LEN (hex) that repair may
                change; the header is always allowed
   scratch=     (serve) first guest cluster of an empty L2 range where the
@@ -228,7 +232,10 @@ def model(img, content):
     reads = {}  # clusters not in it are unallocated: zeros or backing data
     bad = []
     nclusters = (img.size + cs - 1) // cs
-    seen_tables = set()
+    # Host clusters whose entries were judged: the L1 table's as L1 entries,
+    # then each L2 table's that no table before it (in L1 order) holds; a
+    # table that overlaps another is judged in its own clusters only.
+    judged = set(range(img.l1 // cs, img.l1 // cs + img.ts))
     # Metadata clusters: the header, the L1 table, every valid L2 table.
     meta = set(range(hs)) | set(range(img.l1 // cs, img.l1 // cs + img.ts))
     for i in range(img.n):
@@ -245,6 +252,8 @@ def model(img, content):
             for g in range(first, min(first + img.n, nclusters)):
                 reads[g] = 'E'
             continue
+        mine = {c for c in range(e1 // cs, e1 // cs + img.ts) if c not in judged}
+        judged |= mine
         for j in range(img.n):
             e2 = get(e1 + 8 * j)
             g = first + j
@@ -255,13 +264,12 @@ def model(img, content):
                     reads[g] = 'Z'
                 continue
             if not cluster_ok(e2):
-                if e1 not in seen_tables:
+                if (e1 + 8 * j) // cs in mine:
                     bad.append((e1 + 8 * j, 8))
                 if g < nclusters:
                     reads[g] = 'E'
             elif g < nclusters:
                 reads[g] = ('A' if e2 // cs in meta else 'D', e2)
-        seen_tables.add(e1)
     return reads, bad
 
 
@@ -302,13 +310,15 @@ def refuse(name, desc, msg, qemu='refuse'):
 
 
 def serve(name, desc, eio=(), corrupt=0, remaining=0, qemu='open', qemu_corrupt=None,
-          scratch=True, backing_eio=(), qemu_extra_leaks=0):
+          scratch=True, backing_eio=(), qemu_extra_leaks=0, qemu_left=0):
     """backing_eio: clusters whose reads fail in the backing image, which
-    the model of this image cannot see and repair of this image cannot fix."""
+    the model of this image cannot see and repair of this image cannot fix.
+    qemu_left: invalid entries QEMU neither counts nor repairs (in a table it
+    skips because it overlaps another)."""
     def deco(fn):
         CASES.append(dict(name=name, desc=desc, expect='serve', eio=list(eio), corrupt=corrupt,
                           remaining=remaining, qemu=qemu, qemu_corrupt=qemu_corrupt,
-                          qemu_extra_leaks=qemu_extra_leaks,
+                          qemu_extra_leaks=qemu_extra_leaks, qemu_left=qemu_left,
                           scratch=scratch, backing_eio=list(backing_eio), build=fn))
         return fn
     return deco
@@ -692,6 +702,24 @@ def _():
     return i
 
 
+@serve('l1e-overlap-past-eof', 'L1[2] names a table that shares its first cluster with L2 #1 '
+       'and whose own second cluster holds an entry past the end of the file',
+       eio=[2560], corrupt=2, remaining=1, qemu_corrupt=1, qemu_left=1, scratch=False)
+def _():
+    # Not base(): L2 #1 must be followed by a cluster of zeros, not data.
+    i = Image()
+    i.new_l2(0)
+    i.new_data(0)
+    i.new_data(1)
+    i.new_data(5)
+    i.set_l2(7, 1)
+    t = i.new_l2(1)
+    i.alloc(1)
+    i.set_l1(2, t + CS)
+    i.set_l2(2 * i.n + i.n // 2, len(i.buf) + 3 * CS)
+    return i
+
+
 @serve('l1e-beyond-size', 'L1[5] (past the 12 MiB image size) is invalid: check repairs it, reads cannot reach it',
        corrupt=1)
 def _():
@@ -938,6 +966,7 @@ def write_corpus(outdir):
                        ('qemu_corrupt', c['qemu_corrupt'] if c['qemu_corrupt'] is not None
                         else c['corrupt']),
                        ('qemu_extra_leaks', c['qemu_extra_leaks']),
+                       ('qemu_left', c['qemu_left']),
                        ('repair_may_change', ','.join('%x+%x' % r for r in bad)),
                        ('scratch', scratch), ('scratch_l1', scratch_l1),
                        ('reopen', ','.join(reopen)),

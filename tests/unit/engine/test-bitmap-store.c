@@ -612,6 +612,25 @@ Test(bmstore, failed_flush_leaves_them_inconsistent)
     cr_assert(info_of(F.img, "c").inconsistent);
 }
 
+/* Make a @size image (make_image), close it, and open its file for raw
+ * writes: returns the descriptor, sets *@info and *@l1e (L1 entry 0, as
+ * stored, little-endian). */
+static int make_image_raw(uint64_t size, struct qed_info *info, uint64_t *l1e)
+{
+    int fd;
+
+    make_image(size);
+    close_img(&F.img);
+    F.img = open_ro("a.qed");
+    qed_get_info(F.img, info);
+    close_img(&F.img);
+    fd = open(tf_path(&F.tf, "a.qed"), O_RDWR);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(pread(fd, l1e, 8, (off_t)info->l1_table_offset), 8);
+    cr_assert_neq(*l1e, 0, "no L2 table for the first 2 GiB");
+    return fd;
+}
+
 /* A repair that zeroes an entry changes what the cluster reads (an error
  * before, zeros now): the bitmaps record it. */
 Test(bmstore, repair_marks_the_repaired_clusters)
@@ -621,17 +640,8 @@ Test(bmstore, repair_marks_the_repaired_clusters)
     struct qed_info info;
     uint64_t l1e, bad = (uint64_t)1 << 40;
     size_t n = 0;
-    int fd;
+    int fd = make_image_raw(64 * MiB, &info, &l1e);
 
-    make_image(64 * MiB);
-    close_img(&F.img);
-    F.img = open_ro("a.qed");
-    qed_get_info(F.img, &info);
-    close_img(&F.img);
-    fd = open(tf_path(&F.tf, "a.qed"), O_RDWR);
-    cr_assert_geq(fd, 0);
-    cr_assert_eq(pread(fd, &l1e, 8, (off_t)info.l1_table_offset), 8);
-    cr_assert_neq(l1e, 0, "no L2 table for the first 2 GiB");
     /* L2 entry 100: guest bytes [100 * 64 KiB, 101 * 64 KiB), unwritten so far. */
     cr_assert_eq(pwrite(fd, &bad, 8, (off_t)(le64toh(l1e) + 100 * 8)), 8);
     close(fd);
@@ -642,4 +652,31 @@ Test(bmstore, repair_marks_the_repaired_clusters)
     cr_assert(n == 1 && !ext[0].dirty);
     close_img(&F.img);
     assert_check_clean("a.qed");
+}
+
+/* Two L1 entries name one table (a corruption the repair leaves): an entry
+ * it zeroes changes what both guest ranges read, and both are marked.  The
+ * check judges the table's entries once, through the first L1 entry; the
+ * second range was once left unmarked. */
+Test(bmstore, repair_marks_the_range_of_each_table_naming_the_entry)
+{
+    struct qed_open_opts o = {.repair_corrupt = true};
+    struct qed_dirty_extent ext[4];
+    struct qed_info info;
+    uint64_t l1e, bad = (uint64_t)1 << 40, cover = 2 * GiB; /* 32768 entries of 64 KiB */
+    size_t n = 0;
+    int fd = make_image_raw(3 * GiB, &info, &l1e);
+
+    cr_assert_eq((uint64_t)info.table_size * CS / 8 * CS, cover);
+    cr_assert_eq(pwrite(fd, &l1e, 8, (off_t)info.l1_table_offset + 8), 8);
+    cr_assert_eq(pwrite(fd, &bad, 8, (off_t)(le64toh(l1e) + 100 * 8)), 8);
+    close(fd);
+    F.img = tf_open(&F.tf, "a.qed", &o);
+    cr_assert_eq(qed_bitmap_status(F.img, "a", 100 * CS, CS, ext, 4, &n), 0);
+    cr_assert(n == 1 && ext[0].dirty, "the range through L1[0] is not marked dirty");
+    cr_assert_eq(qed_bitmap_status(F.img, "a", cover + 100 * CS, CS, ext, 4, &n), 0);
+    cr_assert(n == 1 && ext[0].dirty, "the range through L1[1] is not marked dirty");
+    cr_assert_eq(qed_bitmap_status(F.img, "a", cover + 101 * CS, CS, ext, 4, &n), 0);
+    cr_assert(n == 1 && !ext[0].dirty);
+    close_img(&F.img);
 }

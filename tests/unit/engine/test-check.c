@@ -1198,15 +1198,23 @@ static void build_entry_naming_a_table(uint64_t *bad)
     wr64(l2_at(1, 0), *bad);                /* B's first entry: past the end */
 }
 
+/* The check sees one past-EOF entry (@what) besides one cluster referenced
+ * twice, and so a read-write open refuses the image; returns the result. */
+static struct qed_check_result expect_past_eof_entry_seen(const char *what)
+{
+    struct qed_check_result r = check_ro();
+    cr_assert_eq(r.repairable, 1, "%s was not seen: repairable %" PRIu64, what, r.repairable);
+    cr_assert_eq(r.corruptions, 2, "a cluster referenced twice and %s: %" PRIu64 " corruptions",
+                 what, r.corruptions);
+    expect_rw_refused("1 invalid table entry");
+    return r;
+}
+
 Test(check, table_named_by_a_data_entry_still_has_its_entries_checked)
 {
     uint64_t bad;
     build_entry_naming_a_table(&bad);
-    struct qed_check_result r = check_ro();
-    cr_assert_eq(r.repairable, 1, "B's past-EOF entry was not seen: repairable %" PRIu64,
-                 r.repairable);
-    cr_assert_eq(r.corruptions, 2, "A's entry (a cluster referenced twice) and B's entry");
-    expect_rw_refused("1 invalid table entry");
+    expect_past_eof_entry_seen("B's past-EOF entry");
 }
 
 Test(check, table_named_by_a_data_entry_is_repaired)
@@ -1215,4 +1223,57 @@ Test(check, table_named_by_a_data_entry_is_repaired)
     build_entry_naming_a_table(&bad);
     repair();
     cr_assert_eq(l2(1, 0), 0, "B's past-EOF entry survived the repair");
+}
+
+/* Two L2 tables overlap: C at the end of the file and C' one cluster on, so
+ * that C' shares its first cluster with C and has a second cluster of its
+ * own, which holds an entry past the end of the file (the shape of
+ * tests/fuzz/corpus-image/alias-after-clean-repair-2).  Returns the L1
+ * index of C' and sets *@bad to the entry's value. */
+static uint64_t build_overlapping_tables(uint64_t *bad)
+{
+    build3();
+    uint64_t c = fsize();
+    cr_assert_eq(c % CS, 0);
+    grow_file(3 * CS);
+    wr64(l1_at(2), c);                  /* C: clusters c, c + CS */
+    wr64(l1_at(3), c + CS);             /* C': clusters c + CS, c + 2 * CS */
+    *bad = fsize() + 4 * CS;
+    wr64(l2_at(3, CS / 8), *bad);       /* C' entry 512: its own cluster */
+    return 3;
+}
+
+/* A table that overlaps another is still "referenced twice", but the
+ * entries of its own clusters are judged: the check once skipped the whole
+ * table, so an entry past the end of the file there was neither counted
+ * nor repaired (found by tests/fuzz/fuzz-image). */
+Test(check, table_overlapping_another_has_its_own_entries_checked)
+{
+    uint64_t bad;
+    build_overlapping_tables(&bad);
+    struct qed_check_result r = expect_past_eof_entry_seen("the past-EOF entry of C'");
+    cr_assert_eq(r.allocated_clusters, 3, "the shared cluster is counted once");
+}
+
+/* After the repair, allocating writes that grow the file past the old
+ * entry's value add no alias: the repair zeroed it.  Before the fix the
+ * entry survived, and once the file grew it named a new data cluster. */
+Test(check, table_overlapping_another_gains_no_alias_after_repair)
+{
+    uint64_t bad, i = build_overlapping_tables(&bad);
+    struct qed_check_result fixed = repair();
+    qed_image *img = open_rw();
+    write_clusters(img, 8, 8, 2);
+    cr_assert_eq(qed_close(img), 0);
+    cr_assert_gt(fsize(), bad, "the writes did not grow the file past the entry");
+    /* Read through the entry of C': zeros, not the data the writes just put at
+     * the entry's old value. */
+    expect_cluster_zero(i * COVER / CS + CS / 8);
+    struct qed_check_result r = check_ro();
+    cr_assert_eq(r.corruptions, 1, "only the overlap should be left, found %" PRIu64
+                 " corruptions: an allocation added an alias", r.corruptions);
+    cr_assert_eq(r.repairable, 0);
+    cr_assert_eq(fixed.corruptions_fixed, 1);
+    cr_assert_eq(l2(i, CS / 8), 0, "the past-EOF entry of C' survived the repair");
+    expect_cluster_data(8, 2);
 }
