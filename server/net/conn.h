@@ -15,6 +15,7 @@
 #include <ev.h>
 
 #include "qednbd.h"
+#include "threads.h"
 
 /*
  * The states of a connection.  conn_step() runs the state machine: each

@@ -263,7 +263,7 @@ void hs_enter_transmission(struct conn *c, struct export *e)
         hs_forget_meta(c);
     }
     conn_handshake_over(c);
-    e->st.connections++;
+    EXPORT_STATS(e)->connections++;
     conn_log(c, SRV_LOG_INFO,
              "serving export \"%s\" (%s, %llu bytes, flags 0x%x, %s replies%s%s)", e->name,
              e->path, (unsigned long long)e->size, c->proto->tx_flags,
