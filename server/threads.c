@@ -190,6 +190,7 @@ static void *thread_main(void *arg)
     exports_close_owned(t, &t->exit_status);
     qed_aio_free(t->aio);
     t->aio = NULL;
+    conn_thread_exit();
     return NULL;
 }
 

@@ -140,6 +140,14 @@ void conn_close(struct conn *c, const char *why)
         conn_mem_release(c, CONN_TLS_RECORD);
     }
     c->tls_out_len = 0;
+    /* Why before close: with --threads, thread 0 may accept the client's
+     * next connection as soon as it sees this one's EOF, and must find it
+     * uncounted by then. */
+    if (c->counted)
+        SRV_SUB(srv.nconns, 1);
+    else
+        SRV_SUB(srv.nrefused, 1);
+    SRV_SUB(srv_self->nconns, 1);
     close(c->rfd);
     if (c->wfd != c->rfd)
         close(c->wfd);
@@ -152,11 +160,6 @@ void conn_close(struct conn *c, const char *why)
     if (c->next)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
-    if (c->counted)
-        SRV_SUB(srv.nconns, 1);
-    else
-        SRV_SUB(srv.nrefused, 1);
-    SRV_SUB(srv_self->nconns, 1);
 
     conn_unref(c);          /* the "open" reference */
     srv_conn_gone();

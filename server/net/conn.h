@@ -137,6 +137,13 @@ void conn_shutdown(struct conn *c);
 /** conn_abort - close @c now; requests in flight complete into the void. */
 void conn_abort(struct conn *c);
 
+/**
+ * conn_thread_exit - the calling loop thread is leaving: free its free
+ * lists (read-ahead buffers, requests, data buffers), which no other
+ * thread can reach.
+ */
+void conn_thread_exit(void);
+
 /** conn_next - iterate over srv.conns (NULL starts). */
 struct conn *conn_next(struct conn *c);
 

@@ -97,6 +97,13 @@ void conn_ibuf_release(struct conn *c, bool force)
     conn_mem_release(c, SRV_INPUT_BUFFER);
 }
 
+void conn_thread_exit(void)
+{
+    while (ibuf_pool_n)
+        free(ibuf_pool[--ibuf_pool_n]);
+    proto_thread_exit();
+}
+
 /* ---- Input ------------------------------------------------------------- */
 
 /*

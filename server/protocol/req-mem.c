@@ -15,6 +15,7 @@
 
 #include "protocol.h"
 #include "request.h"
+#include "conn-ops.h"
 
 /* ---- Request memory ------------------------------------------------------ */
 
@@ -227,6 +228,25 @@ int req_alloc_buf(struct req *r, size_t n)
     if (!r->buf)
         return -ENOMEM;
     return 0;
+}
+
+void proto_thread_exit(void)
+{
+    struct req *r;
+
+    while ((r = req_pool)) {
+        req_pool = r->pool_next;
+        free(r);
+    }
+    req_pool_n = 0;
+    for (int k = 0; k < TX_BUF_CLASSES; k++) {
+        struct pooled_buf *b;
+        while ((b = buf_pool[k])) {
+            buf_pool[k] = b->next;
+            free(b);
+        }
+    }
+    buf_pool_bytes = 0;
 }
 
 void tx_abort_current(struct conn *c)
