@@ -127,7 +127,7 @@ void exports_close_owned(struct srv_thread *t, int *status)
 {
     for (size_t i = 0; i < srv.nexports; i++) {
         struct export *e = &srv.exports[i];
-        if (!e->img || e->owner != t)
+        if (e->owner != t || !e->img)   /* owner first: the others' img is theirs */
             continue;
         /* Why here, after the loop: qed_close runs the loop itself to finish
          * what is in flight, then flushes and clears NEED_CHECK. */
