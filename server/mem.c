@@ -64,7 +64,10 @@
  * back reads srv.mem_waiters after its release.  Both are sequentially
  * consistent, so one of the two always sees the other (no lost wake-up);
  * the releasing thread wakes the other threads' waiters through their
- * inboxes (turn.c, threads_mem_wake_others).  The design in
+ * inboxes (turn.c, threads_mem_wake_others).  The "nothing in flight
+ * anywhere: admit" rule reads srv.nreqs before the request counts itself,
+ * so with N threads up to N such requests can pass it at the same moment
+ * (one per thread, as one passes it with one thread).  The design in
  * contrib/bench/README.md takes credit in chunks instead, for machines
  * with many cores; the plain atomics are one shared line per charge.
  *

@@ -64,7 +64,7 @@ struct tls_session;
 #define CONN_TLS_RECORD (16u * 1024)
 
 struct conn {
-    struct conn *prev, *next;     /* srv.conns */
+    struct conn *prev, *next;     /* srv_self->conns of its thread */
     uint64_t id;
     char peer[128];
     unsigned refs;                /* 1 while open + 1 per request in the library */
@@ -144,7 +144,7 @@ void conn_abort(struct conn *c);
  */
 void conn_thread_exit(void);
 
-/** conn_next - iterate over srv.conns (NULL starts). */
+/** conn_next - iterate over the calling thread's connections, srv_self->conns (NULL starts). */
 struct conn *conn_next(struct conn *c);
 
 /** conn_log - srv_log with the connection's id in front. */
