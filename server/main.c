@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -522,6 +523,14 @@ static void start_loop(void)
 
     qed_set_log(lib_log, NULL, srv.verbose >= 2 ? QED_LOG_DEBUG
                                : srv.verbose ? QED_LOG_INFO : QED_LOG_WARN);
+    /* Why a fixed mmap threshold with several threads: glibc raises it (up
+     * to 32 MiB) after a large buffer is freed, and then keeps up to twice
+     * that free in each thread's arena, so N arenas held tens of MiB past
+     * the README's memory bound.  Fixed, buffers over 4 MiB (never pooled:
+     * req-mem.c) go back to the kernel when freed, and arenas trim at
+     * glibc's default 128 KiB. */
+    if (n > 1)
+        mallopt(M_MMAP_THRESHOLD, 4 << 20);
     r = threads_init(n, opt.aio_kind);
     if (r == -ENOMEM)
         die("cannot create the event loops");
