@@ -69,8 +69,7 @@ static void stats_add(struct export_stats *sum, const struct export_stats *add)
     const uint64_t *a = (const uint64_t *)add;
     uint64_t *s = (uint64_t *)sum;
 
-    _Static_assert(offsetof(struct export_stats, errors) + sizeof(uint64_t) <=
-                   sizeof(struct export_stats), "export_stats holds only uint64_t");
+    _Static_assert(sizeof(struct export_stats) == 128, "export_stats: 128-byte blocks");
     for (size_t k = 0; k <= offsetof(struct export_stats, errors) / sizeof(uint64_t); k++)
         s[k] += a[k];
 }
