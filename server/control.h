@@ -26,7 +26,7 @@
 /**
  * control_listen - create the control socket at @path (mode 0600; a stale
  * socket left there is replaced, anything else is refused) and serve it on
- * srv.loop; a client idle for @timeout seconds is dropped.  Fatal on
+ * srv_self->loop; a client idle for @timeout seconds is dropped.  Fatal on
  * failure (start-up).
  */
 void control_listen(const char *path, unsigned timeout);

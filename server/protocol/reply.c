@@ -99,7 +99,7 @@ void reply_error(struct req *r, uint32_t err, const char *msg)
     struct conn *c = r->c;
 
     assert(err != 0);
-    c->proto->exp->st.errors++;
+    EXPORT_STATS(c->proto->exp)->errors++;
     conn_log(c, SRV_LOG_DEBUG, "reply %s cookie=0x%llx error %u: %s", tx_cmd_name(r->type),
              (unsigned long long)r->cookie, err, msg);
     if (!c->proto->structured) {
@@ -186,7 +186,7 @@ static void reply_read_one_data(struct req *r)
 void reply_read_structured(struct req *r)
 {
     struct run { uint32_t start, len; bool hole; } runs[READ_MAX_CHUNKS];
-    uint64_t cs = qed_cluster_size(r->c->proto->exp->img);
+    uint64_t cs = r->c->proto->exp->cluster_size;
     size_t nruns = 0, holes = 0;
     uint32_t pos = 0;
     int niov = 0;

@@ -54,12 +54,37 @@ struct req {
     size_t meta_bytes;          /* its size */
     struct iovec iov[2];
     struct req *pool_next;      /* in the free list */
+    /* Sent to the image's owner thread (req-owner.c): the inbox node, the
+     * connection's thread, and the library's result carried back. */
+    struct thread_msg hop;
+    struct srv_thread *home;
+    int hop_ret;
     /* Not cleared when a request is reused: written before every use. */
     uint8_t hdr[64];
 };
 
 /** tx_cmd_name - the command's name, for logs. */
 const char *tx_cmd_name(uint16_t type);
+
+/**
+ * tx_lib_call - hand @r to the library on the image's owner thread (the
+ * calling thread must be it); @done completes it there.  Returns 0 (@done
+ * will run, never inside this call) or a negative errno.
+ */
+int tx_lib_call(struct req *r, void (*done)(void *opaque, int ret));
+
+/** tx_lib_done - the completion of @opaque (a struct req), on its connection's thread. */
+void tx_lib_done(void *opaque, int ret);
+
+/* ---- req-owner.c ---- */
+
+/**
+ * tx_submit_on_owner - post @r to its image's owner thread, which calls
+ * tx_lib_call there; the completion comes back to this thread's inbox and
+ * runs tx_lib_done here.  A submit the library refuses comes back the same
+ * way, as a completion with that error.
+ */
+void tx_submit_on_owner(struct req *r);
 
 /* ---- req-mem.c ---- */
 
