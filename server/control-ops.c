@@ -145,15 +145,18 @@ static void apply_done(struct export *e, void *arg)
 }
 
 /*
- * The one place where a control command touches an image.  Today it runs
- * at once on the loop; where images are owned by threads, this is what is
- * sent to the owner (every field @op needs is in it).
+ * The one place where a control command touches an image: it runs on the
+ * image's owner thread (threads.h), the only one that calls libqed for it,
+ * and @op->done runs back on this thread (thread 0, the control socket's).
  */
 void ctl_apply(struct export *e, struct ctl_op *op)
 {
     op->out.max = CTL_MAX_REPLY;
-    apply_on_owner(e, op);
-    apply_done(e, op);
+    if (exports_call_on_owner(e, apply_on_owner, apply_done, op) < 0) {
+        op->ret = -ENOMEM;
+        op->msg = op_message(op);
+        op->done(op);
+    }
 }
 
 /* "fields":{"key":value,...} of the @n fields at @f into @b (@first: no comma before). */
