@@ -118,14 +118,19 @@ static void apply_on_owner(struct export *e, void *arg)
         break;
     case CTL_BITMAP_REMOVE:
         /* Why refused and not forced: a client reading a bitmap's BLOCK_STATUS
-         * would get an error mid-backup; qemu-nbd keeps an exported bitmap busy. */
-        op->ret = export_bitmap_users(e, op->name) ? -EBUSY
-                  : qed_bitmap_remove(img, op->name);
+         * would get an error mid-backup; qemu-nbd keeps an exported bitmap busy.
+         * The check and the withdrawal are one step under the export's bm_lock. */
+        op->ret = export_bitmap_remove(e, op->name);
         break;
     case CTL_BITMAP_CLEAR: op->ret = qed_bitmap_clear(img, op->name); break;
     case CTL_BITMAP_ENABLE: op->ret = qed_bitmap_enable(img, op->name, true); break;
     case CTL_BITMAP_DISABLE: op->ret = qed_bitmap_enable(img, op->name, false); break;
     }
+    /* What the handshakes offer follows every change (remove published its own). */
+    if (op->kind != CTL_BITMAP_LIST && op->kind != CTL_BITMAP_REMOVE &&
+        export_bitmaps_publish(e) < 0)
+        srv_log(SRV_LOG_WARN, "control: out of memory: NBD clients are offered the bitmaps "
+                "as they were before this %s until the next change", commands[op->kind].cmd);
 }
 
 /* Back on the control socket's thread: log and answer. */

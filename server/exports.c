@@ -24,48 +24,6 @@ struct export *srv_find_export(const char *name, size_t len)
     return NULL;
 }
 
-struct export_bitmap_use *export_bitmap_hold(struct export *e, const char *name)
-{
-    struct export_bitmap_use *u;
-    size_t n = strlen(name);
-
-    for (u = e->bm_uses; u; u = u->next)
-        if (strcmp(u->name, name) == 0) {
-            u->users++;
-            return u;
-        }
-    u = malloc(sizeof(*u) + n + 1);
-    if (!u)
-        return NULL;
-    memcpy(u->name, name, n + 1);
-    u->users = 1;
-    u->next = e->bm_uses;
-    e->bm_uses = u;
-    return u;
-}
-
-void export_bitmap_release(struct export *e, struct export_bitmap_use *u)
-{
-    struct export_bitmap_use **pp;
-
-    if (--u->users)
-        return;
-    for (pp = &e->bm_uses; *pp; pp = &(*pp)->next)
-        if (*pp == u) {
-            *pp = u->next;
-            free(u);
-            return;
-        }
-}
-
-unsigned export_bitmap_users(const struct export *e, const char *name)
-{
-    for (const struct export_bitmap_use *u = e->bm_uses; u; u = u->next)
-        if (strcmp(u->name, name) == 0)
-            return u->users;
-    return 0;
-}
-
 void exports_add(const char *name, size_t namelen, const char *path)
 {
     struct export *e;
@@ -161,6 +119,7 @@ void exports_open(const struct qed_open_opts *base)
         if (e->pref_block < 512)
             e->pref_block = 512;
         srv.mem_tables += qed_table_memory_max(e->img);
+        export_bitmaps_init(e);
     }
     reserve_table_memory(base->l2_cache_tables);
 }
@@ -200,6 +159,8 @@ void exports_free(void)
     for (size_t i = 0; i < srv.nexports; i++) {
         free(srv.exports[i].name);
         free(srv.exports[i].path);
+        if (srv.exports[i].bm_names)
+            export_bitmaps_free(&srv.exports[i]);
     }
     free(srv.exports);
     srv.exports = NULL;

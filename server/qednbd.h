@@ -6,6 +6,7 @@
 #ifndef QEDNBD_H
 #define QEDNBD_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -94,7 +95,10 @@ struct export {
     /* Counters, one block per loop thread, each written only by its thread
      * (EXPORT_STATS); SIGUSR1 gathers them on their threads (stats.c). */
     struct export_stats st[SRV_MAX_THREADS];
-    struct export_bitmap_use *bm_uses; /* bitmaps NBD clients selected (exports.c) */
+    /* The bitmaps, for the NBD side (export-bitmaps.c): under bm_lock. */
+    pthread_mutex_t bm_lock;
+    struct export_bitmap_names *bm_names; /* what the owner published */
+    struct export_bitmap_use *bm_uses;    /* bitmaps NBD clients selected */
 };
 
 /** Server-wide state; there is exactly one, `srv`.  What each loop thread
@@ -248,11 +252,31 @@ size_t stats_thread_fields(const struct stats_gather *g, unsigned t, struct stat
  */
 struct export *srv_find_export(const char *name, size_t len);
 
+/*
+ * The dirty bitmaps of an export as the NBD side sees them (export-bitmaps.c).
+ * Only the owner thread calls libqed; connections on any thread read what
+ * it published here, under the export's bm_lock, which also guards
+ * bm_uses.  So a bitmap being removed is never selected meanwhile, and a
+ * selected one is never removed.
+ */
+
+/** A bitmap of the image, as published by its owner. */
+struct export_bitmap_name {
+    char name[QED_BITMAP_NAME_MAX + 1];
+    bool inconsistent;           /* never offered: its bits cannot be trusted */
+};
+
+/** Every bitmap of an image, in the library's order. */
+struct export_bitmap_names {
+    unsigned n;
+    struct export_bitmap_name b[QED_BITMAP_MAX];
+};
+
 /**
  * A dirty bitmap of an export's image that NBD clients selected as a meta
  * context (qemu:dirty-bitmap:NAME), with how many hold it.  While held,
  * the control socket refuses to remove it (as qemu-nbd refuses to remove
- * a bitmap it exports).  Runs on the thread that owns the export's image.
+ * a bitmap it exports).  The list is under the export's bm_lock.
  */
 struct export_bitmap_use {
     struct export_bitmap_use *next;
@@ -261,13 +285,40 @@ struct export_bitmap_use {
 };
 
 /**
- * export_bitmap_hold - one more user of bitmap @name of @e; returns the
- * record to give back with export_bitmap_release, or NULL (out of memory).
+ * export_bitmaps_init - (at open, on the main thread, before the threads
+ * start) make @e's lock and publish its bitmaps.  Fatal when out of memory.
+ * export_bitmaps_free - free them (after the image is closed).
+ */
+void export_bitmaps_init(struct export *e);
+void export_bitmaps_free(struct export *e);
+
+/**
+ * export_bitmaps_publish - (on @e's owner) publish the image's bitmaps as
+ * they are now; call after every change.  Returns 0 or -ENOMEM (the old
+ * list stays).
+ */
+int export_bitmaps_publish(struct export *e);
+
+/** export_bitmaps_get - (any thread) a copy of what @e's owner published. */
+void export_bitmaps_get(struct export *e, struct export_bitmap_names *out);
+
+/**
+ * export_bitmap_hold - (any thread) one more user of bitmap @name of @e,
+ * into *@u (give it back with export_bitmap_release).  Returns 0, -ENOENT
+ * when no consistent bitmap of that name is published now (it was just
+ * removed), or -ENOMEM.
  * export_bitmap_users - how many hold bitmap @name of @e.
  */
-struct export_bitmap_use *export_bitmap_hold(struct export *e, const char *name);
+int export_bitmap_hold(struct export *e, const char *name, struct export_bitmap_use **u);
 void export_bitmap_release(struct export *e, struct export_bitmap_use *u);
-unsigned export_bitmap_users(const struct export *e, const char *name);
+unsigned export_bitmap_users(struct export *e, const char *name);
+
+/**
+ * export_bitmap_remove - (on @e's owner) remove bitmap @name from the
+ * image unless an NBD client holds it (-EBUSY); then publish.  Returns 0
+ * or a negative errno (qed_bitmap_remove's).
+ */
+int export_bitmap_remove(struct export *e, const char *name);
 
 /* ---- Listening (net/listen.c; the rest is in net/listen.h) ---- */
 
