@@ -153,11 +153,13 @@ size_t req_cost(const struct conn *c, uint16_t type, uint16_t flags, uint32_t le
         break;
     case NBD_CMD_BLOCK_STATUS:
         /* The library's extents (base:allocation, qemu:allocation-depth),
-         * the runs of one bitmap at a time (reply.c), and a chunk per
-         * selected context. */
+         * the runs of every selected bitmap (read on the owner:
+         * tx_bitmaps_status), and a chunk per selected context. */
+        if (c->proto->meta_nbitmaps)
+            n += req_bitmaps_size(c->proto->meta_nbitmaps,
+                                  (flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS);
         if (!(flags & NBD_CMD_FLAG_REQ_ONE))
             n += BS_MAX_EXTENTS * sizeof(struct qed_extent) +
-                 (c->proto->meta_nbitmaps ? BS_MAX_EXTENTS * sizeof(struct qed_dirty_extent) : 0) +
                  (2 + c->proto->meta_nbitmaps) * (SR_BS_HDR_LEN + SR_BS_DESC_LEN * BS_MAX_EXTENTS);
         else
             n += (2 + c->proto->meta_nbitmaps) * (SR_BS_HDR_LEN + SR_BS_DESC_LEN);
@@ -177,6 +179,8 @@ static size_t req_holds(const struct req *r)
         n += r->len;
     if (r->ext && r->ext != r->ext_inline)
         n += r->ext_max * sizeof(*r->ext);
+    if (r->bm)
+        n += req_bitmaps_size(r->c->proto->meta_nbitmaps, r->bm->max);
     return n;
 }
 
@@ -203,6 +207,7 @@ void req_free(struct req *r)
         req_buf_put(r->buf, r->len);
     if (r->ext != r->ext_inline)
         free(r->ext);
+    free(r->bm);
     free(r->meta);
     if (SRV_POOLS && req_pool_n < pool_share(TX_REQ_POOL_MAX, 64)) {
         r->pool_next = req_pool;

@@ -129,6 +129,42 @@ void tx_lib_done(void *opaque, int ret)
     conn_unref(c);
 }
 
+/* Only the owner thread ever calls libqed for an image (threads.h): every
+ * call of the request path checks it here in an assert build. */
+static void assert_owner(const struct req *r)
+{
+    (void)r;
+    assert(export_owned_here(r->c->proto->exp));
+}
+
+int tx_bitmaps_status(struct req *r)
+{
+    const struct proto_conn *pc = r->c->proto;
+    size_t max = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS;
+    struct req_bitmaps *bm;
+
+    assert_owner(r);
+    if (!pc->meta_nbitmaps)
+        return 0;
+    bm = malloc(req_bitmaps_size(pc->meta_nbitmaps, max));
+    if (!bm)
+        return -ENOMEM;
+    bm->ret = 0;
+    bm->max = max;
+    /* In memory, no I/O: the bitmaps' runs are read now, at submission. */
+    for (unsigned i = 0; i < pc->meta_nbitmaps; i++) {
+        int ret = qed_bitmap_status(pc->exp->img, pc->meta_bitmaps[i]->name, r->offset, r->len,
+                                    bm->x + i * max, max, &bm->got[i]);
+        if (ret < 0) {
+            bm->ret = ret;
+            bm->failed = i;
+            break;
+        }
+    }
+    r->bm = bm;
+    return 0;
+}
+
 /* Hand @r to the library, on the image's owner thread; @done completes
  * it there.  Returns 0 (@done will run) or a negative errno. */
 int tx_lib_call(struct req *r, void (*done)(void *opaque, int ret))
@@ -138,8 +174,7 @@ int tx_lib_call(struct req *r, void (*done)(void *opaque, int ret))
     unsigned qf = (r->flags & NBD_CMD_FLAG_FUA) ? QED_REQ_FUA : 0;
     int ret;
 
-    /* Only the owner thread ever calls libqed for an image (threads.h). */
-    assert(export_owned_here(c->proto->exp));
+    assert_owner(r);
     srv_self->engine_calls++;
     switch (r->type) {
     case NBD_CMD_READ:
@@ -163,6 +198,17 @@ int tx_lib_call(struct req *r, void (*done)(void *opaque, int ret))
         break;
     case NBD_CMD_BLOCK_STATUS: {
         size_t max = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS;
+        ret = tx_bitmaps_status(r);
+        if (ret < 0)
+            return ret;
+        if (!c->proto->meta_base && !c->proto->meta_depth) {
+            /* Bitmaps only, sent here from another thread (submit_or_fail
+             * answers the owner's own at once): no library request; @done
+             * (hop_done) only posts the answer home. */
+            assert(done != tx_lib_done);
+            done(r, 0);
+            return 0;
+        }
         if (max <= sizeof(r->ext_inline) / sizeof(r->ext_inline[0])) {
             r->ext = r->ext_inline;
         } else {
@@ -209,13 +255,19 @@ static void submit_or_fail(struct req *r)
     int ret;
 
     if (r->type == NBD_CMD_BLOCK_STATUS && !r->c->proto->meta_base &&
-        !r->c->proto->meta_depth) {
-        /* Dirty bitmaps only: they are in memory (qed_bitmap_status does
-         * no I/O), so the reply is built now, without a library request. */
-        reply_block_status(r);
-        return;
+        !r->c->proto->meta_depth && export_owned_here(r->c->proto->exp)) {
+        /* Dirty bitmaps only, on the owner: they are in memory
+         * (qed_bitmap_status does no I/O), so the reply is built now,
+         * without a library request.  On another thread the runs are read
+         * on the owner (tx_lib_call) and the reply built when they are back. */
+        ret = tx_bitmaps_status(r);
+        if (ret == 0) {
+            reply_block_status(r);
+            return;
+        }
+    } else {
+        ret = submit(r);
     }
-    ret = submit(r);
 
     if (ret < 0) {
         uint32_t e = nbd_errno_from(ret);

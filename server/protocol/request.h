@@ -34,6 +34,25 @@
 _Static_assert(READ_CHUNK_SLOT >= SR_DATA_HDR_LEN && READ_CHUNK_SLOT >= SR_HOLE_LEN &&
                READ_CHUNK_SLOT % 8 == 0, "READ chunk slot");
 
+/*
+ * The runs of every selected dirty bitmap of a BLOCK_STATUS, read on the
+ * image's owner (tx_bitmaps_status) and only formatted on the connection's
+ * thread (reply.c): @max runs per bitmap, bitmap i's at x[i * max].
+ */
+struct req_bitmaps {
+    int ret;                    /* 0, or the first failure (the reply is EIO) */
+    unsigned failed;            /* which bitmap failed */
+    size_t max;
+    size_t got[QED_BITMAP_MAX];
+    struct qed_dirty_extent x[];
+};
+
+/** req_bitmaps_size - the bytes of a struct req_bitmaps of @n bitmaps, @max runs each. */
+static inline size_t req_bitmaps_size(unsigned n, size_t max)
+{
+    return sizeof(struct req_bitmaps) + (size_t)n * max * sizeof(struct qed_dirty_extent);
+}
+
 struct req {
     struct outmsg out;          /* the reply, once built */
     struct conn *c;
@@ -46,6 +65,7 @@ struct req {
     size_t charge;              /* bytes charged to c for this request (mem.c) */
     struct qed_extent *ext;     /* block status results (ext_inline or heap) */
     struct qed_extent ext_inline[4]; /* BLOCK_STATUS with REQ_ONE: no allocation */
+    struct req_bitmaps *bm;     /* BLOCK_STATUS: the selected bitmaps' runs (heap) */
     size_t ext_max;             /* entries of a heap ext */
     size_t next;
     uint32_t err;               /* NBD error of a rejected request */
@@ -120,7 +140,14 @@ void reply_ok(struct req *r);
 /** reply_read_structured - a structured READ reply cut from the data read. */
 void reply_read_structured(struct req *r);
 
-/** reply_block_status - the BLOCK_STATUS reply from r->ext. */
+/**
+ * tx_bitmaps_status - (on the image's owner) read the runs of every
+ * selected dirty bitmap into r->bm.  Returns 0 or -ENOMEM; a bitmap that
+ * cannot be read is recorded in r->bm->ret (the reply is then EIO).
+ */
+int tx_bitmaps_status(struct req *r);
+
+/** reply_block_status - the BLOCK_STATUS reply from r->ext and r->bm. */
 void reply_block_status(struct req *r);
 
 #endif /* REQUEST_H */
