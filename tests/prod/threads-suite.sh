@@ -6,7 +6,9 @@
 # that never read, fault injection and crash
 # recovery), each passing with three loop threads, so connections and
 # exports land on threads other than the owner's.  Every test must pass
-# (a skip is a skip); the counts are printed by run-tests.sh.
+# (a skip is a skip); the counts are printed by run-tests.sh.  The control
+# socket and dirty-bitmap tests run with it too: bitmap commands, handshake
+# selection and BLOCK_STATUS of bitmaps on images owned by other threads.
 . "$top_srcdir/tests/server/server-common.sh"
 
 tests=(
@@ -15,6 +17,7 @@ tests=(
     server/nbd-client-handshake.sh server/corrupt-clean-image.sh
     load/conn-limit.sh load/load-many-clients.sh load/memcap-never-read.sh
     faults/second-signal.sh faults/races.sh faults/inject-lifecycle.sh
+    server/control-socket.sh server/nbd-dirty-bitmap.sh
 )
 args=()
 for t in "${tests[@]}"; do
