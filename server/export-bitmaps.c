@@ -13,6 +13,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,7 +37,7 @@ static struct export_bitmap_names *read_names(struct export *e)
             bn->b[bn->n++].inconsistent = true;
             continue;
         }
-        memcpy(bn->b[bn->n].name, bi.name, sizeof(bn->b[0].name) - 1);
+        snprintf(bn->b[bn->n].name, sizeof(bn->b[0].name), "%s", bi.name);
         bn->b[bn->n++].inconsistent = bi.inconsistent;
     }
     return bn;

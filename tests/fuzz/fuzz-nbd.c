@@ -199,6 +199,8 @@ static void open_export(struct export *e)
      * library stores bitmaps: then EEXIST is fine). */
     if (!e->read_only)
         (void)qed_bitmap_add(e->img, "fz", 4096, false);
+    /* As exports_open does: what the handshake offers (export-bitmaps.c). */
+    export_bitmaps_init(e);
 }
 
 static void close_export(struct export *e)
@@ -206,6 +208,7 @@ static void close_export(struct export *e)
     int r = qed_close(e->img);
 
     e->img = NULL;
+    export_bitmaps_free(e);
     if (r < 0)
         fatal("qed_close %s: %s", e->path, strerror(-r));
 }
