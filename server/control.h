@@ -38,7 +38,7 @@ void control_stop(void);
 
 /** What a command asks of one export's image. */
 enum ctl_kind {
-    CTL_EXPORT_STATS,    /* the export's counters (stats) */
+    CTL_EXPORT_STATS,    /* stats: answered from stats_gather, not through ctl_apply */
     CTL_BITMAP_LIST,
     CTL_BITMAP_ADD,
     CTL_BITMAP_REMOVE,

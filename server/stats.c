@@ -1,5 +1,6 @@
 /*
- * stats.c - the counters printed on SIGUSR1.
+ * stats.c - the counters printed on SIGUSR1 (and answered by the control
+ * socket's "stats").
  *
  * Format (one log line each, at notice level, so always printed; the
  * fields are documented in qednbd(8)):
@@ -25,18 +26,19 @@
  * an allocating write reserved and then failed to fill.
  *
  * Threads: each thread writes only its own counters (EXPORT_STATS, struct
- * srv_thread); SIGUSR1 posts a message to every thread, which copies its
- * counters there, and one to every image's owner (exports_call_on_owner),
- * which reads libqed's figures there; thread 0 prints when all have
- * answered.  owner_thread is the export's owner; engine_calls counts the
+ * srv_thread); a gather (stats_gather) posts a message to every thread,
+ * which copies its counters there, and one to every image's owner
+ * (exports_call_on_owner), which reads libqed's figures there; when all
+ * have answered, thread 0 sums them and calls back: SIGUSR1 prints.  owner_thread is the export's owner; engine_calls counts the
  * requests a thread handed to libqed, so only owners have any.
  *
  * flush_failed is 1 once a flush of the image failed (qed_flush_error):
  * from then on every FLUSH and FUA write of the export fails with EIO.
  *
  * The same counters, by the same names, are what the control socket's
- * "stats" command answers in JSON (control-ops.c): both are made from
- * stats_server_fields and stats_export_fields.
+ * "stats" command answers in JSON (control-ops.c; the thread lines as a
+ * "threads" array, always there): both are made from one stats_gather,
+ * through stats_server_fields, stats_export_fields and stats_thread_fields.
  */
 #include "config.h"
 
