@@ -13,6 +13,7 @@
  */
 #include "config.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +107,7 @@ static void apply_on_owner(struct export *e, void *arg)
     struct ctl_op *op = arg;
     qed_image *img = e->img;
 
+    assert(export_owned_here(e));
     if (!img) {
         op->ret = -ESHUTDOWN;   /* closed: the server is stopping */
         return;
