@@ -166,7 +166,7 @@ void ctl_apply(struct export *e, struct ctl_op *op)
     }
 }
 
-/* "fields":{"key":value,...} of the @n fields at @f into @b (@first: no comma before). */
+/* "key":value,... of the @n fields at @f into @b (@first: no comma before the first). */
 static void put_fields(struct jbuf *b, const struct stats_field *f, size_t n, bool first)
 {
     for (size_t i = 0; i < n; i++) {
