@@ -2,7 +2,7 @@
  * control-ops.c - the commands of the control socket: a request line is
  * parsed (json.c), checked, turned into operations on export images, and
  * answered with one reply line.  Every operation that touches an image
- * goes through ctl_apply, so that it can run where the image lives.
+ * goes through ctl_apply, which runs it on the image's owner thread.
  *
  * Requests (one JSON object per line; unknown members are refused):
  *   {"cmd":"stats"}
@@ -13,12 +13,14 @@
  */
 #include "config.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "control.h"
+#include "threads.h"
 
 /* The commands: name, what they ask of ctl_apply, which members they take.
  * In enum ctl_kind order: ctl_apply names an operation by its kind. */
@@ -99,56 +101,109 @@ static void list_bitmaps(struct export *e, struct ctl_op *op)
     jb_cstr(&op->out, "]");
 }
 
-/* stats, one export: ,"name":...,counters into op->out. */
-static void export_stats(struct export *e, struct ctl_op *op)
+/* On the owner of @e: run the operation @arg (a struct ctl_op). */
+static void apply_on_owner(struct export *e, void *arg)
 {
-    struct stats_field f[STATS_MAX_FIELDS];
-    size_t n = stats_export_fields(e, f);
-
-    jb_key(&op->out, "name", false);
-    jb_str(&op->out, e->name);
-    for (size_t i = 0; i < n; i++) {
-        jb_key(&op->out, f[i].key, false);
-        jb_u64(&op->out, f[i].value);
-    }
-}
-
-/*
- * The one place where a control command touches an image.  Today it runs
- * at once on the loop; where images are owned by threads, this is what is
- * sent to the owner (every field @op needs is in it, and the bitmap users
- * are counted on that thread too).
- */
-void ctl_apply(struct export *e, struct ctl_op *op)
-{
+    struct ctl_op *op = arg;
     qed_image *img = e->img;
 
-    op->out.max = CTL_MAX_REPLY;
+    assert(export_owned_here(e));
+    if (!img) {
+        op->ret = -ESHUTDOWN;   /* closed: the server is stopping */
+        return;
+    }
     switch (op->kind) {
-    case CTL_EXPORT_STATS: export_stats(e, op); op->ret = 0; break;
+    case CTL_EXPORT_STATS: op->ret = -EINVAL; break;   /* stats_gather's, not ours */
     case CTL_BITMAP_LIST: list_bitmaps(e, op); op->ret = 0; break;
     case CTL_BITMAP_ADD:
         op->ret = qed_bitmap_add(img, op->name, op->granularity, op->disabled);
         break;
     case CTL_BITMAP_REMOVE:
         /* Why refused and not forced: a client reading a bitmap's BLOCK_STATUS
-         * would get an error mid-backup; qemu-nbd keeps an exported bitmap busy. */
-        op->ret = export_bitmap_users(e, op->name) ? -EBUSY
-                  : qed_bitmap_remove(img, op->name);
+         * would get an error mid-backup; qemu-nbd keeps an exported bitmap busy.
+         * The check and the withdrawal are one step under the export's bm_lock. */
+        op->ret = export_bitmap_remove(e, op->name);
         break;
     case CTL_BITMAP_CLEAR: op->ret = qed_bitmap_clear(img, op->name); break;
     case CTL_BITMAP_ENABLE: op->ret = qed_bitmap_enable(img, op->name, true); break;
     case CTL_BITMAP_DISABLE: op->ret = qed_bitmap_enable(img, op->name, false); break;
     }
+    /* What the handshakes offer follows every change (remove published its own). */
+    if (op->kind != CTL_BITMAP_LIST && op->kind != CTL_BITMAP_REMOVE &&
+        export_bitmaps_publish(e) < 0)
+        srv_log(SRV_LOG_WARN, "control: out of memory: NBD clients are offered the bitmaps "
+                "as they were before this %s until the next change", commands[op->kind].cmd);
+}
+
+/* Back on the control socket's thread: log and answer. */
+static void apply_done(struct export *e, void *arg)
+{
+    struct ctl_op *op = arg;
+
     if (op->ret == 0 && op->out.overflow)
         op->ret = -E2BIG;
     if (op->ret < 0)
         op->msg = op_message(op);
-    if (op->kind != CTL_EXPORT_STATS && op->kind != CTL_BITMAP_LIST)
+    if (op->kind != CTL_BITMAP_LIST)
         srv_log(op->ret ? SRV_LOG_WARN : SRV_LOG_NOTICE, "control: %s of bitmap \"%s\" on "
                 "export \"%s\": %s", commands[op->kind].cmd, op->name, e->name,
                 op->ret ? op->msg : "done");
     op->done(op);
+}
+
+/*
+ * The one place where a control command touches an image: it runs on the
+ * image's owner thread (threads.h), the only one that calls libqed for it,
+ * and @op->done runs back on this thread (thread 0, the control socket's).
+ */
+void ctl_apply(struct export *e, struct ctl_op *op)
+{
+    op->out.max = CTL_MAX_REPLY;
+    if (exports_call_on_owner(e, apply_on_owner, apply_done, op) < 0) {
+        op->ret = -ENOMEM;
+        op->msg = op_message(op);
+        op->done(op);
+    }
+}
+
+/* "key":value,... of the @n fields at @f into @b (@first: no comma before the first). */
+static void put_fields(struct jbuf *b, const struct stats_field *f, size_t n, bool first)
+{
+    for (size_t i = 0; i < n; i++) {
+        jb_key(b, f[i].key, first && i == 0);
+        jb_u64(b, f[i].value);
+    }
+}
+
+/* stats: the gathered counters, by the names of SIGUSR1's lines. */
+static void stats_reply(const struct stats_gather *g, void *arg)
+{
+    struct ctl_req *rq = arg;
+    struct jbuf *b = &rq->reply;
+    struct stats_field f[STATS_MAX_FIELDS];
+
+    b->max = CTL_MAX_REPLY;
+    jb_cstr(b, "{\"ok\":true,\"server\":{");
+    put_fields(b, f, stats_server_fields(g, f), true);
+    jb_cstr(b, "},\"exports\":[");
+    for (size_t i = 0; i < srv.nexports; i++) {
+        jb_cstr(b, i ? ",{" : "{");
+        jb_key(b, "name", true);
+        jb_str(b, srv.exports[i].name);
+        put_fields(b, f, stats_export_fields(g, i, f), false);
+        jb_cstr(b, "}");
+    }
+    /* SIGUSR1's "stats: thread" lines (it logs them with several threads only). */
+    jb_cstr(b, "],\"threads\":[");
+    for (unsigned t = 0; t < srv.nthreads; t++) {
+        jb_cstr(b, t ? ",{" : "{");
+        put_fields(b, f, stats_thread_fields(g, t, f), true);
+        jb_cstr(b, "}");
+    }
+    jb_cstr(b, "]}\n");
+    if (b->overflow)
+        ctl_error_reply(b, -E2BIG, "reply too long");
+    rq->finish(rq);
 }
 
 /* The reply once every op is done: the first error, or every op's output. */
@@ -164,26 +219,8 @@ static void finish(struct ctl_req *rq)
             return;
         }
     jb_cstr(b, "{\"ok\":true");
-    if (rq->nops && rq->ops[0].kind == CTL_EXPORT_STATS) {
-        struct stats_field f[STATS_MAX_FIELDS];
-        size_t n = stats_server_fields(f);
-
-        jb_cstr(b, ",\"server\":{");
-        for (size_t i = 0; i < n; i++) {
-            jb_key(b, f[i].key, i == 0);
-            jb_u64(b, f[i].value);
-        }
-        jb_cstr(b, "},\"exports\":[");
-        for (size_t i = 0; i < rq->nops; i++) {
-            jb_cstr(b, i ? ",{" : "{");
-            /* Each export's members start with a comma: skip the first. */
-            jb_raw(b, rq->ops[i].out.p + 1, rq->ops[i].out.len - 1);
-            jb_cstr(b, "}");
-        }
-        jb_cstr(b, "]");
-    } else if (rq->nops) {
+    if (rq->nops)
         jb_raw(b, rq->ops[0].out.p, rq->ops[0].out.len);
-    }
     jb_cstr(b, "}\n");
     if (b->overflow)
         ctl_error_reply(b, -E2BIG, "reply too long");
@@ -260,17 +297,9 @@ static void run(struct ctl_req *rq, const struct json_obj *o, size_t c)
     const struct json_member *g = json_get(o, "granularity"), *d = json_get(o, "disabled");
     struct export *e;
 
-    if (!commands[c].image) {           /* stats: every export */
-        if (!alloc_ops(rq, srv.nexports))
-            return;
-        if (srv.nexports == 0) {
-            finish(rq);
-            return;
-        }
-        for (size_t i = 0; i < srv.nexports; i++) {
-            rq->ops[i].kind = CTL_EXPORT_STATS;
-            ctl_apply(&srv.exports[i], &rq->ops[i]);
-        }
+    if (!commands[c].image) {           /* stats: every thread, every export */
+        if (stats_gather(stats_reply, rq) < 0)
+            fail(rq, -ENOMEM, "out of memory");
         return;
     }
     e = srv_find_export(ex->str, strlen(ex->str));

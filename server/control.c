@@ -1,7 +1,7 @@
 /*
  * control.c - the control socket (--control=PATH): the listening Unix
  * socket and its clients, each a line reader and a reply writer on
- * srv.loop.  What a request does is in control-ops.c.
+ * srv_self->loop.  What a request does is in control-ops.c.
  *
  * Everything a control client can make the server hold is bounded: at
  * most CTL_MAX_CLIENTS clients (one more is told "busy" and closed), one
@@ -27,6 +27,7 @@
 #include <ev.h>
 
 #include "control.h"
+#include "threads.h"
 
 struct ctl_client {
     struct ctl_client *next;
@@ -72,8 +73,8 @@ static void client_close(struct ctl_client *cl, const char *why)
         return;
     srv_log(SRV_LOG_INFO, "control client %u: %s", cl->id, why);
     cl->dead = true;
-    ev_io_stop(srv.loop, &cl->io);
-    ev_timer_stop(srv.loop, &cl->idle);
+    ev_io_stop(srv_self->loop, &cl->io);
+    ev_timer_stop(srv_self->loop, &cl->idle);
     close(cl->fd);
     for (pp = &clients; *pp; pp = &(*pp)->next)
         if (*pp == cl) {
@@ -165,7 +166,7 @@ static bool client_flush(struct ctl_client *cl)
             return false;
         }
         cl->out_off += (size_t)n;
-        cl->last_active = ev_now(srv.loop);
+        cl->last_active = ev_now(srv_self->loop);
     }
     cl->out.len = cl->out_off = 0;
     return true;
@@ -202,9 +203,9 @@ static void client_update(struct ctl_client *cl)
         return;
     }
     if (cl->shut) {
-        ev_io_stop(srv.loop, &cl->io);
+        ev_io_stop(srv_self->loop, &cl->io);
         ev_io_set(&cl->io, cl->fd, EV_READ);
-        ev_io_start(srv.loop, &cl->io);
+        ev_io_start(srv_self->loop, &cl->io);
         return;
     }
     if (cl->out.len)
@@ -212,10 +213,10 @@ static void client_update(struct ctl_client *cl)
     if (!cl->eof && !cl->closing && !cl->busy && cl->in_len < sizeof(cl->in) &&
         cl->out.len - cl->out_off <= CTL_OUT_HIGH)
         ev |= EV_READ;
-    ev_io_stop(srv.loop, &cl->io);
+    ev_io_stop(srv_self->loop, &cl->io);
     ev_io_set(&cl->io, cl->fd, ev);
     if (ev)
-        ev_io_start(srv.loop, &cl->io);
+        ev_io_start(srv_self->loop, &cl->io);
 }
 
 static void on_client_io(struct ev_loop *loop, ev_io *w, int revents)
@@ -230,7 +231,7 @@ static void on_client_io(struct ev_loop *loop, ev_io *w, int revents)
         n = recv(cl->fd, cl->in + cl->in_len, sizeof(cl->in) - cl->in_len, 0);
         if (n > 0) {
             cl->in_len += (size_t)n;
-            cl->last_active = ev_now(srv.loop);
+            cl->last_active = ev_now(srv_self->loop);
         } else if (n == 0) {
             cl->eof = true;
         } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
@@ -267,13 +268,13 @@ static void client_new(int fd)
     cl->fd = fd;
     cl->id = ++next_id;
     cl->out.max = CTL_OUT_HIGH + CTL_MAX_REPLY;
-    cl->last_active = ev_now(srv.loop);
+    cl->last_active = ev_now(srv_self->loop);
     ev_io_init(&cl->io, on_client_io, fd, EV_READ);
     cl->io.data = cl;
     ev_init(&cl->idle, on_client_idle);
     cl->idle.repeat = ctl_timeout;
     cl->idle.data = cl;
-    ev_timer_again(srv.loop, &cl->idle);
+    ev_timer_again(srv_self->loop, &cl->idle);
     cl->next = clients;
     clients = cl;
     nclients++;
@@ -359,7 +360,7 @@ void control_listen(const char *path, unsigned timeout)
         srv_die("--control: listen '%s': %s", path, strerror(errno));
     ctl_timeout = timeout;
     ev_io_init(&ctl_accept_w, on_accept, ctl_fd, EV_READ);
-    ev_io_start(srv.loop, &ctl_accept_w);
+    ev_io_start(srv_self->loop, &ctl_accept_w);
     srv_log(SRV_LOG_INFO, "control socket on %s", path);
 }
 
@@ -367,7 +368,7 @@ void control_stop(void)
 {
     if (ctl_fd < 0)
         return;
-    ev_io_stop(srv.loop, &ctl_accept_w);
+    ev_io_stop(srv_self->loop, &ctl_accept_w);
     close(ctl_fd);
     ctl_fd = -1;
     while (clients)

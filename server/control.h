@@ -26,7 +26,7 @@
 /**
  * control_listen - create the control socket at @path (mode 0600; a stale
  * socket left there is replaced, anything else is refused) and serve it on
- * srv.loop; a client idle for @timeout seconds is dropped.  Fatal on
+ * srv_self->loop; a client idle for @timeout seconds is dropped.  Fatal on
  * failure (start-up).
  */
 void control_listen(const char *path, unsigned timeout);
@@ -38,7 +38,7 @@ void control_stop(void);
 
 /** What a command asks of one export's image. */
 enum ctl_kind {
-    CTL_EXPORT_STATS,    /* the export's counters (stats) */
+    CTL_EXPORT_STATS,    /* stats: answered from stats_gather, not through ctl_apply */
     CTL_BITMAP_LIST,
     CTL_BITMAP_ADD,
     CTL_BITMAP_REMOVE,

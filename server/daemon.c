@@ -216,15 +216,13 @@ static void on_grace(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     srv_log(SRV_LOG_ERROR, "requests still in flight after %.0f s: closing the connections",
             SHUTDOWN_GRACE);
-    while (srv.conns)
-        conn_abort(srv.conns);
-    ev_break(srv.loop, EVBREAK_ALL);
+    /* Every thread closes its connections and reports; the loop ends when
+     * all have (threads.c). */
+    threads_shutdown(true);
 }
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
-    struct conn *c, *next;
-
     (void)revents;
     if (srv.shutting_down) {
         srv_log(SRV_LOG_ERROR, "second signal: closing the connections now");
@@ -232,18 +230,13 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         return;
     }
     srv_log(SRV_LOG_NOTICE, "signal %d: shutting down", w->signum);
-    srv.shutting_down = true;
+    __atomic_store_n(&srv.shutting_down, true, __ATOMIC_RELAXED);
     daemon_notify("STOPPING=1");
     stop_listening();
-    for (c = conn_next(NULL); c; c = next) {
-        next = conn_next(c);
-        conn_shutdown(c);
-    }
-    if (!srv.conns) {
-        ev_break(loop, EVBREAK_ALL);
-        return;
-    }
+    /* Every thread drains its connections; the loop ends once none is
+     * left on any thread (threads.c), or the grace timer aborts them. */
     ev_timer_start(loop, &grace_w);
+    threads_shutdown(false);
 }
 
 /* SIGHUP: reopen the log.  Exports are not reloaded: there is no runtime change. */
@@ -269,22 +262,22 @@ void daemon_signals_start(void)
 {
     ev_timer_init(&grace_w, on_grace, SHUTDOWN_GRACE, 0.);
     ev_signal_init(&sigint_w, on_signal, SIGINT);
-    ev_signal_start(srv.loop, &sigint_w);
+    ev_signal_start(srv_self->loop, &sigint_w);
     ev_signal_init(&sigterm_w, on_signal, SIGTERM);
-    ev_signal_start(srv.loop, &sigterm_w);
+    ev_signal_start(srv_self->loop, &sigterm_w);
     ev_signal_init(&sighup_w, on_sighup, SIGHUP);
-    ev_signal_start(srv.loop, &sighup_w);
+    ev_signal_start(srv_self->loop, &sighup_w);
     ev_signal_init(&sigusr1_w, on_sigusr1, SIGUSR1);
-    ev_signal_start(srv.loop, &sigusr1_w);
+    ev_signal_start(srv_self->loop, &sigusr1_w);
 }
 
 void daemon_signals_stop(void)
 {
-    ev_signal_stop(srv.loop, &sigint_w);
-    ev_signal_stop(srv.loop, &sigterm_w);
-    ev_signal_stop(srv.loop, &sighup_w);
-    ev_signal_stop(srv.loop, &sigusr1_w);
-    ev_timer_stop(srv.loop, &grace_w);
+    ev_signal_stop(srv_self->loop, &sigint_w);
+    ev_signal_stop(srv_self->loop, &sigterm_w);
+    ev_signal_stop(srv_self->loop, &sighup_w);
+    ev_signal_stop(srv_self->loop, &sigusr1_w);
+    ev_timer_stop(srv_self->loop, &grace_w);
     /* Stopping the watchers restored the default action (terminate): a
      * second Ctrl-C during the final flush would kill us before the images
      * are closed and NEED_CHECK cleared.  Ignore them until we are done. */

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "exports.h"
+#include "threads.h"
 #include "nbd-proto.h"
 
 struct export *srv_find_export(const char *name, size_t len)
@@ -21,48 +22,6 @@ struct export *srv_find_export(const char *name, size_t len)
         if (strlen(srv.exports[i].name) == len && memcmp(srv.exports[i].name, name, len) == 0)
             return &srv.exports[i];
     return NULL;
-}
-
-struct export_bitmap_use *export_bitmap_hold(struct export *e, const char *name)
-{
-    struct export_bitmap_use *u;
-    size_t n = strlen(name);
-
-    for (u = e->bm_uses; u; u = u->next)
-        if (strcmp(u->name, name) == 0) {
-            u->users++;
-            return u;
-        }
-    u = malloc(sizeof(*u) + n + 1);
-    if (!u)
-        return NULL;
-    memcpy(u->name, name, n + 1);
-    u->users = 1;
-    u->next = e->bm_uses;
-    e->bm_uses = u;
-    return u;
-}
-
-void export_bitmap_release(struct export *e, struct export_bitmap_use *u)
-{
-    struct export_bitmap_use **pp;
-
-    if (--u->users)
-        return;
-    for (pp = &e->bm_uses; *pp; pp = &(*pp)->next)
-        if (*pp == u) {
-            *pp = u->next;
-            free(u);
-            return;
-        }
-}
-
-unsigned export_bitmap_users(const struct export *e, const char *name)
-{
-    for (const struct export_bitmap_use *u = e->bm_uses; u; u = u->next)
-        if (strcmp(u->name, name) == 0)
-            return u->users;
-    return 0;
 }
 
 void exports_add(const char *name, size_t namelen, const char *path)
@@ -133,7 +92,11 @@ void exports_open(const struct qed_open_opts *base)
             if (strcmp(srv.exports[j].path, e->path) == 0)
                 srv_die("image '%s' is given for two exports ('%s' and '%s')", e->path,
                     srv.exports[j].name, e->name);
-        r = qed_open(srv.aio, e->path, &oo, &e->img, err, sizeof(err));
+        /* Why open here, on the main thread, with the owner's engine: the
+         * owner threads do not run yet, and start-up errors stay fatal
+         * before anything listens; the owner takes over at pthread_create. */
+        e->owner = &srv.threads[i % srv.nthreads];
+        r = qed_open(e->owner->aio, e->path, &oo, &e->img, err, sizeof(err));
         if (r == -EBUSY)
             srv_die("cannot serve '%s': it is in use (%s).  Stop the other user (QEMU, qemu-img, "
                 "qemu-io or another qednbd) first%s", e->path, err[0] ? err : strerror(-r),
@@ -149,21 +112,23 @@ void exports_open(const struct qed_open_opts *base)
         e->alloc_at_open = info.file_size;
         e->size = qed_size(e->img);
         e->read_only = qed_is_read_only(e->img);
-        e->pref_block = qed_cluster_size(e->img);
+        e->cluster_size = qed_cluster_size(e->img);
+        e->pref_block = e->cluster_size;
         if (e->pref_block > SRV_MAX_PREFERRED)
             e->pref_block = SRV_MAX_PREFERRED;
         if (e->pref_block < 512)
             e->pref_block = 512;
         srv.mem_tables += qed_table_memory_max(e->img);
+        export_bitmaps_init(e);
     }
     reserve_table_memory(base->l2_cache_tables);
 }
 
-void exports_close(int *status)
+void exports_close_owned(struct srv_thread *t, int *status)
 {
     for (size_t i = 0; i < srv.nexports; i++) {
         struct export *e = &srv.exports[i];
-        if (!e->img)
+        if (e->owner != t || !e->img)   /* owner first: the others' img is theirs */
             continue;
         /* Why here, after the loop: qed_close runs the loop itself to finish
          * what is in flight, then flushes and clears NEED_CHECK. */
@@ -194,6 +159,8 @@ void exports_free(void)
     for (size_t i = 0; i < srv.nexports; i++) {
         free(srv.exports[i].name);
         free(srv.exports[i].path);
+        if (srv.exports[i].bm_names)
+            export_bitmaps_free(&srv.exports[i]);
     }
     free(srv.exports);
     srv.exports = NULL;

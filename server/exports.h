@@ -18,13 +18,17 @@ void exports_add(const char *name, size_t namelen, const char *path);
 
 /**
  * exports_open - open every export's image with the options @base, and
- * reserve their tables' memory out of --max-memory.  Fatal on any failure,
- * with what to do about it.
+ * reserve their tables' memory out of --max-memory.  Export k belongs to
+ * thread k mod N (its owner) and is opened with that thread's qed_aio,
+ * before the threads start.  Fatal on any failure, with what to do about it.
  */
 void exports_open(const struct qed_open_opts *base);
 
-/** exports_close - close every image (flushing it); *@status becomes 1 on a failure. */
-void exports_close(int *status);
+/**
+ * exports_close_owned - close every image owned by thread @t (flushing
+ * it), on that thread (or after it exited); *@status becomes 1 on a failure.
+ */
+void exports_close_owned(struct srv_thread *t, int *status);
 
 /** exports_describe - one line describing every export, for the log, into @buf. */
 void exports_describe(char *buf, size_t n);

@@ -9,6 +9,13 @@
  *   syslog:  "MESSAGE" with ident "qednbd", facility daemon, the pid
  *            attached, and priority err / warning / notice / info / debug.
  * Warnings carry "warning: " in front of the message, in every format.
+ *
+ * Threads (--threads): every loop thread logs.  Each line is formatted in
+ * the caller's stack buffer and leaves in one write(2) (or one syslog(3)
+ * call, which is thread-safe), so lines never interleave; `lg` is set up
+ * before the threads start and only thread 0 reopens the file on SIGHUP,
+ * with dup2 onto the same descriptor number, which other threads' writes
+ * see atomically.
  */
 #include "config.h"
 

@@ -1,5 +1,6 @@
 /*
- * main.c - qednbd: serve QED images over NBD from one libev loop.  This
+ * main.c - qednbd: serve QED images over NBD from libev loops (one per
+ * --threads; threads.c).  This
  * file holds the command line and the start-up order; the exports are in
  * exports.c, the service side (fork, pidfile, signals) in daemon.c, the
  * network in net/ and the NBD protocol in protocol/.
@@ -15,6 +16,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +34,7 @@
 #include "listen.h"
 #include "nbd-proto.h"
 #include "qednbd.h"
+#include "threads.h"
 #include "tls.h"
 
 struct server srv;
@@ -62,6 +65,7 @@ static struct {
     enum qed_reserve reserve;   /* --reserve: fallocate partly written new clusters */
     const char *control;        /* --control: the control socket's path */
     unsigned control_timeout;   /* --control-timeout: seconds a control client may idle */
+    unsigned threads;           /* --threads; 0: threads_default() */
 } opt = {
     .aio_kind = QED_AIO_AUTO,
     .log_target = -1,
@@ -120,6 +124,9 @@ static void usage(FILE *f)
             "                             included) are dropped\n"
             "      --lock-wait=SECONDS    an image locked by another process: wait this long\n"
             "                             for the lock before failing (default 5; 0: at once)\n"
+            "      --threads=N            loop threads (default: the usable CPUs, at most 8);\n"
+            "                             connections are spread over them, each image\n"
+            "                             is run by one of them\n"
             "      --reserve=auto|on|off  reserve (fallocate) new clusters that are written\n"
             "                             in part, so that overwrites never fail with ENOSPC\n"
             "                             (default auto: on ext4 and XFS, not on tmpfs)\n"
@@ -193,7 +200,8 @@ enum {
     OPT_REPAIR, OPT_MAX_MEMORY,
     OPT_BACKING_DIR = 400, OPT_NO_BACKING, OPT_LOCK_WAIT,
     OPT_RESERVE = 420, /* own range: fewer merge clashes */
-    OPT_CONTROL = 440, OPT_CONTROL_TIMEOUT,
+    OPT_CONTROL = 460, OPT_CONTROL_TIMEOUT,
+    OPT_THREADS = 440,
 };
 
 static const struct option longopts[] = {
@@ -216,6 +224,7 @@ static const struct option longopts[] = {
     { "no-backing", no_argument, NULL, OPT_NO_BACKING },
     { "lock-wait", required_argument, NULL, OPT_LOCK_WAIT },
     { "reserve", required_argument, NULL, OPT_RESERVE },
+    { "threads", required_argument, NULL, OPT_THREADS },
     /* Limits */
     { "max-connections", required_argument, NULL, OPT_MAX_CONNS },
     { "max-memory", required_argument, NULL, OPT_MAX_MEMORY },
@@ -334,6 +343,9 @@ static bool parse_image_opt(int ch, const char *arg)
         opt.backing_dir = arg;
         break;
     case OPT_NO_BACKING: opt.no_backing = true; break;
+    case OPT_THREADS:
+        opt.threads = (unsigned)parse_num(arg, "--threads", 1, SRV_MAX_THREADS);
+        break;
     case OPT_LOCK_WAIT: opt.lock_wait = (unsigned)parse_num(arg, "--lock-wait", 0, 3600); break;
     case OPT_RESERVE:
         if (strcmp(arg, "auto") == 0)
@@ -446,6 +458,8 @@ static void check_combinations(void)
         die("--fork cannot be combined with --stdio");
     if (opt.log_file && opt.log_target >= 0)
         die("give either --log or --log-file, not both");
+    if (srv.stdio && opt.threads > 1)
+        die("--stdio serves one client: --threads=%u has nothing to spread", opt.threads);
 }
 
 /* TLS: credentials alone mean "require"; a mode without them is an error. */
@@ -521,26 +535,36 @@ static void open_log(void)
         die("%s", err);
 }
 
-/* The event loop, the signal handlers, the library's log and its I/O engine. */
+/* The event loops (one per thread), the signal handlers, the library's
+ * log and the I/O engines. */
 static void start_loop(void)
 {
+    unsigned n = srv.stdio ? 1 : opt.threads ? opt.threads : threads_default();
     int r;
 
-    srv.loop = ev_default_loop(EVFLAG_AUTO);
-    if (!srv.loop)
-        die("cannot create the event loop");
-    srv.start_time = ev_time();
-    /* Signals first: a SIGHUP or SIGUSR1 sent as soon as the socket answers
-     * must find its handler, not the default action (which kills). */
-    daemon_signals_start();
     qed_set_log(lib_log, NULL, srv.verbose >= 2 ? QED_LOG_DEBUG
                                : srv.verbose ? QED_LOG_INFO : QED_LOG_WARN);
-    r = qed_aio_new(srv.loop, opt.aio_kind, &srv.aio);
+    /* Why a fixed mmap threshold with several threads: glibc raises it (up
+     * to 32 MiB) after a large buffer is freed, and then keeps up to twice
+     * that free in each thread's arena, so N arenas held tens of MiB past
+     * the README's memory bound.  Fixed, buffers over 4 MiB (never pooled:
+     * req-mem.c) go back to the kernel when freed, and arenas trim at
+     * glibc's default 128 KiB. */
+    if (n > 1)
+        mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    r = threads_init(n, opt.aio_kind);
+    if (r == -ENOMEM)
+        die("cannot create the event loops");
     if (r < 0)
         die("cannot set up the %s I/O backend: %s",
             opt.aio_kind == QED_AIO_URING ? "io_uring" :
             opt.aio_kind == QED_AIO_THREADS ? "thread-pool" : "file", strerror(-r));
-    srv_log(SRV_LOG_INFO, "I/O backend: %s", qed_aio_backend_name(srv.aio));
+    srv.start_time = ev_time();
+    /* Signals first: a SIGHUP or SIGUSR1 sent as soon as the socket answers
+     * must find its handler, not the default action (which kills). */
+    daemon_signals_start();
+    srv_log(SRV_LOG_INFO, "I/O backend: %s, %u loop thread%s",
+            qed_aio_backend_name(srv_self->aio), n, n == 1 ? "" : "s");
 }
 
 /* Start serving: the one stdio client, or the listening sockets.  Returns
@@ -617,23 +641,25 @@ int main(int argc, char **argv)
         control_listen(opt.control, opt.control_timeout);
     if (start_serving(exports_desc, activation_n) < 0) {
         control_stop();
-        exports_close(&status);
-        qed_aio_free(srv.aio);
+        threads_stop(&status);
+        qed_aio_free(srv_self->aio);
         daemon_remove_pidfile();
         return 1;
     }
+    threads_start();
 
-    ev_run(srv.loop, 0);
+    ev_run(srv_self->loop, 0);
 
     /* Leaving: stop our own watchers before qed_close runs the loop again. */
     daemon_signals_stop();
     stop_listening();
-    /* Before qed_close runs the loop again: no bitmap change while closing. */
+    /* Before the threads close their images: no bitmap change while closing. */
     control_stop();
-    while (srv.conns)
-        conn_abort(srv.conns);
-    exports_close(&status);
-    qed_aio_free(srv.aio);
+    while (srv_self->conns)
+        conn_abort(srv_self->conns);
+    /* The other threads close their images and leave; then thread 0's. */
+    threads_stop(&status);
+    qed_aio_free(srv_self->aio);
     exports_free();
     tls_cleanup();
     daemon_remove_pidfile();

@@ -52,6 +52,25 @@
  * 64 KiB per negotiating connection), GnuTLS's own session state and struct
  * conn.
  *
+ * Threads (--threads).  A connection lives on one thread, so c->mem_held
+ * and the per-connection cap need nothing.  The server-wide counts
+ * (srv.mem_held, srv.nreqs, srv.mem_waiters) are shared by every thread:
+ * atomics, no lock.  An admission that checks the global cap takes its
+ * bytes with a compare-and-swap on srv.mem_held (mem_take), so two threads
+ * can never both pass the check with the last bytes: the cap holds exactly
+ * across threads.  Waiting and waking across threads: a connection marks
+ * itself waiting (srv.mem_waiters, its thread's mem_waiters) and then
+ * checks once more at the end of its turn; a thread that gives memory
+ * back reads srv.mem_waiters after its release.  Both are sequentially
+ * consistent, so one of the two always sees the other (no lost wake-up);
+ * the releasing thread wakes the other threads' waiters through their
+ * inboxes (turn.c, threads_mem_wake_others).  The "nothing in flight
+ * anywhere: admit" rule reads srv.nreqs before the request counts itself,
+ * so with N threads up to N such requests can pass it at the same moment
+ * (one per thread, as one passes it with one thread).  The design in
+ * contrib/bench/README.md takes credit in chunks instead, for machines
+ * with many cores; the plain atomics are one shared line per charge.
+ *
  * The images' tables.  The L1 tables and the L2 caches of the library are
  * bounded per image at open (qed_table_memory_max); exports.c reserves that
  * bound out of --max-memory (srv.mem_tables) and the connections share the
@@ -74,58 +93,95 @@ static uint64_t mem_cap(void)
     return cap > srv.mem_tables ? cap - srv.mem_tables : 0;
 }
 
+/* Raise srv.mem_peak to @held if it is lower. */
+static void mem_peak_update(uint64_t held)
+{
+    uint64_t peak = SRV_LOAD(srv.mem_peak);
+
+    while (held > peak && !__atomic_compare_exchange_n(&srv.mem_peak, &peak, held, true,
+                                                       __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+}
+
 void conn_mem_charge(struct conn *c, size_t n)
 {
     c->mem_held += n;
-    srv.mem_held += n;
-    if (srv.mem_held > srv.mem_peak)
-        srv.mem_peak = srv.mem_held;
+    mem_peak_update(__atomic_add_fetch(&srv.mem_held, n, __ATOMIC_SEQ_CST));
+}
+
+/* Take @n bytes of the global count if they fit under the cap (or nothing
+ * is in flight anywhere: the no-deadlock rule above): one compare-and-swap,
+ * so the check and the charge are one step for every thread. */
+static bool mem_take(size_t n, bool any)
+{
+    uint64_t held = __atomic_load_n(&srv.mem_held, __ATOMIC_SEQ_CST);
+    uint64_t cap = mem_cap();
+
+    do {
+        if (!any && held + n > cap)
+            return false;
+    } while (!__atomic_compare_exchange_n(&srv.mem_held, &held, held + n, true,
+                                          __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+    mem_peak_update(held + n);
+    return true;
 }
 
 void conn_mem_release(struct conn *c, size_t n)
 {
-    assert(c->mem_held >= n && srv.mem_held >= n);
+    uint64_t before = __atomic_fetch_sub(&srv.mem_held, n, __ATOMIC_SEQ_CST);
+
+    assert(c->mem_held >= n && before >= n);
+    (void)before;
     c->mem_held -= n;
-    srv.mem_held -= n;
     /* Someone waits: those that now fit go on at the end of the loop turn.
      * Why not here: this runs from anywhere (a reply written, a request
      * freed, a connection closing), and a walk over the waiters on every
      * release would cost O(connections) per reply under pressure; at the
      * end of the turn it is one walk per turn. */
-    if (n && srv.mem_waiters)
+    if (n && __atomic_load_n(&srv.mem_waiters, __ATOMIC_SEQ_CST)) {
+        srv_self->mem_released = true;     /* the other threads' waiters too */
         conn_mem_wake();
+    }
 }
 
 bool conn_mem_fits(const struct conn *c, size_t cost)
 {
     bool conn_ok = c->inflight == 0 || c->mem_held + cost <= SRV_CONN_MAX_MEMORY;
-    bool srv_ok = srv.nreqs == 0 || srv.mem_held + cost <= mem_cap();
+    bool srv_ok = __atomic_load_n(&srv.nreqs, __ATOMIC_SEQ_CST) == 0 ||
+                  __atomic_load_n(&srv.mem_held, __ATOMIC_SEQ_CST) + cost <= mem_cap();
 
     return conn_ok && srv_ok;
 }
 
 bool conn_mem_try(struct conn *c, size_t n)
 {
-    if (c->mem_held + n > SRV_CONN_MAX_MEMORY || srv.mem_held + n > mem_cap())
+    if (c->mem_held + n > SRV_CONN_MAX_MEMORY || !mem_take(n, false))
         return false;
-    conn_mem_charge(c, n);
+    c->mem_held += n;
     return true;
 }
 
 bool conn_mem_admit(struct conn *c, size_t cost)
 {
-    if (conn_mem_fits(c, cost)) {
+    bool conn_ok = c->inflight == 0 || c->mem_held + cost <= SRV_CONN_MAX_MEMORY;
+
+    if (conn_ok && mem_take(cost, __atomic_load_n(&srv.nreqs, __ATOMIC_SEQ_CST) == 0)) {
+        c->mem_held += cost;
         conn_mem_unwait(c);
-        conn_mem_charge(c, cost);
         return true;
     }
     if (!c->mem_wait) {
         c->mem_wait = true;
-        srv.mem_waiters++;
-        srv.mem_waits++;
+        __atomic_add_fetch(&srv.mem_waiters, 1, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&srv_self->mem_waiters, 1, __ATOMIC_SEQ_CST);
+        SRV_ADD(srv.mem_waits, 1);
         conn_log(c, SRV_LOG_DEBUG,
                  "waiting for memory: a request of %zu bytes, %zu held here, %llu in all",
-                 cost, c->mem_held, (unsigned long long)srv.mem_held);
+                 cost, c->mem_held, (unsigned long long)SRV_LOAD(srv.mem_held));
+        /* Look again at the end of this turn: memory given back by another
+         * thread before it could see this waiter is then found. */
+        if (srv.nthreads > 1)
+            conn_mem_wake();
     }
     c->mem_wait_cost = cost;
     return false;
@@ -136,6 +192,7 @@ void conn_mem_unwait(struct conn *c)
     if (!c->mem_wait)
         return;
     c->mem_wait = false;
-    assert(srv.mem_waiters > 0);
-    srv.mem_waiters--;
+    assert(SRV_LOAD(srv.mem_waiters) > 0);
+    __atomic_sub_fetch(&srv.mem_waiters, 1, __ATOMIC_SEQ_CST);
+    __atomic_sub_fetch(&srv_self->mem_waiters, 1, __ATOMIC_SEQ_CST);
 }

@@ -6,6 +6,7 @@
 #ifndef QEDNBD_H
 #define QEDNBD_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -67,7 +68,18 @@ struct export_stats {
     uint64_t bytes_zeroed;   /* length of successful WRITE_ZEROES */
     uint64_t bytes_trimmed;  /* length of successful TRIMs */
     uint64_t errors;         /* requests answered with an error (rejected or failed) */
+    /* One block per thread: padded to 128 bytes so that two threads'
+     * blocks share at most one cache line.  (Not an aligned type: the
+     * exports live in a realloc'd array, which guarantees 16 bytes.) */
+    uint64_t pad_[2];
 };
+
+/* --threads: the most loop threads (each export keeps one counter block per thread). */
+#define SRV_MAX_THREADS 64u
+/* The default --threads: the CPUs we may run on, at most this many. */
+#define SRV_DEFAULT_THREADS_CAP 8u
+
+struct srv_thread;   /* threads.h */
 
 /** One export: a name bound to an open image. */
 struct export {
@@ -77,15 +89,26 @@ struct export {
     uint64_t size;
     uint32_t pref_block;     /* preferred block size: cluster size capped at 64 KiB */
     bool read_only;
+    uint32_t cluster_size;   /* the image's, kept here: only the owner calls libqed */
     uint64_t alloc_at_open;  /* the image's allocation point when it was opened */
-    struct export_stats st;
-    struct export_bitmap_use *bm_uses; /* bitmaps NBD clients selected (exports.c) */
+    struct srv_thread *owner; /* the one thread that calls libqed for img (threads.h) */
+    /* Counters, one block per loop thread, each written only by its thread
+     * (EXPORT_STATS); SIGUSR1 gathers them on their threads (stats.c). */
+    struct export_stats st[SRV_MAX_THREADS];
+    /* The bitmaps, for the NBD side (export-bitmaps.c): under bm_lock. */
+    pthread_mutex_t bm_lock;
+    struct export_bitmap_names *bm_names; /* what the owner published */
+    struct export_bitmap_use *bm_uses;    /* bitmaps NBD clients selected */
 };
 
-/** Server-wide state; there is exactly one, `srv`. */
+/** Server-wide state; there is exactly one, `srv`.  What each loop thread
+ * keeps for itself (its loop, its qed_aio, its connections) is in struct
+ * srv_thread (threads.h); srv_self is the calling thread's.  Fields written
+ * by several threads are marked "atomic" and only used with __atomic
+ * builtins. */
 struct server {
-    struct ev_loop *loop;
-    qed_aio *aio;
+    struct srv_thread *threads; /* --threads of them; threads[0] is the main thread */
+    unsigned nthreads;
     struct export *exports;
     size_t nexports;
     const char *description; /* NBD_INFO_DESCRIPTION text for every export, or NULL */
@@ -93,20 +116,17 @@ struct server {
     unsigned max_conns;      /* connections served at once; more are refused */
     double hs_timeout;       /* seconds a client may take to finish negotiating */
     bool stdio;              /* serving one client on stdin/stdout */
-    bool shutting_down;      /* SIGINT/SIGTERM received */
+    bool shutting_down;      /* SIGINT/SIGTERM received (atomic) */
 
-    struct conn *conns;      /* every live connection (doubly linked) */
-    unsigned nconns;         /* live connections, counted against max_conns */
-    unsigned nrefused;       /* live connections being refused politely */
-    uint64_t next_conn_id;
+    unsigned nconns;         /* live connections, counted against max_conns (atomic) */
+    unsigned nrefused;       /* live connections being refused politely (atomic) */
+    uint64_t next_conn_id;   /* (atomic) */
 
     /* Server-wide counters (stats.c). */
     double start_time;       /* ev_time() at start-up */
-    uint64_t conns_refused;  /* clients turned away over --max-connections */
-    uint64_t tls_ok;         /* TLS handshakes completed */
-    uint64_t tls_failed;     /* TLS handshakes that failed */
+    uint64_t conns_refused;  /* clients turned away over --max-connections (thread 0) */
 
-    /* Memory held for connections (mem.c). */
+    /* Memory held for connections (mem.c); the counters are atomic. */
     uint64_t max_memory;     /* --max-memory; 0 = SRV_MAX_MEMORY_DEFAULT */
     uint64_t mem_held;       /* bytes charged to connections now */
     uint64_t mem_peak;       /* the most mem_held has been */
@@ -118,6 +138,15 @@ struct server {
 };
 
 extern struct server srv;
+
+/** srv_self - the calling loop thread's state (threads.h); thread 0's on the main thread. */
+extern __thread struct srv_thread *srv_self;
+
+/* Atomic access to the fields marked atomic (relaxed: counters and flags
+ * that order nothing; mem.c uses sequentially consistent ones where it must). */
+#define SRV_LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define SRV_ADD(x, n) __atomic_add_fetch(&(x), (n), __ATOMIC_RELAXED)
+#define SRV_SUB(x, n) __atomic_sub_fetch(&(x), (n), __ATOMIC_RELAXED)
 
 /* ---- Logging (log.c) ---- */
 
@@ -178,7 +207,11 @@ void srv_log_detach_stderr(void);
 
 /* ---- Statistics (stats.c) ---- */
 
-/** stats_print - log every counter (SIGUSR1), one line per export plus a server line. */
+/**
+ * stats_print - log every counter (SIGUSR1), one line per export plus a
+ * server line.  With several threads the counters are gathered on the
+ * threads that write them first, so the lines come out a few loop turns later.
+ */
 void stats_print(void);
 
 /** One counter: its name (as in the log line) and value. */
@@ -186,15 +219,29 @@ struct stats_field {
     const char *key;
     uint64_t value;
 };
-#define STATS_MAX_FIELDS 24     /* the most either function below fills */
+#define STATS_MAX_FIELDS 24     /* the most any function below fills */
+
+/** The counters one stats_gather collected (stats.c). */
+struct stats_gather;
 
 /**
- * stats_server_fields - the server-wide counters into @f; returns how many.
- * stats_export_fields - those of export @e (its name apart).  stats_print
- * and the control socket's "stats" are both made from these.
+ * stats_gather - collect every counter where it is written (each thread's
+ * on that thread, each image's on its owner), then call @done(@g, @arg) on
+ * the calling thread (thread 0), on a later loop turn with several threads
+ * (at once with one).  @g is valid only during @done.  SIGUSR1's lines and
+ * the control socket's "stats" are both made from it.  Returns 0 or
+ * -ENOMEM (then @done never runs).
  */
-size_t stats_server_fields(struct stats_field *f);
-size_t stats_export_fields(const struct export *e, struct stats_field *f);
+int stats_gather(void (*done)(const struct stats_gather *g, void *arg), void *arg);
+
+/**
+ * stats_server_fields - the server-wide counters of @g into @f; returns how many.
+ * stats_export_fields - those of export number @i (its name apart).
+ * stats_thread_fields - those of loop thread @t (its "stats: thread" line).
+ */
+size_t stats_server_fields(const struct stats_gather *g, struct stats_field *f);
+size_t stats_export_fields(const struct stats_gather *g, size_t i, struct stats_field *f);
+size_t stats_thread_fields(const struct stats_gather *g, unsigned t, struct stats_field *f);
 
 /* ---- Exports (exports.c; the rest of the table is in exports.h) ---- */
 
@@ -205,11 +252,31 @@ size_t stats_export_fields(const struct export *e, struct stats_field *f);
  */
 struct export *srv_find_export(const char *name, size_t len);
 
+/*
+ * The dirty bitmaps of an export as the NBD side sees them (export-bitmaps.c).
+ * Only the owner thread calls libqed; connections on any thread read what
+ * it published here, under the export's bm_lock, which also guards
+ * bm_uses.  So a bitmap being removed is never selected meanwhile, and a
+ * selected one is never removed.
+ */
+
+/** A bitmap of the image, as published by its owner. */
+struct export_bitmap_name {
+    char name[QED_BITMAP_NAME_MAX + 1];
+    bool inconsistent;           /* never offered: its bits cannot be trusted */
+};
+
+/** Every bitmap of an image, in the library's order. */
+struct export_bitmap_names {
+    unsigned n;
+    struct export_bitmap_name b[QED_BITMAP_MAX];
+};
+
 /**
  * A dirty bitmap of an export's image that NBD clients selected as a meta
  * context (qemu:dirty-bitmap:NAME), with how many hold it.  While held,
  * the control socket refuses to remove it (as qemu-nbd refuses to remove
- * a bitmap it exports).  Runs on the thread that owns the export's image.
+ * a bitmap it exports).  The list is under the export's bm_lock.
  */
 struct export_bitmap_use {
     struct export_bitmap_use *next;
@@ -218,13 +285,40 @@ struct export_bitmap_use {
 };
 
 /**
- * export_bitmap_hold - one more user of bitmap @name of @e; returns the
- * record to give back with export_bitmap_release, or NULL (out of memory).
+ * export_bitmaps_init - (at open, on the main thread, before the threads
+ * start) make @e's lock and publish its bitmaps.  Fatal when out of memory.
+ * export_bitmaps_free - free them (after the image is closed).
+ */
+void export_bitmaps_init(struct export *e);
+void export_bitmaps_free(struct export *e);
+
+/**
+ * export_bitmaps_publish - (on @e's owner) publish the image's bitmaps as
+ * they are now; call after every change.  Returns 0 or -ENOMEM (the old
+ * list stays).
+ */
+int export_bitmaps_publish(struct export *e);
+
+/** export_bitmaps_get - (any thread) a copy of what @e's owner published. */
+void export_bitmaps_get(struct export *e, struct export_bitmap_names *out);
+
+/**
+ * export_bitmap_hold - (any thread) one more user of bitmap @name of @e,
+ * into *@u (give it back with export_bitmap_release).  Returns 0, -ENOENT
+ * when no consistent bitmap of that name is published now (it was just
+ * removed), or -ENOMEM.
  * export_bitmap_users - how many hold bitmap @name of @e.
  */
-struct export_bitmap_use *export_bitmap_hold(struct export *e, const char *name);
+int export_bitmap_hold(struct export *e, const char *name, struct export_bitmap_use **u);
 void export_bitmap_release(struct export *e, struct export_bitmap_use *u);
-unsigned export_bitmap_users(const struct export *e, const char *name);
+unsigned export_bitmap_users(struct export *e, const char *name);
+
+/**
+ * export_bitmap_remove - (on @e's owner) remove bitmap @name from the
+ * image unless an NBD client holds it (-EBUSY); then publish.  Returns 0
+ * or a negative errno (qed_bitmap_remove's).
+ */
+int export_bitmap_remove(struct export *e, const char *name);
 
 /* ---- Listening (net/listen.c; the rest is in net/listen.h) ---- */
 

@@ -53,6 +53,7 @@ QED_IMG=${QED_IMG:-}
 BUILDDIR=
 QEDNBD_AIO=
 QEDNBD_EXTRA=
+QEDNBD_THREADS=
 QEMU_NBD_AIO=threads
 QEMU_NBD_CACHE=writeback
 SIZE_SET=0 FRESH_SET=0 RUNTIME_SET=0 REPS_SET=0
@@ -107,6 +108,8 @@ and the ratios issue 14 targets.
                        qednbd's build tree, else qemu-img create -f qed)
   --qednbd-aio MODE    pass --aio=MODE to qednbd (uring|threads)
   --qednbd-args ARGS   extra arguments for qednbd (word-split)
+  --qednbd-threads N   pass --threads=N to qednbd (default: qednbd's own,
+                       the usable CPUs up to 8)
   --qemu-nbd-aio MODE  qemu-nbd --aio (default $QEMU_NBD_AIO)
   --qemu-nbd-cache M   qemu-nbd --cache (default $QEMU_NBD_CACHE)
   --warm yes|no|auto   before each fresh-image run, write and delete a file
@@ -167,6 +170,8 @@ while [ $# -gt 0 ]; do
         --qednbd-aio=*) QEDNBD_AIO=${1#*=}; shift ;;
         --qednbd-args) need_arg "$@"; QEDNBD_EXTRA=$2; shift 2 ;;
         --qednbd-args=*) QEDNBD_EXTRA=${1#*=}; shift ;;
+        --qednbd-threads) need_arg "$@"; QEDNBD_THREADS=$2; shift 2 ;;
+        --qednbd-threads=*) QEDNBD_THREADS=${1#*=}; shift ;;
         --qemu-nbd-aio) need_arg "$@"; QEMU_NBD_AIO=$2; shift 2 ;;
         --qemu-nbd-aio=*) QEMU_NBD_AIO=${1#*=}; shift ;;
         --qemu-nbd-cache) need_arg "$@"; QEMU_NBD_CACHE=$2; shift 2 ;;
@@ -416,6 +421,7 @@ server_cmd() {
             CMD=("$QEDNBD" "${listen[@]}")
             [ "$server" = qednbd-direct ] && CMD+=(--cache=none)
             [ -n "$QEDNBD_AIO" ] && CMD+=(--aio="$QEDNBD_AIO")
+            [ -n "$QEDNBD_THREADS" ] && CMD+=(--threads="$QEDNBD_THREADS")
             # shellcheck disable=SC2206
             [ -n "$QEDNBD_EXTRA" ] && CMD+=($QEDNBD_EXTRA)
             CMD+=("$image")

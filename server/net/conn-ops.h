@@ -30,4 +30,7 @@ void proto_closed(struct conn *c);
 /** proto_free - the last reference to @c is gone: free c->proto. */
 void proto_free(struct conn *c);
 
+/** proto_thread_exit - a loop thread is leaving: free its free lists (req-mem.c). */
+void proto_thread_exit(void);
+
 #endif /* CONN_OPS_H */

@@ -102,7 +102,7 @@ void conn_unref(struct conn *c)
 
 struct conn *conn_next(struct conn *c)
 {
-    return c ? c->next : srv.conns;
+    return c ? c->next : srv_self->conns;
 }
 
 /* Drop every queued message (the connection is going away). */
@@ -125,9 +125,9 @@ void conn_close(struct conn *c, const char *why)
     conn_log(c, SRV_LOG_INFO, "closing: %s", why);
     conn_set_state(c, CONN_DEAD);
     conn_mem_unwait(c);
-    ev_io_stop(srv.loop, &c->rw);
-    ev_io_stop(srv.loop, &c->ww);
-    ev_timer_stop(srv.loop, &c->hs_timer);
+    ev_io_stop(srv_self->loop, &c->rw);
+    ev_io_stop(srv_self->loop, &c->ww);
+    ev_timer_stop(srv_self->loop, &c->hs_timer);
     proto_closed(c);
     conn_drop_output(c);
     conn_ibuf_release(c, true);
@@ -140,6 +140,14 @@ void conn_close(struct conn *c, const char *why)
         conn_mem_release(c, CONN_TLS_RECORD);
     }
     c->tls_out_len = 0;
+    /* Why before close: with --threads, thread 0 may accept the client's
+     * next connection as soon as it sees this one's EOF, and must find it
+     * uncounted by then. */
+    if (c->counted)
+        SRV_SUB(srv.nconns, 1);
+    else
+        SRV_SUB(srv.nrefused, 1);
+    SRV_SUB(srv_self->nconns, 1);
     close(c->rfd);
     if (c->wfd != c->rfd)
         close(c->wfd);
@@ -148,14 +156,10 @@ void conn_close(struct conn *c, const char *why)
     if (c->prev)
         c->prev->next = c->next;
     else
-        srv.conns = c->next;
+        srv_self->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
-    if (c->counted)
-        srv.nconns--;
-    else
-        srv.nrefused--;
 
     conn_unref(c);          /* the "open" reference */
     srv_conn_gone();
@@ -179,7 +183,7 @@ void conn_drain(struct conn *c, const char *why)
     conn_set_state(c, CONN_DRAINING);
     conn_mem_unwait(c);     /* a request still waiting for memory was never admitted */
     conn_update_read_watcher(c);     /* stops reading (unless a TLS write needs a read) */
-    ev_timer_stop(srv.loop, &c->hs_timer);
+    ev_timer_stop(srv_self->loop, &c->hs_timer);
     maybe_finish_drain(c);
 }
 
@@ -253,7 +257,7 @@ static void on_hs_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 
 void conn_handshake_over(struct conn *c)
 {
-    ev_timer_stop(srv.loop, &c->hs_timer);
+    ev_timer_stop(srv_self->loop, &c->hs_timer);
 }
 
 /* ---- Creation ------------------------------------------------------------ */
@@ -270,7 +274,7 @@ struct conn *conn_new(int rfd, int wfd, bool refuse, const char *peer)
             close(wfd);
         return NULL;
     }
-    c->id = ++srv.next_conn_id;
+    c->id = SRV_ADD(srv.next_conn_id, 1);
     snprintf(c->peer, sizeof(c->peer), "%s", peer);
     c->refs = 1;
     c->rfd = rfd;
@@ -279,15 +283,17 @@ struct conn *conn_new(int rfd, int wfd, bool refuse, const char *peer)
     c->counted = !refuse;
     c->state = CONN_HS_CLIENT_FLAGS;
     if (refuse)
-        srv.nrefused++;
+        SRV_ADD(srv.nrefused, 1);
     else
-        srv.nconns++;
+        SRV_ADD(srv.nconns, 1);
+    SRV_ADD(srv_self->nconns, 1);
+    srv_self->conns_total++;
 
     /* Link first: closing (even from proto_greeting) unlinks. */
-    c->next = srv.conns;
-    if (srv.conns)
-        srv.conns->prev = c;
-    srv.conns = c;
+    c->next = srv_self->conns;
+    if (srv_self->conns)
+        srv_self->conns->prev = c;
+    srv_self->conns = c;
 
     ev_io_init(&c->rw, conn_on_readable, rfd, EV_READ);
     c->rw.data = c;
@@ -298,7 +304,7 @@ struct conn *conn_new(int rfd, int wfd, bool refuse, const char *peer)
 
     conn_log(c, SRV_LOG_INFO, "new connection from %s%s", peer,
              refuse ? " (over the connection limit: refusing)" : "");
-    ev_timer_start(srv.loop, &c->hs_timer);
+    ev_timer_start(srv_self->loop, &c->hs_timer);
     conn_ref(c);
     proto_greeting(c);
     bool dead = c->state == CONN_DEAD;

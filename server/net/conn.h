@@ -15,6 +15,7 @@
 #include <ev.h>
 
 #include "qednbd.h"
+#include "threads.h"
 
 /*
  * The states of a connection.  conn_step() runs the state machine: each
@@ -63,7 +64,7 @@ struct tls_session;
 #define CONN_TLS_RECORD (16u * 1024)
 
 struct conn {
-    struct conn *prev, *next;     /* srv.conns */
+    struct conn *prev, *next;     /* srv_self->conns of its thread */
     uint64_t id;
     char peer[128];
     unsigned refs;                /* 1 while open + 1 per request in the library */
@@ -136,7 +137,14 @@ void conn_shutdown(struct conn *c);
 /** conn_abort - close @c now; requests in flight complete into the void. */
 void conn_abort(struct conn *c);
 
-/** conn_next - iterate over srv.conns (NULL starts). */
+/**
+ * conn_thread_exit - the calling loop thread is leaving: free its free
+ * lists (read-ahead buffers, requests, data buffers), which no other
+ * thread can reach.
+ */
+void conn_thread_exit(void);
+
+/** conn_next - iterate over the calling thread's connections, srv_self->conns (NULL starts). */
 struct conn *conn_next(struct conn *c);
 
 /** conn_log - srv_log with the connection's id in front. */

@@ -64,10 +64,10 @@ static bool reads_ahead(const struct conn *c)
 
 /* ---- Read-ahead buffers ------------------------------------------------- */
 
-/* Spare buffers, kept for the next read: one thread, no lock. */
+/* Spare buffers, kept for the next read: one list per loop thread, no lock. */
 #define IBUF_POOL_MAX 8
-static uint8_t *ibuf_pool[IBUF_POOL_MAX];
-static unsigned ibuf_pool_n;
+static __thread uint8_t *ibuf_pool[IBUF_POOL_MAX];   /* per loop thread */
+static __thread unsigned ibuf_pool_n;
 
 /* A read-ahead buffer for @c, charged to it; NULL when it does not fit
  * under the memory caps (then @c reads without one) or malloc fails. */
@@ -97,6 +97,13 @@ void conn_ibuf_release(struct conn *c, bool force)
     conn_mem_release(c, SRV_INPUT_BUFFER);
 }
 
+void conn_thread_exit(void)
+{
+    while (ibuf_pool_n)
+        free(ibuf_pool[--ibuf_pool_n]);
+    proto_thread_exit();
+}
+
 /* ---- Input ------------------------------------------------------------- */
 
 /*
@@ -118,7 +125,7 @@ static ssize_t conn_recv(struct conn *c, void *buf, size_t n)
          * it may need to write first. */
         c->tls_rd_wants_write = tls_session_wants_write(c->tls);
         if (c->tls_rd_wants_write && !ev_is_active(&c->ww))
-            ev_io_start(srv.loop, &c->ww);
+            ev_io_start(srv_self->loop, &c->ww);
     } else {
         conn_log(c, SRV_LOG_INFO, "%s", tls_session_error(c->tls));
     }
@@ -285,16 +292,16 @@ void conn_update_read_watcher(struct conn *c)
     if (c->tls_wr_wants_read)
         want = true;    /* a TLS write waits for readable */
     if (want && !ev_is_active(&c->rw))
-        ev_io_start(srv.loop, &c->rw);
+        ev_io_start(srv_self->loop, &c->rw);
     else if (!want && ev_is_active(&c->rw))
-        ev_io_stop(srv.loop, &c->rw);
+        ev_io_stop(srv_self->loop, &c->rw);
     /* Read-ahead bytes will never make the socket readable either. */
     if (want && conn_reading_state(c->state) && c->ipos < c->ilen)
         turn_resume_add(c);
     /* Bytes GnuTLS has already decrypted will never make the socket
      * readable: run the state machine for them as if it were. */
     if (want && conn_reading_state(c->state) && c->tls_active && tls_session_pending(c->tls))
-        ev_feed_event(srv.loop, &c->rw, EV_READ);
+        ev_feed_event(srv_self->loop, &c->rw, EV_READ);
 }
 
 /*
@@ -311,32 +318,32 @@ static int conn_tls_handshake(struct conn *c)
         /* Why wait: the ACK of STARTTLS must reach the client whole, in
          * plaintext, before the first TLS byte.  conn_flush has started the
          * write watcher, whose callback comes back here. */
-        ev_io_stop(srv.loop, &c->rw);
+        ev_io_stop(srv_self->loop, &c->rw);
         if (!ev_is_active(&c->ww))
-            ev_io_start(srv.loop, &c->ww);
+            ev_io_start(srv_self->loop, &c->ww);
         return 0;
     }
     r = tls_session_handshake(c->tls);
     if (r == -EAGAIN) {
         if (tls_session_wants_write(c->tls)) {
-            ev_io_stop(srv.loop, &c->rw);
-            ev_io_start(srv.loop, &c->ww);
+            ev_io_stop(srv_self->loop, &c->rw);
+            ev_io_start(srv_self->loop, &c->ww);
         } else {
-            ev_io_stop(srv.loop, &c->ww);
-            ev_io_start(srv.loop, &c->rw);
+            ev_io_stop(srv_self->loop, &c->ww);
+            ev_io_start(srv_self->loop, &c->rw);
         }
         return 0;
     }
     if (r < 0) {
-        srv.tls_failed++;
+        srv_self->tls_failed++;
         conn_log(c, SRV_LOG_WARN, "TLS handshake with %s failed: %s", c->peer,
                  tls_session_error(c->tls));
         conn_close(c, "TLS handshake failed");
         return -1;
     }
-    srv.tls_ok++;
+    srv_self->tls_ok++;
     c->tls_active = true;
-    ev_io_stop(srv.loop, &c->ww);
+    ev_io_stop(srv_self->loop, &c->ww);
     conn_log(c, SRV_LOG_INFO, "TLS established: %s",
              tls_session_describe(c->tls, desc, sizeof(desc)));
     proto_tls_ready(c);

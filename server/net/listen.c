@@ -36,7 +36,8 @@ static const char *unix_path;   /* the Unix socket we created, to unlink */
 static bool unix_created;
 static char listen_desc[512];
 static ev_timer accept_pause_w;     /* runs while the listeners are paused */
-static bool accept_paused;          /* listeners stopped by accept_pause() */
+static bool accept_paused;          /* listeners stopped by accept_pause() (atomic: read
+                                       by every thread in srv_conn_gone) */
 static double accept_starved_since; /* start of the episode of failed accepts, or 0 */
 
 void net_set_nonblock(int fd)
@@ -66,12 +67,12 @@ static void peer_name(const struct sockaddr_storage *ss, socklen_t len, char *bu
  * (Nothing to do when not paused; stop_listening ends a pause for good.) */
 static void accept_resume(void)
 {
-    if (!accept_paused)
+    if (!SRV_LOAD(accept_paused))
         return;
-    accept_paused = false;
-    ev_timer_stop(srv.loop, &accept_pause_w);
+    __atomic_store_n(&accept_paused, false, __ATOMIC_RELAXED);
+    ev_timer_stop(srv_self->loop, &accept_pause_w);
     for (int i = 0; i < nlisten; i++)
-        ev_io_start(srv.loop, &listen_w[i]);
+        ev_io_start(srv_self->loop, &listen_w[i]);
 }
 
 static void on_accept_pause_end(struct ev_loop *loop, ev_timer *w, int revents)
@@ -96,20 +97,21 @@ static void accept_pause(int err)
     struct rlimit rl = { 0, 0 };
 
     if (accept_starved_since == 0) {
-        accept_starved_since = ev_now(srv.loop);
+        accept_starved_since = ev_now(srv_self->loop);
         getrlimit(RLIMIT_NOFILE, &rl);
         srv_log(SRV_LOG_ERROR,
                 "accept on %s: %s; not accepting new connections until a connection closes "
                 "(retrying every %.1f s; %u clients connected, descriptor limit %llu: raise it "
                 "with ulimit -n or LimitNOFILE=, or lower --max-connections)",
-                listen_desc, strerror(err), ACCEPT_PAUSE, srv.nconns + srv.nrefused,
+                listen_desc, strerror(err), ACCEPT_PAUSE,
+                SRV_LOAD(srv.nconns) + SRV_LOAD(srv.nrefused),
                 (unsigned long long)rl.rlim_cur);
     }
     for (int i = 0; i < nlisten; i++)
-        ev_io_stop(srv.loop, &listen_w[i]);
-    accept_paused = true;
+        ev_io_stop(srv_self->loop, &listen_w[i]);
+    __atomic_store_n(&accept_paused, true, __ATOMIC_RELAXED);
     ev_timer_init(&accept_pause_w, on_accept_pause_end, ACCEPT_PAUSE, 0.);
-    ev_timer_start(srv.loop, &accept_pause_w);
+    ev_timer_start(srv_self->loop, &accept_pause_w);
 }
 
 /* An accept4 worked (or found the backlog empty): a pause episode is over. */
@@ -118,8 +120,56 @@ static void accept_episode_end(void)
     if (accept_starved_since == 0)
         return;
     srv_log(SRV_LOG_NOTICE, "accepting connections again after %.1f s",
-            ev_now(srv.loop) - accept_starved_since);
+            ev_now(srv_self->loop) - accept_starved_since);
     accept_starved_since = 0;
+}
+
+/* A client handed to another loop thread (thread 0 accepted it). */
+struct handoff {
+    struct srv_thread *t;
+    int fd;
+    bool refuse;
+    char peer[128];
+};
+
+static unsigned handoffs_pending;   /* handed over, not yet adopted (atomic) */
+
+/* On the chosen thread: serve it from here on (the handshake included). */
+static void handoff_adopt(void *arg)
+{
+    struct handoff *h = arg;
+
+    if (h->t->stopping)
+        close(h->fd);       /* shutdown began after it was accepted */
+    else
+        conn_new(h->fd, h->fd, h->refuse, h->peer);
+    SRV_SUB(h->t->nconns, 1);   /* conn_new counted it again */
+    SRV_SUB(handoffs_pending, 1);
+    free(h);
+}
+
+/*
+ * Serve the accepted client @fd on the thread with the fewest connections,
+ * before the handshake (so TLS and the handshake run there too).  The
+ * thread's count goes up now, not when it adopts the client: a burst of
+ * clients accepted in one event must not all go to the same thread.
+ */
+static void hand_over(int fd, bool refuse, const char *peer)
+{
+    struct srv_thread *t = srv.nthreads > 1 ? threads_pick() : srv_self;
+    struct handoff *h;
+
+    if (t == srv_self || !(h = malloc(sizeof(*h)))) {
+        conn_new(fd, fd, refuse, peer);
+        return;
+    }
+    h->t = t;
+    h->fd = fd;
+    h->refuse = refuse;
+    snprintf(h->peer, sizeof(h->peer), "%s", peer);
+    SRV_ADD(t->nconns, 1);
+    SRV_ADD(handoffs_pending, 1);
+    thread_post_new(t, handoff_adopt, h);
 }
 
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
@@ -148,18 +198,21 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             /* The spec asks both ends to disable Nagle. */
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
-        if (srv.nconns >= srv.max_conns) {
+        /* Clients handed over and not yet adopted count as connections:
+         * the limit holds through a burst (a refused one may count twice
+         * for a moment, which only refuses sooner). */
+        if (SRV_LOAD(srv.nconns) + SRV_LOAD(handoffs_pending) >= srv.max_conns) {
             srv.conns_refused++;
             /* Refuse politely (see protocol/handshake.c), but do not let refused
              * clients pile up either: past a second allowance, just close. */
-            if (srv.nrefused >= srv.max_conns) {
+            if (SRV_LOAD(srv.nrefused) >= srv.max_conns) {
                 srv_log(SRV_LOG_INFO, "connection from %s dropped: over the limit", peer);
                 close(fd);
                 continue;
             }
-            conn_new(fd, fd, true, peer);
+            hand_over(fd, true, peer);
         } else {
-            conn_new(fd, fd, false, peer);
+            hand_over(fd, false, peer);
         }
     }
 }
@@ -170,7 +223,7 @@ static void add_listener(int fd)
         srv_die("too many listening sockets");
     listen_fds[nlisten] = fd;
     ev_io_init(&listen_w[nlisten], on_accept, fd, EV_READ);
-    ev_io_start(srv.loop, &listen_w[nlisten]);
+    ev_io_start(srv_self->loop, &listen_w[nlisten]);
     nlisten++;
 }
 
@@ -312,10 +365,10 @@ bool listen_activation(int activation_n)
 
 void stop_listening(void)
 {
-    ev_timer_stop(srv.loop, &accept_pause_w);
-    accept_paused = false;
+    ev_timer_stop(srv_self->loop, &accept_pause_w);
+    __atomic_store_n(&accept_paused, false, __ATOMIC_RELAXED);
     for (int i = 0; i < nlisten; i++) {
-        ev_io_stop(srv.loop, &listen_w[i]);
+        ev_io_stop(srv_self->loop, &listen_w[i]);
         close(listen_fds[i]);
     }
     nlisten = 0;
@@ -325,13 +378,25 @@ void stop_listening(void)
     }
 }
 
+static void accept_resume_msg(void *arg)
+{
+    (void)arg;
+    accept_resume();
+}
+
 void srv_conn_gone(void)
 {
     /* Why resume now: a closed connection freed a descriptor, and the
-     * clients waiting in the backlog need not wait for the pause to end. */
-    accept_resume();
-    if ((srv.stdio || srv.shutting_down) && !srv.conns)
-        ev_break(srv.loop, EVBREAK_ALL);
+     * clients waiting in the backlog need not wait for the pause to end.
+     * The listeners are thread 0's. */
+    if (srv_self->idx == 0)
+        accept_resume();
+    else if (SRV_LOAD(accept_paused))
+        thread_post_new(&srv.threads[0], accept_resume_msg, NULL);
+    if (srv.stdio && !srv_self->conns)
+        ev_break(srv_self->loop, EVBREAK_ALL);
+    else if (SRV_LOAD(srv.shutting_down) && !srv_self->conns)
+        threads_conns_gone();
 }
 
 const char *listen_describe(void)

@@ -92,7 +92,7 @@ static int conn_flush_tls(struct conn *c)
         if (r == -EAGAIN) {
             if (tls_session_wants_write(c->tls)) {
                 if (!ev_is_active(&c->ww))
-                    ev_io_start(srv.loop, &c->ww);
+                    ev_io_start(srv_self->loop, &c->ww);
             } else {
                 c->tls_wr_wants_read = true;
                 conn_update_read_watcher(c);
@@ -104,7 +104,7 @@ static int conn_flush_tls(struct conn *c)
         return -1;
     }
     if (ev_is_active(&c->ww) && !c->tls_rd_wants_write)
-        ev_io_stop(srv.loop, &c->ww);
+        ev_io_stop(srv_self->loop, &c->ww);
     return 0;
 }
 
@@ -140,7 +140,7 @@ int conn_flush(struct conn *c)
                     continue;
                 if (errno == EAGAIN || errno == EWOULDBLOCK) {
                     if (!ev_is_active(&c->ww))
-                        ev_io_start(srv.loop, &c->ww);
+                        ev_io_start(srv_self->loop, &c->ww);
                     return 0;
                 }
                 conn_log(c, SRV_LOG_INFO, "write: %s", strerror(errno));
@@ -154,12 +154,12 @@ int conn_flush(struct conn *c)
              * that call would only fail with EAGAIN; the write watcher says
              * when there is room. */
             if (!ev_is_active(&c->ww))
-                ev_io_start(srv.loop, &c->ww);
+                ev_io_start(srv_self->loop, &c->ww);
             return 0;
         }
     }
     if (ev_is_active(&c->ww))
-        ev_io_stop(srv.loop, &c->ww);
+        ev_io_stop(srv_self->loop, &c->ww);
     return 0;
 }
 

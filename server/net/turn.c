@@ -28,13 +28,14 @@
  * prepare watcher (that one has the lowest priority), so I/O submitted by
  * the requests resumed here goes to the kernel in the same turn.
  */
-static ev_prepare turn_w;
-static ev_idle nowait_w;        /* active while work is left for the next turn */
-static ev_check turn_begin_w;   /* runs right after the poll: a new turn */
-static bool turn_ended;         /* on_turn_end ran, and the loop has not polled since */
-static bool turn_inited;
-static struct conn *flush_head, *resume_head;
-static bool mem_wake_pending;   /* memory was given back while connections wait */
+/* One set per loop thread (each runs its own turns). */
+static __thread ev_prepare turn_w;
+static __thread ev_idle nowait_w;        /* active while work is left for the next turn */
+static __thread ev_check turn_begin_w;   /* runs right after the poll: a new turn */
+static __thread bool turn_ended;         /* on_turn_end ran, and the loop has not polled since */
+static __thread bool turn_inited;
+static __thread struct conn *flush_head, *resume_head;
+static __thread bool mem_wake_pending;   /* memory was given back while connections wait */
 
 static void on_turn_end(struct ev_loop *loop, ev_prepare *w, int revents);
 
@@ -68,16 +69,16 @@ void turn_init(void)
      * rather than on the first busy moment, memory use stays flat from
      * then on (the protocol fuzzer checks that every input frees what it
      * allocates). */
-    ev_prepare_start(srv.loop, &turn_w);
-    ev_prepare_stop(srv.loop, &turn_w);
-    ev_idle_start(srv.loop, &nowait_w);
-    ev_idle_stop(srv.loop, &nowait_w);
+    ev_prepare_start(srv_self->loop, &turn_w);
+    ev_prepare_stop(srv_self->loop, &turn_w);
+    ev_idle_start(srv_self->loop, &nowait_w);
+    ev_idle_stop(srv_self->loop, &nowait_w);
     /* Highest priority: the first callback after the poll.  Unref'd: it
      * alone must not keep the loop running. */
     ev_check_init(&turn_begin_w, on_turn_begin);
     ev_set_priority(&turn_begin_w, EV_MAXPRI);
-    ev_check_start(srv.loop, &turn_begin_w);
-    ev_unref(srv.loop);
+    ev_check_start(srv_self->loop, &turn_begin_w);
+    ev_unref(srv_self->loop);
     turn_inited = true;
 }
 
@@ -87,12 +88,12 @@ void turn_init(void)
 static void turn_arm(void)
 {
     if (!ev_is_active(&turn_w))
-        ev_prepare_start(srv.loop, &turn_w);
+        ev_prepare_start(srv_self->loop, &turn_w);
     /* Work added after on_turn_end has run in this turn (by a prepare
      * watcher that runs after ours): the loop must not block before the
      * next turn serves it. */
     if (turn_ended && !ev_is_active(&nowait_w))
-        ev_idle_start(srv.loop, &nowait_w);
+        ev_idle_start(srv_self->loop, &nowait_w);
 }
 
 /* Push @c on the list @head through its @next link, unless @listed says it
@@ -126,14 +127,22 @@ void conn_mem_wake(void)
     turn_arm();
 }
 
-/* Put every connection waiting for memory whose request now fits on the
- * resume list (mem.c). */
+/* Put every connection of this thread waiting for memory whose request
+ * now fits on the resume list (mem.c); the other threads' waiters are
+ * woken through their inboxes. */
 static void mem_wake_run(void)
 {
     mem_wake_pending = false;
-    if (srv.mem_waiters == 0)
+    if (__atomic_load_n(&srv.mem_waiters, __ATOMIC_SEQ_CST) == 0)
         return;
-    for (struct conn *c = srv.conns; c; c = c->next)
+    if (srv_self->mem_released) {
+        srv_self->mem_released = false;
+        if (srv.nthreads > 1)
+            threads_mem_wake_others();
+    }
+    if (__atomic_load_n(&srv_self->mem_waiters, __ATOMIC_SEQ_CST) == 0)
+        return;
+    for (struct conn *c = srv_self->conns; c; c = c->next)
         if (c->mem_wait && conn_mem_fits(c, c->mem_wait_cost))
             turn_resume_add(c);
 }

@@ -274,7 +274,7 @@ void hs_enter_transmission(struct conn *c, struct export *e)
         hs_forget_meta(c);
     }
     conn_handshake_over(c);
-    e->st.connections++;
+    EXPORT_STATS(e)->connections++;
     conn_log(c, SRV_LOG_INFO,
              "serving export \"%s\" (%s, %llu bytes, flags 0x%x, %s replies%s%s, "
              "%u dirty bitmaps)", e->name,

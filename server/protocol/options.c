@@ -245,25 +245,21 @@ struct meta_sel {
 _Static_assert(QED_BITMAP_MAX <= 64, "one bit per bitmap");
 
 /*
- * The bitmaps of @e offered as qemu:dirty-bitmap:NAME: every consistent
+ * The bitmaps of @bn (an export's, as its owner published them:
+ * export-bitmaps.c) offered as qemu:dirty-bitmap:NAME: every consistent
  * one, enabled or not (a disabled bitmap is still a valid record of what
  * changed).  An inconsistent one is never offered: its bits cannot be
  * trusted (the server was killed, or QEMU wrote the image).
  */
-static uint64_t offered_bitmaps(struct conn *c, const struct export *e)
+static uint64_t offered_bitmaps(struct conn *c, const struct export_bitmap_names *bn)
 {
-    unsigned n = qed_bitmap_count(e->img);
     uint64_t mask = 0;
 
-    for (unsigned i = 0; i < n && i < QED_BITMAP_MAX; i++) {
-        struct qed_bitmap_info bi;
-
-        if (qed_bitmap_info(e->img, i, &bi) < 0)
-            continue;
-        if (bi.inconsistent) {
+    for (unsigned i = 0; i < bn->n; i++) {
+        if (bn->b[i].inconsistent) {
             conn_log(c, SRV_LOG_INFO, "not offering " CTX_BITMAP_PREFIX "%s: the bitmap is "
                      "inconsistent (the image was not closed cleanly, or QEMU wrote it); "
-                     "remove it and add a new one", bi.name);
+                     "remove it and add a new one", bn->b[i].name);
             continue;
         }
         mask |= (uint64_t)1 << i;
@@ -271,26 +267,19 @@ static uint64_t offered_bitmaps(struct conn *c, const struct export *e)
     return mask;
 }
 
-/* The offered bitmap of @e called @name (@len bytes), as a bit of @offered, or 0. */
-static uint64_t bitmap_named(const struct export *e, uint64_t offered, const char *name,
-                             size_t len)
+/* The offered bitmap of @bn called @name (@len bytes), as a bit of @offered, or 0. */
+static uint64_t bitmap_named(const struct export_bitmap_names *bn, uint64_t offered,
+                             const char *name, size_t len)
 {
-    char buf[QED_BITMAP_NAME_MAX + 1];
-    int i;
-
-    if (len == 0 || len > QED_BITMAP_NAME_MAX)
-        return 0;
-    memcpy(buf, name, len);
-    buf[len] = '\0';
-    i = qed_bitmap_find(e->img, buf);
-    if (i < 0 || i >= QED_BITMAP_MAX)
-        return 0;
-    return offered & ((uint64_t)1 << i);
+    for (unsigned i = 0; i < bn->n; i++)
+        if (strlen(bn->b[i].name) == len && memcmp(bn->b[i].name, name, len) == 0)
+            return offered & ((uint64_t)1 << i);
+    return 0;
 }
 
 /*
- * Which contexts does @q (@len bytes) select, among those of @e (@offered
- * bitmaps)?  Adds them to *@sel.  Returns false when the query is
+ * Which contexts does @q (@len bytes) select, among those of an export
+ * with bitmaps @e (@offered of them)?  Adds them to *@sel.  Returns false when the query is
  * malformed (no colon, or an empty namespace); @e is NULL for that check
  * alone.  Rules, as qemu-nbd has them: "base:allocation",
  * "qemu:allocation-depth" and "qemu:dirty-bitmap:NAME" select themselves;
@@ -298,8 +287,9 @@ static uint64_t bitmap_named(const struct export *e, uint64_t offered, const cha
  * cover in LIST only (the spec: SET must ignore them); anything else is
  * ignored, as the spec requires for unknown namespaces and leaf names.
  */
-static bool match_query(const char *q, size_t len, bool list, const struct export *e,
-                        uint64_t offered, struct meta_sel *sel)
+static bool match_query(const char *q, size_t len, bool list,
+                        const struct export_bitmap_names *e, uint64_t offered,
+                        struct meta_sel *sel)
 {
     const char *colon = memchr(q, ':', len);
     size_t plen = strlen(CTX_BITMAP_PREFIX);
@@ -331,7 +321,8 @@ static bool match_query(const char *q, size_t len, bool list, const struct expor
  * returned for a malformed one), then again to select.
  */
 static bool match_queries(struct conn *c, struct cursor k, uint32_t nq, bool list,
-                          const struct export *e, uint64_t offered, struct meta_sel *sel)
+                          const struct export_bitmap_names *e, uint64_t offered,
+                          struct meta_sel *sel)
 {
     for (uint32_t i = 0; i < nq; i++) {
         uint32_t qlen;
@@ -375,10 +366,9 @@ static void send_context(struct conn *c, bool list, uint32_t id, const char *pre
  * bitmaps are held on @e from now on, see export_bitmap_hold).
  */
 static void reply_contexts(struct conn *c, bool list, struct export *e,
-                           const struct meta_sel *sel)
+                           const struct export_bitmap_names *bn, const struct meta_sel *sel)
 {
     struct proto_conn *p = c->proto;
-    unsigned n = qed_bitmap_count(e->img);
 
     for (size_t i = 0; i < NCONTEXTS && c->state != CONN_DEAD; i++)
         if (sel->fixed & (1u << i))
@@ -388,21 +378,22 @@ static void reply_contexts(struct conn *c, bool list, struct export *e,
         p->meta_base = sel->fixed & 1u;
         p->meta_depth = sel->fixed & 2u;
     }
-    for (unsigned i = 0; i < n && i < QED_BITMAP_MAX && c->state != CONN_DEAD; i++) {
-        struct qed_bitmap_info bi;
-
-        if (!(sel->bitmaps & ((uint64_t)1 << i)) || qed_bitmap_info(e->img, i, &bi) < 0)
+    for (unsigned i = 0; i < bn->n && c->state != CONN_DEAD; i++) {
+        if (!(sel->bitmaps & ((uint64_t)1 << i)))
             continue;
         if (!list) {
-            struct export_bitmap_use *u = export_bitmap_hold(e, bi.name);
-            if (!u) {
+            struct export_bitmap_use *u;
+            int r = export_bitmap_hold(e, bn->b[i].name, &u);
+            if (r == -ENOENT)
+                continue;       /* removed since @bn was read: not selected */
+            if (r < 0) {
                 conn_close(c, "out of memory");
                 return;
             }
             p->meta_bitmaps[p->meta_nbitmaps++] = u;
         }
         send_context(c, list, CTX_ID_BITMAP0 + (list ? 0 : p->meta_nbitmaps - 1),
-                     CTX_BITMAP_PREFIX, bi.name);
+                     CTX_BITMAP_PREFIX, bn->b[i].name);
     }
     hs_reply(c, NBD_REP_ACK, NULL, 0);
 }
@@ -416,6 +407,7 @@ static void opt_meta_context(struct conn *c)
     const char *name;
     struct export *e;
     struct meta_sel sel = { 0, 0 };
+    struct export_bitmap_names *bn;
     uint64_t offered;
 
     if (!list) {
@@ -440,15 +432,23 @@ static void opt_meta_context(struct conn *c)
     e = find_named_export(c, name, namelen);
     if (!e)
         return;
-    offered = offered_bitmaps(c, e);
+    /* A copy of what the owner published: only it calls libqed. */
+    bn = malloc(sizeof(*bn));
+    if (!bn) {
+        conn_close(c, "out of memory");
+        return;
+    }
+    export_bitmaps_get(e, bn);
+    offered = offered_bitmaps(c, bn);
     if (list && nq == 0) {
         /* No query: everything available. */
         sel.fixed = (1u << NCONTEXTS) - 1;
         sel.bitmaps = offered;
     } else {
-        match_queries(c, k, nq, list, e, offered, &sel);
+        match_queries(c, k, nq, list, bn, offered, &sel);
     }
-    reply_contexts(c, list, e, &sel);
+    reply_contexts(c, list, e, bn, &sel);
+    free(bn);
 }
 
 /* NBD_OPT_ABORT: data is ignored, as the spec asks; reply, then close once written. */

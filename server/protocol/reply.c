@@ -51,6 +51,8 @@ static void queue_reply(struct req *r, struct iovec *iov, int niov)
         free(r->ext);
         r->ext = NULL;
     }
+    free(r->bm);
+    r->bm = NULL;
     req_settle(r);
     r->out.iov = iov;
     r->out.niov = niov;
@@ -99,7 +101,7 @@ void reply_error(struct req *r, uint32_t err, const char *msg)
     struct conn *c = r->c;
 
     assert(err != 0);
-    c->proto->exp->st.errors++;
+    EXPORT_STATS(c->proto->exp)->errors++;
     conn_log(c, SRV_LOG_DEBUG, "reply %s cookie=0x%llx error %u: %s", tx_cmd_name(r->type),
              (unsigned long long)r->cookie, err, msg);
     if (!c->proto->structured) {
@@ -186,7 +188,7 @@ static void reply_read_one_data(struct req *r)
 void reply_read_structured(struct req *r)
 {
     struct run { uint32_t start, len; bool hole; } runs[READ_MAX_CHUNKS];
-    uint64_t cs = qed_cluster_size(r->c->proto->exp->img);
+    uint64_t cs = r->c->proto->exp->cluster_size;
     size_t nruns = 0, holes = 0;
     uint32_t pos = 0;
     int niov = 0;
@@ -338,49 +340,50 @@ static size_t put_bs_chunk(struct req *r, uint8_t *p, uint32_t ctx,
 }
 
 /*
- * Append the chunk of the dirty bitmap @name (context @ctx) at @p, from at
- * most @max runs of qed_bitmap_status (in @x): flag NBD_STATE_DIRTY (1) on
- * dirty bytes, 0 on clean ones, as qemu-nbd encodes qemu:dirty-bitmap.
- * Returns its size, or 0 when the bitmap cannot be read.  Why 0 is an
- * error here and not "status 0": for this context 0 means clean, and a
- * backup that trusted it would miss changed blocks.
+ * Append the chunk of selected bitmap @i (context @ctx) at @p, from its
+ * runs in r->bm (read on the owner: tx_bitmaps_status): flag
+ * NBD_STATE_DIRTY (1) on dirty bytes, 0 on clean ones, as qemu-nbd encodes
+ * qemu:dirty-bitmap.  Returns its size, or 0 when there is no run.
  */
-static size_t put_bitmap_chunk(struct req *r, uint8_t *p, uint32_t ctx, const char *name,
-                               struct qed_dirty_extent *x, size_t max, bool last)
+static size_t put_bitmap_chunk(struct req *r, uint8_t *p, uint32_t ctx, unsigned i, bool last)
 {
-    size_t n = 0, got = 0;
+    const struct req_bitmaps *bm = r->bm;
+    const struct qed_dirty_extent *x = bm->x + i * bm->max;
+    size_t n = 0;
     uint8_t *d = p + SR_BS_HDR_LEN;
     uint64_t total = 0;
     bool one = r->flags & NBD_CMD_FLAG_REQ_ONE;
 
-    if (qed_bitmap_status(r->c->proto->exp->img, name, r->offset, r->len, x, max, &got) < 0)
-        return 0;
-    for (size_t i = 0; i < got && total < r->len; i++) {
-        uint64_t len = x[i].length;
+    for (size_t k = 0; k < bm->got[i] && total < r->len; k++) {
+        uint64_t len = x[k].length;
         if (len > r->len - total)
             len = r->len - total;
         if (len == 0)
             continue;
-        if (!add_desc(d, &n, (uint32_t)len, x[i].dirty ? NBD_STATE_DIRTY : 0, one))
+        if (!add_desc(d, &n, (uint32_t)len, x[k].dirty ? NBD_STATE_DIRTY : 0, one))
             break;
         total += len;
     }
     return n ? put_bs_header(r, p, ctx, n, last) : 0;
 }
 
-/* Append a chunk per selected bitmap at @p; returns their size, or 0 on a failure. */
+/*
+ * Append a chunk per selected bitmap at @p; returns their size, or 0 on a
+ * failure.  Why a failure is an error and not "status 0": for this context
+ * 0 means clean, and a backup that trusted it would miss changed blocks.
+ */
 static size_t put_bitmap_chunks(struct req *r, uint8_t *p)
 {
     const struct proto_conn *pc = r->c->proto;
-    size_t max = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS;
-    struct qed_dirty_extent one, *x = max == 1 ? &one : malloc(max * sizeof(*x));
     size_t used = 0;
 
-    if (!x)
+    if (!r->bm)
         return 0;
     for (unsigned i = 0; i < pc->meta_nbitmaps; i++) {
-        size_t n = put_bitmap_chunk(r, p + used, CTX_ID_BITMAP0 + i, pc->meta_bitmaps[i]->name,
-                                    x, max, i + 1 == pc->meta_nbitmaps);
+        size_t n = 0;
+
+        if (r->bm->ret == 0 || i < r->bm->failed)
+            n = put_bitmap_chunk(r, p + used, CTX_ID_BITMAP0 + i, i, i + 1 == pc->meta_nbitmaps);
         if (n == 0) {
             conn_log(r->c, SRV_LOG_ERROR, "BLOCK_STATUS of bitmap \"%s\" on \"%s\" failed",
                      pc->meta_bitmaps[i]->name, pc->exp->name);
@@ -389,15 +392,13 @@ static size_t put_bitmap_chunks(struct req *r, uint8_t *p)
         }
         used += n;
     }
-    if (x != &one)
-        free(x);
     return used;
 }
 
 /*
  * The BLOCK_STATUS reply: one chunk per selected context, base:allocation
  * and qemu:allocation-depth from r->ext (the library's extents), then the
- * dirty bitmaps, read now from memory.
+ * dirty bitmaps from r->bm (their runs, read on the image's owner).
  */
 void reply_block_status(struct req *r)
 {

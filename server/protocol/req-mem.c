@@ -15,16 +15,20 @@
 
 #include "protocol.h"
 #include "request.h"
+#include "conn-ops.h"
 
 /* ---- Request memory ------------------------------------------------------ */
 
 /*
- * Free lists.  The server runs on one thread, so they need no lock.  Why
- * bounded: after a burst (many connections, large requests) the memory goes
- * back to malloc instead of staying cached for ever.
+ * Free lists, one set per loop thread: a request and its buffers are
+ * allocated and freed on its connection's thread (the owner thread of the
+ * image only borrows them), so they need no lock.  Why bounded: after a
+ * burst (many connections, large requests) the memory goes back to malloc
+ * instead of staying cached for ever.  With several threads each keeps
+ * its share of the bounds (pool_share).
  */
-static struct req *req_pool;
-static unsigned req_pool_n;
+static __thread struct req *req_pool;
+static __thread unsigned req_pool_n;
 
 /*
  * Data buffers whose size is a power of two, TX_BUF_MIN_SHIFT ..
@@ -36,8 +40,16 @@ struct pooled_buf {
     struct pooled_buf *next;
 };
 #define TX_BUF_CLASSES (TX_BUF_MAX_SHIFT - TX_BUF_MIN_SHIFT + 1)
-static struct pooled_buf *buf_pool[TX_BUF_CLASSES];
-static size_t buf_pool_bytes;
+static __thread struct pooled_buf *buf_pool[TX_BUF_CLASSES];
+static __thread size_t buf_pool_bytes;
+
+/* A thread's share of a free-list bound @total: total / N, at least @min. */
+static size_t pool_share(size_t total, size_t min)
+{
+    size_t share = total / (srv.nthreads ? srv.nthreads : 1);
+
+    return share > min ? share : (min < total ? min : total);
+}
 
 /* The pool of @n-byte buffers, or -1 when that size is not pooled. */
 static int buf_class(size_t n)
@@ -89,7 +101,7 @@ void req_buf_put(uint8_t *p, size_t n)
         return;
     }
     sz = (size_t)1 << (TX_BUF_MIN_SHIFT + k);
-    if (!SRV_POOLS || buf_pool_bytes + sz > TX_BUF_POOL_BYTES) {
+    if (!SRV_POOLS || buf_pool_bytes + sz > pool_share(TX_BUF_POOL_BYTES, 4u << 20)) {
         free(p);
         return;
     }
@@ -141,11 +153,13 @@ size_t req_cost(const struct conn *c, uint16_t type, uint16_t flags, uint32_t le
         break;
     case NBD_CMD_BLOCK_STATUS:
         /* The library's extents (base:allocation, qemu:allocation-depth),
-         * the runs of one bitmap at a time (reply.c), and a chunk per
-         * selected context. */
+         * the runs of every selected bitmap (read on the owner:
+         * tx_bitmaps_status), and a chunk per selected context. */
+        if (c->proto->meta_nbitmaps)
+            n += req_bitmaps_size(c->proto->meta_nbitmaps,
+                                  (flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS);
         if (!(flags & NBD_CMD_FLAG_REQ_ONE))
             n += BS_MAX_EXTENTS * sizeof(struct qed_extent) +
-                 (c->proto->meta_nbitmaps ? BS_MAX_EXTENTS * sizeof(struct qed_dirty_extent) : 0) +
                  (2 + c->proto->meta_nbitmaps) * (SR_BS_HDR_LEN + SR_BS_DESC_LEN * BS_MAX_EXTENTS);
         else
             n += (2 + c->proto->meta_nbitmaps) * (SR_BS_HDR_LEN + SR_BS_DESC_LEN);
@@ -165,6 +179,8 @@ static size_t req_holds(const struct req *r)
         n += r->len;
     if (r->ext && r->ext != r->ext_inline)
         n += r->ext_max * sizeof(*r->ext);
+    if (r->bm)
+        n += req_bitmaps_size(r->c->proto->meta_nbitmaps, r->bm->max);
     return n;
 }
 
@@ -184,15 +200,16 @@ void req_free(struct req *r)
     struct conn *c = r->c;
     size_t charge = r->charge;
 
-    assert(c->inflight > 0 && srv.nreqs > 0);
+    assert(c->inflight > 0 && SRV_LOAD(srv.nreqs) > 0);
     c->inflight--;
-    srv.nreqs--;
+    __atomic_sub_fetch(&srv.nreqs, 1, __ATOMIC_SEQ_CST);
     if (r->buf)
         req_buf_put(r->buf, r->len);
     if (r->ext != r->ext_inline)
         free(r->ext);
+    free(r->bm);
     free(r->meta);
-    if (SRV_POOLS && req_pool_n < TX_REQ_POOL_MAX) {
+    if (SRV_POOLS && req_pool_n < pool_share(TX_REQ_POOL_MAX, 64)) {
         r->pool_next = req_pool;
         req_pool = r;
         req_pool_n++;
@@ -220,6 +237,25 @@ int req_alloc_buf(struct req *r, size_t n)
     if (!r->buf)
         return -ENOMEM;
     return 0;
+}
+
+void proto_thread_exit(void)
+{
+    struct req *r;
+
+    while ((r = req_pool)) {
+        req_pool = r->pool_next;
+        free(r);
+    }
+    req_pool_n = 0;
+    for (int k = 0; k < TX_BUF_CLASSES; k++) {
+        struct pooled_buf *b;
+        while ((b = buf_pool[k])) {
+            buf_pool[k] = b->next;
+            free(b);
+        }
+    }
+    buf_pool_bytes = 0;
 }
 
 void tx_abort_current(struct conn *c)

@@ -78,7 +78,7 @@ uint32_t nbd_errno_from(int neg_errno)
  * counted when it arrived, errors in reply_error). */
 static void count_success(const struct req *r)
 {
-    struct export_stats *st = &r->c->proto->exp->st;
+    struct export_stats *st = EXPORT_STATS(r->c->proto->exp);
 
     switch (r->type) {
     case NBD_CMD_READ: st->bytes_read += r->len; break;
@@ -89,8 +89,8 @@ static void count_success(const struct req *r)
     }
 }
 
-/* Completion of a library request. */
-static void lib_done(void *opaque, int ret)
+/* Completion of a library request (on the connection's thread). */
+void tx_lib_done(void *opaque, int ret)
 {
     struct req *r = opaque;
     struct conn *c = r->c;
@@ -129,39 +129,86 @@ static void lib_done(void *opaque, int ret)
     conn_unref(c);
 }
 
-/* Hand @r to the library.  Returns 0 (lib_done will run) or a negative errno. */
-static int submit(struct req *r)
+/* Only the owner thread ever calls libqed for an image (threads.h): every
+ * call of the request path checks it here in an assert build. */
+static void assert_owner(const struct req *r)
+{
+    (void)r;
+    assert(export_owned_here(r->c->proto->exp));
+}
+
+int tx_bitmaps_status(struct req *r)
+{
+    const struct proto_conn *pc = r->c->proto;
+    size_t max = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS;
+    struct req_bitmaps *bm;
+
+    assert_owner(r);
+    if (!pc->meta_nbitmaps)
+        return 0;
+    bm = malloc(req_bitmaps_size(pc->meta_nbitmaps, max));
+    if (!bm)
+        return -ENOMEM;
+    bm->ret = 0;
+    bm->max = max;
+    /* In memory, no I/O: the bitmaps' runs are read now, at submission. */
+    for (unsigned i = 0; i < pc->meta_nbitmaps; i++) {
+        int ret = qed_bitmap_status(pc->exp->img, pc->meta_bitmaps[i]->name, r->offset, r->len,
+                                    bm->x + i * max, max, &bm->got[i]);
+        if (ret < 0) {
+            bm->ret = ret;
+            bm->failed = i;
+            break;
+        }
+    }
+    r->bm = bm;
+    return 0;
+}
+
+/* Hand @r to the library, on the image's owner thread; @done completes
+ * it there.  Returns 0 (@done will run) or a negative errno. */
+int tx_lib_call(struct req *r, void (*done)(void *opaque, int ret))
 {
     struct conn *c = r->c;
     qed_image *img = c->proto->exp->img;
     unsigned qf = (r->flags & NBD_CMD_FLAG_FUA) ? QED_REQ_FUA : 0;
     int ret;
 
+    assert_owner(r);
+    srv_self->engine_calls++;
     switch (r->type) {
     case NBD_CMD_READ:
-        /* One library request, structured or not: see reply_read_structured. */
-        if (req_alloc_buf(r, r->len) < 0)
-            return -ENOMEM;
-        ret = qed_read(img, r->offset, r->buf, r->len, lib_done, r);
+        ret = qed_read(img, r->offset, r->buf, r->len, done, r);
         break;
     case NBD_CMD_WRITE:
-        ret = qed_write(img, r->offset, r->buf, r->len, qf, lib_done, r);
+        ret = qed_write(img, r->offset, r->buf, r->len, qf, done, r);
         break;
     case NBD_CMD_FLUSH:
-        ret = qed_flush(img, lib_done, r);
+        ret = qed_flush(img, done, r);
         break;
     case NBD_CMD_TRIM:
-        ret = qed_discard(img, r->offset, r->len, qf, lib_done, r);
+        ret = qed_discard(img, r->offset, r->len, qf, done, r);
         break;
     case NBD_CMD_WRITE_ZEROES:
         if (r->flags & NBD_CMD_FLAG_NO_HOLE)
             qf |= QED_REQ_NO_HOLE;
         if (r->flags & NBD_CMD_FLAG_FAST_ZERO)
             qf |= QED_REQ_FAST_ZERO;
-        ret = qed_write_zeroes(img, r->offset, r->len, qf, lib_done, r);
+        ret = qed_write_zeroes(img, r->offset, r->len, qf, done, r);
         break;
     case NBD_CMD_BLOCK_STATUS: {
         size_t max = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : BS_MAX_EXTENTS;
+        ret = tx_bitmaps_status(r);
+        if (ret < 0)
+            return ret;
+        if (!c->proto->meta_base && !c->proto->meta_depth) {
+            /* Bitmaps only, sent here from another thread (submit_or_fail
+             * answers the owner's own at once): no library request; @done
+             * (hop_done) only posts the answer home. */
+            assert(done != tx_lib_done);
+            done(r, 0);
+            return 0;
+        }
         if (max <= sizeof(r->ext_inline) / sizeof(r->ext_inline[0])) {
             r->ext = r->ext_inline;
         } else {
@@ -170,15 +217,35 @@ static int submit(struct req *r)
                 return -ENOMEM;
             r->ext_max = max;
         }
-        ret = qed_block_status(img, r->offset, r->len, r->ext, max, &r->next, lib_done, r);
+        ret = qed_block_status(img, r->offset, r->len, r->ext, max, &r->next, done, r);
         break;
     }
     default:
         assert(!"submit of a command without library work");
         return -EINVAL;
     }
+    return ret;
+}
+
+/* Hand @r to the library (through its owner thread when that is another
+ * one: req-owner.c).  Returns 0 (tx_lib_done will run) or a negative errno. */
+static int submit(struct req *r)
+{
+    struct conn *c = r->c;
+    int ret;
+
+    /* One library request, structured or not: see reply_read_structured.
+     * The buffer comes from this thread's free list. */
+    if (r->type == NBD_CMD_READ && req_alloc_buf(r, r->len) < 0)
+        return -ENOMEM;
+    if (!export_owned_here(c->proto->exp)) {
+        conn_ref(c);            /* held until tx_lib_done, back on this thread */
+        tx_submit_on_owner(r);
+        return 0;
+    }
+    ret = tx_lib_call(r, tx_lib_done);
     if (ret == 0)
-        conn_ref(c);            /* the library holds the request until lib_done */
+        conn_ref(c);            /* the library holds the request until tx_lib_done */
     return ret;
 }
 
@@ -188,13 +255,19 @@ static void submit_or_fail(struct req *r)
     int ret;
 
     if (r->type == NBD_CMD_BLOCK_STATUS && !r->c->proto->meta_base &&
-        !r->c->proto->meta_depth) {
-        /* Dirty bitmaps only: they are in memory (qed_bitmap_status does
-         * no I/O), so the reply is built now, without a library request. */
-        reply_block_status(r);
-        return;
+        !r->c->proto->meta_depth && export_owned_here(r->c->proto->exp)) {
+        /* Dirty bitmaps only, on the owner: they are in memory
+         * (qed_bitmap_status does no I/O), so the reply is built now,
+         * without a library request.  On another thread the runs are read
+         * on the owner (tx_lib_call) and the reply built when they are back. */
+        ret = tx_bitmaps_status(r);
+        if (ret == 0) {
+            reply_block_status(r);
+            return;
+        }
+    } else {
+        ret = submit(r);
     }
-    ret = submit(r);
 
     if (ret < 0) {
         uint32_t e = nbd_errno_from(ret);
@@ -283,7 +356,7 @@ static uint32_t tx_check(const struct conn *c, const struct nbd_request *h, cons
 /* Count a request as it arrives, by command. */
 static void count_request(struct export *e, uint16_t type)
 {
-    struct export_stats *st = &e->st;
+    struct export_stats *st = EXPORT_STATS(e);
 
     st->requests++;
     switch (type) {
@@ -329,7 +402,7 @@ static int header_first_checks(struct conn *c, const struct nbd_request *h, bool
     if (!again)
         count_request(c->proto->exp, type);
     if (type == NBD_CMD_WRITE && len > SRV_MAX_PAYLOAD) {
-        c->proto->exp->st.errors++;
+        EXPORT_STATS(c->proto->exp)->errors++;
         /* We will not buffer it, and cannot skip it in step cheaply: the
          * spec allows a hard disconnect for payloads over 32 MiB. */
         conn_log(c, SRV_LOG_INFO, "WRITE payload of %u bytes exceeds 32 MiB", len);
@@ -363,7 +436,7 @@ static struct req *admit_request(struct conn *c, const struct nbd_request *h, ui
         return NULL;
     }
     r->charge = cost;
-    srv.nreqs++;
+    __atomic_add_fetch(&srv.nreqs, 1, __ATOMIC_SEQ_CST);
     r->c = c;
     r->cookie = be64toh(h->cookie);
     r->offset = be64toh(h->offset);

@@ -34,6 +34,25 @@
 _Static_assert(READ_CHUNK_SLOT >= SR_DATA_HDR_LEN && READ_CHUNK_SLOT >= SR_HOLE_LEN &&
                READ_CHUNK_SLOT % 8 == 0, "READ chunk slot");
 
+/*
+ * The runs of every selected dirty bitmap of a BLOCK_STATUS, read on the
+ * image's owner (tx_bitmaps_status) and only formatted on the connection's
+ * thread (reply.c): @max runs per bitmap, bitmap i's at x[i * max].
+ */
+struct req_bitmaps {
+    int ret;                    /* 0, or the first failure (the reply is EIO) */
+    unsigned failed;            /* which bitmap failed */
+    size_t max;
+    size_t got[QED_BITMAP_MAX];
+    struct qed_dirty_extent x[];
+};
+
+/** req_bitmaps_size - the bytes of a struct req_bitmaps of @n bitmaps, @max runs each. */
+static inline size_t req_bitmaps_size(unsigned n, size_t max)
+{
+    return sizeof(struct req_bitmaps) + (size_t)n * max * sizeof(struct qed_dirty_extent);
+}
+
 struct req {
     struct outmsg out;          /* the reply, once built */
     struct conn *c;
@@ -46,6 +65,7 @@ struct req {
     size_t charge;              /* bytes charged to c for this request (mem.c) */
     struct qed_extent *ext;     /* block status results (ext_inline or heap) */
     struct qed_extent ext_inline[4]; /* BLOCK_STATUS with REQ_ONE: no allocation */
+    struct req_bitmaps *bm;     /* BLOCK_STATUS: the selected bitmaps' runs (heap) */
     size_t ext_max;             /* entries of a heap ext */
     size_t next;
     uint32_t err;               /* NBD error of a rejected request */
@@ -54,12 +74,37 @@ struct req {
     size_t meta_bytes;          /* its size */
     struct iovec iov[2];
     struct req *pool_next;      /* in the free list */
+    /* Sent to the image's owner thread (req-owner.c): the inbox node, the
+     * connection's thread, and the library's result carried back. */
+    struct thread_msg hop;
+    struct srv_thread *home;
+    int hop_ret;
     /* Not cleared when a request is reused: written before every use. */
     uint8_t hdr[64];
 };
 
 /** tx_cmd_name - the command's name, for logs. */
 const char *tx_cmd_name(uint16_t type);
+
+/**
+ * tx_lib_call - hand @r to the library on the image's owner thread (the
+ * calling thread must be it); @done completes it there.  Returns 0 (@done
+ * will run, never inside this call) or a negative errno.
+ */
+int tx_lib_call(struct req *r, void (*done)(void *opaque, int ret));
+
+/** tx_lib_done - the completion of @opaque (a struct req), on its connection's thread. */
+void tx_lib_done(void *opaque, int ret);
+
+/* ---- req-owner.c ---- */
+
+/**
+ * tx_submit_on_owner - post @r to its image's owner thread, which calls
+ * tx_lib_call there; the completion comes back to this thread's inbox and
+ * runs tx_lib_done here.  A submit the library refuses comes back the same
+ * way, as a completion with that error.
+ */
+void tx_submit_on_owner(struct req *r);
 
 /* ---- req-mem.c ---- */
 
@@ -95,7 +140,14 @@ void reply_ok(struct req *r);
 /** reply_read_structured - a structured READ reply cut from the data read. */
 void reply_read_structured(struct req *r);
 
-/** reply_block_status - the BLOCK_STATUS reply from r->ext. */
+/**
+ * tx_bitmaps_status - (on the image's owner) read the runs of every
+ * selected dirty bitmap into r->bm.  Returns 0 or -ENOMEM; a bitmap that
+ * cannot be read is recorded in r->bm->ret (the reply is then EIO).
+ */
+int tx_bitmaps_status(struct req *r);
+
+/** reply_block_status - the BLOCK_STATUS reply from r->ext and r->bm. */
 void reply_block_status(struct req *r);
 
 #endif /* REQUEST_H */

@@ -44,7 +44,7 @@ for attempt in 1 2; do
     rc=0
     timeout -k 10 240 bash "$bench" --quick --runtime 1 --fresh-size 16M \
         --servers qednbd,qednbd-direct,nbdkit-file --numjobs 1,2 --transport unix,tcp \
-        --builddir "$top_builddir" --dir "$tmp" \
+        --qednbd-threads 2 --builddir "$top_builddir" --dir "$tmp" \
         --out "$tmp/bench.md" --raw "$tmp/raw.tsv" >"$tmp/out" 2>"$tmp/err" || rc=$?
     echo "--- bench.sh output (attempt $attempt):"
     cat "$tmp/out"

@@ -30,7 +30,7 @@
  *   - the connection must end by itself once the input is exhausted (the
  *     client's write side is shut down after the last byte) -- otherwise
  *     abort() after FUZZ_MAX_TURNS loop turns;
- *   - once it has ended: no connection left in srv.conns, srv.nconns and
+ *   - once it has ended: no connection left in srv_self->conns, srv.nconns and
  *     srv.nrefused back to 0, no request in flight in the connection or in
  *     the library, and its memory accounting back to 0: the connection's
  *     (mem_held) and the server's (srv.mem_held, srv.nreqs, nobody waiting
@@ -60,6 +60,7 @@
 #include "conn.h"
 #include "nbd-proto.h"
 #include "protocol.h"
+#include "threads.h"
 
 #define FUZZ_IMAGE_SIZE (4u * 1024 * 1024)
 #define FUZZ_BIG_SIZE (64u * 1024 * 1024)
@@ -127,7 +128,7 @@ static void make_image(const char *path, uint64_t size, const char *backing, boo
     r = qed_create(path, &co, err, sizeof(err));
     if (r < 0)
         fatal("qed_create %s: %s", path, err[0] ? err : strerror(-r));
-    r = qed_open(srv.aio, path, &oo, &img, err, sizeof(err));
+    r = qed_open(srv_self->aio, path, &oo, &img, err, sizeof(err));
     if (r < 0)
         fatal("qed_open %s: %s", path, err[0] ? err : strerror(-r));
     if (!top) {
@@ -180,13 +181,15 @@ static void open_export(struct export *e)
 {
     struct qed_open_opts oo = { .read_only = e->read_only };
     char err[512] = "";
-    int r = qed_open(srv.aio, e->path, &oo, &e->img, err, sizeof(err));
+    int r = qed_open(srv_self->aio, e->path, &oo, &e->img, err, sizeof(err));
 
     if (r < 0)
         fatal("qed_open %s: %s", e->path, err[0] ? err : strerror(-r));
     /* As main.c's open_images() does. */
     e->size = qed_size(e->img);
-    e->pref_block = qed_cluster_size(e->img);
+    e->owner = srv_self;
+    e->cluster_size = qed_cluster_size(e->img);
+    e->pref_block = e->cluster_size;
     if (e->pref_block > SRV_MAX_PREFERRED)
         e->pref_block = SRV_MAX_PREFERRED;
     if (e->pref_block < 512)
@@ -196,6 +199,8 @@ static void open_export(struct export *e)
      * library stores bitmaps: then EEXIST is fine). */
     if (!e->read_only)
         (void)qed_bitmap_add(e->img, "fz", 4096, false);
+    /* As exports_open does: what the handshake offers (export-bitmaps.c). */
+    export_bitmaps_init(e);
 }
 
 static void close_export(struct export *e)
@@ -203,6 +208,7 @@ static void close_export(struct export *e)
     int r = qed_close(e->img);
 
     e->img = NULL;
+    export_bitmaps_free(e);
     if (r < 0)
         fatal("qed_close %s: %s", e->path, strerror(-r));
 }
@@ -296,6 +302,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     const char *tmp = getenv("TMPDIR");
     const char *v = getenv("QEDNBD_FUZZ_VERBOSE");
     char top_tmp[PATH_MAX];
+    struct ev_loop *loop;
+    qed_aio *aio;
     int r;
 
     (void)argc;
@@ -312,13 +320,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(big_path, sizeof(big_path), "%s/big.qed", dir);
     snprintf(top_tmp, sizeof(top_tmp), "%s/top.qed", dir);
 
-    srv.loop = ev_default_loop(EVFLAG_AUTO);
-    if (!srv.loop)
+    loop = ev_default_loop(EVFLAG_AUTO);
+    if (!loop)
         fatal("cannot create the event loop");
-    r = qed_aio_new(srv.loop, QED_AIO_TEST, &srv.aio);
+    r = qed_aio_new(loop, QED_AIO_TEST, &aio);
     if (r < 0)
         fatal("qed_aio_new(test): %s", strerror(-r));
-    qed_aio_test_set_auto(srv.aio, true);
+    qed_aio_test_set_auto(aio, true);
+    /* One loop thread, as qednbd --threads=1. */
+    threads_init_single(loop, aio);
 
     make_image(base_path, FUZZ_IMAGE_SIZE, NULL, false);
     make_image(top_tmp, FUZZ_IMAGE_SIZE, base_path, true);
@@ -391,7 +401,7 @@ static void run_one(const uint8_t *data, size_t size, bool *tx_out, size_t *out_
             shut = true;
         }
         drain_output(sv[1], &out_bytes);
-        ev_run(srv.loop, EVRUN_NOWAIT);
+        ev_run(srv_self->loop, EVRUN_NOWAIT);
         if (c && c->proto && c->proto->exp)
             tx = true;
         if (!c || (c->state == CONN_DEAD && c->refs == 1))
@@ -404,9 +414,9 @@ static void run_one(const uint8_t *data, size_t size, bool *tx_out, size_t *out_
     drain_output(sv[1], &out_bytes);
 
     /* End-state invariants. */
-    if (srv.conns || srv.nconns || srv.nrefused)
+    if (srv_self->conns || srv.nconns || srv.nrefused || srv_self->nconns)
         fatal("connection accounting not back to zero: conns=%p nconns=%u nrefused=%u",
-              (void *)srv.conns, srv.nconns, srv.nrefused);
+              (void *)srv_self->conns, srv.nconns, srv.nrefused);
     if (c) {
         struct req *cur = c->proto ? c->proto->cur : NULL;
 

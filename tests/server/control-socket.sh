@@ -36,7 +36,7 @@ sys.exit(0 if eval(sys.argv[2]) else 1)' "$tmp/out" "$1" ||
 SOCK=$tmp/ctl.sock
 old_umask=$(umask)
 umask 000
-QEDNBD_TEST_ARGS="--control=$SOCK" start_server -e a=a.qed -e b=b.qed
+QEDNBD_TEST_ARGS="${QEDNBD_TEST_ARGS:+$QEDNBD_TEST_ARGS }--control=$SOCK" start_server -e a=a.qed -e b=b.qed
 umask "$old_umask"
 mode=$(stat -c %a "$SOCK")
 [ "$mode" = 600 ] || fail "control socket mode $mode, expected 600 (umask 000)"
@@ -222,7 +222,7 @@ stop_server TERM
 s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.close()' "$tmp/stale.sock"
 [ -S "$tmp/stale.sock" ] || fail "no stale socket made"
 SOCK=$tmp/stale.sock
-QEDNBD_TEST_ARGS="-v --control=$SOCK --control-timeout=2" start_server -e a=a.qed
+QEDNBD_TEST_ARGS="${QEDNBD_TEST_ARGS:+$QEDNBD_TEST_ARGS }-v --control=$SOCK --control-timeout=2" start_server -e a=a.qed
 ctl 0 stats
 
 # A live control socket is never taken over; a regular file is refused.
@@ -300,7 +300,7 @@ stop_server TERM
 
 # ---- A read-only export: its bitmaps are listed, never changed ----------------
 SOCK=$tmp/ro.sock
-QEDNBD_TEST_ARGS="--control=$SOCK" start_server -r -e b=b.qed
+QEDNBD_TEST_ARGS="${QEDNBD_TEST_ARGS:+$QEDNBD_TEST_ARGS }--control=$SOCK" start_server -r -e b=b.qed
 ctl 0 bitmap-list b
 reply_is '[b["name"] for b in r["bitmaps"]] == ["b1"]'
 ctl 1 bitmap-add b b9;      reply_is 'r["errno"] == "EROFS"'

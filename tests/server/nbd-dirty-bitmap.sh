@@ -20,7 +20,7 @@ M=1048576
 SIZE=$((16 * M))
 qemu-img create -q -f qed -o cluster_size=65536 disk.qed $SIZE || fail "create disk.qed"
 CSOCK=$tmp/ctl.sock
-QEDNBD_TEST_ARGS="--control=$CSOCK" start_server -x disk disk.qed
+QEDNBD_TEST_ARGS="${QEDNBD_TEST_ARGS:+$QEDNBD_TEST_ARGS }--control=$CSOCK" start_server -x disk disk.qed
 
 ctl() {
     timeout -k 5 30 "$CTL" -s "$CSOCK" "$@" >"$tmp/out" 2>"$tmp/err" ||
@@ -254,7 +254,7 @@ stop_server TERM
 [ "$SERVER_RC" -eq 0 ] || fail "server exited $SERVER_RC"
 
 # ---- Stored with the image: the same map after a restart -----------------------
-QEDNBD_TEST_ARGS="-v --control=$CSOCK" start_server -x disk disk.qed
+QEDNBD_TEST_ARGS="${QEDNBD_TEST_ARGS:+$QEDNBD_TEST_ARGS }-v --control=$CSOCK" start_server -x disk disk.qed
 uri="nbd+unix:///disk?socket=$SERVER_SOCK"
 run 30 nbdinfo --json --map=qemu:dirty-bitmap:b64k "$uri"
 cp "$tmp/out" nbdinfo-b64k.json
@@ -276,7 +276,7 @@ PY
 qemu-io -f raw -c "write -P 0x33 0 4k" "$uri" >/dev/null 2>&1 || fail "write before kill"
 kill -KILL "$SERVER_PID"    # leaves a stale control socket: replaced at start
 wait "$SERVER_PID" 2>/dev/null
-QEDNBD_TEST_ARGS="-v --control=$CSOCK" start_server -x disk disk.qed
+QEDNBD_TEST_ARGS="${QEDNBD_TEST_ARGS:+$QEDNBD_TEST_ARGS }-v --control=$CSOCK" start_server -x disk disk.qed
 uri="nbd+unix:///disk?socket=$SERVER_SOCK"
 ctl bitmap-list disk
 "$PY" -c 'import json, sys
