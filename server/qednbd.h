@@ -29,6 +29,10 @@ struct conn;     /* net/conn.h */
 #define SRV_MAX_MEMORY_MIN ((uint64_t)SRV_CONN_MAX_MEMORY) /* its smallest value */
 #define SRV_READ_BUDGET 16u                      /* requests parsed per read event (fairness) */
 #define SRV_INPUT_BUFFER (64u * 1024)            /* read-ahead buffer per connection */
+/* The most one system call on a loop thread may copy between a socket and
+ * our buffers (issue 14's bound on loop work; the library's file copies
+ * use the same 128 KiB, QED_IO_LOOP_COPY_MAX in lib/io/qed-io.h). */
+#define SRV_LOOP_COPY_MAX (128u * 1024)
 
 /* Free lists of the transmission phase (protocol/req-mem.c): steady state without malloc. */
 #define TX_REQ_POOL_MAX 1024u                    /* request structs kept for reuse */

@@ -186,8 +186,15 @@ static ssize_t fill_read_ahead(struct conn *c, bool skipping, uint8_t *dst, size
         iov[niov++].iov_len = n;
         asked += n;
     }
-    iov[niov].iov_base = c->ibuf;
-    iov[niov++].iov_len = SRV_INPUT_BUFFER;
+    /* Why: one readv copies at most SRV_LOOP_COPY_MAX.  A state that wants
+     * more than the read-ahead buffer leaves it out (n is capped by the
+     * caller), and what follows is read ahead on the next call. */
+    if (skipping || n + SRV_INPUT_BUFFER <= SRV_LOOP_COPY_MAX) {
+        iov[niov].iov_base = c->ibuf;
+        iov[niov++].iov_len = SRV_INPUT_BUFFER;
+    } else {
+        asked = n;
+    }
     r = readv(c->rfd, iov, niov);
     if (r > 0) {
         size_t got = (size_t)r;
@@ -212,7 +219,7 @@ static ssize_t fill_read_ahead(struct conn *c, bool skipping, uint8_t *dst, size
  */
 static int conn_fill(struct conn *c)
 {
-    static uint8_t scratch[64 * 1024];
+    static __thread uint8_t scratch[64 * 1024]; /* dropped bytes: one per loop thread */
 
     for (;;) {
         bool skipping = c->state == CONN_HS_OPT_SKIP || c->state == CONN_TX_SKIP_PAYLOAD;
@@ -222,6 +229,8 @@ static int conn_fill(struct conn *c)
 
         if (!fill_wants(c, skipping, &dst, &n))
             return 1;
+        if (n > SRV_LOOP_COPY_MAX)
+            n = SRV_LOOP_COPY_MAX;   /* the bound on one copy; the loop comes back for more */
         if (c->ipos < c->ilen) {
             fill_from_ibuf(c, skipping, dst, n);
             continue;

@@ -123,12 +123,18 @@ int conn_flush(struct conn *c)
         int n = 0;
         ssize_t r;
 
-        /* Gather iovecs across queued messages: one writev for many replies. */
-        for (struct outmsg *m = c->out_head; m && n < CONN_MAX_IOV; m = m->next)
-            for (int i = m->idx; i < m->niov && n < CONN_MAX_IOV; i++)
+        /* Gather iovecs across queued messages: one writev for many replies,
+         * copying at most SRV_LOOP_COPY_MAX (the bound on one copy on the
+         * loop; a 32 MiB READ reply takes many calls, all in this turn). */
+        for (struct outmsg *m = c->out_head; m && n < CONN_MAX_IOV && bytes < SRV_LOOP_COPY_MAX;
+             m = m->next)
+            for (int i = m->idx; i < m->niov && n < CONN_MAX_IOV && bytes < SRV_LOOP_COPY_MAX;
+                 i++)
                 if (m->iov[i].iov_len) {
-                    iov[n++] = m->iov[i];
-                    bytes += m->iov[i].iov_len;
+                    iov[n] = m->iov[i];
+                    if (iov[n].iov_len > SRV_LOOP_COPY_MAX - bytes)
+                        iov[n].iov_len = SRV_LOOP_COPY_MAX - bytes;
+                    bytes += iov[n++].iov_len;
                 }
         if (n == 0) {
             /* Only empty messages: release them. */
