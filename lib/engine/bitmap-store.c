@@ -87,20 +87,23 @@ static int load_one(struct qed_image *img, const struct qed_bmdir_entry *e, bool
                     char *err, size_t errlen)
 {
     uint64_t bytes = qed_bitmap_bytes(qed_bm_nbits(img->h.image_size, e->granularity));
+    bool inconsistent = !trusted || (e->flags & QED_BME_IN_USE);
     struct qed_bitmap *bm;
     int r;
 
-    if (bytes > QED_BITMAP_MAX_BYTES || img->bitmap_bytes + bytes > QED_BITMAP_TOTAL_BYTES)
+    /* An inconsistent bitmap holds no bits, so it never counts against the
+     * limits: it must stay removable whatever the size became. */
+    if (!inconsistent &&
+        (bytes > QED_BITMAP_MAX_BYTES || img->bitmap_bytes + bytes > QED_BITMAP_TOTAL_BYTES))
         return qed_errf(err, errlen, -EFBIG, "%s: bitmap %s takes %" PRIu64 " bytes, over the "
                         "memory limit (%llu MiB for one, %llu MiB for all)", img->path, e->name,
                         bytes, (unsigned long long)(QED_BITMAP_MAX_BYTES >> 20),
                         (unsigned long long)(QED_BITMAP_TOTAL_BYTES >> 20));
-    bm = qed_bitmap_new(img, e->name, e->granularity);
+    bm = qed_bitmap_new(img, e->name, e->granularity, inconsistent);
     if (!bm)
         return qed_errf(err, errlen, -ENOMEM, "%s: out of memory for bitmap %s", img->path,
                         e->name);
     bm->enabled = (e->flags & QED_BME_ENABLED) != 0;
-    bm->inconsistent = !trusted || (e->flags & QED_BME_IN_USE);
     if (!bm->inconsistent) {
         /* validate said data_length is exactly the words of these bits */
         r = bits_io(img, bm, e->data_offset, e->data_length, false);

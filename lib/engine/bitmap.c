@@ -90,7 +90,8 @@ static int check_memory(const struct qed_image *img, const char *name, uint32_t 
     return 0;
 }
 
-struct qed_bitmap *qed_bitmap_new(struct qed_image *img, const char *name, uint32_t granularity)
+struct qed_bitmap *qed_bitmap_new(struct qed_image *img, const char *name, uint32_t granularity,
+                                  bool inconsistent)
 {
     struct qed_bitmap *bm = calloc(1, sizeof(*bm));
 
@@ -98,7 +99,11 @@ struct qed_bitmap *qed_bitmap_new(struct qed_image *img, const char *name, uint3
         return NULL;
     bm->name = strdup(name);
     bm->granularity = granularity;
-    bm->bits.nbits = qed_bm_nbits(img->h.image_size, granularity);
+    bm->inconsistent = inconsistent;
+    /* Why no bits for an inconsistent one: they are never read, marked or
+     * stored, and counting them against the memory limits could make an
+     * image (say, grown by QEMU) impossible to open even to remove it. */
+    bm->bits.nbits = inconsistent ? 0 : qed_bm_nbits(img->h.image_size, granularity);
     /* calloc: clean bits; a large one comes from mmap, so untouched words cost nothing. */
     bm->bits.w = calloc(qed_bits_words(bm->bits.nbits) ? qed_bits_words(bm->bits.nbits) : 1,
                         sizeof(uint64_t));
@@ -153,7 +158,7 @@ int qed_bitmap_add(qed_image *img, const char *name, uint32_t granularity, bool 
     }
     if (r < 0)
         return r;
-    bm = qed_bitmap_new(img, name, granularity);
+    bm = qed_bitmap_new(img, name, granularity, false);
     if (!bm)
         return -ENOMEM;
     bm->enabled = !disabled;
@@ -314,9 +319,12 @@ int qed_bitmap_resize(struct qed_image *img, uint64_t new_size)
     for (unsigned i = 0; i < img->nbitmaps; i++) {
         struct qed_bitmap *bm = img->bitmaps[i];
         uint64_t bytes = qed_bitmap_bytes(qed_bm_nbits(new_size, bm->granularity));
-        int r = check_memory(img, bm->name, bm->granularity, new_size,
-                             qed_bitmap_bytes(bm->bits.nbits));
+        int r;
 
+        if (bm->inconsistent)
+            continue; /* holds no bits (qed_bitmap_new) */
+        r = check_memory(img, bm->name, bm->granularity, new_size,
+                         qed_bitmap_bytes(bm->bits.nbits));
         if (r < 0)
             return r;
         total += bytes;
@@ -329,7 +337,7 @@ int qed_bitmap_resize(struct qed_image *img, uint64_t new_size)
     }
     for (unsigned i = 0; i < img->nbitmaps; i++) {
         struct qed_bitmap *bm = img->bitmaps[i];
-        int r = resize_one(img, bm, qed_bm_nbits(new_size, bm->granularity));
+        int r = bm->inconsistent ? 0 : resize_one(img, bm, qed_bm_nbits(new_size, bm->granularity));
 
         /* The ones grown so far have clean bits past the old size; the
          * caller shrinks them back (which cannot fail). */

@@ -448,7 +448,8 @@ uint64_t qed_bitmap_bytes(uint64_t nbits);
  * A new clean, disabled bitmap sized for @img (the caller checked the
  * memory limits), or NULL when out of memory.
  */
-struct qed_bitmap *qed_bitmap_new(struct qed_image *img, const char *name, uint32_t granularity);
+struct qed_bitmap *qed_bitmap_new(struct qed_image *img, const char *name, uint32_t granularity,
+                                  bool inconsistent);
 /** Free @bm (NULL is fine). */
 void qed_bitmap_free(struct qed_bitmap *bm);
 /** Append @bm to @img's bitmaps (-ENOSPC past QED_BITMAP_MAX). */

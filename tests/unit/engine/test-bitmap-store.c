@@ -317,6 +317,39 @@ Test(bmstore, autoclear_cleared_means_inconsistent)
     cr_assert(info_of(F.img, "c").inconsistent);
 }
 
+/*
+ * An image grown by another writer (QEMU clears the autoclear bit and sets
+ * a size at which bitmap b's bits would be 1 GiB, over the 512 MiB limit):
+ * its inconsistent bitmaps hold no bits, so the image still opens and b can
+ * be removed, as the rules promise.  It used to fail to open with -EFBIG.
+ */
+Test(bmstore, inconsistent_bitmaps_never_count_against_the_limits)
+{
+    struct qed_header h;
+
+    make_image(64 * MiB);
+    close_img(&F.img);
+    rw_header("a.qed", &h, false);
+    h.autoclear_features = 0;
+    h.image_size = 4096 * GiB;   /* b: 2^33 bits at 512 B */
+    rw_header("a.qed", &h, true);
+    F.img = open_ro("a.qed");
+    cr_assert(info_of(F.img, "b").inconsistent);
+    cr_assert_eq(info_of(F.img, "b").dirty_bytes, 0);
+    close_img(&F.img);
+    F.img = open_rw("a.qed");
+    cr_assert_eq(qed_bitmap_count(F.img), 3);
+    cr_assert_eq(qed_bitmap_remove(F.img, "b"), 0);
+    cr_assert_eq(qed_bitmap_clear(F.img, "a"), -EUCLEAN);
+    /* A resize leaves the bitless ones alone. */
+    cr_assert_eq(qed_sync_resize(F.img, 4100 * GiB), 0);
+    close_img(&F.img);
+    F.img = open_ro("a.qed");
+    cr_assert_eq(qed_bitmap_count(F.img), 2);
+    cr_assert_lt(qed_bitmap_find(F.img, "b"), 0);
+    cr_assert(info_of(F.img, "a").inconsistent && info_of(F.img, "c").inconsistent);
+}
+
 /* Overwrite slot @s of a.qed with @d encoded (or, with @d NULL, flip a byte). */
 static void poke_slot(int s, const struct qed_bmdir *d)
 {
