@@ -164,6 +164,14 @@ static int open_for_writing(struct qed_image *img, const struct qed_open_opts *o
         img->h.autoclear_features &= keep;
         write_header = true;
     }
+    /* Why before the check: a repair changes what the guest reads (a
+     * zeroed entry reads zeros or the backing file, not EIO) and marks the
+     * bitmaps, so the disk must say "in use" first, or a crash after the
+     * repair could leave a trusted bitmap that lacks those ranges.  And
+     * before returning: the first write may come right after the open. */
+    r = qed_bitmap_mark_in_use(img, err, errlen);
+    if (r < 0)
+        return r;
     if (img->h.features & QED_F_NEED_CHECK) {
         struct qed_check_result res;
         qed_log(QED_LOG_INFO, "%s: image was not closed cleanly; checking and repairing", path);
@@ -224,11 +232,7 @@ int qed_open_depth(qed_aio *aio, const char *path, const struct qed_open_opts *o
             goto fail;
     }
     if (!img->read_only) {
-        r = open_for_writing(img, opts, err, errlen);
-        /* Why before returning: the first write may come right after the
-         * open, and the disk must say "in use" before anything changes. */
-        if (r == 0)
-            r = qed_bitmap_mark_in_use(img, err, errlen);
+        r = open_for_writing(img, opts, err, errlen); /* marks the bitmaps in use first */
         if (r < 0)
             goto fail;
     } else if (img->h.features & QED_F_NEED_CHECK) {

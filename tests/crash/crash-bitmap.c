@@ -501,6 +501,69 @@ static unsigned run_workload(int w)
     return states;
 }
 
+/*
+ * A read-write open that repairs (qed_open_opts.repair_corrupt, qednbd
+ * --repair) changes what the guest reads: the bitmaps must say "in use" on
+ * stable storage before the repair writes a table, or a crash between the
+ * two would leave a trusted bitmap that lacks the repaired range (which the
+ * crash states above cannot tell: that bitmap equals the one before).  So
+ * check the order of the recorded I/Os: a directory write and a flush come
+ * before the first write past the header area.
+ */
+static void repair_marks_in_use_first(void)
+{
+    struct qed_open_opts o = {.repair_corrupt = true};
+    uint64_t l1e, bad = (uint64_t)1 << 40;
+    char err[512] = "";
+    struct qed_info info;
+    qed_image *img = open_img("img.qed", true, err, sizeof(err));
+    struct stat st;
+    bool dir_written = false, flushed_after = false;
+    int fd;
+
+    if (!img)
+        die("open: %s", err);
+    qed_get_info(img, &info);
+    qed_close(img);
+    fd = open(path("img.qed"), O_RDWR);
+    if (fd < 0 || pread(fd, &l1e, 8, (off_t)info.l1_table_offset) != 8 || l1e == 0)
+        die("no L2 table to corrupt");
+    /* An invalid L2 entry (past the end of the file) for guest cluster 7. */
+    if (pwrite(fd, &bad, 8, (off_t)(le64toh(l1e) + 7 * 8)) != 8)
+        die("corrupt");
+    close(fd);
+    if (stat(path("img.qed"), &st) < 0)
+        die("stat");
+    rec_dev = st.st_dev, rec_ino = st.st_ino;
+    nops = 0;
+    recording = true;
+    if (qed_open(aio, path("img.qed"), &o, &img, err, sizeof(err)) < 0)
+        die("repairing open: %s", err);
+    recording = false;
+    for (size_t i = 0; i < nops; i++) {
+        const uint64_t hdr = (uint64_t)info.header_size * info.cluster_size;
+
+        if (ops[i].flush) {
+            flushed_after = dir_written;
+        } else if (ops[i].off >= info.cluster_size && ops[i].off < hdr) {
+            dir_written = true;  /* the bitmap area: a directory slot */
+        } else if (ops[i].off >= hdr) {
+            if (!dir_written || !flushed_after)
+                die("the repair wrote at %" PRIu64 " before the bitmaps were marked in use "
+                    "on stable storage", ops[i].off);
+            break;
+        }
+        free(ops[i].data);
+        ops[i].data = NULL;
+    }
+    for (size_t i = 0; i < nops; i++)
+        free(ops[i].data);
+    if (!dir_written)
+        die("the repairing open wrote no directory");
+    qed_close(img);
+    printf("repair: the bitmaps were marked in use before the repair wrote (%zu I/Os)\n", nops);
+}
+
 int main(void)
 {
     const char *seed_s = getenv("CRASH_SEED");
@@ -533,6 +596,7 @@ int main(void)
 
     for (int w = 0; w < 3; w++)
         total += run_workload(w);
+    repair_marks_in_use_first();
     printf("crash-bitmap: %u crash states checked, all consistent\n", total);
     qed_aio_free(aio);
     ev_loop_destroy(loop);
