@@ -144,6 +144,11 @@ void qed_req_finish(struct qed_req *r, int err)
 
     if (err < 0 && !r->err)
         r->err = err;
+    /* Why mark again at the end (the submission marked already): a bitmap
+     * added or cleared while this request was in flight (control socket)
+     * must still record it, as QEMU marks at completion. */
+    if (r->type == REQ_WRITE || r->type == REQ_WZERO || r->type == REQ_DISCARD)
+        qed_bitmap_mark(img, r->off, r->end - r->off);
     if (r->err < 0 && r->type != REQ_CLEAN)
         qed_log(QED_LOG_DEBUG, "%s: %s at %" PRIu64 "+%" PRIu64 " failed: %s", img->path,
                 type_names[r->type], r->off, r->end - r->off, strerror(-r->err));

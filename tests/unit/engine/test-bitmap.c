@@ -260,6 +260,35 @@ Test(bitmap, marked_at_submission_and_on_failure)
     cr_assert_eq(dirty_bytes(F.img, "b"), 1024);
 }
 
+/* A bitmap cleared, or added, while a write is in flight still records it
+ * when it completes (QEMU marks at completion; marking only at submission
+ * lost such writes from the next incremental backup). */
+Test(bitmap, cleared_or_added_while_in_flight_still_records)
+{
+    uint8_t buf[512] = {1};
+    struct tf_done d[3] = {{0}};
+
+    F.img = open_new("a.qed", 16 * MiB);
+    /* Data under the discard, so that it has I/O to wait for. */
+    cr_assert_eq(qed_sync_write_zeroes(F.img, 3 * MiB, 64 * KiB, QED_REQ_NO_HOLE), 0);
+    cr_assert_eq(qed_bitmap_add(F.img, "b", 512, false), 0);
+    qed_aio_test_set_auto(F.tf.aio, false);
+    cr_assert_eq(TF_SUBMIT(qed_write(F.img, 1 * MiB, buf, sizeof(buf), 0, tf_done_cb, &d[0])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write_zeroes(F.img, 2 * MiB, 512, 0, tf_done_cb, &d[1])), 0);
+    cr_assert_eq(TF_SUBMIT(qed_discard(F.img, 3 * MiB, 64 * KiB, 0, tf_done_cb, &d[2])), 0);
+    cr_assert_gt(qed_aio_test_pending(F.tf.aio), 0, "nothing in flight");
+    cr_assert_eq(qed_bitmap_clear(F.img, "b"), 0);
+    cr_assert_eq(qed_bitmap_add(F.img, "late", 512, false), 0);
+    cr_assert_eq(dirty_bytes(F.img, "b"), 0);
+    qed_aio_test_set_auto(F.tf.aio, true);
+    tf_wait_idle(&F.tf, d, 3);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(d[i].ret, 0);
+    cr_assert_eq(dirty_bytes(F.img, "b"), 1024 + 64 * KiB, "in-flight requests were lost: %" PRIu64,
+                 dirty_bytes(F.img, "b"));
+    cr_assert_eq(dirty_bytes(F.img, "late"), 1024 + 64 * KiB);
+}
+
 /* ---- granularities and the end of the disk ---- */
 
 Test(bitmap, every_granularity_at_the_end)
