@@ -48,9 +48,14 @@ void proto_closed(struct conn *c)
 {
     if (c->proto) {
         tx_abort_current(c);
-        /* Why here and not in proto_free: a closed client no longer uses
-         * its bitmaps, so the control socket may remove them at once. */
-        hs_forget_meta(c);
+        /* Why here and not only in proto_free: a closed client no longer
+         * uses its bitmaps, so the control socket may remove them at once.
+         * But not while requests are out: with --threads a BLOCK_STATUS
+         * still at the image's owner reads the selected bitmaps' names
+         * (tx_bitmaps_status); proto_free, once the last one came back,
+         * lets go of them then. */
+        if (c->inflight == 0)
+            hs_forget_meta(c);
     }
 }
 

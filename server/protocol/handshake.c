@@ -28,6 +28,7 @@
 #include "config.h"
 
 #include <endian.h>
+#include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,6 +250,9 @@ void hs_expect_option(struct conn *c)
 void hs_forget_meta(struct conn *c)
 {
     struct proto_conn *p = c->proto;
+
+    /* Requests still out (at the owner thread) read the selection. */
+    assert(c->inflight == 0 || p->meta_nbitmaps == 0);
 
     for (unsigned i = 0; i < p->meta_nbitmaps; i++)
         export_bitmap_release(p->meta_exp, p->meta_bitmaps[i]);
