@@ -108,6 +108,10 @@ void exports_open(const struct qed_open_opts *base)
                 "to zero the entries at start-up", e->path, err);
         if (r < 0)
             srv_die("cannot open '%s': %s", e->path, err[0] ? err : strerror(-r));
+        /* Several threads: the others read and overwrite allocated
+         * clusters themselves (req-owner.c, tx_submit_fast). */
+        if (srv.nthreads > 1 && (r = qed_fast_enable(e->img)) < 0)
+            srv_die("cannot serve '%s' from %u threads: %s", e->path, srv.nthreads, strerror(-r));
         qed_get_info(e->img, &info);
         e->alloc_at_open = info.file_size;
         e->size = qed_size(e->img);

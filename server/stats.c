@@ -12,7 +12,7 @@
  *          zeroes=N cache=N block_status=N bytes_read=N bytes_written=N bytes_zeroed=N
  *          bytes_trimmed=N errors=N cluster_size=N clusters_appended=N file_clusters=N
  *          flush_failed=0|1 l2_cache=BYTES l2_cache_peak=BYTES owner_thread=N
- *   stats: thread index=N connections=N active=N engine_calls=N   (with --threads > 1)
+ *   stats: thread index=N connections=N active=N engine_calls=N fast_calls=N   (--threads > 1)
  *
  * (each line is one line; they are folded here only for reading).  NAME
  * escapes '"', '\\' and bytes outside printable ASCII as \xHH.
@@ -68,7 +68,7 @@ static void escape_name(const char *s, char *out, size_t n)
     out[used] = '\0';
 }
 
-#define TC 4   /* counters per thread in struct stats_gather */
+#define TC 5   /* counters per thread in struct stats_gather */
 
 /* @sum += @add, field by field. */
 static void stats_add(struct export_stats *sum, const struct export_stats *add)
@@ -93,7 +93,7 @@ struct stats_gather {
     /* Per thread, copied on that thread: its counter blocks of every export. */
     struct export_stats *snap;     /* nthreads * nexports */
     uint64_t *thread_tls;          /* nthreads * TC: tls_ok, tls_failed, engine_calls,
-                                      connections */
+                                      connections, fast_calls */
     void (*done)(const struct stats_gather *g, void *arg);
     void *arg;
 };
@@ -172,6 +172,7 @@ size_t stats_thread_fields(const struct stats_gather *g, unsigned t, struct stat
     F("connections", g->thread_tls[TC * t + 3]);
     F("active", SRV_LOAD(srv.threads[t].nconns));
     F("engine_calls", g->thread_tls[TC * t + 2]);
+    F("fast_calls", g->thread_tls[TC * t + 4]);
     return n;
 }
 #undef F
@@ -254,6 +255,7 @@ static void snap_thread_here(struct stats_gather *g)
     g->thread_tls[TC * t + 1] = srv_self->tls_failed;
     g->thread_tls[TC * t + 2] = srv_self->engine_calls;
     g->thread_tls[TC * t + 3] = srv_self->conns_total;
+    g->thread_tls[TC * t + 4] = srv_self->fast_calls;
 }
 
 static void snap_thread(void *arg)

@@ -127,7 +127,9 @@ int qed_bitmap_insert(struct qed_image *img, struct qed_bitmap *bm)
 {
     if (img->nbitmaps >= QED_BITMAP_MAX)
         return -ENOSPC;
-    img->bitmaps[img->nbitmaps++] = bm;
+    img->bitmaps[img->nbitmaps] = bm;
+    /* Atomic: other threads' fast path reads it (fast-path.c). */
+    __atomic_store_n(&img->nbitmaps, img->nbitmaps + 1, __ATOMIC_SEQ_CST);
     img->bitmap_bytes += qed_bitmap_bytes(bm->bits.nbits);
     return 0;
 }
@@ -178,7 +180,7 @@ int qed_bitmap_remove(qed_image *img, const char *name)
     /* Keep the stored order: info indexes follow it. */
     memmove(&img->bitmaps[i], &img->bitmaps[i + 1],
             (img->nbitmaps - (unsigned)i - 1) * sizeof(img->bitmaps[0]));
-    img->nbitmaps--;
+    __atomic_store_n(&img->nbitmaps, img->nbitmaps - 1, __ATOMIC_SEQ_CST);
     return 0;
 }
 

@@ -461,8 +461,11 @@ static void gc_publish(struct qed_gc_batch *b)
                     r->err = s->err;
                 continue;
             }
-            /* On disk: now readers and in-place writers may see the entries. */
-            memcpy(r->l2->t + r->alloc_first, r->ents, r->alloc_n * sizeof(uint64_t));
+            /* On disk: now readers and in-place writers may see the entries.
+             * One atomic store each: other threads' fast path reads the
+             * table as it changes (fast-path.c). */
+            for (uint64_t j = 0; j < r->alloc_n; j++)
+                __atomic_store_n(&r->l2->t[r->alloc_first + j], r->ents[j], __ATOMIC_RELEASE);
             ok++;
         }
         okseg += !s->err;

@@ -23,6 +23,7 @@ void qed_image_free(struct qed_image *img)
     if (img->fd >= 0)
         close(img->fd);
     qed_l2_cache_destroy(&img->cache);
+    free(img->pub);
     while (img->free_reqs) {
         struct qed_req *r = img->free_reqs;
         img->free_reqs = r->next;

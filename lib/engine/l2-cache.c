@@ -22,6 +22,7 @@
 #include "config.h"
 
 #include <stdlib.h>
+#include <endian.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -116,17 +117,93 @@ static void l2_table_free(uint64_t *t, uint64_t bytes)
         munmap(t, bytes);
 }
 
+static void l2_slot_free(struct qed_l2_cache *c, struct qed_l2_slot *s)
+{
+    l2_table_free(s->t, c->table_bytes);
+    free(s);
+}
+
+/*
+ * A slot for a new entry: from the pool, or new.  Why reuse rather than
+ * free with the fast path on: another thread may be reading the slot's
+ * memory this very moment (fast-path.c); it finds the sequence odd and
+ * gives up, but the memory must still be there.  The pool never holds more
+ * than the cache's bound: a slot is made only when the pool is empty, so
+ * the slots in existence are at most the most tables the cache ever held.
+ */
+static struct qed_l2_slot *l2_slot_get(struct qed_l2_cache *c)
+{
+    struct qed_l2_slot *s = c->pool;
+
+    if (s) {
+        c->pool = s->next;
+        s->next = NULL;
+        memset(s->t, 0, c->table_bytes); /* seq is odd: nobody reads it */
+        return s;
+    }
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->seq = 1; /* odd: not published */
+    s->t = l2_table_alloc(c->table_bytes);
+    if (!s->t) {
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
 static void l2_free(struct qed_l2_cache *c, struct qed_l2 *e)
 {
     c->bytes -= c->table_bytes;
-    l2_table_free(e->t, c->table_bytes);
+    if (c->pooled) {
+        e->slot->next = c->pool;
+        c->pool = e->slot;
+    } else {
+        l2_slot_free(c, e->slot);
+    }
     free(e);
 }
 
-/* Take @e out of the hash and the LRU list. */
+/*
+ * Other threads must stop reading @e's slot: take it out of img->pub and
+ * make its sequence odd before anything changes the memory (the release
+ * fence orders the odd sequence before every later store to the slot; a
+ * reader that saw such a store then sees the sequence changed).
+ */
+static void l2_unpublish(struct qed_l2 *e)
+{
+    struct qed_l2_slot *s = e->slot;
+
+    if (!e->published)
+        return;
+    __atomic_store_n(&e->img->pub[e->l1_index], NULL, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    e->published = false;
+}
+
+void qed_l2_publish(struct qed_image *img, struct qed_l2 *e)
+{
+    struct qed_l2_slot *s = e->slot;
+
+    if (!img->pub || e->published || !e->cached || e->state != L2_VALID ||
+        e->l1_index >= img->g.table_entries || le64toh(img->l1[e->l1_index]) != e->offset)
+        return;
+    __atomic_store_n(&s->l1_index, e->l1_index, __ATOMIC_RELAXED);
+    /* The table's contents and its index before the even sequence, and the
+     * even sequence before the pointer that leads readers to it. */
+    __atomic_store_n(&s->seq, s->seq + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&img->pub[e->l1_index], s, __ATOMIC_RELEASE);
+    e->published = true;
+}
+
+/* Take @e out of the hash and the LRU list (and out of other threads' reach). */
 static void l2_remove(struct qed_l2_cache *c, struct qed_l2 *e)
 {
     struct qed_l2 **pp = &c->hash[l2_bucket(e->offset)];
+
+    l2_unpublish(e);
 
     while (*pp && *pp != e)
         pp = &(*pp)->hnext;
@@ -180,6 +257,11 @@ void qed_l2_cache_destroy(struct qed_l2_cache *c)
     memset(c->hash, 0, sizeof(c->hash));
     c->mru = c->lru = NULL;
     c->count = 0;
+    while (c->pool) {
+        struct qed_l2_slot *s = c->pool;
+        c->pool = s->next;
+        l2_slot_free(c, s);
+    }
 }
 
 bool qed_l2_cache_holds(const struct qed_l2_cache *c, uint64_t offset)
@@ -215,11 +297,12 @@ struct qed_l2 *qed_l2_cache_insert(struct qed_l2_cache *c, struct qed_image *img
 
     if (!e)
         return NULL;
-    e->t = l2_table_alloc(img->g.table_bytes);
-    if (!e->t) {
+    e->slot = l2_slot_get(c);
+    if (!e->slot) {
         free(e);
         return NULL;
     }
+    e->t = e->slot->t;
     c->bytes += c->table_bytes;
     if (c->bytes > c->peak_bytes)
         c->peak_bytes = c->bytes;

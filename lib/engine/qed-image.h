@@ -63,10 +63,31 @@ enum qed_l2_state {
     L2_VALID,    /* contents usable */
 };
 
+/*
+ * The memory of one cached table, as other threads see it (fast-path.c).
+ * With the fast path on (qed_fast_enable), a slot is never freed while the
+ * image is open: an evicted table's slot goes to the cache's pool and is
+ * reused for the next table, so a reader on another thread never touches
+ * freed memory.  It tells a stale read by @seq, a sequence counter: odd
+ * while the slot is not published (being loaded, filled, evicted, pooled),
+ * even while it holds the table of L1 index @l1_index, unchanged but for
+ * single entries the owner stores atomically (group-commit.c).  Readers
+ * read @seq, the entries, and @seq again (a seqlock).
+ */
+struct qed_l2_slot {
+    uint64_t seq;              /* atomic; see above */
+    uint64_t l1_index;         /* atomic; valid while seq is even */
+    uint64_t *t;               /* the table memory, table_bytes */
+    struct qed_l2_slot *next;  /* in the pool */
+};
+
 /** One cached L2 table.  Entries are kept little-endian, exactly as on disk. */
 struct qed_l2 {
     uint64_t offset;           /* host offset of the table: the cache key */
-    uint64_t *t;               /* table_entries entries */
+    uint64_t *t;               /* table_entries entries (slot->t) */
+    struct qed_l2_slot *slot;  /* its memory */
+    uint64_t l1_index;         /* the L1 entry that names it (for publishing) */
+    bool published;            /* img->pub[l1_index] points at its slot */
     unsigned ref;              /* holders; a referenced entry is never evicted */
     enum qed_l2_state state;
     bool cached;               /* in the hash and LRU list */
@@ -98,6 +119,10 @@ struct qed_l2_cache {
     bool room_scheduled;       /* room_defer is queued */
     struct qed_defer room_defer;
     uint64_t room_waits;       /* times a request had to wait for room */
+    /* The fast path (fast-path.c): freed slots are kept here for reuse
+     * instead of being freed, while @pooled. */
+    bool pooled;
+    struct qed_l2_slot *pool;
 };
 
 /** Default byte bound of one image's cache when no table count is given. */
@@ -130,6 +155,13 @@ struct qed_l2 *qed_l2_cache_insert(struct qed_l2_cache *c, struct qed_image *img
 void qed_l2_cache_forget(struct qed_l2_cache *c, struct qed_l2 *e);
 /** Drop a reference; evicts least-recently-used unreferenced entries over capacity. */
 void qed_l2_cache_unref(struct qed_l2_cache *c, struct qed_l2 *e);
+/**
+ * qed_l2_publish - (owner) let other threads' fast path read @e, a VALID
+ * table that L1 entry e->l1_index names on disk and in img->l1: a table
+ * just loaded, or a new one once its L1 entry is written.  No-op without
+ * the fast path, or when img->l1 does not name it.
+ */
+void qed_l2_publish(struct qed_image *img, struct qed_l2 *e);
 
 /* ---- Backing file kinds (backing-file.c) ---- */
 
@@ -317,6 +349,10 @@ struct qed_image {
     uint64_t bitmap_bytes;     /* memory of their bits, <= QED_BITMAP_TOTAL_BYTES */
     struct qed_bmdir *bmdir;   /* the current directory on disk, NULL when none */
     int bmdir_slot;            /* the slot (0 or 1) that holds it */
+
+    /* The fast path (fast-path.c): per L1 index, the published slot of its
+     * cached table or NULL (atomic); NULL when the fast path is off. */
+    struct qed_l2_slot **pub;
 
     /* Finished requests kept for reuse: no malloc on the steady-state path. */
     struct qed_req *free_reqs;

@@ -65,6 +65,7 @@ static bool alloc_new_l2(struct qed_req *r)
     if (!e)
         return false;
     img->file_size += img->g.table_bytes;
+    e->l1_index = r->l1_index;
     r->l2 = e;
     r->new_l2 = true;
     return true;
@@ -370,6 +371,9 @@ enum qed_rs_next qed_rs_l1_write_wait(struct qed_req *r)
     if (new_l2_failed(r))
         return QED_RS_STOP;
     r->img->l1[r->l1_index] = r->l1_ent;
+    /* Written, flushed, and named by L1 on disk: other threads may read it
+     * now (rule 5, publish after write). */
+    qed_l2_publish(r->img, r->l2);
     return qed_rs_go(r, RS_ALLOC_DONE);
 }
 

@@ -126,6 +126,7 @@ static void l2_load_done(struct qed_io *io)
     } else {
         e->state = L2_VALID;
         img->cache.loads++;
+        qed_l2_publish(img, e); /* L1 named it: other threads may read it now */
     }
     /* Each waiter holds its own reference, so stepping one (which may drop
      * its reference) cannot free the entry under the others. */
@@ -242,6 +243,7 @@ static int l2_load_start(struct qed_req *r, uint64_t off)
     if (!e)
         return -ENOMEM;
     r->l2 = e;
+    e->l1_index = r->l1_index;
     r->next = NULL;
     e->waiters = r;
     r->pending++;

@@ -389,6 +389,59 @@ struct qed_extent {
 int qed_block_status(qed_image *img, uint64_t off, uint64_t len, struct qed_extent *ext,
                      size_t max, size_t *n, qed_done_fn cb, void *opaque);
 
+/* ---- The fast path: other threads ------------------------------------- */
+
+/*
+ * An image belongs to one thread, its owner: the one that opened it with
+ * its qed_aio, and the only one that may call the functions above for it.
+ * Other threads may read and overwrite clusters that are already allocated
+ * themselves, with their own qed_aio (each on its own loop), through the
+ * two calls below: no message to the owner, no lock.  Whatever they cannot
+ * do alone (a hole, a zero cluster, a table not in the owner's cache, an
+ * allocation, FUA, an image with dirty bitmaps, ...) they refuse with
+ * -EAGAIN, having done nothing; the caller then sends the request to the
+ * owner, which calls qed_read or qed_write as usual.  A request sent after
+ * another completed sees what that one did, on any thread.  The image must
+ * not be closed while a fast-path request is in flight.  Design and rules:
+ * lib/engine/fast-path.c and contrib/bench/README.md ("Multi-core design").
+ */
+
+/**
+ * qed_fast_enable - (owner, before other threads use @img) publish @img's
+ * cached L2 tables to other threads from now on.  Without it, qed_read_on
+ * and qed_write_on always say -EAGAIN.  The cache then keeps the memory of
+ * evicted tables for reuse (never more than its bound) instead of freeing
+ * it.  Returns 0, -EINVAL (a check-only open) or -ENOMEM.
+ */
+int qed_fast_enable(qed_image *img);
+
+/**
+ * qed_read_on - (any thread but the owner; @aio is that thread's engine)
+ * read @len bytes at @off into @buf when the whole range is allocated data
+ * in tables the owner has cached.  Returns 0 (@cb runs later on @aio's
+ * loop, exactly once, never inside this call) or -EAGAIN (nothing done:
+ * ask the owner).
+ */
+int qed_read_on(qed_image *img, qed_aio *aio, uint64_t off, void *buf, size_t len,
+                qed_done_fn cb, void *opaque);
+
+/**
+ * qed_write_on - as qed_read_on, an overwrite of allocated data without
+ * @flags (FUA goes to the owner, whose flush latch sees every fdatasync),
+ * on an image with no dirty bitmap; with cache=none only whole aligned
+ * blocks.  *@remark is set before @cb runs: true when a bitmap was added
+ * while the write was in flight, and then the owner must call
+ * qed_bitmap_mark_write for the range before the completion is reported.
+ */
+int qed_write_on(qed_image *img, qed_aio *aio, uint64_t off, const void *buf, size_t len,
+                 unsigned flags, bool *remark, qed_done_fn cb, void *opaque);
+
+/**
+ * qed_bitmap_mark_write - (owner) mark [@off, @off+@len) in every enabled
+ * bitmap of @img, for a qed_write_on that came back with *remark set.
+ */
+void qed_bitmap_mark_write(qed_image *img, uint64_t off, uint64_t len);
+
 /* ---- Synchronous wrapper ----------------------------------------------- */
 
 /**

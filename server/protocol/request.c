@@ -240,7 +240,8 @@ static int submit(struct req *r)
         return -ENOMEM;
     if (!export_owned_here(c->proto->exp)) {
         conn_ref(c);            /* held until tx_lib_done, back on this thread */
-        tx_submit_on_owner(r);
+        if (tx_submit_fast(r) < 0)
+            tx_submit_on_owner(r);
         return 0;
     }
     ret = tx_lib_call(r, tx_lib_done);

@@ -79,6 +79,7 @@ struct req {
     struct thread_msg hop;
     struct srv_thread *home;
     int hop_ret;
+    bool remark;                /* a fast-path write must be marked in the bitmaps */
     /* Not cleared when a request is reused: written before every use. */
     uint8_t hdr[64];
 };
@@ -105,6 +106,15 @@ void tx_lib_done(void *opaque, int ret);
  * way, as a completion with that error.
  */
 void tx_submit_on_owner(struct req *r);
+
+/**
+ * tx_submit_fast - on a thread that does not own the image: serve @r
+ * here when the library's fast path takes it (a READ, or a WRITE without
+ * FUA, of allocated clusters: qed_read_on, qed_write_on); tx_lib_done runs
+ * later on this thread.  -EAGAIN when it does not (nothing was done): send
+ * it to the owner.
+ */
+int tx_submit_fast(struct req *r);
 
 /* ---- req-mem.c ---- */
 
