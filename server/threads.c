@@ -158,7 +158,15 @@ void threads_init_single(struct ev_loop *loop, qed_aio *aio)
 int threads_init(unsigned n, enum qed_aio_backend kind)
 {
     struct srv_thread *ts = calloc(n, sizeof(*ts));
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    /* Why a cap per ring: each loop thread gets its own pool of io_uring
+     * workers, by default up to 4 per online CPU; N threads share that
+     * total (at least QED_URING_IOWQ_BOUNDED each).  One thread keeps the
+     * kernel's default. */
+    unsigned workers = cpus < 1 ? 0 : (unsigned)((4 * cpus + n - 1) / n);
 
+    if (workers < QED_URING_IOWQ_BOUNDED)
+        workers = QED_URING_IOWQ_BOUNDED;
     if (!ts)
         return -ENOMEM;
     for (unsigned i = 0; i < n; i++) {
@@ -171,6 +179,8 @@ int threads_init(unsigned n, enum qed_aio_backend kind)
         r = qed_aio_new(loop, kind, &aio);
         if (r < 0)
             return r;
+        if (n > 1)
+            (void)qed_aio_set_max_workers(aio, workers); /* -ENOTSUP: the default */
         thread_setup(&ts[i], i, loop, aio);
     }
     srv.threads = ts;

@@ -89,6 +89,33 @@ struct ev_loop *qed_aio_loop(const qed_aio *aio);
 /** qed_aio_free - free the engine.  No I/O may be in flight. */
 void qed_aio_free(qed_aio *aio);
 
+/*
+ * The least number of io_uring workers a caller that splits the machine
+ * among several engines should leave each one (qed_aio_set_max_workers).
+ * Why 4: a buffered read or write above 128 KiB is handed to a worker and
+ * holds it for the whole copy, fsync and fallocate always run on one, and
+ * the kernel runs buffered writes to one file one at a time anyway; four
+ * let a write, a flush and two large reads go on at once on one engine.
+ */
+#define QED_URING_IOWQ_BOUNDED 4u
+
+/**
+ * qed_aio_set_max_workers - cap the kernel threads an io_uring engine may
+ * use for the work it hands off (its io-wq workers) at @bounded.
+ * @aio: the engine; the cap holds for the thread that submits to it.
+ * @bounded: at most this many workers (clamped to the ring's size, which
+ * bounds the kernel's own default: min(ring entries, 4 * online CPUs)).
+ * 0 changes nothing.
+ * Why: every thread that submits to a ring gets its own pool of workers,
+ * so N engines on N threads could start N times the default; a caller
+ * running several sets each to about its share.  Call it before any I/O
+ * (from any thread: the kernel applies it to the thread that submits).
+ * Returns 0, or -ENOTSUP when the engine has no such workers (the thread
+ * pool) or the kernel cannot cap them (before Linux 5.15; logged once at
+ * info level): the engine works as before either way.
+ */
+int qed_aio_set_max_workers(qed_aio *aio, unsigned bounded);
+
 /**
  * qed_parse_size - parse a size written by a person: "123", "64K", "10G"
  * (suffixes K, M, G, T, P, E are powers of 1024, case-insensitive).

@@ -1,7 +1,8 @@
 /*
  * aio-uring.c - the io_uring I/O backend.
  *
- * One ring per engine.  Completions are signalled through an eventfd
+ * One ring per engine (and with qed_aio_set_max_workers, a cap on the
+ * kernel threads it may hand work to).  Completions are signalled through an eventfd
  * registered with the ring; an ev_io watcher on that eventfd reaps every CQE
  * and calls qed_aio_complete(), so done always runs from a loop callback and
  * never from inside qed_aio_submit().
@@ -28,6 +29,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +39,7 @@
 #include <liburing.h>
 
 #include "qed-io.h"
+#include "qed-io-test.h"
 #include "qed-log.h"
 
 #ifndef IOV_MAX
@@ -495,7 +498,66 @@ static void uring_destroy(qed_aio *aio)
     uring_free_priv(aio, p);
 }
 
-static const struct qed_aio_ops uring_ops = {.name = "io_uring", .submit = uring_submit, .destroy = uring_destroy};
+/*
+ * qed_aio_set_max_workers for io_uring: io_uring_register_iowq_max_workers
+ * with {bounded, unbounded}.
+ *
+ * What the two kinds of worker run: "bounded" ones run work on regular
+ * files and block devices, which for us is every hand-off: a buffered read
+ * or write above QED_IO_LOOP_COPY_MAX sent with IOSQE_ASYNC, one the page
+ * cache could not take without waiting (an ext4 buffered write that must
+ * allocate), fsync and fallocate, and an O_DIRECT request the device
+ * refused without waiting.  "Unbounded" ones run reads and writes on
+ * sockets and pipes, which may block for ever; we submit none, and cap
+ * them at the same number so that nothing unforeseen escapes the cap (their
+ * default is RLIMIT_NPROC).
+ *
+ * Why the clamp to the SQ size: the kernel's default bounded limit is
+ * min(SQ entries, 4 * online CPUs); a caller's share never needs more.
+ *
+ * The workers belong to the thread that submits, not to the ring: the
+ * kernel applies the cap to the calling thread's pool if it has one, and
+ * records it in the ring so that a thread submitting there later (a
+ * server's loop thread, for a ring set up by its main thread) starts with
+ * it.  Kernels before 5.15 refuse the call (-EINVAL): the engine runs as
+ * before, with the kernel's default, and we say so once.
+ */
+static int uring_set_max_workers(qed_aio *aio, unsigned bounded)
+{
+    static atomic_bool said;  /* the failure is the kernel's: say it once */
+    struct uring_priv *p = aio->priv;
+    unsigned vals[2];
+    int r;
+
+    if (bounded == 0)
+        return 0;
+    if (bounded > p->ring.sq.ring_entries)
+        bounded = p->ring.sq.ring_entries;
+    vals[0] = vals[1] = bounded;
+    r = io_uring_register_iowq_max_workers(&p->ring, vals);
+    if (r < 0) {
+        if (!atomic_exchange(&said, true))
+            qed_log(QED_LOG_INFO, "io_uring: cannot cap the kernel's workers per ring (%s); "
+                    "keeping its default", strerror(-r));
+        return -ENOTSUP;
+    }
+    qed_log(QED_LOG_DEBUG, "io_uring: at most %u kernel workers for this ring's thread", bounded);
+    return 0;
+}
+
+static const struct qed_aio_ops uring_ops = {.name = "io_uring",
+                                             .submit = uring_submit,
+                                             .destroy = uring_destroy,
+                                             .set_max_workers = uring_set_max_workers};
+
+int qed_aio_test_uring_fd(qed_aio *aio)
+{
+    struct uring_priv *p = aio->priv;
+
+    if (aio->ops != &uring_ops)
+        return -ENOTSUP;
+    return p->ring.ring_fd;
+}
 
 /* Check that the kernel implements every opcode we use. */
 static int uring_probe_ops(struct io_uring *ring)

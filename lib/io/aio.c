@@ -202,6 +202,13 @@ const char *qed_aio_backend_name(const qed_aio *aio)
     return aio->ops->name;
 }
 
+int qed_aio_set_max_workers(qed_aio *aio, unsigned bounded)
+{
+    if (!aio->ops->set_max_workers)
+        return -ENOTSUP;
+    return aio->ops->set_max_workers(aio, bounded);
+}
+
 struct ev_loop *qed_aio_loop(const qed_aio *aio)
 {
     return aio->loop;

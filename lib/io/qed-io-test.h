@@ -63,4 +63,10 @@ uint64_t qed_aio_test_count(qed_aio *aio, enum qed_io_op op);
  */
 uint64_t qed_aio_test_loop_copy_max(qed_aio *aio, bool reset);
 
+/**
+ * The file descriptor of @aio's io_uring ring (for a test to ask the kernel
+ * about it with io_uring_register), or -ENOTSUP for another backend.
+ */
+int qed_aio_test_uring_fd(qed_aio *aio);
+
 #endif /* QED_IO_TEST_H */

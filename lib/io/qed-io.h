@@ -98,6 +98,8 @@ struct qed_aio_ops {
     void (*submit)(qed_aio *aio, struct qed_io *io);
     /* Release backend state; nothing is in flight. */
     void (*destroy)(qed_aio *aio);
+    /* qed_aio_set_max_workers (qed.h); NULL: the backend has no such workers. */
+    int (*set_max_workers)(qed_aio *aio, unsigned bounded);
 };
 
 /* A deferred call, run on a later turn of the loop (see qed_aio_defer). */
