@@ -14,8 +14,10 @@
 #      random offsets and lengths (unaligned, spanning clusters and L2
 #      tables, 1 MiB reads); never-written ranges read as zeros; again with
 #      one cached L2 table (--l2-cache=1: tables evicted and their memory
-#      reused under the readers), and over a raw backing file (unwritten
-#      ranges read the backing's data from the other threads);
+#      reused under the readers), and over a raw backing file with the
+#      thread-pool I/O backend (--aio=threads; unwritten ranges read the
+#      backing's data from the other threads); each run ends with all
+#      connections at once, several requests in flight on each;
 #   2. the fast path is really taken: SIGUSR1 shows fast_calls > 0 and
 #      engine_calls == 0 on the threads that do not own the image, and no
 #      fast call on the owner; with --threads=1 there are no thread lines;
@@ -491,7 +493,7 @@ stop_clean one.qed
 r = random.Random(int(sys.argv[1]))
 open("back.raw", "wb").write(r.randbytes(16 << 20))' "$SEED"
 run 30 "$QEDIMG" create -b back.raw -F raw over.qed
-prod_start "$tmp/s.sock" --threads=2 --control="$CSOCK" over.qed
+prod_start "$tmp/s.sock" --threads=2 --aio=threads --control="$CSOCK" over.qed
 fp rounds "$((SEED + 2))" 250 2 $((16 * M)) 65536 $((2048 * M)) back.raw
 stats_check "$SERVER_LOG" 2 0
 stop_clean over.qed
