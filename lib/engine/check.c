@@ -362,7 +362,9 @@ int qed_check(qed_image *img, bool repair, struct qed_check_result *res)
                 "(close and reopen it to check it)", img->path);
         return -EIO;
     }
-    if (img->inflight)
+    /* Other threads' fast path (fast-path.c) reads the cached tables a
+     * repair drops, and its requests are not counted in inflight. */
+    if (img->inflight || (repair && img->pub))
         return -EBUSY;
     return qed_check_image(img, repair, res);
 }

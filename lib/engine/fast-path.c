@@ -36,7 +36,11 @@
  *    while it was in flight tells its caller (*@remark) to have the owner
  *    mark it (qed_bitmap_mark_write) before it reports completion;
  *  - close: the caller closes the image only after every fast-path request
- *    completed (the server closes images after its connections are gone).
+ *    completed (the server's threads stop only once every request they
+ *    submitted is back, closed connections' too: request.c,
+ *    lib_request_gone);
+ *  - a corrupt L1 entry naming the L1 table as an L2 table is never
+ *    published (l2-cache.c), as the owner refuses to write through it.
  */
 #include "config.h"
 

@@ -88,7 +88,8 @@ static void lru_push_front(struct qed_l2_cache *c, struct qed_l2 *e)
  * 32 MiB), so after one evicted 16 MiB table the next ones come from the
  * heap, and freed heap memory is not given back: the process stayed 16 MiB
  * over the cache bound (tests/prod/memcap-tables.sh).  A mapping is given
- * back at once.  Smaller tables are loaded often and cost a syscall pair
+ * back at once (with the fast path on, pooled slots keep their mapping and
+ * give their pages back with MADV_DONTNEED: l2_free).  Smaller tables are loaded often and cost a syscall pair
  * each if mapped, so they stay with malloc.
  */
 #define L2_MMAP_MIN (1u << 20)
@@ -131,14 +132,19 @@ static void l2_slot_free(struct qed_l2_cache *c, struct qed_l2_slot *s)
  * than the cache's bound: a slot is made only when the pool is empty, so
  * the slots in existence are at most the most tables the cache ever held.
  */
-static struct qed_l2_slot *l2_slot_get(struct qed_l2_cache *c)
+static struct qed_l2_slot *l2_slot_get(struct qed_l2_cache *c, bool zero)
 {
     struct qed_l2_slot *s = c->pool;
 
     if (s) {
         c->pool = s->next;
         s->next = NULL;
-        memset(s->t, 0, c->table_bytes); /* seq is odd: nobody reads it */
+        /* seq is odd: no reader trusts it.  A load overwrites it whole (a
+         * read past the end zero-fills), and a mapped slot was given back
+         * zeroed when pooled (l2_free); only a new table in a heap slot
+         * needs clearing. */
+        if (zero && c->table_bytes < L2_MMAP_MIN)
+            memset(s->t, 0, c->table_bytes);
         return s;
     }
     s = calloc(1, sizeof(*s));
@@ -157,6 +163,11 @@ static void l2_free(struct qed_l2_cache *c, struct qed_l2 *e)
 {
     c->bytes -= c->table_bytes;
     if (c->pooled) {
+        /* A mapped table's pages go back to the system now, as when it is
+         * unmapped, but the mapping stays for a reader that still looks
+         * (it reads zeros, and the sequence tells it to give up). */
+        if (c->table_bytes >= L2_MMAP_MIN)
+            (void)madvise(e->slot->t, c->table_bytes, MADV_DONTNEED);
         e->slot->next = c->pool;
         c->pool = e->slot;
     } else {
@@ -189,6 +200,12 @@ void qed_l2_publish(struct qed_image *img, struct qed_l2 *e)
 
     if (!img->pub || e->published || !e->cached || e->state != L2_VALID ||
         e->l1_index >= img->g.table_entries || le64toh(img->l1[e->l1_index]) != e->offset)
+        return;
+    /* A corrupt L1 entry that names the L1 table as an L2 table: the owner
+     * refuses to write through it (request-run.c, run_would_write_l1), so
+     * it is not published, and its reads go to the owner too. */
+    if (e->offset >= img->h.l1_table_offset &&
+        e->offset - img->h.l1_table_offset < img->g.table_bytes)
         return;
     __atomic_store_n(&s->l1_index, e->l1_index, __ATOMIC_RELAXED);
     /* The table's contents and its index before the even sequence, and the
@@ -251,6 +268,7 @@ void qed_l2_cache_destroy(struct qed_l2_cache *c)
 
     while (e) {
         struct qed_l2 *next = e->lnext;
+        l2_unpublish(e);
         l2_free(c, e);
         e = next;
     }
@@ -297,7 +315,7 @@ struct qed_l2 *qed_l2_cache_insert(struct qed_l2_cache *c, struct qed_image *img
 
     if (!e)
         return NULL;
-    e->slot = l2_slot_get(c);
+    e->slot = l2_slot_get(c, state != L2_LOADING);
     if (!e->slot) {
         free(e);
         return NULL;

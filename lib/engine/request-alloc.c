@@ -64,7 +64,8 @@ static bool alloc_new_l2(struct qed_req *r)
 
     if (!e)
         return false;
-    img->file_size += img->g.table_bytes;
+    /* Atomic: other threads' fast path reads it (fast-path.c). */
+    __atomic_store_n(&img->file_size, img->file_size + img->g.table_bytes, __ATOMIC_RELAXED);
     e->l1_index = r->l1_index;
     r->l2 = e;
     r->new_l2 = true;
@@ -161,7 +162,7 @@ enum qed_rs_next qed_rs_alloc_reserve_wait(struct qed_req *r)
     if (r->err && img->file_size == end) {
         /* Nothing was written into the clusters and nothing points at
          * them: the next allocation takes them again (still fresh). */
-        img->file_size = r->alloc_host;
+        __atomic_store_n(&img->file_size, r->alloc_host, __ATOMIC_RELAXED);
     }
     return qed_rs_then(r, RS_ALLOC_WRITE);
 }
@@ -227,7 +228,8 @@ enum qed_rs_next qed_rs_alloc_clusters(struct qed_req *r)
         return qed_rs_go(r, RS_L2_UPDATE);
     }
     r->alloc_host = img->file_size;
-    img->file_size += r->alloc_n * g->cluster_size;
+    __atomic_store_n(&img->file_size, img->file_size + r->alloc_n * g->cluster_size,
+                     __ATOMIC_RELAXED); /* (fast-path.c reads it) */
     return alloc_fill_ends(r);
 }
 

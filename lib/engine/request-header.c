@@ -43,14 +43,14 @@ enum qed_rs_next qed_rs_resize_begin(struct qed_req *r)
         qed_bitmap_resize(img, r->old_size);
         return qed_rs_finish(r, rc);
     }
-    img->h.image_size = r->new_size;
+    __atomic_store_n(&img->h.image_size, r->new_size, __ATOMIC_RELAXED); /* fast-path.c */
     return qed_rs_wait_header_write(r, RS_RESIZE_HDR_WAIT);
 }
 
 enum qed_rs_next qed_rs_resize_hdr_wait(struct qed_req *r)
 {
     if (r->err) {
-        r->img->h.image_size = r->old_size;
+        __atomic_store_n(&r->img->h.image_size, r->old_size, __ATOMIC_RELAXED);
         qed_bitmap_resize(r->img, r->old_size); /* shrinking never fails */
     }
     if (qed_rs_failed(r))
