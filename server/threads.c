@@ -298,7 +298,7 @@ void threads_conns_gone(void)
 {
     struct srv_thread *t = srv_self;
 
-    if (!t->stopping || t->idle_reported || t->conns)
+    if (!t->stopping || t->idle_reported || t->conns || t->lib_inflight)
         return;
     t->idle_reported = true;
     if (t->idx == 0)

@@ -57,6 +57,8 @@ struct srv_thread {
     int exit_status;              /* 1 when closing one of its images failed */
     uint64_t tls_ok, tls_failed;  /* TLS handshakes (written only by this thread) */
     uint64_t engine_calls;        /* requests it submitted to libqed as an owner */
+    unsigned lib_inflight;        /* requests of its connections not back from the
+                                     library yet (request.c): shutdown waits for them */
     uint64_t fast_calls;          /* requests it served itself on another thread's image
                                      (qed_read_on, qed_write_on: req-owner.c) */
     uint64_t conns_total;         /* connections it served (written only by this thread) */

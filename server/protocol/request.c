@@ -89,6 +89,21 @@ static void count_success(const struct req *r)
     }
 }
 
+/*
+ * A request submitted from this thread (submit) is back from the library.
+ * Why shutdown waits for these, not only for the connections: a closed
+ * connection's requests may still be in flight, and a fast-path request
+ * (req-owner.c) is I/O on this thread's engine against an image another
+ * thread owns; if that thread closed its image first, the completion
+ * would touch freed memory.  So a stopping thread says it is idle only
+ * once none is left (threads_conns_gone).
+ */
+static void lib_request_gone(void)
+{
+    if (--srv_self->lib_inflight == 0)
+        threads_conns_gone();
+}
+
 /* Completion of a library request (on the connection's thread). */
 void tx_lib_done(void *opaque, int ret)
 {
@@ -99,6 +114,7 @@ void tx_lib_done(void *opaque, int ret)
         /* The client is gone: nobody to answer; just let go. */
         req_free(r);
         conn_unref(c);
+        lib_request_gone();
         return;
     }
     if (ret < 0) {
@@ -127,6 +143,7 @@ void tx_lib_done(void *opaque, int ret)
     }
     conn_kick(c);
     conn_unref(c);
+    lib_request_gone();
 }
 
 /* Only the owner thread ever calls libqed for an image (threads.h): every
@@ -240,13 +257,16 @@ static int submit(struct req *r)
         return -ENOMEM;
     if (!export_owned_here(c->proto->exp)) {
         conn_ref(c);            /* held until tx_lib_done, back on this thread */
+        srv_self->lib_inflight++;
         if (tx_submit_fast(r) < 0)
             tx_submit_on_owner(r);
         return 0;
     }
     ret = tx_lib_call(r, tx_lib_done);
-    if (ret == 0)
+    if (ret == 0) {
         conn_ref(c);            /* the library holds the request until tx_lib_done */
+        srv_self->lib_inflight++;
+    }
     return ret;
 }
 
