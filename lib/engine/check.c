@@ -275,7 +275,7 @@ static int repair_finish(struct check *c, const uint64_t *l1)
     }
     /* Cached tables may predate the repair, and so may the record of
      * invalid entries (qed_meta_* runs again on the repaired tables). */
-    qed_l2_cache_destroy(&img->cache);
+    qed_l2_cache_drop(&img->cache);
     if (img->meta_tables) {
         qed_meta_free(img);
         return qed_meta_init(img);
