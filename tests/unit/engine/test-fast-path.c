@@ -738,6 +738,92 @@ Test(fast, repair_on_open_image_unpublishes)
     owner_expect(0, CS, 2);
 }
 
+/* ---- the seqlock, deterministically ---- */
+
+/*
+ * The test binary wraps qed_check_cluster_offset (engine.am), which
+ * map_table calls once per entry it reads: with hook_at set, the hook_at-th
+ * call (1-based) runs hook_fn first.  That stops a fast request in the
+ * middle of reading a published table, while the owner (the same thread
+ * here) changes the table under it.
+ */
+bool __real_qed_check_cluster_offset(const struct qed_geom *g, uint64_t off, uint64_t file_size);
+static unsigned hook_at;
+static void (*hook_fn)(void);
+
+bool __wrap_qed_check_cluster_offset(const struct qed_geom *g, uint64_t off, uint64_t file_size);
+bool __wrap_qed_check_cluster_offset(const struct qed_geom *g, uint64_t off, uint64_t file_size)
+{
+    if (hook_at && --hook_at == 0)
+        hook_fn();
+    return __real_qed_check_cluster_offset(g, off, file_size);
+}
+
+/* With a one-table cache: evict table 0 and load table 1, which takes the
+ * slot table 0 had (from the pool). */
+static void hook_load_table1(void)
+{
+    struct qed_l2_slot *s0 = img->pub[0];
+
+    owner_expect(COVER, CS, 2);
+    cr_assert_null(img->pub[0]);
+    cr_assert_eq(img->pub[1], s0, "the pool did not hand table 0's slot to table 1");
+}
+
+/*
+ * A fast read that began on table 0 while the owner evicted it and loaded
+ * table 1 into the same memory must notice (the sequence changed) and
+ * refuse; reading on would map table 0's guest offsets through table 1's
+ * entries.  Both tables map every cluster, so nothing else refuses.
+ */
+Test(fast, slot_reused_during_a_read_is_noticed)
+{
+    struct qed_open_opts o = {.l2_cache_tables = 1};
+    uint8_t *b = malloc(4 * CS);
+    int r;
+
+    make_open(SIZE, &o);
+    put(COVER, 4 * CS, 2); /* table 1 first, then table 0: different hosts */
+    put(0, 4 * CS, 1);
+    enable();
+    cr_assert_not_null(img->pub[0]);
+    for (unsigned at = 1; at <= 4; at++) {
+        owner_expect(0, CS, 1); /* table 0 back in the one slot */
+        cr_assert_eq(read_on_expect(fa, 0, 4 * CS, 1), 0, "undisturbed");
+        hook_fn = hook_load_table1;
+        hook_at = at;
+        memset(b, 0, 4 * CS);
+        r = read_on(fa, 0, b, 4 * CS);
+        cr_assert_eq(hook_at, 0, "the hook did not run (entry %u)", at);
+        cr_assert_eq(r, -EAGAIN, "the slot changed at entry %u and the read went on", at);
+    }
+    free(b);
+}
+
+/* Both tables loaded after a reopen (two-table cache): one read spans
+ * them. */
+Test(fast, two_tables_loaded_after_reopen)
+{
+    struct qed_open_opts o = {.l2_cache_tables = 2};
+    uint8_t *b = malloc(4 * CS);
+    int r;
+
+    make_open(SIZE, &o);
+    put(COVER, 2 * CS, 2);
+    put(COVER - 2 * CS, 2 * CS, 1);
+    cr_assert_eq(qed_close(img), 0);
+    img = tf_open(&tf, "f.qed", &o);
+    enable();
+    owner_expect(COVER - 2 * CS, 2 * CS, 1);
+    owner_expect(COVER, 2 * CS, 2);
+    memset(b, 0, 4 * CS);
+    r = read_on(fa, COVER - 2 * CS, b, 4 * CS);
+    cr_assert_eq(r, 0);
+    cr_assert_eq(pcheck(b, COVER - 2 * CS, 2 * CS, 1), -1);
+    cr_assert_eq(pcheck(b + 2 * CS, COVER, 2 * CS, 2), -1);
+    free(b);
+}
+
 /* ---- 5. remark ---- */
 
 static void remark_case(bool add_bitmap)
