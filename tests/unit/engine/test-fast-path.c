@@ -22,12 +22,14 @@
 
 #include <endian.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <criterion/criterion.h>
 #include <ev.h>
@@ -230,6 +232,18 @@ static uint64_t pub_entry(uint64_t off)
     return le64toh(s->t[qed_l2_index(&img->g, off)]);
 }
 
+/* f.qed with one cluster of generation 1 at the start of tables 0 and 1,
+ * reopened with @o (nothing cached) and enabled. */
+static void two_tables_reopened(const struct qed_open_opts *o)
+{
+    make_open(SIZE, o);
+    put(0, CS, 1);
+    put(COVER, CS, 1);
+    cr_assert_eq(qed_close(img), 0);
+    img = tf_open(&tf, "f.qed", o);
+    enable();
+}
+
 /* ---- 1. before qed_fast_enable, and what cannot enable it ---- */
 
 Test(fast, refused_before_enable)
@@ -389,12 +403,7 @@ Test(fast, enable_publishes_cached_tables)
 /* After a reopen nothing is cached: refused until the owner loads the table. */
 Test(fast, table_published_when_loaded)
 {
-    make_open(SIZE, NULL);
-    put(0, CS, 1);
-    put(COVER, CS, 1);
-    cr_assert_eq(qed_close(img), 0);
-    img = tf_open(&tf, "f.qed", NULL);
-    enable();
+    two_tables_reopened(NULL);
     cr_assert_eq(read_on_expect(fa, 0, CS, 1), -EAGAIN);
     cr_assert_eq(read_on_expect(fa, COVER, CS, 1), -EAGAIN);
     owner_expect(0, 512, 1);
@@ -714,15 +723,10 @@ Test(fast, repair_on_open_image_unpublishes)
 {
     struct qed_check_result res;
 
-    make_open(SIZE, NULL);
-    put(0, CS, 1);
-    put(COVER, CS, 1);
     /* Reopened: a repair on the open image judges tables against the file
      * as it was at open, and would refuse tables this open created
      * (metadata.c qed_meta_init, open_end), which is not what this tests. */
-    cr_assert_eq(qed_close(img), 0);
-    img = tf_open(&tf, "f.qed", NULL);
-    enable();
+    two_tables_reopened(NULL);
     owner_expect(0, CS, 1);
     owner_expect(COVER, CS, 1);
     cr_assert_eq(read_on_expect(fa, 0, CS, 1), 0);
@@ -736,6 +740,56 @@ Test(fast, repair_on_open_image_unpublishes)
     cr_assert_eq(read_on_expect(fa, 0, CS, 1), 0, "published again when reloaded");
     cr_assert_eq(write_on(fa, 0, CS, 2, 0), 0);
     owner_expect(0, CS, 2);
+}
+
+/* A grown image: the new range is refused until written, then read. */
+Test(fast, resize_grows_the_range)
+{
+    make_open(SIZE, NULL);
+    enable();
+    put(SIZE - CS, CS, 1);
+    cr_assert_eq(read_on_expect(fa, SIZE - CS, 2 * CS, 1), -EAGAIN, "past the old end");
+    cr_assert_eq(qed_sync_resize(img, 2 * SIZE), 0);
+    cr_assert_eq(read_on_expect(fa, SIZE, CS, 1), -EAGAIN, "grown, not written");
+    put(SIZE, CS, 1);
+    cr_assert_eq(read_on_expect(fa, SIZE - CS, 2 * CS, 1), 0, "across the old end");
+    cr_assert_eq(write_on(fa, SIZE - 512, 1024, 2, 0), 0);
+    owner_expect(SIZE - 512, 1024, 2);
+}
+
+/*
+ * L2 entries the open found invalid (past the end of the file, or at
+ * metadata: here the L1 table) are kept disabled in the cached table; the
+ * fast path must refuse them rather than read what they point at.  The
+ * image is marked clean, so a read-only open keeps the entries as they are.
+ */
+Test(fast, invalid_entries_are_refused)
+{
+    struct qed_open_opts ro = {.read_only = true};
+    uint64_t l2off, l1off, bad[2];
+    uint8_t b[CS];
+    int fd;
+
+    make_open(SIZE, NULL);
+    put(0, 4 * CS, 1);
+    l2off = le64toh(img->l1[0]);
+    l1off = img->h.l1_table_offset;
+    cr_assert_eq(qed_close(img), 0);
+    img = NULL;
+    bad[0] = htole64(1ull << 30);    /* cluster 0: past the end of the file */
+    bad[1] = htole64(l1off);         /* cluster 1: the L1 table */
+    fd = open(tf_path(&tf, "f.qed"), O_RDWR);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(pwrite(fd, bad, sizeof(bad), (off_t)l2off), (ssize_t)sizeof(bad));
+    close(fd);
+    img = tf_open(&tf, "f.qed", &ro);
+    enable();
+    cr_assert_neq(qed_sync_read(img, 0, b, CS), 0, "the owner refuses the entry too");
+    owner_expect(2 * CS, 2 * CS, 1); /* the table is loaded (and published) */
+    cr_assert_not_null(img->pub[0]);
+    cr_assert_eq(read_on(fa, 0, b, CS), -EAGAIN, "entry past the end of the file");
+    cr_assert_eq(read_on(fa, CS, b, CS), -EAGAIN, "entry at the L1 table");
+    cr_assert_eq(read_on_expect(fa, 2 * CS, 2 * CS, 1), 0);
 }
 
 /* ---- the seqlock, deterministically ---- */
