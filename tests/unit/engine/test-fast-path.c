@@ -798,6 +798,67 @@ Test(fast, invalid_entries_are_refused)
     cr_assert_eq(read_on_expect(fa, 2 * CS, 2 * CS, 1), 0);
 }
 
+/* Requests in flight when the owner evicts their table: the host clusters
+ * stay theirs, so a read returns the data and a write lands. */
+Test(fast, table_evicted_while_in_flight)
+{
+    struct qed_open_opts o = {.l2_cache_tables = 1};
+    uint8_t rb[2 * CS], wb[CS];
+    struct tf_done rd = {0};
+    struct wdone w = {.remark = true};
+
+    make_open(SIZE, &o);
+    enable();
+    put(COVER, CS, 3);
+    put(0, 2 * CS, 1);
+    qed_aio_test_set_auto(fa, false);
+    pfill(wb, CS, CS, 2);
+    cr_assert_eq(TF_SUBMIT(qed_read_on(img, fa, 0, rb, 2 * CS, tf_done_cb, &rd)), 0);
+    cr_assert_eq(TF_SUBMIT(qed_write_on(img, fa, CS, wb, CS, 0, &w.remark, wdone_cb, &w)), 0);
+    owner_expect(COVER, CS, 3); /* table 0 evicted, its slot reused for table 1 */
+    cr_assert_null(img->pub[0]);
+    cr_assert_eq(read_on_expect(tf.aio, 0, CS, 1), -EAGAIN);
+    cr_assert_eq(qed_aio_test_pending(fa), 2);
+    cr_assert_eq(qed_aio_test_complete(fa, 0, 0), 0); /* the read first */
+    cr_assert_eq(qed_aio_test_complete(fa, 0, 0), 0);
+    cr_assert_eq(rd.calls, 1);
+    cr_assert_eq(rd.ret, 0);
+    cr_assert_eq(w.d.calls, 1);
+    cr_assert_eq(w.d.ret, 0);
+    cr_assert_not(w.remark_at_cb);
+    cr_assert_eq(pcheck(rb, 0, 2 * CS, 1), -1, "read of the evicted table's clusters");
+    owner_expect(0, CS, 1);
+    owner_expect(CS, CS, 2);
+    owner_expect(COVER, CS, 3);
+}
+
+/* Files on tmpfs (I/O flagged QED_IO_F_MEMORY, copied on the loop thread):
+ * the fast path on a foreign engine of the thread pool. */
+Test(fast, memory_file_system)
+{
+    qed_aio *pool = NULL;
+
+    tf_rm_tree(tf.dir);
+    snprintf(tf.dir, sizeof(tf.dir), "/dev/shm/qed-test-fast-XXXXXX");
+    if (!mkdtemp(tf.dir)) {
+        tf.dir[0] = 0;
+        cr_skip_test("no /dev/shm here");
+    }
+    make_open(SIZE, NULL);
+    if (!(img->fd_io_flags & QED_IO_F_MEMORY))
+        cr_skip_test("/dev/shm is not a memory file system here");
+    enable();
+    cr_assert_eq(qed_aio_new(tf.loop, QED_AIO_THREADS, &pool), 0);
+    for (int k = 3; k >= 0; k--)
+        put((uint64_t)k * CS, CS, 1);
+    cr_assert_eq(read_on_expect(pool, 100, 4 * CS - 200, 1), 0);
+    cr_assert_eq(write_on(pool, CS, 2 * CS, 2, 0), 0);
+    owner_expect(0, CS, 1);
+    owner_expect(CS, 2 * CS, 2);
+    owner_expect(3 * CS, CS, 1);
+    qed_aio_free(pool);
+}
+
 /* ---- the seqlock, deterministically ---- */
 
 /*
