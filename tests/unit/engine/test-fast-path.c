@@ -1089,12 +1089,13 @@ struct st_req {
     size_t len;
     bool write, busy, remark;
     uint32_t gmin[4];    /* gen[] of each cluster touched, before submission */
-    uint8_t buf[3 * CS];
+    _Alignas(4096) uint8_t buf[3 * CS]; /* aligned for O_DIRECT */
 };
 
 struct stress {
     qed_image *img;
     enum qed_aio_backend kind;
+    bool direct;        /* cache=none: B writes whole clusters */
     unsigned seed;
     uint32_t *gen;      /* atomic, per cluster (see above) */
     bool done;          /* atomic: the reader reached its counts (or failed) */
@@ -1162,7 +1163,11 @@ static void st_start(struct stress *st, qed_aio *aio, struct st_req *q, unsigned
     int rc;
 
     q->write = rand_r(rs) % 8 == 0;
-    if (q->write) {
+    if (q->write && st->direct) {
+        c |= 3;
+        q->off = c * CS;
+        q->len = CS;
+    } else if (q->write) {
         c |= 3;
         q->off = c * CS + (uint64_t)(rand_r(rs) % 8) * 512;
         q->len = 512 * (1 + (size_t)rand_r(rs) % ((c + 1) * CS - q->off) / 512);
@@ -1202,10 +1207,13 @@ static bool st_any_busy(const struct st_req *q)
 static void *st_reader(void *arg)
 {
     struct stress *st = arg;
-    struct st_req *q = calloc(ST_DEPTH, sizeof(*q));
+    struct st_req *q = NULL;
     qed_aio *aio = NULL;
     unsigned rs = st->seed;
     int r;
+
+    if (posix_memalign((void **)&q, 4096, ST_DEPTH * sizeof(*q)) == 0)
+        memset(q, 0, ST_DEPTH * sizeof(*q));
 
     st->loop = ev_loop_new(EVFLAG_AUTO);
     r = st->loop && q ? qed_aio_new(st->loop, st->kind, &aio) : -ENOMEM;
@@ -1285,10 +1293,11 @@ static void st_owner(struct stress *st, uint32_t *todo, size_t ntodo, unsigned *
     free(b);
 }
 
-static void stress(enum qed_aio_backend kind)
+static void stress(enum qed_aio_backend kind, enum qed_cache_mode cache)
 {
-    struct qed_open_opts o = {.l2_cache_tables = 2};
-    struct stress st = {.kind = kind};
+    struct qed_open_opts o = {.l2_cache_tables = 2, .cache = cache};
+    struct stress st = {.kind = kind, .direct = cache == QED_CACHE_NONE};
+    char err[512] = "";
     uint32_t *todo = malloc(ST_CLUSTERS * sizeof(*todo));
     unsigned rs = tf_seed("fast-path stress");
     size_t ntodo = 0;
@@ -1304,7 +1313,16 @@ static void stress(enum qed_aio_backend kind)
     if (r < 0 && kind == QED_AIO_URING)
         cr_skip_test("io_uring cannot be set up here: %s", strerror(-r));
     cr_assert_eq(r, 0);
-    make_open(SIZE, &o);
+    if (cache == QED_CACHE_NONE) {
+        tf_rm_tree(tf.dir);
+        snprintf(tf.dir, sizeof(tf.dir), "/var/tmp/qed-test-fast-XXXXXX");
+        cr_assert_not_null(mkdtemp(tf.dir));
+    }
+    tf_create(&tf, "f.qed", SIZE, CS, 1, NULL, QED_BACKING_PROBE);
+    r = qed_open(tf.aio, tf_path(&tf, "f.qed"), &o, &img, err, sizeof(err));
+    if (r == -EINVAL && strstr(err, "O_DIRECT"))
+        cr_skip_test("O_DIRECT is refused in %s: %s", tf.dir, err);
+    cr_assert_eq(r, 0, "%s", err);
     enable();
     /* Half the clusters first, in random order (one write each); the rest
      * while the reader runs. */
@@ -1322,9 +1340,9 @@ static void stress(enum qed_aio_backend kind)
     cr_assert_eq(pthread_create(&th, NULL, st_reader, &st), 0);
     st_owner(&st, todo, ntodo, &rs);
     pthread_join(th, NULL);
-    cr_log_info("stress %s: %" PRIu64 " fast ok (%" PRIu64 " writes), %" PRIu64
-                " refused, %" PRIu64 " owner ops",
-                qed_aio_backend_name(tf.aio), st.ok, st.writes, st.again, st.owner_ops);
+    cr_log_info("stress %s%s: %" PRIu64 " fast ok (%" PRIu64 " writes), %" PRIu64
+                " refused, %" PRIu64 " owner ops", qed_aio_backend_name(tf.aio),
+                st.direct ? " cache=none" : "", st.ok, st.writes, st.again, st.owner_ops);
     cr_assert_eq(st.err, 0, "reader thread: %s (%d)", st.msg, st.err);
     cr_assert_geq(st.ok, ST_MIN_OK);
     cr_assert_geq(st.again, ST_MIN_AGAIN);
@@ -1343,10 +1361,17 @@ static void stress(enum qed_aio_backend kind)
 
 Test(fast, two_threads_threads_backend, .timeout = 300)
 {
-    stress(QED_AIO_THREADS);
+    stress(QED_AIO_THREADS, QED_CACHE_WRITEBACK);
 }
 
 Test(fast, two_threads_io_uring, .timeout = 300)
 {
-    stress(QED_AIO_URING);
+    stress(QED_AIO_URING, QED_CACHE_WRITEBACK);
+}
+
+/* cache=none: B's reads of any alignment are bounced by its own engine,
+ * its whole-cluster writes go straight. */
+Test(fast, two_threads_cache_none, .timeout = 300)
+{
+    stress(QED_AIO_THREADS, QED_CACHE_NONE);
 }
