@@ -275,7 +275,7 @@ static int repair_finish(struct check *c, const uint64_t *l1)
     }
     /* Cached tables may predate the repair, and so may the record of
      * invalid entries (qed_meta_* runs again on the repaired tables). */
-    qed_l2_cache_destroy(&img->cache);
+    qed_l2_cache_drop(&img->cache);
     if (img->meta_tables) {
         qed_meta_free(img);
         return qed_meta_init(img);
@@ -362,9 +362,7 @@ int qed_check(qed_image *img, bool repair, struct qed_check_result *res)
                 "(close and reopen it to check it)", img->path);
         return -EIO;
     }
-    /* Other threads' fast path (fast-path.c) reads the cached tables a
-     * repair drops, and its requests are not counted in inflight. */
-    if (img->inflight || (repair && img->pub))
+    if (img->inflight)
         return -EBUSY;
     return qed_check_image(img, repair, res);
 }

@@ -262,12 +262,14 @@ bool qed_l2_cache_make_room(struct qed_l2_cache *c)
     return c->bytes + c->table_bytes <= c->max_bytes;
 }
 
-void qed_l2_cache_destroy(struct qed_l2_cache *c)
+void qed_l2_cache_drop(struct qed_l2_cache *c)
 {
     struct qed_l2 *e = c->mru;
 
     while (e) {
         struct qed_l2 *next = e->lnext;
+        /* Out of other threads' reach before the slot goes to the pool
+         * (or is freed): img->pub must never lead to a dropped table. */
         l2_unpublish(e);
         l2_free(c, e);
         e = next;
@@ -275,6 +277,11 @@ void qed_l2_cache_destroy(struct qed_l2_cache *c)
     memset(c->hash, 0, sizeof(c->hash));
     c->mru = c->lru = NULL;
     c->count = 0;
+}
+
+void qed_l2_cache_destroy(struct qed_l2_cache *c)
+{
+    qed_l2_cache_drop(c);
     while (c->pool) {
         struct qed_l2_slot *s = c->pool;
         c->pool = s->next;

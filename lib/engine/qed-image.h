@@ -139,6 +139,13 @@ void qed_l2_cache_init(struct qed_l2_cache *c, unsigned max_tables, uint64_t max
                        uint64_t table_bytes);
 void qed_l2_cache_destroy(struct qed_l2_cache *c);
 /**
+ * qed_l2_cache_drop - forget every table (none may be in use), unpublishing
+ * each first; with the fast path on, their slots stay in the pool, since
+ * another thread may still be looking at one (fast-path.c).  For a repair
+ * of the open image, whose cached tables may predate it.
+ */
+void qed_l2_cache_drop(struct qed_l2_cache *c);
+/**
  * qed_l2_cache_make_room - evict unreferenced tables, least recently used
  * first, until one more table fits under max_bytes.  False when it cannot:
  * every table left is referenced (in use by a request or being loaded).
